@@ -1,0 +1,106 @@
+//! Command-line interface definition.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use pgha_config::{ByteSize, ReplicationMode};
+
+/// PostgreSQL high availability: status, checks and settings of a pgha cluster.
+#[derive(Debug, Parser)]
+#[command(name = "pgha", version, about, long_about = None)]
+pub struct Cli {
+    /// Cluster config file [default: $PGHA_CONFIG, else ./pgha.toml]
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Table of nodes: role, state, timeline, LSN, lag in bytes and seconds, sync state, slot.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Nagios-style checks: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, one summary line.
+    Check {
+        #[command(subcommand)]
+        what: CheckCommand,
+    },
+    /// Write the settings files pgha applies (pgha.conf, pgha-node.conf, pg_hba.conf) for review.
+    Render(RenderArgs),
+    /// Switch the running cluster between async and sync replication (ALTER SYSTEM + reload on
+    /// the primary).
+    SetMode {
+        #[arg(value_enum)]
+        mode: ModeArg,
+        /// Switch to sync even when no standby is connected (commits will wait for one).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Async,
+    Sync,
+}
+
+impl From<ModeArg> for ReplicationMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Async => ReplicationMode::Async,
+            ModeArg::Sync => ReplicationMode::Sync,
+        }
+    }
+}
+
+impl std::fmt::Display for ModeArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        ReplicationMode::from(*self).fmt(f)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Replicas streaming and within lag bounds.
+    Replication(ReplicationCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicationCheckArgs {
+    /// CRITICAL when a replica is more than this many bytes behind (e.g. 16MB).
+    #[arg(long, default_value = "16MB", value_parser = parse_size)]
+    pub max_lag_bytes: ByteSize,
+    /// CRITICAL when a replica is more than this many seconds behind.
+    #[arg(long, default_value_t = 30.0)]
+    pub max_lag_seconds: f64,
+    /// WARNING above this many bytes [default: half of --max-lag-bytes].
+    #[arg(long, value_parser = parse_size)]
+    pub warn_lag_bytes: Option<ByteSize>,
+    /// WARNING above this many seconds [default: half of --max-lag-seconds].
+    #[arg(long)]
+    pub warn_lag_seconds: Option<f64>,
+}
+
+fn parse_size(s: &str) -> Result<ByteSize, String> {
+    s.parse()
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Directory to write into; one sub-directory per node.
+    #[arg(long, default_value = "pgha-rendered")]
+    pub out: PathBuf,
+    /// Only this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Render replicas as streaming from this node [default: the live primary, else the first node].
+    #[arg(long)]
+    pub primary: Option<String>,
+}

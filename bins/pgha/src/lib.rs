@@ -1,0 +1,90 @@
+//! The `pgha` operator CLI as a library, so xtask and tests drive the same code paths.
+
+pub mod check;
+pub mod cli;
+pub mod logging;
+pub mod render;
+pub mod status_table;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use pgha_config::{ConfigSource, LoadedConfig};
+
+use crate::cli::{CheckCommand, Cli, Command};
+
+/// Loads the config chosen by `--config` / `PGHA_CONFIG` / `./pgha.toml`; errors say which file.
+pub fn load_config(flag: Option<&std::path::Path>) -> anyhow::Result<LoadedConfig> {
+    let source = ConfigSource::locate(flag);
+    Ok(pgha_config::load(source)?)
+}
+
+/// An error and its causes on one line, each cause once: our error types already include their
+/// source's text, so a plain `{:#}` would repeat it.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// Runs one command; the exit code follows each command's convention.
+pub async fn run(cli: Cli) -> ExitCode {
+    match &cli.command {
+        Command::Check { what } => match what {
+            CheckCommand::Replication(args) => {
+                check::replication_main(cli.config.as_deref(), args).await
+            }
+        },
+        _ => match run_plain(&cli).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pgha: {}", error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
+    let loaded = load_config(cli.config.as_deref())?;
+    match &cli.command {
+        Command::Status { json } => {
+            let st = pgha_replication::ClusterStatus::collect(&loaded.config)
+                .await
+                .context("collect cluster status")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", status_table::render(&loaded.config, &st));
+            }
+        }
+        Command::Render(args) => render::run(&loaded.config, args).await?,
+        Command::SetMode { mode, force } => {
+            let st = pgha_replication::ClusterStatus::collect(&loaded.config).await?;
+            let primary = st.primary.as_deref().context(
+                "no single writable primary answered; cannot change the replication mode",
+            )?;
+            let node = loaded
+                .config
+                .node(primary)
+                .context("primary not in config")?;
+            let mut conn = pgha_postgres::connect_params(&loaded.config, node)?
+                .connect()
+                .await?;
+            pgha_replication::set_mode(&mut conn, primary, &loaded.config, (*mode).into(), *force)
+                .await?;
+            println!("replication mode is now {mode} on primary {primary}");
+        }
+        Command::Check { .. } => unreachable!("handled in run"),
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! The one `pgha.toml` that describes a cluster: typed model, layered loading and validation.
+//!
+//! Loading goes file first, then `PGHA_<SECTION>__<KEY>` environment overrides (see [`load`]).
+//! [`PghaConfig::validate`] reports every problem at once, each with its field path.
+//! Later sections (dcs, backup, monitoring, pooling) are added as `Option<Section>` fields on
+//! [`PghaConfig`], so a file without them keeps loading.
+
+mod error;
+mod load;
+mod model;
+mod net;
+mod secret;
+mod units;
+mod validate;
+
+pub use error::{ConfigError, Result, ValidationError, ValidationErrors};
+pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
+pub use model::{
+    ClusterSection, NodeConfig, PghaConfig, PostgresSection, ReplicationMode, ReplicationSection,
+};
+pub use net::IpNet;
+pub use secret::{Secret, SecretError, SecretSource};
+pub use units::ByteSize;

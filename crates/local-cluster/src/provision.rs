@@ -1,0 +1,363 @@
+//! Creating, starting, stopping and inspecting a local cluster.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgha_config::{ConfigSource, NodeConfig, PghaConfig, ReplicationMode};
+use pgha_postgres::{InitDbOptions, LocalInstance, PgControl, StopMode};
+use pgha_replication::{
+    bootstrap_replica, ensure_replication_role, install_settings, ClusterStatus, NodeRole,
+};
+
+use crate::secrets::ensure_secret_file;
+use crate::{free_port, LocalClusterError, PortReservation, Result};
+
+/// The cluster's config file inside the state dir.
+pub const CONFIG_FILE: &str = "pgha.toml";
+/// Written last by a successful `create`; its absence means an interrupted one.
+pub const COMPLETE_MARKER: &str = ".complete";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    /// State dir: pgha.toml, secrets/, nodes/<name>/{data,<name>.log,<name>.pgpass}.
+    pub root: PathBuf,
+    pub replicas: usize,
+    pub mode: ReplicationMode,
+    pub host: String,
+    /// OS user the servers run as when we are root.
+    pub os_user: String,
+    pub bin_dir: Option<PathBuf>,
+    pub slots: bool,
+    /// wal_keep_size in MB (None: the config default).
+    pub wal_keep_size_mb: Option<u64>,
+    /// Extra server settings for every node.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl ClusterSpec {
+    pub fn new(name: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        ClusterSpec {
+            name: name.into(),
+            root: root.into(),
+            replicas: 2,
+            mode: ReplicationMode::Async,
+            host: "127.0.0.1".into(),
+            os_user: "postgres".into(),
+            bin_dir: None,
+            slots: true,
+            wal_keep_size_mb: None,
+            parameters: BTreeMap::new(),
+        }
+    }
+}
+
+/// A cluster on this machine, described by its pgha.toml.
+#[derive(Debug)]
+pub struct LocalCluster {
+    root: PathBuf,
+    config: PghaConfig,
+    /// Held while the cluster is created so parallel creators do not pick the same ports.
+    _ports: Vec<PortReservation>,
+}
+
+impl LocalCluster {
+    /// Opens the cluster whose pgha.toml is in `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let path = root.join(CONFIG_FILE);
+        if !path.exists() {
+            return Err(LocalClusterError::NoCluster(root.to_owned()));
+        }
+        if !root.join(COMPLETE_MARKER).exists() {
+            return Err(LocalClusterError::Incomplete(root.to_owned()));
+        }
+        let loaded = pgha_config::load(ConfigSource::Flag(path))?;
+        Ok(LocalCluster {
+            root: root.to_owned(),
+            config: loaded.config,
+            _ports: Vec::new(),
+        })
+    }
+
+    /// Opens a cluster whose creation did not finish, to stop what did start.
+    pub fn open_incomplete(root: &Path) -> Result<Self> {
+        let loaded = pgha_config::load(ConfigSource::Flag(root.join(CONFIG_FILE)))?;
+        Ok(LocalCluster {
+            root: root.to_owned(),
+            config: loaded.config,
+            _ports: Vec::new(),
+        })
+    }
+
+    /// Builds a new cluster: writes secrets and pgha.toml, initdb + start of the primary,
+    /// replication role, then each replica by pg_basebackup; returns once every replica streams.
+    pub async fn create(spec: &ClusterSpec) -> Result<Self> {
+        let root = &spec.root;
+        std::fs::create_dir_all(root.join("secrets"))
+            .map_err(LocalClusterError::io("create", root.join("secrets")))?;
+        // The server user must reach nodes/ under the state dir.
+        set_mode(root, 0o711)?;
+        std::fs::create_dir_all(root.join("nodes"))
+            .map_err(LocalClusterError::io("create", root.join("nodes")))?;
+        set_mode(&root.join("nodes"), 0o711)?;
+        set_mode(&root.join("secrets"), 0o700)?;
+        ensure_secret_file(&root.join("secrets/superuser.password"))?;
+        ensure_secret_file(&root.join("secrets/replication.password"))?;
+
+        let mut ports = Vec::new();
+        for _ in 0..(spec.replicas + 1) * 2 {
+            ports.push(free_port(&spec.host)?);
+        }
+        let text = render_config(spec, &ports.iter().map(|p| p.port).collect::<Vec<_>>());
+        pgha_postgres::files::write_atomic(&root.join(CONFIG_FILE), text.as_bytes(), 0o644, None)?;
+        let loaded = pgha_config::load(ConfigSource::Flag(root.join(CONFIG_FILE)))?;
+        let cluster = LocalCluster {
+            root: root.clone(),
+            config: loaded.config,
+            _ports: ports,
+        };
+        cluster.build().await?;
+        pgha_postgres::files::write_atomic(&root.join(COMPLETE_MARKER), b"", 0o644, None)?;
+        Ok(cluster)
+    }
+
+    async fn build(&self) -> Result<()> {
+        let config = &self.config;
+        let primary = &config.nodes[0];
+        let pi = self.instance(&primary.name)?;
+        let t = Instant::now();
+        pi.initdb(&InitDbOptions {
+            superuser: config.postgres.superuser.clone(),
+            superuser_password: config
+                .postgres
+                .superuser_password
+                .as_ref()
+                .map(|s| s.read())
+                .transpose()
+                .map_err(pgha_postgres::PgError::from)?,
+            data_checksums: true,
+        })
+        .await?;
+        tracing::info!(node = %primary.name, elapsed_ms = t.elapsed().as_millis() as u64, "initdb done");
+        install_settings(config, primary, NodeRole::Primary, &pi)?;
+        pi.start().await?;
+        let mut conn = pi.connect_params().connect().await?;
+        // In sync mode no standby exists yet: this bootstrap commit must not wait for one.
+        sqlx_set_local_commit(&mut conn).await?;
+        let pw = config
+            .replication
+            .password
+            .as_ref()
+            .ok_or(pgha_replication::ReplicationError::NoReplicationPassword)?
+            .read()
+            .map_err(pgha_postgres::PgError::from)?;
+        ensure_replication_role(&mut conn, &primary.name, &config.replication.user, &pw).await?;
+        drop(conn);
+        for node in &config.nodes[1..] {
+            let ri = self.instance(&node.name)?;
+            let t = Instant::now();
+            bootstrap_replica(config, node, primary, &ri, pi.connect_params()).await?;
+            ri.start().await?;
+            tracing::info!(node = %node.name, elapsed_ms = t.elapsed().as_millis() as u64, "replica started");
+        }
+        self.wait_streaming(Duration::from_secs(60)).await
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &PghaConfig {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+
+    /// The node first created as primary (roles may have changed since; ask [`Self::status`]).
+    pub fn first_node(&self) -> &NodeConfig {
+        &self.config.nodes[0]
+    }
+
+    /// The instance of `node`, with its socket dir in place (postgres does not create it).
+    pub fn instance(&self, node: &str) -> Result<LocalInstance> {
+        let n = self
+            .config
+            .node(node)
+            .ok_or_else(|| pgha_replication::ReplicationError::UnknownNode(node.into()))?;
+        let inst = LocalInstance::from_config(&self.config, n)?;
+        if let Some(dir) = &n.socket_dir {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(LocalClusterError::io("create", dir))?;
+                if let Some(u) = inst.run_as() {
+                    u.chown(dir)?;
+                }
+                set_mode(dir, 0o700)?;
+            }
+        }
+        Ok(inst)
+    }
+
+    /// Starts every stopped node (primary first); running ones are left alone.
+    pub async fn start_all(&self) -> Result<()> {
+        for n in &self.config.nodes {
+            self.instance(&n.name)?.start().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every node (replicas first, so the primary's shutdown checkpoint streams to them).
+    pub async fn stop_all(&self, mode: StopMode) -> Result<()> {
+        let mut first_err = None;
+        for n in self.config.nodes.iter().rev() {
+            if let Err(e) = self.instance(&n.name)?.stop(mode).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Blocking immediate stop of every node, for drop guards.
+    pub fn stop_all_blocking(&self) {
+        for n in &self.config.nodes {
+            if let Ok(i) = self.instance(&n.name) {
+                i.stop_blocking(StopMode::Immediate);
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        Ok(ClusterStatus::collect(&self.config).await?)
+    }
+
+    /// Waits until the primary reports every other node as a streaming standby.
+    pub async fn wait_streaming(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status().await?;
+            let missing: Vec<String> = self
+                .config
+                .nodes
+                .iter()
+                .filter(|n| Some(&n.name) != st.primary.as_ref())
+                .filter(|n| st.node(&n.name).and_then(|s| s.streaming) != Some(true))
+                .map(|n| n.name.clone())
+                .collect();
+            if st.primary.is_some() && missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let detail = if st.primary.is_none() {
+                    format!("no single primary (writable: {:?})", st.writable)
+                } else {
+                    format!("not streaming: {}", missing.join(", "))
+                };
+                return Err(LocalClusterError::NotStreaming {
+                    seconds: timeout.as_secs(),
+                    detail,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops everything and deletes the state dir.
+    pub async fn purge(self) -> Result<()> {
+        let _ = self.stop_all(StopMode::Immediate).await;
+        std::fs::remove_dir_all(&self.root).map_err(LocalClusterError::io("remove", &self.root))
+    }
+}
+
+async fn sqlx_set_local_commit(conn: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query("SET synchronous_commit = local")
+        .execute(conn)
+        .await
+        .map_err(|source| pgha_postgres::PgError::Query {
+            target: "primary".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(LocalClusterError::io("chmod", path))
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The pgha.toml of a local cluster, written by hand (not serialized) so it reads as an example.
+fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Local pgha cluster made by `cargo xtask cluster up`.");
+    let _ = writeln!(s, "# Relative paths are relative to this file.\n");
+    let _ = writeln!(s, "[cluster]\nname = {}\n", toml_str(&spec.name));
+    let _ = writeln!(s, "[postgres]");
+    if let Some(b) = &spec.bin_dir {
+        let _ = writeln!(s, "bin_dir = {}", toml_str(&b.display().to_string()));
+    }
+    let _ = writeln!(s, "os_user = {}", toml_str(&spec.os_user));
+    let _ = writeln!(s, "superuser = \"postgres\"");
+    let _ = writeln!(
+        s,
+        "superuser_password = {{ file = \"secrets/superuser.password\" }}"
+    );
+    let _ = writeln!(s, "connect_timeout = \"3s\"");
+    if !spec.parameters.is_empty() {
+        let _ = writeln!(s, "[postgres.parameters]");
+        for (k, v) in &spec.parameters {
+            let _ = writeln!(s, "{k} = {}", toml_str(v));
+        }
+    }
+    let _ = writeln!(s, "\n[replication]");
+    let _ = writeln!(s, "mode = \"{}\"", spec.mode);
+    let _ = writeln!(s, "user = \"replicator\"");
+    let _ = writeln!(
+        s,
+        "password = {{ file = \"secrets/replication.password\" }}"
+    );
+    let _ = writeln!(s, "slots = {}", spec.slots);
+    let _ = writeln!(s, "allowed_networks = [\"127.0.0.1/32\"]");
+    if let Some(mb) = spec.wal_keep_size_mb {
+        let _ = writeln!(s, "wal_keep_size = \"{mb}MB\"");
+    }
+    for i in 0..=spec.replicas {
+        let name = format!("node{}", i + 1);
+        let dir = spec.root.join("nodes").join(&name);
+        let _ = writeln!(s, "\n[[nodes]]");
+        let _ = writeln!(s, "name = \"{name}\"");
+        let _ = writeln!(s, "host = {}", toml_str(&spec.host));
+        let _ = writeln!(s, "port = {}", ports[i * 2]);
+        let _ = writeln!(
+            s,
+            "data_dir = {}",
+            toml_str(&dir.join("data").display().to_string())
+        );
+        let _ = writeln!(s, "run_dir = {}", toml_str(&dir.display().to_string()));
+        let _ = writeln!(
+            s,
+            "socket_dir = {}",
+            toml_str(&socket_dir(&dir).display().to_string())
+        );
+        let _ = writeln!(s, "agent_address = \"{}:{}\"", spec.host, ports[i * 2 + 1]);
+    }
+    s
+}
+
+/// The node dir itself when short enough for a unix socket path, else a short dir under /tmp.
+fn socket_dir(node_dir: &Path) -> PathBuf {
+    if node_dir.as_os_str().len() <= 80 {
+        return node_dir.to_owned();
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node_dir.hash(&mut h);
+    std::env::temp_dir().join(format!("pgha-sock-{:08x}", h.finish() as u32))
+}

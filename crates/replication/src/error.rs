@@ -1,0 +1,52 @@
+//! Errors of replication setup and status.
+
+use pgha_postgres::PgError;
+
+/// Result alias of this crate.
+pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;
+
+/// What went wrong while setting up or inspecting replication.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error(transparent)]
+    Secret(#[from] pgha_config::SecretError),
+    #[error("query `{what}` on {node}: {source}")]
+    Query {
+        node: String,
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("replication.password is not set in the config: replicas cannot authenticate")]
+    NoReplicationPassword,
+    #[error("data directory {0} is not empty: refusing to bootstrap a replica over it")]
+    TargetNotEmpty(std::path::PathBuf),
+    #[error("node `{0}` is not in the config")]
+    UnknownNode(String),
+    #[error("no writable primary found among {tried}")]
+    NoPrimary { tried: String },
+    #[error("cannot switch to sync mode: no standby is connected to {primary} (sync commits would hang)")]
+    NoStandbyForSync { primary: String },
+    #[error("setting {setting} did not take effect on {node} within {seconds}s after reload")]
+    ReloadNotApplied {
+        node: String,
+        setting: &'static str,
+        seconds: u64,
+    },
+}
+
+impl ReplicationError {
+    pub(crate) fn query<'a>(
+        node: &'a str,
+        what: &'static str,
+    ) -> impl FnOnce(sqlx::Error) -> Self + 'a {
+        move |source| ReplicationError::Query {
+            node: node.to_owned(),
+            what,
+            source,
+        }
+    }
+}

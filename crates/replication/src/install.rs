@@ -1,0 +1,81 @@
+//! Putting rendered settings into a data dir and making postgresql.conf include them.
+
+use pgha_config::{NodeConfig, PghaConfig};
+use pgha_postgres::{LocalInstance, PgError};
+
+use crate::{write_passfile, RenderedNode, Result};
+
+/// File (in the data dir) with the settings shared by every node.
+pub const CLUSTER_CONF: &str = "pgha.conf";
+/// File (in the data dir) with this node's own settings.
+pub const NODE_CONF: &str = "pgha-node.conf";
+/// Line that marks postgresql.conf as already including our files.
+pub const INCLUDE_MARKER: &str = "# pgha includes (keep these last)";
+
+/// What a node runs as, for rendering its settings.
+#[derive(Debug, Clone, Copy)]
+pub enum NodeRole<'a> {
+    Primary,
+    /// A standby streaming from `upstream`.
+    Replica {
+        upstream: &'a NodeConfig,
+    },
+}
+
+/// Writes pgha.conf, pgha-node.conf, pg_hba.conf (and standby.signal for a replica) into the
+/// node's data dir, the replication passfile beside it, and the include lines into
+/// postgresql.conf. Takes effect at the next start, or at reload for reloadable settings.
+pub fn install_settings(
+    config: &PghaConfig,
+    node: &NodeConfig,
+    role: NodeRole<'_>,
+    instance: &LocalInstance,
+) -> Result<()> {
+    let upstream = match role {
+        NodeRole::Primary => None,
+        NodeRole::Replica { upstream } => Some(upstream),
+    };
+    let rendered = RenderedNode::render(config, node, upstream);
+    instance.write_data_file(CLUSTER_CONF, &rendered.cluster_conf)?;
+    instance.write_data_file(NODE_CONF, &rendered.node_conf)?;
+    instance.write_data_file("pg_hba.conf", &rendered.hba)?;
+    ensure_includes(instance)?;
+    let signal = instance.data_dir().join("standby.signal");
+    match role {
+        NodeRole::Replica { .. } => instance.write_data_file("standby.signal", "")?,
+        NodeRole::Primary => {
+            if signal.exists() {
+                std::fs::remove_file(&signal).map_err(|source| PgError::Io {
+                    action: "remove",
+                    path: signal.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    if config.replication.password.is_some() {
+        write_passfile(config, node, instance.run_as())?;
+    }
+    Ok(())
+}
+
+fn ensure_includes(instance: &LocalInstance) -> Result<()> {
+    let path = instance.data_dir().join("postgresql.conf");
+    let text = std::fs::read_to_string(&path).map_err(|source| PgError::Io {
+        action: "read",
+        path: path.clone(),
+        source,
+    })?;
+    if text.contains(INCLUDE_MARKER) {
+        return Ok(());
+    }
+    let mut text = text;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "\n{INCLUDE_MARKER}\ninclude_if_exists = '{CLUSTER_CONF}'\ninclude_if_exists = '{NODE_CONF}'\n"
+    ));
+    instance.write_data_file("postgresql.conf", &text)?;
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Streaming replication: the settings each node runs with, the replication role and slots,
+//! bootstrapping a replica, switching async/sync, and the live status of the whole cluster.
+//!
+//! Settings are split in three files inside each data dir, included from postgresql.conf:
+//! `pgha.conf` (identical on every node, so pg_basebackup/pg_rewind copying it is harmless),
+//! `pgha-node.conf` (this node's port, addresses, upstream; rewritten after every copy) and
+//! `pg_hba.conf`.
+
+mod bootstrap;
+mod error;
+mod install;
+mod mode;
+mod roles;
+mod settings;
+mod slots;
+pub mod status;
+
+pub use bootstrap::{bootstrap_replica, write_passfile};
+pub use error::{ReplicationError, Result};
+pub use install::{install_settings, NodeRole, CLUSTER_CONF, INCLUDE_MARKER, NODE_CONF};
+pub use mode::{set_mode, synchronous_standby_names};
+pub use pgha_postgres::Lsn;
+pub use roles::ensure_replication_role;
+pub use settings::{render_cluster_conf, render_hba, render_node_conf, RenderedNode};
+pub use slots::{create_slot, drop_slot, list_slots, SlotStatus};
+pub use status::{ClusterStatus, NodeStatus, Role};

@@ -1,0 +1,221 @@
+//! Rendering pgha.conf, pgha-node.conf and pg_hba.conf from the config. Pure functions: the
+//! same input always gives the same text, so `pgha render` shows exactly what is applied.
+
+use std::fmt::Write;
+
+use pgha_config::{NodeConfig, PghaConfig, ReplicationMode};
+use pgha_postgres::sql::{conninfo_value, quote_literal};
+
+use crate::mode::synchronous_standby_names;
+
+/// The three files of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedNode {
+    pub cluster_conf: String,
+    pub node_conf: String,
+    pub hba: String,
+}
+
+impl RenderedNode {
+    /// Renders `node`; `upstream` is the node it streams from (None for the primary).
+    pub fn render(config: &PghaConfig, node: &NodeConfig, upstream: Option<&NodeConfig>) -> Self {
+        RenderedNode {
+            cluster_conf: render_cluster_conf(config),
+            node_conf: render_node_conf(config, node, upstream),
+            hba: render_hba(config),
+        }
+    }
+}
+
+const HEADER: &str =
+    "# Managed by pgha from pgha.toml; edits are overwritten. Review with `pgha render`.\n";
+
+/// Settings identical on every node (pgha.conf).
+pub fn render_cluster_conf(config: &PghaConfig) -> String {
+    let r = &config.replication;
+    let on = |b: bool| if b { "on" } else { "off" };
+    let mut s = String::from(HEADER);
+    let _ = writeln!(s, "# cluster {}", config.cluster.name);
+    let _ = writeln!(s, "wal_level = replica");
+    let _ = writeln!(s, "max_wal_senders = {}", r.max_wal_senders);
+    let _ = writeln!(s, "max_replication_slots = {}", r.max_replication_slots);
+    let _ = writeln!(
+        s,
+        "wal_keep_size = '{}MB'",
+        r.wal_keep_size.megabytes_ceil()
+    );
+    let _ = writeln!(s, "hot_standby = on");
+    let _ = writeln!(s, "hot_standby_feedback = {}", on(r.hot_standby_feedback));
+    // pg_rewind needs hint-bit changes WAL-logged (checksums also do it; both is harmless).
+    let _ = writeln!(s, "wal_log_hints = on");
+    let _ = writeln!(s, "password_encryption = 'scram-sha-256'");
+    let names = match r.mode {
+        ReplicationMode::Sync => synchronous_standby_names(config),
+        ReplicationMode::Async => String::new(),
+    };
+    let _ = writeln!(s, "synchronous_standby_names = {}", quote_literal(&names));
+    let _ = writeln!(s, "synchronous_commit = on");
+    for (k, v) in &config.postgres.parameters {
+        let _ = writeln!(s, "{k} = {}", quote_literal(v));
+    }
+    s
+}
+
+/// This node's own settings (pgha-node.conf): addresses, and for a replica its upstream.
+pub fn render_node_conf(
+    config: &PghaConfig,
+    node: &NodeConfig,
+    upstream: Option<&NodeConfig>,
+) -> String {
+    let mut s = String::from(HEADER);
+    let _ = writeln!(s, "# node {}", node.name);
+    let _ = writeln!(s, "port = {}", node.port);
+    let _ = writeln!(s, "listen_addresses = {}", quote_literal(&node.host));
+    if let Some(dir) = &node.socket_dir {
+        let _ = writeln!(
+            s,
+            "unix_socket_directories = {}",
+            quote_literal(&dir.display().to_string())
+        );
+    }
+    let _ = writeln!(
+        s,
+        "cluster_name = {}",
+        quote_literal(&format!("{}-{}", config.cluster.name, node.name))
+    );
+    if let Some(up) = upstream {
+        // The password is in the passfile, never in a setting visible through pg_settings.
+        let conninfo = format!(
+            "host={} port={} user={} passfile={} application_name={} connect_timeout=5 keepalives_idle=10 keepalives_interval=5 keepalives_count=3",
+            conninfo_value(&up.host),
+            up.port,
+            conninfo_value(&config.replication.user),
+            conninfo_value(&node.passfile().display().to_string()),
+            conninfo_value(&node.name),
+        );
+        let _ = writeln!(s, "primary_conninfo = {}", quote_literal(&conninfo));
+        if config.replication.slots {
+            let _ = writeln!(s, "primary_slot_name = {}", quote_literal(&node.name));
+        } else {
+            let _ = writeln!(s, "primary_slot_name = ''");
+        }
+    } else {
+        let _ = writeln!(s, "primary_conninfo = ''");
+        let _ = writeln!(s, "primary_slot_name = ''");
+    }
+    s
+}
+
+/// pg_hba.conf: peer on the local socket, scram-sha-256 over TCP from the configured networks
+/// only; never `trust` or `password` over TCP.
+pub fn render_hba(config: &PghaConfig) -> String {
+    let mut s = String::from(HEADER);
+    let _ = writeln!(
+        s,
+        "# TYPE  DATABASE     USER            ADDRESS                 METHOD"
+    );
+    let _ = writeln!(
+        s,
+        "local   all          all                                     peer"
+    );
+    let _ = writeln!(
+        s,
+        "local   replication  all                                     peer"
+    );
+    for net in &config.replication.allowed_networks {
+        let _ = writeln!(
+            s,
+            "host    replication  {:<15} {:<23} scram-sha-256",
+            config.replication.user,
+            net.to_string()
+        );
+    }
+    for net in &config.replication.allowed_networks {
+        let _ = writeln!(
+            s,
+            "host    all          all             {:<23} scram-sha-256",
+            net.to_string()
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mode: &str) -> PghaConfig {
+        pgha_config::load_from_str(
+            &format!(
+                r#"
+[cluster]
+name = "demo"
+[replication]
+mode = "{mode}"
+password = {{ env = "X" }}
+allowed_networks = ["127.0.0.1/32", "10.0.0.0/24"]
+[[nodes]]
+name = "n1"
+host = "127.0.0.1"
+port = 5432
+data_dir = "/d/n1"
+[[nodes]]
+name = "n2"
+host = "127.0.0.1"
+port = 5433
+data_dir = "/d/n2"
+"#
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cluster_conf_has_replication_settings() {
+        let s = render_cluster_conf(&config("async"));
+        for want in [
+            "wal_level = replica",
+            "hot_standby = on",
+            "wal_log_hints = on",
+            "password_encryption = 'scram-sha-256'",
+            "wal_keep_size = '512MB'",
+            "synchronous_standby_names = ''",
+        ] {
+            assert!(s.contains(want), "missing {want}:\n{s}");
+        }
+        let sync = render_cluster_conf(&config("sync"));
+        assert!(
+            sync.contains(r#"synchronous_standby_names = 'ANY 1 ("n1", "n2")'"#),
+            "{sync}"
+        );
+    }
+
+    #[test]
+    fn replica_conf_points_at_upstream_without_password() {
+        let c = config("async");
+        let s = render_node_conf(&c, &c.nodes[1], Some(&c.nodes[0]));
+        assert!(s.contains("port = 5433"), "{s}");
+        assert!(
+            s.contains(
+                "host=''127.0.0.1'' port=5432 user=''replicator'' passfile=''/d/n2.pgpass''"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("primary_slot_name = 'n2'"), "{s}");
+        assert!(!s.contains("password="), "{s}");
+    }
+
+    #[test]
+    fn hba_is_scram_only_over_tcp() {
+        let s = render_hba(&config("async"));
+        assert!(
+            s.contains("host    replication  replicator      10.0.0.0/24"),
+            "{s}"
+        );
+        for line in s.lines().filter(|l| l.starts_with("host")) {
+            assert!(line.ends_with("scram-sha-256"), "{line}");
+        }
+        assert!(!s.contains("trust"));
+    }
+}

@@ -1,0 +1,201 @@
+//! Test harness: real PostgreSQL clusters in per-test temp dirs on reserved free ports, stopped
+//! on drop (also when the test panics), with a check that no server logged a PANIC.
+//!
+//! Clusters are built by `pgha-local-cluster`, the same code `cargo xtask cluster up` runs.
+
+use std::ops::Deref;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pgha_config::ReplicationMode;
+use pgha_local_cluster::{ClusterSpec, LocalCluster};
+use sqlx::PgConnection;
+
+pub use pgha_local_cluster::free_port;
+
+/// Logs at `info` for our crates, once per test process; `RUST_LOG` overrides.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// What cluster a test wants.
+#[derive(Debug, Clone)]
+pub struct TestClusterBuilder {
+    spec_replicas: usize,
+    mode: ReplicationMode,
+    slots: bool,
+    wal_keep_size_mb: Option<u64>,
+    parameters: Vec<(String, String)>,
+}
+
+impl TestClusterBuilder {
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.spec_replicas = n;
+        self
+    }
+    pub fn sync(mut self) -> Self {
+        self.mode = ReplicationMode::Sync;
+        self
+    }
+    pub fn slots(mut self, on: bool) -> Self {
+        self.slots = on;
+        self
+    }
+    pub fn wal_keep_size_mb(mut self, mb: u64) -> Self {
+        self.wal_keep_size_mb = Some(mb);
+        self
+    }
+    pub fn parameter(mut self, key: &str, value: &str) -> Self {
+        self.parameters.push((key.into(), value.into()));
+        self
+    }
+
+    /// Creates and starts the cluster; returns once every replica streams.
+    pub async fn start(self) -> anyhow::Result<TestCluster> {
+        init_tracing();
+        let dir = tempfile::Builder::new()
+            .prefix("pgha-test-")
+            .tempdir()
+            .context("create test dir")?;
+        // The server user must traverse into it when tests run as root.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        }
+        let mut spec = ClusterSpec::new("test", dir.path());
+        spec.replicas = self.spec_replicas;
+        spec.mode = self.mode;
+        spec.slots = self.slots;
+        spec.wal_keep_size_mb = self.wal_keep_size_mb;
+        // Small and fast: tests run several clusters at once on two cores.
+        for (k, v) in [
+            ("shared_buffers", "16MB"),
+            ("max_connections", "30"),
+            ("fsync", "off"),
+        ] {
+            spec.parameters.insert(k.into(), v.into());
+        }
+        spec.parameters.extend(self.parameters);
+        let t = Instant::now();
+        let cluster = match LocalCluster::create(&spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Stop whatever did start before the temp dir goes away.
+                if let Ok(c) = LocalCluster::open_incomplete(dir.path()) {
+                    c.stop_all_blocking();
+                }
+                return Err(e).context(format!("create test cluster in {}", dir.path().display()));
+            }
+        };
+        tracing::info!(elapsed_ms = t.elapsed().as_millis() as u64, root = %dir.path().display(), "test cluster up");
+        Ok(TestCluster { cluster, _dir: dir })
+    }
+}
+
+/// A running cluster owned by one test.
+#[derive(Debug)]
+pub struct TestCluster {
+    cluster: LocalCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub fn builder() -> TestClusterBuilder {
+        TestClusterBuilder {
+            spec_replicas: 2,
+            mode: ReplicationMode::Async,
+            slots: true,
+            wal_keep_size_mb: None,
+            parameters: Vec::new(),
+        }
+    }
+
+    /// A primary and `replicas` async replicas.
+    pub async fn start(replicas: usize) -> anyhow::Result<TestCluster> {
+        Self::builder().replicas(replicas).start().await
+    }
+
+    /// Node names: node1 (the first primary), node2, ...
+    pub fn node_names(&self) -> Vec<String> {
+        self.cluster
+            .config()
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// A superuser connection to `node`.
+    pub async fn conn(&self, node: &str) -> anyhow::Result<PgConnection> {
+        let inst = self.cluster.instance(node)?;
+        Ok(inst.connect_params().connect().await?)
+    }
+
+    /// Polls `probe` every 50 ms until it returns Some or `timeout` passes.
+    pub async fn eventually<T, F, Fut>(
+        timeout: Duration,
+        what: &str,
+        mut probe: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = None;
+        loop {
+            match probe().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "{what} did not happen within {timeout:?} (last error: {last_err:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Server log lines that say PANIC: a failed assertion or corruption in the server.
+    pub fn panics_in_logs(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for n in &self.cluster.config().nodes {
+            let text = std::fs::read_to_string(n.log_file()).unwrap_or_default();
+            found.extend(
+                text.lines()
+                    .filter(|l| l.contains("PANIC:"))
+                    .map(|l| format!("{}: {l}", n.name)),
+            );
+        }
+        found
+    }
+
+    pub fn root(&self) -> &Path {
+        self.cluster.root()
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.cluster.stop_all_blocking();
+        let panics = self.panics_in_logs();
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("server logs contain PANIC lines:\n{}", panics.join("\n"));
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `cargo xtask cluster up|status|psql|down`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use pgha_config::{ConfigSource, ReplicationMode};
+use pgha_local_cluster::{ClusterSpec, LocalCluster, LocalClusterError, CONFIG_FILE};
+use pgha_postgres::{LocalInstance, OsUser, PgControl, StopMode};
+
+use crate::deps;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start a primary and N streaming replicas (creating them on first use). Safe to repeat.
+    Up {
+        /// Number of replicas.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        /// Synchronous replication (commits wait for one standby).
+        #[arg(long)]
+        sync: bool,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Show the nodes, their roles, LSNs and lag.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Open psql on a node as the superuser (extra arguments go to psql after `--`).
+    Psql {
+        /// Node name, e.g. node1.
+        node: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Stop every node; --purge also deletes data dirs, secrets and pgha.toml.
+    Down {
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StateDirArg {
+    /// Where the cluster lives [default: $PGHA_STATE_DIR, else <repo>/.pgha].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The state dir: the flag, `PGHA_STATE_DIR`, or `<repo>/.pgha` (git-ignored). When the server
+/// user cannot reach the repo (a clone under /root), a stable dir under /var/tmp instead.
+pub fn state_dir(arg: &StateDirArg) -> PathBuf {
+    if let Some(d) = &arg.state_dir {
+        return absolute(d);
+    }
+    if let Some(d) = std::env::var_os("PGHA_STATE_DIR").filter(|d| !d.is_empty()) {
+        return absolute(Path::new(&d));
+    }
+    let repo = workspace_root();
+    let preferred = repo.join(".pgha");
+    match OsUser::for_server("postgres") {
+        Ok(Some(user)) if user.check_traversable(&preferred.join("nodes")).is_err() => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            repo.hash(&mut h);
+            let alt = PathBuf::from(format!("/var/tmp/pgha-{:08x}", h.finish() as u32));
+            eprintln!(
+                "xtask: {} is not reachable by the `postgres` user; using {} as the state dir",
+                preferred.display(),
+                alt.display()
+            );
+            alt
+        }
+        _ => preferred,
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(p))
+            .unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ClusterCommand::Up {
+            replicas,
+            sync,
+            state,
+        } => up(&state_dir(&state), replicas, sync).await,
+        ClusterCommand::Status { json, state } => status(&state_dir(&state), json).await,
+        ClusterCommand::Psql { node, args, state } => psql(&state_dir(&state), &node, &args),
+        ClusterCommand::Down { purge, state } => down(&state_dir(&state), purge).await,
+    }
+}
+
+async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode> {
+    deps::ensure_postgres()?;
+    let t = Instant::now();
+    let mode = if sync {
+        ReplicationMode::Sync
+    } else {
+        ReplicationMode::Async
+    };
+    let cluster = if dir.join(CONFIG_FILE).exists() {
+        let c = LocalCluster::open(dir)?;
+        let have = c.config().nodes.len() - 1;
+        if have != replicas || c.config().replication.mode != mode {
+            eprintln!(
+                "xtask: the existing cluster in {} has {have} replica(s) in {} mode; keeping it \
+                 (run `cargo xtask cluster down --purge` first to rebuild with other settings)",
+                dir.display(),
+                c.config().replication.mode
+            );
+        }
+        eprintln!("xtask: starting existing cluster in {}", dir.display());
+        c.start_all().await?;
+        c.wait_streaming(Duration::from_secs(60)).await?;
+        c
+    } else {
+        eprintln!(
+            "xtask: creating a primary and {replicas} replica(s) in {}",
+            dir.display()
+        );
+        let mut spec = ClusterSpec::new("local", dir);
+        spec.replicas = replicas;
+        spec.mode = mode;
+        LocalCluster::create(&spec)
+            .await
+            .map_err(|e| explain(e, dir))?
+    };
+    eprintln!("xtask: cluster up in {:.1} s", t.elapsed().as_secs_f64());
+    let st = cluster.status().await?;
+    print!("{}", pgha::status_table::render(cluster.config(), &st));
+    println!(
+        "\nPoint the pgha CLI at it:\n  export PGHA_CONFIG={}",
+        cluster.config_path().display()
+    );
+    println!("Then: cargo run -p pgha -- status");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(e: LocalClusterError, dir: &Path) -> anyhow::Error {
+    anyhow::Error::new(e).context(format!(
+        "bringing up the cluster in {} failed; fix the cause, then `cargo xtask cluster down --purge` and retry",
+        dir.display()
+    ))
+}
+
+async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cluster = LocalCluster::open(dir)?;
+    let st = cluster.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{}", pgha::status_table::render(cluster.config(), &st));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn psql(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<ExitCode> {
+    let cluster = LocalCluster::open(dir)?;
+    let config = cluster.config();
+    let n = config.node(node).with_context(|| {
+        format!(
+            "no node `{node}`; nodes: {}",
+            config
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let inst = cluster.instance(node)?;
+    let params = inst.connect_params();
+    let mut cmd = std::process::Command::new(inst.bins().tool("psql"));
+    cmd.args([
+        "-h",
+        &n.host,
+        "-p",
+        &n.port.to_string(),
+        "-U",
+        &params.user,
+        &params.database,
+    ]);
+    cmd.args(args);
+    // Through the environment, not argv, so it does not show in `ps`.
+    if let Some(pw) = &params.password {
+        cmd.env("PGPASSWORD", pw.expose());
+    }
+    let st = cmd.status().context("run psql")?;
+    Ok(ExitCode::from(st.code().unwrap_or(1) as u8))
+}
+
+async fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
+    let path = dir.join(CONFIG_FILE);
+    if !path.exists() {
+        if purge && dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        }
+        eprintln!("xtask: no cluster in {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Works on incomplete clusters too: every node the config names is stopped if running.
+    let loaded = pgha_config::load(ConfigSource::Flag(path))?;
+    for n in loaded.config.nodes.iter().rev() {
+        let inst = LocalInstance::from_config(&loaded.config, n)?;
+        let mode = if purge {
+            StopMode::Immediate
+        } else {
+            StopMode::Fast
+        };
+        inst.stop(mode)
+            .await
+            .with_context(|| format!("stop {}", n.name))?;
+        eprintln!("xtask: {} stopped", n.name);
+    }
+    if purge {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+        eprintln!("xtask: removed {}", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,97 @@
+//! System packages the local cluster and tests need, installed with apt-get when missing
+//! (Debian, as root). Anything else gets a message saying what to install.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+
+/// A package and how to tell it is installed.
+struct Need {
+    package: &'static str,
+    present: fn() -> bool,
+}
+
+fn pg_server_present() -> bool {
+    pgha_postgres::PgBinaries::discover(None).is_ok()
+}
+
+const NEEDS: &[Need] = &[Need {
+    package: "postgresql-15",
+    present: pg_server_present,
+}];
+
+fn is_root() -> bool {
+    // SAFETY-free check: /proc/self/status would do too, but `id -u` is universal.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Installs every missing package in one apt-get call.
+pub fn ensure(packages: &[&str]) -> anyhow::Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
+        bail!(
+            "missing system packages: {}; install them (Debian: sudo apt-get install -y {})",
+            packages.join(", "),
+            packages.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {} with apt-get", packages.join(" "));
+    let update = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("run apt-get update")?;
+    if !update.success() {
+        bail!("apt-get update failed ({update})");
+    }
+    let st = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("run apt-get install")?;
+    if !st.success() {
+        bail!("apt-get install {} failed ({st})", packages.join(" "));
+    }
+    Ok(())
+}
+
+/// Ensures PostgreSQL server binaries and the `postgres` OS user.
+pub fn ensure_postgres() -> anyhow::Result<()> {
+    let missing: Vec<&str> = NEEDS
+        .iter()
+        .filter(|n| !(n.present)())
+        .map(|n| n.package)
+        .collect();
+    ensure(&missing)?;
+    if is_root() && pgha_postgres::OsUser::lookup("postgres").is_err() {
+        let st = Command::new("useradd")
+            .args([
+                "--system",
+                "--create-home",
+                "--home-dir",
+                "/var/lib/postgresql",
+                "--shell",
+                "/bin/bash",
+                "postgres",
+            ])
+            .status()
+            .context("run useradd")?;
+        if !st.success() {
+            bail!("useradd postgres failed ({st})");
+        }
+    }
+    Ok(())
+}
+
+pub fn ensure_all() -> anyhow::Result<ExitCode> {
+    ensure_postgres()?;
+    eprintln!("xtask: system dependencies present");
+    Ok(ExitCode::SUCCESS)
+}
