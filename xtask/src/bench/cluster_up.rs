@@ -1,38 +1,26 @@
-//! `cargo xtask bench ...`: benchmarks that report medians from repeated runs.
+//! `cargo xtask bench cluster-up`: time to bring up a primary and 2 replicas, and for the
+//! replicas to replay a burst of single-row inserts; medians over repeated runs.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Subcommand;
 use pgha_local_cluster::{ClusterSpec, LocalCluster};
 use pgha_postgres::Lsn;
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Time to bring up a primary + 2 replicas, and for the replicas to replay 10,000 inserts.
-    ClusterUp {
-        /// Repetitions; the median is reported.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Inserts per run.
-        #[arg(long, default_value_t = 10_000)]
-        inserts: usize,
-    },
+use super::median;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Inserts per run.
+    #[arg(long, default_value_t = 10_000)]
+    inserts: usize,
 }
 
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        BenchCommand::ClusterUp { runs, inserts } => cluster_up(runs, inserts).await,
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-async fn cluster_up(runs: usize, inserts: usize) -> anyhow::Result<ExitCode> {
+pub async fn run(Args { runs, inserts }: Args) -> anyhow::Result<ExitCode> {
     crate::deps::ensure_postgres()?;
     let base = std::env::temp_dir().join(format!("pgha-bench-{}", std::process::id()));
     let mut up = Vec::new();

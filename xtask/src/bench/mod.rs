@@ -1,0 +1,26 @@
+//! `cargo xtask bench ...`: benchmarks. Each prints medians and, where there is a baseline,
+//! ratios against it measured in the same run. One module per benchmark.
+
+mod cluster_up;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time to bring up a primary + 2 replicas, and for the replicas to replay 10,000 inserts.
+    ClusterUp(cluster_up::Args),
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::ClusterUp(args) => cluster_up::run(args).await,
+    }
+}
+
+/// Median of `v` (sorts it).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
