@@ -10,7 +10,7 @@ use pgha_config::{ConfigSource, ReplicationMode};
 use pgha_local_cluster::{ClusterSpec, LocalCluster, LocalClusterError, CONFIG_FILE};
 use pgha_postgres::{LocalInstance, OsUser, PgControl, StopMode};
 
-use crate::deps;
+use crate::{agents, deps};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -117,6 +117,9 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
 
 async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
+    deps::ensure_ha()?;
+    eprintln!("xtask: building pgha-agent and pgha");
+    let bin_dir = agents::build_binaries()?;
     let t = Instant::now();
     let mode = if sync {
         ReplicationMode::Sync
@@ -135,29 +138,59 @@ async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode>
             );
         }
         eprintln!("xtask: starting existing cluster in {}", dir.display());
-        c.start_all().await?;
-        c.wait_streaming(Duration::from_secs(60)).await?;
+        agents::ensure_etcd(dir)?;
         c
     } else {
         eprintln!(
-            "xtask: creating a primary and {replicas} replica(s) in {}",
+            "xtask: creating etcd, a primary and {replicas} replica(s) in {}",
             dir.display()
         );
+        std::fs::create_dir_all(dir)?;
+        let etcd_url = agents::ensure_etcd(dir)?;
         let mut spec = ClusterSpec::new("local", dir);
         spec.replicas = replicas;
         spec.mode = mode;
-        LocalCluster::create(&spec)
+        spec.extra_toml = format!(
+            "[dcs]\netcd = [\"{etcd_url}\"]\n\n[failover]\n# the defaults; see docs/FAILOVER.md\nttl = \"8s\"\nloop_wait = \"500ms\"\n"
+        );
+        let c = LocalCluster::create(&spec)
             .await
-            .map_err(|e| explain(e, dir))?
+            .map_err(|e| explain(e, dir))?;
+        // From here on each agent runs its node's PostgreSQL as its child.
+        c.stop_all(StopMode::Fast).await?;
+        c
     };
+    let names: Vec<String> = cluster
+        .config()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    agents::ensure_agents(dir, &cluster.config_path(), &names, &bin_dir)?;
+    cluster
+        .wait_streaming(Duration::from_secs(90))
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "the agents did not bring the cluster up; see {}/agents/*.log",
+                dir.display()
+            ))
+        })?;
     eprintln!("xtask: cluster up in {:.1} s", t.elapsed().as_secs_f64());
     let st = cluster.status().await?;
-    print!("{}", pgha::status_table::render(cluster.config(), &st));
+    print!("{}", pgha_replication::table::render(cluster.config(), &st));
     println!(
-        "\nPoint the pgha CLI at it:\n  export PGHA_CONFIG={}",
+        "\nEach node is run by its pgha-agent (logs in {}/agents/); leader lease in etcd.",
+        dir.display()
+    );
+    println!(
+        "Point the pgha CLI at it:\n  export PGHA_CONFIG={}",
         cluster.config_path().display()
     );
-    println!("Then: cargo run -p pgha -- status");
+    println!(
+        "Then: {}/pgha list   (status, check replication, switchover --to node2, pause, ...)",
+        bin_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,7 +207,7 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
-        print!("{}", pgha::status_table::render(cluster.config(), &st));
+        print!("{}", pgha_replication::table::render(cluster.config(), &st));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -223,6 +256,7 @@ async fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
         eprintln!("xtask: no cluster in {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
+    agents::stop_all(dir);
     // Works on incomplete clusters too: every node the config names is stopped if running.
     let loaded = pgha_config::load(ConfigSource::Flag(path))?;
     for n in loaded.config.nodes.iter().rev() {

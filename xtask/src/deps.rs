@@ -90,8 +90,21 @@ pub fn ensure_postgres() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// etcd (the DCS) and protoc (etcd-client's build needs it).
+pub fn ensure_ha() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if pgha_local_cluster::etcd_binary().is_none() {
+        missing.push("etcd-server");
+    }
+    if !(Path::new("/usr/bin/protoc").exists() || std::env::var_os("PROTOC").is_some()) {
+        missing.push("protobuf-compiler");
+    }
+    ensure(&missing)
+}
+
 pub fn ensure_all() -> anyhow::Result<ExitCode> {
     ensure_postgres()?;
+    ensure_ha()?;
     eprintln!("xtask: system dependencies present");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,11 @@
 //! `cargo xtask`: bring up, inspect and tear down a local cluster of real PostgreSQL processes;
 //! benchmarks; the test runner CI calls.
 
+mod agents;
 mod bench;
 mod cluster;
 mod deps;
+mod drill;
 mod test;
 
 use std::process::ExitCode;
@@ -32,14 +34,44 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Failure drills (the seed's test-failover.sh): RTO, lost writes, split brain.
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
+    },
     /// Install what the tests need (on Debian as root), then run the whole test suite.
     Test(test::TestArgs),
     /// Install the system packages pgha's tests and local cluster need (Debian, as root).
     InstallDeps,
 }
 
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The error and its causes, each once (our errors already include their cause's text).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    pgha::logging::init(1);
+    init_logging();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -55,6 +87,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Cluster { command } => cluster::run(command).await,
             Command::Bench { command } => bench::run(command).await,
+            Command::Drill { command } => drill::run(command).await,
             Command::Test(args) => test::run(args),
             Command::InstallDeps => deps::ensure_all(),
         }
@@ -62,7 +95,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("xtask: error: {}", pgha::error_chain(&e));
+            eprintln!("xtask: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

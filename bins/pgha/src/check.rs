@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use pgha_replication::status::ClusterStatus;
 
 use crate::cli::ReplicationCheckArgs;
-use crate::status_table::human_bytes;
+use pgha_replication::table::human_bytes;
 
 /// Nagios states, ordered by severity except Unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

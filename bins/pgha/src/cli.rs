@@ -34,6 +34,35 @@ pub enum Command {
     },
     /// Write the settings files pgha applies (pgha.conf, pgha-node.conf, pg_hba.conf) for review.
     Render(RenderArgs),
+    /// Members as the agents publish them in the DCS: leader, role, state, timeline, LSN, lag.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: the leader hands over to NODE (a healthy streaming replica within
+    /// the lag bound) with no acknowledged write lost.
+    Switchover {
+        /// The new leader.
+        #[arg(long)]
+        to: String,
+        /// When: an RFC 3339 time (2026-12-01T02:00:00Z) or a delay (30s, 5m).
+        #[arg(long)]
+        at: Option<String>,
+        /// Return once the request is recorded instead of waiting for the new leader.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Manual failover to NODE, also when there is no leader; lag is not checked.
+    Failover {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop automatic failover (agents keep reporting; the leader keeps its lease).
+    Pause,
+    /// Resume automatic failover.
+    Resume,
     /// Switch the running cluster between async and sync replication (ALTER SYSTEM + reload on
     /// the primary).
     SetMode {

@@ -2,9 +2,9 @@
 
 pub mod check;
 pub mod cli;
+pub mod ha;
 pub mod logging;
 pub mod render;
-pub mod status_table;
 
 use std::process::ExitCode;
 
@@ -64,7 +64,7 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                print!("{}", status_table::render(&loaded.config, &st));
+                print!("{}", pgha_replication::table::render(&loaded.config, &st));
             }
         }
         Command::Render(args) => render::run(&loaded.config, args).await?,
@@ -84,6 +84,13 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
                 .await?;
             println!("replication mode is now {mode} on primary {primary}");
         }
+        Command::List { json } => ha::list(&loaded.config, *json).await?,
+        Command::Switchover { to, at, no_wait } => {
+            ha::switchover(&loaded.config, to, at.as_deref(), *no_wait).await?
+        }
+        Command::Failover { to, no_wait } => ha::failover(&loaded.config, to, *no_wait).await?,
+        Command::Pause => ha::pause(&loaded.config, true).await?,
+        Command::Resume => ha::pause(&loaded.config, false).await?,
         Command::Check { .. } => unreachable!("handled in run"),
     }
     Ok(())

@@ -18,8 +18,79 @@ pub struct PghaConfig {
     pub postgres: PostgresSection,
     #[serde(default)]
     pub replication: ReplicationSection,
+    /// The distributed configuration store holding the leader lease (needed by the agents).
+    #[serde(default)]
+    pub dcs: Option<DcsSection>,
+    #[serde(default)]
+    pub failover: FailoverSection,
     /// The PostgreSQL nodes; order is only the display order, roles are discovered live.
     pub nodes: Vec<NodeConfig>,
+}
+
+/// `[dcs]`: where the leader lease and member states live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcsSection {
+    /// etcd v3 client endpoints, e.g. `["http://127.0.0.1:2379"]`.
+    pub etcd: Vec<String>,
+    /// Key prefix; the cluster's keys live under `<namespace>/<cluster.name>/`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Longest one DCS request may take before it counts as failed.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_namespace() -> String {
+    "/pgha".into()
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `[failover]`: timings and rules of the per-node agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSection {
+    /// Leader lease: others may take over this long after the primary's last renewal
+    /// (whole seconds, at least 2s).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Agent loop period: renew the lease, publish state, decide.
+    #[serde(with = "humantime_serde")]
+    pub loop_wait: Duration,
+    /// A replica further behind the last known primary position is not promoted automatically.
+    pub maximum_lag_on_failover: ByteSize,
+    /// DCS unreachable: the primary keeps serving only while every replica's agent confirms it
+    /// cannot reach the DCS either; otherwise it stops itself before its lease can expire.
+    pub failsafe: bool,
+    /// When the leader's PostgreSQL port and agent port both refuse connections (the processes
+    /// are gone while their host answers), revoke its lease at once instead of waiting the TTL.
+    pub fast_dead_detection: bool,
+    /// How long the primary's agent tries to restart a crashed PostgreSQL before releasing the lease.
+    #[serde(with = "humantime_serde")]
+    pub postgres_restart_timeout: Duration,
+    /// Sync mode: keep commits waiting when no standby can be synchronous (else sync is
+    /// suspended and no failover is allowed until a standby is synchronous again).
+    pub sync_strict: bool,
+    /// Token required by mutating agent API calls (switchover, failover, pause, resume, failsafe).
+    pub api_token: Option<SecretSource>,
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        FailoverSection {
+            ttl: Duration::from_secs(8),
+            loop_wait: Duration::from_millis(500),
+            maximum_lag_on_failover: ByteSize(1 << 20),
+            failsafe: true,
+            fast_dead_detection: true,
+            postgres_restart_timeout: Duration::from_secs(3),
+            sync_strict: false,
+            api_token: None,
+        }
+    }
 }
 
 /// `[cluster]`: identity of the cluster.
@@ -151,6 +222,9 @@ pub struct NodeConfig {
     /// unix_socket_directories; PostgreSQL's compiled-in default when absent.
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
+    /// Never promote this node automatically (it can still be a switchover target by hand).
+    #[serde(default)]
+    pub nofailover: bool,
 }
 
 fn default_port() -> u16 {

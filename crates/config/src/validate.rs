@@ -15,6 +15,7 @@ impl PghaConfig {
         self.validate_postgres(&mut errs);
         self.validate_replication(&mut errs);
         self.validate_nodes(&mut errs);
+        self.validate_failover(&mut errs);
         errs
     }
 
@@ -126,6 +127,70 @@ impl PghaConfig {
                     format!(
                         "{} is out of range: expected 1..={replicas} (the number of replicas)",
                         r.sync_standbys
+                    ),
+                );
+            }
+        }
+    }
+
+    fn validate_failover(&self, errs: &mut ValidationErrors) {
+        let f = &self.failover;
+        let ttl = f.ttl;
+        if ttl < std::time::Duration::from_secs(2) || ttl.subsec_nanos() != 0 {
+            errs.push(
+                "failover.ttl",
+                format!("{ttl:?} is not usable: the lease needs whole seconds, at least 2s"),
+            );
+        }
+        if f.loop_wait.is_zero() || f.loop_wait * 4 > ttl {
+            errs.push(
+                "failover.loop_wait",
+                format!(
+                    "{:?} is longer than a quarter of failover.ttl ({ttl:?}): the primary could not \
+                     renew its lease and fence itself before the others may take over",
+                    f.loop_wait
+                ),
+            );
+        }
+        if f.postgres_restart_timeout + f.loop_wait >= ttl {
+            errs.push(
+                "failover.postgres_restart_timeout",
+                format!(
+                    "{:?} plus failover.loop_wait reaches failover.ttl ({ttl:?}): release the lease \
+                     before it would run out anyway",
+                    f.postgres_restart_timeout
+                ),
+            );
+        }
+        check_secret(errs, "failover.api_token", f.api_token.as_ref());
+        if let Some(d) = &self.dcs {
+            if d.etcd.is_empty() {
+                errs.push(
+                    "dcs.etcd",
+                    "no endpoint: list at least one, e.g. [\"http://127.0.0.1:2379\"]",
+                );
+            }
+            for (i, e) in d.etcd.iter().enumerate() {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    errs.push(
+                        format!("dcs.etcd[{i}]"),
+                        format!("`{e}` must start with http:// or https://"),
+                    );
+                }
+            }
+            if !d.namespace.starts_with('/') {
+                errs.push(
+                    "dcs.namespace",
+                    format!("`{}` must start with `/`", d.namespace),
+                );
+            }
+            if d.request_timeout.is_zero() || d.request_timeout * 4 > ttl {
+                errs.push(
+                    "dcs.request_timeout",
+                    format!(
+                        "{:?} is longer than a quarter of failover.ttl ({ttl:?}): a hung DCS call could \
+                         outlast the lease",
+                        d.request_timeout
                     ),
                 );
             }
@@ -328,6 +393,25 @@ data_dir = "/var/lib/pgha/node2"
             "{err}"
         );
         assert!(!err.contains("hunter2"), "secret echoed in error: {err}");
+    }
+
+    #[test]
+    fn unsafe_failover_timings_are_rejected_naming_the_fields() {
+        let bad = format!(
+            "{GOOD}\n[dcs]\netcd = [\"127.0.0.1:2379\"]\nrequest_timeout = \"5s\"\n[failover]\nttl = \"4s\"\nloop_wait = \"5s\"\n"
+        );
+        // Tables must precede [[nodes]] in TOML only for readability; serde accepts this order.
+        let err = load_from_str(&bad, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("failover.loop_wait: 5s is longer than a quarter of failover.ttl (4s)"),
+            "{err}"
+        );
+        assert!(err.contains("dcs.request_timeout: 5s"), "{err}");
+        assert!(
+            err.contains("dcs.etcd[0]: `127.0.0.1:2379` must start with http://"),
+            "{err}"
+        );
+        assert!(err.contains("failover.postgres_restart_timeout"), "{err}");
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! `cargo xtask cluster ...` and the test harness both drive clusters through this crate, so the
 //! tests exercise the same path an operator runs.
 
+mod agents;
 mod error;
+mod etcd;
 mod ports;
 mod provision;
 mod secrets;
 
+pub use agents::{stop_pid, AgentProcess};
 pub use error::{LocalClusterError, Result};
+pub use etcd::{etcd_binary, EtcdServer};
 pub use ports::{free_port, PortReservation};
 pub use provision::{ClusterSpec, LocalCluster, COMPLETE_MARKER, CONFIG_FILE};

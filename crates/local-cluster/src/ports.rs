@@ -14,7 +14,23 @@ use crate::{LocalClusterError, Result};
 #[derive(Debug)]
 pub struct PortReservation {
     pub port: u16,
-    _lock: File,
+    _lock: Option<File>,
+}
+
+impl PortReservation {
+    /// A known port (e.g. one a service had before), locked when the lock is free.
+    pub fn unchecked(port: u16) -> Self {
+        let path = lock_dir().join(format!("{port}.lock"));
+        let _ = std::fs::create_dir_all(lock_dir());
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()
+            .filter(|f| f.try_lock().is_ok());
+        PortReservation { port, _lock: lock }
+    }
 }
 
 fn lock_dir() -> PathBuf {
@@ -46,7 +62,10 @@ pub fn free_port(host: &str) -> Result<PortReservation> {
             .open(&path)
             .map_err(LocalClusterError::io("open", &path))?;
         if file.try_lock().is_ok() {
-            return Ok(PortReservation { port, _lock: file });
+            return Ok(PortReservation {
+                port,
+                _lock: Some(file),
+            });
         }
     }
     Err(LocalClusterError::NoFreePort {

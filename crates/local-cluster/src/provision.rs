@@ -36,6 +36,8 @@ pub struct ClusterSpec {
     pub wal_keep_size_mb: Option<u64>,
     /// Extra server settings for every node.
     pub parameters: BTreeMap<String, String>,
+    /// TOML appended to the generated pgha.toml (e.g. `[dcs]` and `[failover]` sections).
+    pub extra_toml: String,
 }
 
 impl ClusterSpec {
@@ -51,6 +53,7 @@ impl ClusterSpec {
             slots: true,
             wal_keep_size_mb: None,
             parameters: BTreeMap::new(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -347,6 +350,9 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
             toml_str(&socket_dir(&dir).display().to_string())
         );
         let _ = writeln!(s, "agent_address = \"{}:{}\"", spec.host, ports[i * 2 + 1]);
+    }
+    if !spec.extra_toml.is_empty() {
+        let _ = writeln!(s, "\n{}", spec.extra_toml);
     }
     s
 }

@@ -255,7 +255,7 @@ impl LocalInstance {
     }
 
     /// Fails with a clear message when something else listens on the instance's port.
-    fn check_port_free(&self) -> Result<()> {
+    pub(crate) fn check_port_free(&self) -> Result<()> {
         let host = if self.connect.host.parse::<std::net::IpAddr>().is_ok() {
             self.connect.host.as_str()
         } else {
@@ -289,6 +289,11 @@ impl LocalInstance {
                 .args(["-m", mode.as_pg_ctl(), "-w", "-t", "30", "-s"])
                 .output();
         }
+    }
+
+    /// How long start/stop/promote may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn timeout_secs(&self) -> String {

@@ -8,6 +8,7 @@
 mod binaries;
 mod connect;
 mod control;
+mod controldata;
 mod error;
 pub mod files;
 mod instance;
@@ -15,11 +16,14 @@ mod lsn;
 mod os_user;
 pub mod scram;
 pub mod sql;
+mod supervised;
 
 pub use binaries::PgBinaries;
 pub use connect::ConnectParams;
 pub use control::{PgControl, ProcessState, StopMode};
+pub use controldata::{control_data, ControlData};
 pub use error::{PgError, Result};
 pub use instance::{connect_params, InitDbOptions, LocalInstance};
 pub use lsn::Lsn;
 pub use os_user::OsUser;
+pub use supervised::SupervisedInstance;

@@ -14,6 +14,7 @@ mod roles;
 mod settings;
 mod slots;
 pub mod status;
+pub mod table;
 
 pub use bootstrap::{bootstrap_replica, write_passfile};
 pub use error::{ReplicationError, Result};

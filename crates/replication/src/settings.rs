@@ -49,6 +49,9 @@ pub fn render_cluster_conf(config: &PghaConfig) -> String {
     // pg_rewind needs hint-bit changes WAL-logged (checksums also do it; both is harmless).
     let _ = writeln!(s, "wal_log_hints = on");
     let _ = writeln!(s, "password_encryption = 'scram-sha-256'");
+    // A replica re-points at a new primary after a failover; retry its WAL source every second
+    // instead of the default 5 s.
+    let _ = writeln!(s, "wal_retrieve_retry_interval = '1s'");
     let names = match r.mode {
         ReplicationMode::Sync => synchronous_standby_names(config),
         ReplicationMode::Async => String::new(),

@@ -14,6 +14,9 @@ use sqlx::PgConnection;
 
 pub use pgha_local_cluster::free_port;
 
+mod ha;
+pub use ha::{HaCluster, TEST_FAILOVER_TOML};
+
 /// Logs at `info` for our crates, once per test process; `RUST_LOG` overrides.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -32,6 +35,7 @@ pub struct TestClusterBuilder {
     slots: bool,
     wal_keep_size_mb: Option<u64>,
     parameters: Vec<(String, String)>,
+    extra_toml: String,
 }
 
 impl TestClusterBuilder {
@@ -49,6 +53,11 @@ impl TestClusterBuilder {
     }
     pub fn wal_keep_size_mb(mut self, mb: u64) -> Self {
         self.wal_keep_size_mb = Some(mb);
+        self
+    }
+    /// TOML appended to the cluster's pgha.toml.
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push_str(toml);
         self
     }
     pub fn parameter(mut self, key: &str, value: &str) -> Self {
@@ -82,6 +91,7 @@ impl TestClusterBuilder {
             spec.parameters.insert(k.into(), v.into());
         }
         spec.parameters.extend(self.parameters);
+        spec.extra_toml = self.extra_toml;
         let t = Instant::now();
         let cluster = match LocalCluster::create(&spec).await {
             Ok(c) => c,
@@ -113,6 +123,7 @@ impl TestCluster {
             slots: true,
             wal_keep_size_mb: None,
             parameters: Vec::new(),
+            extra_toml: String::new(),
         }
     }
 

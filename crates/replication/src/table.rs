@@ -1,10 +1,10 @@
-//! The human-readable `pgha status` table.
+//! The human-readable status table (`pgha status`, `cargo xtask cluster status`).
 
 use std::fmt::Write;
 
+use crate::status::{ClusterStatus, NodeStatus};
+use crate::Role;
 use pgha_config::PghaConfig;
-use pgha_replication::status::{ClusterStatus, NodeStatus};
-use pgha_replication::Role;
 
 /// Bytes as B/kB/MB/GB with one decimal.
 pub fn human_bytes(b: u64) -> String {

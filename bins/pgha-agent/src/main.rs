@@ -1,0 +1,119 @@
+//! `pgha-agent`: one per PostgreSQL node. Runs PostgreSQL as its child, holds or follows the
+//! leader lease in etcd, promotes, fences, rejoins, and serves the health API.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use pgha_config::ConfigSource;
+use pgha_failover::agent::{Agent, Shared};
+use pgha_failover::api::{self, ApiState};
+use pgha_failover::dcs::{Dcs, EtcdDcs};
+
+/// The pgha agent of one node (see docs/FAILOVER.md).
+#[derive(Debug, Parser)]
+#[command(name = "pgha-agent", version, about)]
+struct Cli {
+    /// Cluster config file [default: $PGHA_CONFIG, else ./pgha.toml]
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
+    /// This agent's node (a `[[nodes]]` name).
+    #[arg(long, env = "PGHA_NODE")]
+    node: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgha-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgha-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let loaded = pgha_config::load(ConfigSource::locate(cli.config.as_deref()))?;
+    let config = Arc::new(loaded.config);
+    let node = config
+        .node(&cli.node)
+        .with_context(|| format!("--node {}: no such node in {}", cli.node, loaded.source))?
+        .clone();
+    let dcs: Arc<dyn Dcs> = Arc::new(
+        EtcdDcs::from_config(&config, &node.name)
+            .await
+            .context("connect to etcd")?,
+    );
+    let shared = Arc::new(Shared::default());
+    let cancel = CancellationToken::new();
+    let token = config
+        .failover
+        .api_token
+        .as_ref()
+        .map(|s| s.read())
+        .transpose()?;
+    let api_task = match node.agent_address {
+        Some(addr) => {
+            let state = Arc::new(ApiState {
+                shared: shared.clone(),
+                dcs: dcs.clone(),
+                config: config.clone(),
+                token,
+            });
+            let c = cancel.clone();
+            let listener_check = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "agent API address {addr} (nodes.{}.agent_address)",
+                    node.name
+                )
+            })?;
+            drop(listener_check);
+            Some(tokio::spawn(
+                async move { api::serve(addr, state, c).await },
+            ))
+        }
+        None => None,
+    };
+    let agent = Agent::new(config.clone(), &node.name, dcs, shared)?;
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: shutting down");
+        c.cancel();
+    });
+    tracing::info!(node = %node.name, "agent started");
+    agent.run(cancel.clone()).await?;
+    cancel.cancel();
+    if let Some(t) = api_task {
+        let _ = t.await;
+    }
+    Ok(())
+}

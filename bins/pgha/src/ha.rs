@@ -1,0 +1,130 @@
+//! `pgha list|switchover|failover|pause|resume`: operator actions through the DCS.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use pgha_config::PghaConfig;
+use pgha_failover::dcs::{Dcs, EtcdDcs, RequestKind};
+use pgha_failover::ops;
+
+async fn dcs(config: &PghaConfig) -> anyhow::Result<EtcdDcs> {
+    EtcdDcs::from_config(config, "pgha-cli")
+        .await
+        .context("connect to the DCS ([dcs] etcd endpoints)")
+}
+
+pub async fn list(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
+    let d = dcs(config).await?;
+    let view = d.view().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    let rows = ops::list_rows(config, &view);
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let paused = if view.config.paused { ", PAUSED" } else { "" };
+    println!(
+        "Cluster {} (leader {}{paused})",
+        config.cluster.name,
+        view.leader
+            .as_ref()
+            .map(|l| l.name.as_str())
+            .unwrap_or("NONE")
+    );
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if let Some(s) = &view.switchover {
+        println!("pending {:?} to {}", s.kind, s.to);
+    }
+    Ok(())
+}
+
+/// `--at`: an RFC 3339 time or a delay from now.
+fn parse_at(at: &str) -> anyhow::Result<u64> {
+    let t = match humantime::parse_duration(at) {
+        Ok(d) => SystemTime::now() + d,
+        Err(_) => humantime::parse_rfc3339_weak(at).with_context(|| {
+            format!("--at {at}: expected an RFC 3339 time (2026-12-01T02:00:00Z) or a delay (30s)")
+        })?,
+    };
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
+async fn run_request(
+    config: &PghaConfig,
+    kind: RequestKind,
+    to: &str,
+    at: Option<u64>,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let d = dcs(config).await?;
+    let t = Instant::now();
+    let req = ops::request(&d, config, kind, to, at).await?;
+    println!(
+        "{:?} to {to} requested (leader was {})",
+        req.kind,
+        req.from.as_deref().unwrap_or("none")
+    );
+    if no_wait || at.is_some() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = d.view().await?;
+        if v.leader.as_ref().is_some_and(|l| l.name == to)
+            && v.members
+                .get(to)
+                .is_some_and(|m| m.role == pgha_failover::dcs::MemberRole::Primary)
+        {
+            println!("{to} is the leader ({:.2} s)", t.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{to} did not become the leader within 60 s; see `pgha list` and the agents' logs"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn switchover(
+    config: &PghaConfig,
+    to: &str,
+    at: Option<&str>,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let at = at.map(parse_at).transpose()?;
+    run_request(config, RequestKind::Switchover, to, at, no_wait).await
+}
+
+pub async fn failover(config: &PghaConfig, to: &str, no_wait: bool) -> anyhow::Result<()> {
+    run_request(config, RequestKind::Failover, to, None, no_wait).await
+}
+
+pub async fn pause(config: &PghaConfig, paused: bool) -> anyhow::Result<()> {
+    let d = dcs(config).await?;
+    ops::set_paused(&d, paused).await?;
+    println!(
+        "{}",
+        if paused {
+            "paused: no automatic failover until `pgha resume`"
+        } else {
+            "resumed"
+        }
+    );
+    Ok(())
+}

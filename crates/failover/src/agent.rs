@@ -1,0 +1,967 @@
+//! The per-node agent loop: holds or follows the leader lease, promotes, fences, rejoins.
+//!
+//! Safety rules (docs/FAILOVER.md explains them):
+//! - PostgreSQL runs as this process's child and dies with it ([`SupervisedInstance`]), so a
+//!   killed agent never leaves a writable primary behind.
+//! - PostgreSQL starts as a primary only while this agent holds the leader key.
+//! - A leader that cannot renew its lease stops PostgreSQL before the lease can expire for the
+//!   others, unless failsafe is on and every replica confirms the DCS is down for it too.
+//! - Releasing the lease always stops PostgreSQL first.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use pgha_config::{NodeConfig, PghaConfig, ReplicationMode, Secret};
+use pgha_postgres::sql::{pgpass_field, quote_ident, quote_literal};
+use pgha_postgres::{
+    connect_params, control_data, files, LocalInstance, Lsn, PgControl, StopMode,
+    SupervisedInstance,
+};
+use pgha_replication::{
+    bootstrap_replica, create_slot, install_settings, render_node_conf, NodeRole, NODE_CONF,
+};
+
+use crate::dcs::{
+    ClusterView, Dcs, LeaderInfo, LeaderStatus, MemberRole, MemberState, PgState, RequestKind,
+    Session, SwitchoverRequest, SyncState,
+};
+use crate::election::{self, Rules};
+use crate::observe::{observe, Observation};
+use crate::{now_ms, FailoverError, Result};
+
+/// What the API serves; updated every loop.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub is_leader: bool,
+    pub dcs_reachable: bool,
+    pub paused: bool,
+    pub member: Option<MemberState>,
+    pub view: Option<ClusterView>,
+}
+
+/// State shared between the loop and the HTTP API.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub snapshot: RwLock<Snapshot>,
+    /// Until then this node must not take the lease: it confirmed failsafe to the leader.
+    pub quarantine_until: Mutex<Option<Instant>>,
+    pub promotions: AtomicU64,
+    pub fencings: AtomicU64,
+    /// Wakes the loop early (API commands).
+    pub wake: Notify,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Sync-standby change waiting for the new standby to catch up before /sync names it.
+#[derive(Debug, Clone)]
+struct PendingSync {
+    standbys: Vec<String>,
+    since_lsn: Lsn,
+}
+
+/// The agent of one node.
+pub struct Agent {
+    cfg: Arc<PghaConfig>,
+    node: NodeConfig,
+    dcs: Arc<dyn Dcs>,
+    pg: SupervisedInstance,
+    conn: Option<PgConnection>,
+    shared: Arc<Shared>,
+    started: Instant,
+    is_leader: bool,
+    last_renew_ok: Option<Instant>,
+    pg_down_since: Option<Instant>,
+    dead_hits: u32,
+    not_streaming_since: Option<Instant>,
+    needs_rewind: bool,
+    slots_ready: bool,
+    pending_sync: Option<PendingSync>,
+    last_dcs_error: Option<Instant>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.node.name)
+            .field("is_leader", &self.is_leader)
+            .finish()
+    }
+}
+
+impl Agent {
+    pub fn new(
+        cfg: Arc<PghaConfig>,
+        node: &str,
+        dcs: Arc<dyn Dcs>,
+        shared: Arc<Shared>,
+    ) -> Result<Self> {
+        let node = cfg
+            .node(node)
+            .ok_or_else(|| FailoverError::UnknownNode(node.into()))?
+            .clone();
+        let local = LocalInstance::from_config(&cfg, &node)?.with_timeout(Duration::from_secs(60));
+        Ok(Agent {
+            pg: SupervisedInstance::new(local),
+            cfg,
+            node,
+            dcs,
+            conn: None,
+            shared,
+            started: Instant::now(),
+            is_leader: false,
+            last_renew_ok: None,
+            pg_down_since: None,
+            dead_hits: 0,
+            not_streaming_since: None,
+            needs_rewind: false,
+            slots_ready: false,
+            pending_sync: None,
+            last_dcs_error: None,
+        })
+    }
+
+    fn local(&self) -> &LocalInstance {
+        self.pg.local()
+    }
+
+    /// Runs until `cancel`, then stops PostgreSQL and releases the lease.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        let loop_wait = self.cfg.failover.loop_wait;
+        let mut watch: Option<mpsc::Receiver<()>> = None;
+        let shared = self.shared.clone();
+        loop {
+            if watch.is_none() {
+                watch = self.dcs.watch().await.ok();
+            }
+            let t = Instant::now();
+            self.tick().await;
+            let busy = t.elapsed();
+            let sleep = loop_wait
+                .saturating_sub(busy)
+                .max(Duration::from_millis(10));
+            let watched = async {
+                match watch.as_mut() {
+                    Some(w) => w.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(sleep) => {}
+                got = watched => {
+                    if got.is_none() { watch = None; }
+                    // Debounce: a burst of changes (leader deleted, then taken) costs one tick.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ = shared.wake.notified() => {}
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!(node = %self.node.name, "agent stopping: stopping PostgreSQL");
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            tracing::warn!("stop PostgreSQL: {e}");
+        }
+        if self.is_leader {
+            let _ = self.dcs.release_leader().await;
+        }
+    }
+
+    async fn tick(&mut self) {
+        let t0 = Instant::now();
+        let local = self.pg.local().clone();
+        let obs = observe(&local, &mut self.conn).await;
+        let dcs = async {
+            let s = self.dcs.keep_alive().await?;
+            let v = self.dcs.view().await?;
+            Ok::<_, FailoverError>((s, v))
+        }
+        .await;
+        match dcs {
+            Ok((session, view)) => {
+                self.last_renew_ok = Some(t0);
+                self.last_dcs_error = None;
+                self.with_dcs(obs, session, view).await;
+            }
+            Err(e) => {
+                if self.last_dcs_error.is_none() {
+                    tracing::warn!(node = %self.node.name, "DCS unreachable: {e}");
+                }
+                self.last_dcs_error = Some(Instant::now());
+                self.without_dcs(obs).await;
+            }
+        }
+    }
+
+    fn member_state(&self, obs: &Observation) -> MemberState {
+        MemberState {
+            name: self.node.name.clone(),
+            pg_address: self.node.address(),
+            api_address: self.node.agent_address.map(|a| a.to_string()),
+            pg_state: obs.pg_state,
+            role: obs.role,
+            timeline: obs.timeline,
+            lsn: obs.lsn,
+            replay_lsn: obs.replay_lsn,
+            streaming: obs.streaming,
+            upstream: obs.upstream.clone(),
+            nofailover: self.node.nofailover,
+            updated_ms: now_ms(),
+        }
+    }
+
+    fn publish_snapshot(&self, obs: &Observation, view: Option<&ClusterView>, dcs_reachable: bool) {
+        if let Ok(mut s) = self.shared.snapshot.write() {
+            s.name = self.node.name.clone();
+            s.is_leader = self.is_leader;
+            s.dcs_reachable = dcs_reachable;
+            s.member = Some(self.member_state(obs));
+            if let Some(v) = view {
+                s.paused = v.config.paused;
+                s.view = Some(v.clone());
+            }
+        }
+    }
+
+    async fn with_dcs(&mut self, obs: Observation, session: Session, view: ClusterView) {
+        let me = self.node.name.clone();
+        if session == Session::Replaced && self.is_leader {
+            // Our lease (and the leader key on it) is gone.
+            self.is_leader = false;
+            if view.leader.as_ref().is_some_and(|l| l.name != me) {
+                self.fence("lease lost and another node holds the leader key")
+                    .await;
+            }
+        }
+        let member = self.member_state(&obs);
+        if let Err(e) = self.dcs.publish_member(&member).await {
+            tracing::debug!("publish member: {e}");
+        }
+        self.publish_snapshot(&obs, Some(&view), true);
+        if view.config.paused {
+            self.is_leader = view.leader.as_ref().is_some_and(|l| l.name == me);
+            return;
+        }
+        match view.leader.clone() {
+            Some(l) if l.name == me => self.lead(&obs, &view).await,
+            Some(l) => self.follow(&obs, &view, &l).await,
+            None => self.elect(&obs, &view).await,
+        }
+        self.publish_snapshot(&obs, Some(&view), true);
+    }
+
+    /// Stops PostgreSQL at once: no more writes from this node.
+    async fn fence(&mut self, why: &str) {
+        tracing::warn!(node = %self.node.name, "fencing: {why}; stopping PostgreSQL (immediate)");
+        self.shared.fencings.fetch_add(1, Ordering::Relaxed);
+        self.conn = None;
+        if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+            tracing::error!("fencing stop failed: {e}");
+        }
+        self.needs_rewind = true;
+        self.slots_ready = false;
+    }
+
+    /// Gives up the lease: stop PostgreSQL first, then delete the key.
+    async fn release(&mut self, why: &str) {
+        self.fence(why).await;
+        self.is_leader = false;
+        if let Err(e) = self.dcs.release_leader().await {
+            tracing::warn!("release leader: {e}");
+        }
+    }
+
+    // ---- leader ----
+
+    async fn lead(&mut self, obs: &Observation, view: &ClusterView) {
+        self.is_leader = true;
+        if obs.pg_state == PgState::Stopped || !obs.reachable {
+            let since = *self.pg_down_since.get_or_insert_with(Instant::now);
+            let budget = self.cfg.failover.postgres_restart_timeout;
+            if since.elapsed() >= budget {
+                self.release(&format!("PostgreSQL not back within {budget:?}"))
+                    .await;
+                return;
+            }
+            if obs.pg_state == PgState::Stopped {
+                tracing::warn!(node = %self.node.name, "leader's PostgreSQL is down: restarting");
+                let left = budget.saturating_sub(since.elapsed());
+                match tokio::time::timeout(left, self.pg.start()).await {
+                    Ok(Ok(())) => self.pg_down_since = None,
+                    Ok(Err(e)) => tracing::warn!("restart failed: {e}"),
+                    Err(_) => tracing::warn!("restart did not finish within {left:?}"),
+                }
+            }
+            return;
+        }
+        self.pg_down_since = None;
+        if obs.in_recovery() {
+            self.promote(view).await;
+            return;
+        }
+        if let (Some(lsn), Some(tl)) = (obs.lsn, obs.timeline) {
+            let st = LeaderStatus {
+                leader: self.node.name.clone(),
+                lsn,
+                timeline: tl,
+                updated_ms: now_ms(),
+            };
+            let _ = self.dcs.put_status(&st).await;
+        }
+        if !self.slots_ready {
+            self.slots_ready = self.ensure_slots().await.is_ok();
+        }
+        if self.cfg.replication.mode == ReplicationMode::Sync {
+            if let Err(e) = self.manage_sync(view).await {
+                tracing::warn!("sync standby management: {e}");
+            }
+        }
+        if let Some(req) = view.switchover.clone() {
+            self.hand_over(&req, view).await;
+        }
+    }
+
+    async fn promote(&mut self, view: &ClusterView) {
+        let t = Instant::now();
+        let r: Result<()> = async {
+            let mut c = self.pg.connect().await?;
+            if self.cfg.replication.mode == ReplicationMode::Sync {
+                // No acknowledged commit can be lost: this node was a synchronous standby. Until a
+                // standby is synchronous again, /sync names none, so nobody else can be promoted.
+                self.dcs
+                    .put_sync(&SyncState {
+                        leader: self.node.name.clone(),
+                        standbys: vec![],
+                    })
+                    .await?;
+                let ssn = if self.cfg.failover.sync_strict {
+                    format!(
+                        "FIRST 1 ({})",
+                        self.other_nodes()
+                            .iter()
+                            .map(|n| quote_ident(n))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    String::new()
+                };
+                alter_system(&mut c, "synchronous_standby_names", &ssn).await?;
+            }
+            sqlx::query("SELECT pg_promote(wait => false)")
+                .execute(&mut c)
+                .await
+                .map_err(query_err("pg_promote"))?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let rec: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut c)
+                    .await
+                    .map_err(query_err("pg_is_in_recovery"))?;
+                if !rec || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                self.shared.promotions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(node = %self.node.name, elapsed_ms = t.elapsed().as_millis() as u64, "promoted");
+                self.slots_ready = self.ensure_slots().await.is_ok();
+                if view
+                    .switchover
+                    .as_ref()
+                    .is_some_and(|r| r.to == self.node.name)
+                {
+                    let _ = self.dcs.clear_switchover().await;
+                }
+            }
+            Err(e) => tracing::error!(node = %self.node.name, "promotion failed: {e}"),
+        }
+    }
+
+    fn other_nodes(&self) -> Vec<String> {
+        self.cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.node.name)
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// A slot for every other node, so they can stream from us after a failover.
+    async fn ensure_slots(&mut self) -> Result<()> {
+        if !self.cfg.replication.slots {
+            return Ok(());
+        }
+        let mut c = self.pg.connect().await?;
+        for n in self.other_nodes() {
+            create_slot(&mut c, &self.node.name, &n).await?;
+        }
+        // Our own slot may exist from when we were a replica's upstream long ago; harmless.
+        Ok(())
+    }
+
+    /// Keeps `sync_standbys` streaming standbys synchronous and /sync naming only standbys that
+    /// hold every acknowledged commit: names are added to /sync only after the standby caught up
+    /// past the LSN at which PostgreSQL started waiting for it, and removed from /sync before
+    /// PostgreSQL stops waiting for them.
+    async fn manage_sync(&mut self, view: &ClusterView) -> Result<()> {
+        let mut c = self.pg.connect().await?;
+        let rows: Vec<(String, Option<String>, Option<Lsn>)> =
+            sqlx::query_as("SELECT application_name, state, flush_lsn FROM pg_stat_replication")
+                .fetch_all(&mut c)
+                .await
+                .map_err(query_err("pg_stat_replication"))?;
+        let others = self.other_nodes();
+        let eligible =
+            |n: &String| others.contains(n) && self.cfg.node(n).is_some_and(|c| !c.nofailover);
+        let healthy: Vec<(String, Lsn)> = rows
+            .iter()
+            .filter(|(n, st, _)| eligible(n) && st.as_deref() == Some("streaming"))
+            .map(|(n, _, l)| (n.clone(), l.unwrap_or_default()))
+            .collect();
+        let current: Vec<String> = view
+            .sync
+            .as_ref()
+            .filter(|s| s.leader == self.node.name)
+            .map(|s| s.standbys.clone())
+            .unwrap_or_default();
+        let want_n = self.cfg.replication.sync_standbys.max(1) as usize;
+
+        if let Some(p) = self.pending_sync.clone() {
+            let caught_up = p
+                .standbys
+                .iter()
+                .all(|s| healthy.iter().any(|(n, l)| n == s && *l >= p.since_lsn));
+            if caught_up {
+                self.dcs
+                    .put_sync(&SyncState {
+                        leader: self.node.name.clone(),
+                        standbys: p.standbys.clone(),
+                    })
+                    .await?;
+                tracing::info!(standbys = ?p.standbys, "synchronous standbys recorded");
+                self.pending_sync = None;
+            }
+            return Ok(());
+        }
+
+        let mut desired: Vec<String> = current
+            .iter()
+            .filter(|s| healthy.iter().any(|(n, _)| n == *s))
+            .cloned()
+            .collect();
+        let mut by_progress = healthy.clone();
+        by_progress.sort_by_key(|x| std::cmp::Reverse(x.1));
+        for (n, _) in by_progress {
+            if desired.len() >= want_n {
+                break;
+            }
+            if !desired.contains(&n) {
+                desired.push(n);
+            }
+        }
+        desired.sort();
+        let mut current_sorted = current.clone();
+        current_sorted.sort();
+        let ssn_now: String =
+            sqlx::query_scalar("SELECT current_setting('synchronous_standby_names')")
+                .fetch_one(&mut c)
+                .await
+                .map_err(query_err("synchronous_standby_names"))?;
+        let ssn_for = |names: &[String]| {
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "FIRST {} ({})",
+                    names.len(),
+                    names
+                        .iter()
+                        .map(|n| quote_ident(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        };
+        if desired == current_sorted {
+            let want = ssn_for(&desired);
+            if ssn_now != want && !(desired.is_empty() && self.cfg.failover.sync_strict) {
+                alter_system(&mut c, "synchronous_standby_names", &want).await?;
+            }
+            return Ok(());
+        }
+        let added = desired.iter().any(|d| !current_sorted.contains(d));
+        if added {
+            // PostgreSQL first, /sync after the new standbys caught up.
+            alter_system(&mut c, "synchronous_standby_names", &ssn_for(&desired)).await?;
+            let lsn: Lsn = sqlx::query_scalar("SELECT pg_current_wal_lsn()")
+                .fetch_one(&mut c)
+                .await
+                .map_err(query_err("pg_current_wal_lsn"))?;
+            self.pending_sync = Some(PendingSync {
+                standbys: desired,
+                since_lsn: lsn,
+            });
+        } else if desired.is_empty() && self.cfg.failover.sync_strict {
+            // Strict: keep waiting for the old standbys; /sync keeps naming them.
+        } else {
+            // Only removals: /sync first, PostgreSQL after.
+            self.dcs
+                .put_sync(&SyncState {
+                    leader: self.node.name.clone(),
+                    standbys: desired.clone(),
+                })
+                .await?;
+            alter_system(&mut c, "synchronous_standby_names", &ssn_for(&desired)).await?;
+        }
+        Ok(())
+    }
+
+    /// Planned switchover / manual failover away from this leader.
+    async fn hand_over(&mut self, req: &SwitchoverRequest, view: &ClusterView) {
+        if req.to == self.node.name {
+            let _ = self.dcs.clear_switchover().await;
+            return;
+        }
+        if req.at_ms.is_some_and(|at| now_ms() < at) {
+            return;
+        }
+        let target_ok = view
+            .members
+            .get(&req.to)
+            .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Replica);
+        let Some(target) = self.cfg.node(&req.to).cloned().filter(|_| target_ok) else {
+            tracing::warn!(to = %req.to, "switchover target is not a running replica; request dropped");
+            let _ = self.dcs.clear_switchover().await;
+            return;
+        };
+        let t = Instant::now();
+        tracing::info!(to = %target.name, kind = ?req.kind, "handing over leadership");
+        // A clean shutdown writes a final checkpoint and streams it to the standbys.
+        self.conn = None;
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            tracing::warn!("fast stop for switchover failed ({e}); stopping immediately");
+            let _ = self.pg.stop(StopMode::Immediate).await;
+        }
+        if let Ok(cd) = control_data(self.local()).await {
+            let wait = if req.kind == RequestKind::Switchover {
+                10
+            } else {
+                2
+            };
+            if let Err(e) = self
+                .wait_received(&target, cd.checkpoint_lsn, Duration::from_secs(wait))
+                .await
+            {
+                tracing::warn!("target did not confirm the final WAL: {e}");
+            }
+        }
+        self.is_leader = false;
+        self.slots_ready = false;
+        if let Err(e) = self.dcs.release_leader().await {
+            tracing::error!("release leader for switchover: {e}");
+        }
+        tracing::info!(
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "leadership released to {}",
+            target.name
+        );
+    }
+
+    async fn wait_received(&self, target: &NodeConfig, lsn: Lsn, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let params = connect_params(&self.cfg, target)?;
+        let mut c = params.connect().await?;
+        loop {
+            let got: Option<Lsn> = sqlx::query_scalar("SELECT pg_last_wal_receive_lsn()")
+                .fetch_one(&mut c)
+                .await
+                .map_err(query_err("pg_last_wal_receive_lsn"))?;
+            if got.is_some_and(|g| g >= lsn) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(FailoverError::refused(
+                    "switchover",
+                    format!("{} did not receive {lsn}", target.name),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    // ---- follower ----
+
+    async fn follow(&mut self, obs: &Observation, view: &ClusterView, leader: &LeaderInfo) {
+        if self.is_leader {
+            self.is_leader = false;
+            self.fence("another node holds the leader key").await;
+            return;
+        }
+        let Some(up) = self.cfg.node(&leader.name).cloned() else {
+            tracing::warn!(leader = %leader.name, "leader is not in our config");
+            return;
+        };
+        match (obs.pg_state, obs.role) {
+            (PgState::Running, MemberRole::Primary) if obs.reachable => {
+                self.fence(&format!(
+                    "{} holds the leader key but our PostgreSQL is a primary",
+                    up.name
+                ))
+                .await;
+            }
+            (PgState::Running, _) => {
+                if let Err(e) = self.point_at(&up).await {
+                    tracing::warn!("re-point at {}: {e}", up.name);
+                }
+                if obs.streaming {
+                    self.not_streaming_since = None;
+                } else {
+                    let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+                    let leader_tl = view.members.get(&up.name).and_then(|m| m.timeline);
+                    if since.elapsed() > Duration::from_secs(15) && leader_tl > obs.timeline {
+                        tracing::warn!(
+                            "not streaming from {} for 15s on an older timeline: rewinding",
+                            up.name
+                        );
+                        self.needs_rewind = true;
+                        self.conn = None;
+                        let _ = self.pg.stop(StopMode::Fast).await;
+                    }
+                }
+            }
+            (PgState::Stopped, _) => {
+                if let Err(e) = self.start_as_replica(obs, &up).await {
+                    tracing::warn!(node = %self.node.name, "start as replica of {}: {e}", up.name);
+                }
+            }
+        }
+        self.detect_dead_leader(view, leader).await;
+    }
+
+    /// Rewrites pgha-node.conf to stream from `up` and reloads, when it points elsewhere.
+    async fn point_at(&mut self, up: &NodeConfig) -> Result<()> {
+        let want = render_node_conf(&self.cfg, &self.node, Some(up));
+        let path = self.local().data_dir().join(NODE_CONF);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        install_settings(
+            &self.cfg,
+            &self.node,
+            NodeRole::Replica { upstream: up },
+            self.local(),
+        )?;
+        self.pg.reload().await?;
+        tracing::info!(node = %self.node.name, upstream = %up.name, "following new upstream");
+        Ok(())
+    }
+
+    async fn start_as_replica(&mut self, obs: &Observation, up: &NodeConfig) -> Result<()> {
+        if obs.role == MemberRole::Uninitialized {
+            let upstream_params = connect_params(&self.cfg, up)?;
+            tracing::info!(node = %self.node.name, "no data directory: cloning from {}", up.name);
+            bootstrap_replica(&self.cfg, &self.node, up, self.local(), &upstream_params).await?;
+        } else if obs.role == MemberRole::Primary || self.needs_rewind {
+            self.rewind_from(up).await?;
+        }
+        install_settings(
+            &self.cfg,
+            &self.node,
+            NodeRole::Replica { upstream: up },
+            self.local(),
+        )?;
+        self.pg.start().await?;
+        self.needs_rewind = false;
+        self.not_streaming_since = None;
+        tracing::info!(node = %self.node.name, upstream = %up.name, "started as replica");
+        Ok(())
+    }
+
+    /// pg_rewind from `up` (it also finishes crash recovery first when needed, and says
+    /// "no rewind required" when the timelines did not diverge).
+    async fn rewind_from(&mut self, up: &NodeConfig) -> Result<()> {
+        let t = Instant::now();
+        let passfile = self.write_superuser_passfile()?;
+        let source = format!(
+            "host={} port={} user={} dbname={} passfile={}",
+            up.host,
+            up.port,
+            self.cfg.postgres.superuser,
+            self.cfg.postgres.database,
+            passfile.display()
+        );
+        let mut cmd = self.local().command("pg_rewind");
+        cmd.arg("-D")
+            .arg(self.local().data_dir())
+            .arg(format!("--source-server={source}"));
+        let out = cmd
+            .output()
+            .await
+            .map_err(|source| pgha_postgres::PgError::Spawn {
+                program: "pg_rewind".into(),
+                source,
+            })?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(pgha_postgres::PgError::CommandFailed {
+                program: "pg_rewind".into(),
+                action: format!("from {}", up.name),
+                status: out.status.to_string(),
+                stderr: text.trim().to_owned(),
+            }
+            .into());
+        }
+        tracing::info!(node = %self.node.name, source = %up.name, elapsed_ms = t.elapsed().as_millis() as u64, "pg_rewind: {}", text.lines().last().unwrap_or(""));
+        Ok(())
+    }
+
+    fn write_superuser_passfile(&self) -> Result<std::path::PathBuf> {
+        let pw: Option<Secret> = self
+            .cfg
+            .postgres
+            .superuser_password
+            .as_ref()
+            .map(|s| s.read())
+            .transpose()?;
+        let path = self
+            .node
+            .run_dir()
+            .join(format!("{}.su.pgpass", self.node.name));
+        let line = format!(
+            "*:*:*:{}:{}\n",
+            pgpass_field(&self.cfg.postgres.superuser),
+            pgpass_field(pw.as_ref().map(|p| p.expose()).unwrap_or(""))
+        );
+        files::write_atomic(&path, line.as_bytes(), 0o600, self.local().run_as())?;
+        Ok(path)
+    }
+
+    /// The leader's PostgreSQL and agent ports both refuse connections twice in a row: its
+    /// processes are gone while its host answers. Revoke its lease instead of waiting the TTL.
+    async fn detect_dead_leader(&mut self, view: &ClusterView, leader: &LeaderInfo) {
+        if !self.cfg.failover.fast_dead_detection {
+            return;
+        }
+        let Some(m) = view.members.get(&leader.name) else {
+            // Its member key shares the leader's lease; a missing one means the agent never
+            // published (starting up): no judgement.
+            self.dead_hits = 0;
+            return;
+        };
+        let (Some(api), pg) = (m.api_address.clone(), m.pg_address.clone()) else {
+            return;
+        };
+        let refused = |addr: String| async move {
+            matches!(
+                tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        };
+        if refused(pg).await && refused(api).await {
+            self.dead_hits += 1;
+        } else {
+            self.dead_hits = 0;
+        }
+        if self.dead_hits >= 2 {
+            self.dead_hits = 0;
+            match self.dcs.revoke_leader(leader).await {
+                Ok(true) => {
+                    tracing::warn!(leader = %leader.name, "leader's PostgreSQL and agent refuse connections: revoked its lease")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("revoke dead leader: {e}"),
+            }
+        }
+    }
+
+    // ---- no leader ----
+
+    async fn elect(&mut self, obs: &Observation, view: &ClusterView) {
+        if self.started.elapsed() < self.cfg.failover.loop_wait * 2 {
+            return; // let every member publish once before anyone decides
+        }
+        if self
+            .shared
+            .quarantine_until
+            .lock()
+            .ok()
+            .and_then(|q| *q)
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return;
+        }
+        let fresh_request = view.switchover.as_ref().filter(|r| {
+            now_ms().saturating_sub(r.at_ms.unwrap_or(r.requested_ms).max(r.requested_ms)) < 60_000
+        });
+        let rules = Rules {
+            mode: self.cfg.replication.mode,
+            max_lag_bytes: self.cfg.failover.maximum_lag_on_failover.bytes(),
+            status: view.status.as_ref(),
+            sync: view.sync.as_ref(),
+            request: fresh_request,
+        };
+        let mut members = view.members.clone();
+        members.insert(self.node.name.clone(), self.member_state(obs));
+        let Some(best) = election::best(members.values(), &rules) else {
+            return;
+        };
+        if best.name != self.node.name {
+            return;
+        }
+        match self.dcs.try_acquire_leader().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!("acquire leader: {e}");
+                return;
+            }
+        }
+        self.is_leader = true;
+        tracing::info!(node = %self.node.name, lsn = ?obs.lsn, timeline = ?obs.timeline, "acquired the leader lease");
+        match (obs.pg_state, obs.role) {
+            (PgState::Running, MemberRole::Replica) => self.promote(view).await,
+            (PgState::Running, _) => {}
+            (PgState::Stopped, MemberRole::Primary) => {
+                let r = install_settings(&self.cfg, &self.node, NodeRole::Primary, self.local())
+                    .map_err(FailoverError::from);
+                let r = match r {
+                    Ok(()) => self.pg.start().await.map_err(FailoverError::from),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    self.release(&format!("could not start as primary: {e}"))
+                        .await;
+                }
+            }
+            (PgState::Stopped, _) => {
+                if let Err(e) = self.pg.start().await {
+                    self.release(&format!("could not start: {e}")).await;
+                }
+            }
+        }
+    }
+
+    // ---- DCS unreachable ----
+
+    async fn without_dcs(&mut self, obs: Observation) {
+        self.publish_snapshot(&obs, None, false);
+        if !self.is_leader {
+            return; // no DCS, no promotion
+        }
+        let f = &self.cfg.failover;
+        let timeout = self
+            .cfg
+            .dcs
+            .as_ref()
+            .map(|d| d.request_timeout)
+            .unwrap_or(Duration::from_secs(1));
+        let fence_after = f
+            .ttl
+            .saturating_sub(f.loop_wait + timeout + Duration::from_millis(500))
+            .max(f.loop_wait);
+        let since = self
+            .last_renew_ok
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX);
+        if since < fence_after {
+            return;
+        }
+        if f.failsafe && obs.pg_state == PgState::Running {
+            if let Err(why) = self.failsafe_confirmed().await {
+                self.is_leader = false;
+                self.fence(&format!(
+                    "DCS unreachable for {since:?} and failsafe not confirmed: {why}"
+                ))
+                .await;
+            }
+        } else {
+            self.is_leader = false;
+            self.fence(&format!(
+                "DCS unreachable for {since:?}; the lease may expire"
+            ))
+            .await;
+        }
+    }
+
+    /// Every other node's agent confirms it cannot reach the DCS either (so none can promote).
+    async fn failsafe_confirmed(&self) -> std::result::Result<(), String> {
+        let token = self
+            .cfg
+            .failover
+            .api_token
+            .as_ref()
+            .map(|s| s.read())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| e.to_string())?;
+        for n in self.cfg.nodes.iter().filter(|n| n.name != self.node.name) {
+            let Some(addr) = n.agent_address else {
+                return Err(format!("{} has no agent_address", n.name));
+            };
+            let mut req = client
+                .post(format!("http://{addr}/failsafe"))
+                .json(&serde_json::json!({ "leader": self.node.name }));
+            if let Some(t) = &token {
+                req = req.bearer_auth(t.expose());
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => return Err(format!("{} answered {}", n.name, r.status())),
+                Err(e) => return Err(format!("{} unreachable: {e}", n.name)),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn alter_system(c: &mut PgConnection, name: &'static str, value: &str) -> Result<()> {
+    sqlx::query(&format!(
+        "ALTER SYSTEM SET {name} = {}",
+        quote_literal(value)
+    ))
+    .execute(&mut *c)
+    .await
+    .map_err(query_err("ALTER SYSTEM"))?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut *c)
+        .await
+        .map_err(query_err("pg_reload_conf"))?;
+    Ok(())
+}
+
+fn query_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> FailoverError {
+    move |source| {
+        FailoverError::Postgres(pgha_postgres::PgError::Query {
+            target: what.into(),
+            source,
+        })
+    }
+}

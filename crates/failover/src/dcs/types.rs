@@ -1,0 +1,108 @@
+//! Values stored in the DCS (JSON).
+
+use std::collections::BTreeMap;
+
+use pgha_postgres::Lsn;
+use serde::{Deserialize, Serialize};
+
+/// Whether the member's PostgreSQL runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PgState {
+    Running,
+    Stopped,
+}
+
+/// The member's role as its PostgreSQL reports it (or its data dir says, when stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    Primary,
+    Replica,
+    Uninitialized,
+}
+
+/// One agent's published state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub name: String,
+    /// PostgreSQL `host:port`.
+    pub pg_address: String,
+    /// Agent API `host:port`.
+    pub api_address: Option<String>,
+    pub pg_state: PgState,
+    pub role: MemberRole,
+    pub timeline: Option<i64>,
+    /// Primary: current WAL position. Replica: last received (else replayed) position.
+    pub lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    /// Replica: its WAL receiver streams.
+    pub streaming: bool,
+    /// Replica: the `host:port` it streams from.
+    pub upstream: Option<String>,
+    pub nofailover: bool,
+    pub updated_ms: u64,
+}
+
+/// Who holds the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub name: String,
+    /// The holder's lease id (revoked by the fast dead-leader path).
+    pub lease: i64,
+    /// mod_revision of the key, for compare-and-swap.
+    pub revision: i64,
+}
+
+/// The leader's last published position, kept after it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderStatus {
+    pub leader: String,
+    pub lsn: Lsn,
+    pub timeline: i64,
+    pub updated_ms: u64,
+}
+
+/// Cluster-wide switches set by operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicConfig {
+    /// No automatic action (no promotion, no fencing, no restarts) while set.
+    pub paused: bool,
+}
+
+/// Planned switchover (the leader hands over) or manual failover (to a chosen node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    Switchover,
+    Failover,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    pub kind: RequestKind,
+    /// The leader when requested (None for a failover with no leader).
+    pub from: Option<String>,
+    pub to: String,
+    /// Not before this time (ms since epoch).
+    pub at_ms: Option<u64>,
+    pub requested_ms: u64,
+}
+
+/// The standbys a failover may promote in sync mode (besides the leader itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    pub leader: String,
+    pub standbys: Vec<String>,
+}
+
+/// Everything the agents read each loop.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub leader: Option<LeaderInfo>,
+    pub members: BTreeMap<String, MemberState>,
+    pub status: Option<LeaderStatus>,
+    pub config: DynamicConfig,
+    pub switchover: Option<SwitchoverRequest>,
+    pub sync: Option<SyncState>,
+}

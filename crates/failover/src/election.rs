@@ -1,0 +1,199 @@
+//! Who may be promoted and who is best: pure functions over published member states.
+
+use pgha_config::ReplicationMode;
+
+use crate::dcs::{
+    LeaderStatus, MemberRole, MemberState, PgState, RequestKind, SwitchoverRequest, SyncState,
+};
+
+/// The rules one election applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub mode: ReplicationMode,
+    /// maximum_lag_on_failover in bytes, against the last leader status.
+    pub max_lag_bytes: u64,
+    pub status: Option<&'a LeaderStatus>,
+    pub sync: Option<&'a SyncState>,
+    /// A pending switchover/failover: only its target may win.
+    pub request: Option<&'a SwitchoverRequest>,
+}
+
+/// Why `m` may not be promoted, or Ok.
+pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
+    let manual = rules.request.map(|r| (r.to.as_str(), r.kind));
+    if let Some((to, _)) = manual {
+        if m.name != to {
+            return Err(format!("a {} to {to} is pending", kind_name(manual)));
+        }
+    } else if m.nofailover {
+        return Err("tagged nofailover".into());
+    }
+    match (m.pg_state, m.role) {
+        (_, MemberRole::Uninitialized) => return Err("no data directory yet".into()),
+        (PgState::Stopped, MemberRole::Replica) => {
+            return Err("its PostgreSQL is not running".into())
+        }
+        _ => {}
+    }
+    let Some(lsn) = m.lsn else {
+        return Err("its WAL position is unknown".into());
+    };
+    let forced = matches!(manual, Some((_, RequestKind::Failover)));
+    if let (Some(st), false, MemberRole::Replica) = (rules.status, forced, m.role) {
+        let lag = st.lsn.bytes_since(lsn);
+        if lag > rules.max_lag_bytes {
+            return Err(format!(
+                "{lag} bytes behind the last primary position {} (maximum_lag_on_failover {})",
+                st.lsn, rules.max_lag_bytes
+            ));
+        }
+    }
+    if rules.mode == ReplicationMode::Sync {
+        if let Some(sync) = rules.sync {
+            if m.name != sync.leader && !sync.standbys.contains(&m.name) {
+                return Err(format!(
+                    "sync mode: only the synchronous standbys [{}] may be promoted",
+                    sync.standbys.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(manual: Option<(&str, RequestKind)>) -> &'static str {
+    match manual {
+        Some((_, RequestKind::Failover)) => "failover",
+        _ => "switchover",
+    }
+}
+
+/// Ordering key: newest timeline, then furthest WAL, then a node that is a primary on disk, then
+/// name (ascending) so every agent computes the same winner.
+fn rank(m: &MemberState) -> (i64, u64, bool, std::cmp::Reverse<String>) {
+    (
+        m.timeline.unwrap_or(0),
+        m.lsn.map(|l| l.0).unwrap_or(0),
+        m.role == MemberRole::Primary,
+        std::cmp::Reverse(m.name.clone()),
+    )
+}
+
+/// The eligible member every agent agrees should lead.
+pub fn best<'a>(
+    members: impl IntoIterator<Item = &'a MemberState>,
+    rules: &Rules<'_>,
+) -> Option<&'a MemberState> {
+    members
+        .into_iter()
+        .filter(|m| eligibility(m, rules).is_ok())
+        .max_by_key(|m| rank(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgha_postgres::Lsn;
+
+    fn m(name: &str, lsn: u64, role: MemberRole) -> MemberState {
+        MemberState {
+            name: name.into(),
+            pg_address: "h:1".into(),
+            api_address: None,
+            pg_state: PgState::Running,
+            role,
+            timeline: Some(1),
+            lsn: Some(Lsn(lsn)),
+            replay_lsn: Some(Lsn(lsn)),
+            streaming: true,
+            upstream: None,
+            nofailover: false,
+            updated_ms: 0,
+        }
+    }
+
+    fn rules<'a>(status: Option<&'a LeaderStatus>, sync: Option<&'a SyncState>) -> Rules<'a> {
+        Rules {
+            mode: if sync.is_some() {
+                ReplicationMode::Sync
+            } else {
+                ReplicationMode::Async
+            },
+            max_lag_bytes: 1000,
+            status,
+            sync,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn most_advanced_replica_wins() {
+        let a = m("a", 500, MemberRole::Replica);
+        let b = m("b", 900, MemberRole::Replica);
+        let c = m("c", 700, MemberRole::Replica);
+        assert_eq!(best([&a, &b, &c], &rules(None, None)).unwrap().name, "b");
+    }
+
+    #[test]
+    fn lagging_and_nofailover_are_skipped() {
+        let st = LeaderStatus {
+            leader: "p".into(),
+            lsn: Lsn(5000),
+            timeline: 1,
+            updated_ms: 0,
+        };
+        let far = m("far", 100, MemberRole::Replica);
+        let mut tagged = m("tagged", 4900, MemberRole::Replica);
+        tagged.nofailover = true;
+        let ok = m("ok", 4500, MemberRole::Replica);
+        let r = rules(Some(&st), None);
+        assert!(eligibility(&far, &r)
+            .unwrap_err()
+            .contains("4900 bytes behind"));
+        assert_eq!(best([&far, &tagged, &ok], &r).unwrap().name, "ok");
+    }
+
+    #[test]
+    fn sync_mode_only_promotes_sync_standbys() {
+        let sync = SyncState {
+            leader: "p".into(),
+            standbys: vec!["b".into()],
+        };
+        let a = m("a", 900, MemberRole::Replica);
+        let b = m("b", 800, MemberRole::Replica);
+        assert_eq!(best([&a, &b], &rules(None, Some(&sync))).unwrap().name, "b");
+        let none = SyncState {
+            leader: "p".into(),
+            standbys: vec![],
+        };
+        assert!(best([&a, &b], &rules(None, Some(&none))).is_none());
+    }
+
+    #[test]
+    fn newer_timeline_beats_longer_wal_and_ties_break_by_name() {
+        let mut old = m("old", 9000, MemberRole::Primary);
+        old.timeline = Some(1);
+        let mut new = m("new", 100, MemberRole::Primary);
+        new.timeline = Some(2);
+        assert_eq!(best([&old, &new], &rules(None, None)).unwrap().name, "new");
+        let x = m("x", 5, MemberRole::Replica);
+        let y = m("y", 5, MemberRole::Replica);
+        assert_eq!(best([&y, &x], &rules(None, None)).unwrap().name, "x");
+    }
+
+    #[test]
+    fn pending_request_restricts_to_its_target() {
+        let req = SwitchoverRequest {
+            kind: RequestKind::Switchover,
+            from: Some("p".into()),
+            to: "a".into(),
+            at_ms: None,
+            requested_ms: 0,
+        };
+        let a = m("a", 10, MemberRole::Replica);
+        let b = m("b", 900, MemberRole::Replica);
+        let mut r = rules(None, None);
+        r.request = Some(&req);
+        assert_eq!(best([&a, &b], &r).unwrap().name, "a");
+    }
+}

@@ -1,0 +1,184 @@
+//! Operator actions through the DCS, shared by the `pgha` CLI and the agent API: switchover,
+//! manual failover, pause/resume, and the member list.
+
+use pgha_config::{PghaConfig, ReplicationMode};
+
+use crate::dcs::{ClusterView, Dcs, MemberRole, PgState, RequestKind, SwitchoverRequest};
+use crate::{now_ms, FailoverError, Result};
+
+/// Validates and records a switchover (`RequestKind::Switchover`: the leader hands over, only to
+/// a healthy streaming replica within the lag bound) or a manual failover (to any running node,
+/// lag ignored, also when there is no leader).
+pub async fn request(
+    dcs: &dyn Dcs,
+    config: &PghaConfig,
+    kind: RequestKind,
+    to: &str,
+    at_ms: Option<u64>,
+) -> Result<SwitchoverRequest> {
+    let action = match kind {
+        RequestKind::Switchover => "switchover",
+        RequestKind::Failover => "failover",
+    };
+    let view = dcs.view().await?;
+    if config.node(to).is_none() {
+        let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(FailoverError::refused(
+            action,
+            format!(
+                "`{to}` is not a node of this cluster (nodes: {})",
+                names.join(", ")
+            ),
+        ));
+    }
+    let leader = view.leader.as_ref().map(|l| l.name.clone());
+    if leader.as_deref() == Some(to) {
+        return Err(FailoverError::refused(
+            action,
+            format!("{to} is already the leader"),
+        ));
+    }
+    let Some(m) = view.members.get(to) else {
+        return Err(FailoverError::refused(
+            action,
+            format!("{to} has no running agent (no member key)"),
+        ));
+    };
+    if m.pg_state != PgState::Running {
+        return Err(FailoverError::refused(
+            action,
+            format!("{to}'s PostgreSQL is not running"),
+        ));
+    }
+    if kind == RequestKind::Switchover {
+        if leader.is_none() {
+            return Err(FailoverError::refused(
+                action,
+                "there is no leader to hand over; use `pgha failover --to NODE`",
+            ));
+        }
+        if m.role != MemberRole::Replica {
+            return Err(FailoverError::refused(
+                action,
+                format!("{to} is not a replica"),
+            ));
+        }
+        if let (Some(st), Some(lsn)) = (&view.status, m.lsn) {
+            let lag = st.lsn.bytes_since(lsn);
+            let max = config.failover.maximum_lag_on_failover.bytes();
+            if lag > max {
+                return Err(FailoverError::refused(
+                    action,
+                    format!("{to} is {lag} bytes behind the leader (maximum_lag_on_failover is {max} bytes)"),
+                ));
+            }
+        }
+        if !m.streaming {
+            return Err(FailoverError::refused(
+                action,
+                format!("{to} is not streaming from the leader"),
+            ));
+        }
+        if config.replication.mode == ReplicationMode::Sync {
+            if let Some(sync) = &view.sync {
+                if !sync.standbys.iter().any(|s| s == to) {
+                    return Err(FailoverError::refused(
+                        action,
+                        format!(
+                            "sync mode: {to} is not a synchronous standby (sync: [{}])",
+                            sync.standbys.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if view.config.paused {
+        return Err(FailoverError::refused(
+            action,
+            "the cluster is paused; `pgha resume` first",
+        ));
+    }
+    let req = SwitchoverRequest {
+        kind,
+        from: leader,
+        to: to.into(),
+        at_ms,
+        requested_ms: now_ms(),
+    };
+    dcs.put_switchover(&req).await?;
+    Ok(req)
+}
+
+/// Pause (no automatic failover) or resume.
+pub async fn set_paused(dcs: &dyn Dcs, paused: bool) -> Result<()> {
+    dcs.set_paused(paused).await
+}
+
+/// Rows of `pgha list`: one per configured node, with what its agent published.
+pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 8]> {
+    let leader = view.leader.as_ref().map(|l| l.name.as_str());
+    let leader_lsn = view.status.as_ref().map(|s| s.lsn);
+    let mut rows = vec![[
+        "MEMBER", "HOST", "ROLE", "STATE", "TL", "LSN", "LAG", "TAGS",
+    ]
+    .map(String::from)];
+    for n in &config.nodes {
+        let m = view.members.get(&n.name);
+        let role = match (leader == Some(n.name.as_str()), m.map(|m| m.role)) {
+            (true, _) => "Leader".to_string(),
+            (false, Some(MemberRole::Replica)) => {
+                if view
+                    .sync
+                    .as_ref()
+                    .is_some_and(|s| s.standbys.contains(&n.name))
+                {
+                    "Sync Standby".into()
+                } else {
+                    "Replica".into()
+                }
+            }
+            (false, Some(MemberRole::Primary)) => "Primary (no lease)".into(),
+            (false, Some(MemberRole::Uninitialized)) => "Uninitialized".into(),
+            (false, None) => "-".into(),
+        };
+        let state = match m {
+            None => "no agent".into(),
+            Some(m) if m.pg_state == PgState::Stopped => "stopped".into(),
+            Some(m) if m.role == MemberRole::Replica => {
+                if m.streaming {
+                    "streaming".into()
+                } else {
+                    "running (not streaming)".into()
+                }
+            }
+            Some(_) => "running".into(),
+        };
+        let lag = match (m, leader_lsn, leader == Some(n.name.as_str())) {
+            (Some(m), Some(l), false) => m
+                .lsn
+                .map(|x| l.bytes_since(x).to_string())
+                .unwrap_or_else(|| "?".into()),
+            _ => "-".into(),
+        };
+        rows.push([
+            n.name.clone(),
+            n.address(),
+            role,
+            state,
+            m.and_then(|m| m.timeline)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            m.and_then(|m| m.lsn)
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into()),
+            lag,
+            if n.nofailover {
+                "nofailover".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    rows
+}

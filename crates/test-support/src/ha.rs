@@ -1,0 +1,167 @@
+//! A test cluster run by real pgha-agent processes over a real etcd.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pgha_local_cluster::{AgentProcess, EtcdServer};
+use pgha_postgres::StopMode;
+
+use crate::{TestCluster, TestClusterBuilder};
+
+/// Agents + etcd + PostgreSQL. Drop order: agents (stop their PostgreSQL), cluster, etcd.
+#[derive(Debug)]
+pub struct HaCluster {
+    pub agents: BTreeMap<String, AgentProcess>,
+    pub cluster: TestCluster,
+    pub etcd: EtcdServer,
+    agent_bin: PathBuf,
+    _etcd_dir: tempfile::TempDir,
+}
+
+/// Failover timings for tests: short, so tests are quick, and still valid.
+pub const TEST_FAILOVER_TOML: &str =
+    "ttl = \"3s\"\nloop_wait = \"250ms\"\npostgres_restart_timeout = \"1s\"\n";
+
+impl HaCluster {
+    /// Builds the cluster with `builder`, then hands every node to a pgha-agent (`agent_bin`).
+    /// `failover_toml` is the body of the `[failover]` section.
+    pub async fn start(
+        agent_bin: &Path,
+        builder: TestClusterBuilder,
+        failover_toml: &str,
+    ) -> anyhow::Result<Self> {
+        let etcd_dir = tempfile::Builder::new().prefix("pgha-etcd-").tempdir()?;
+        let etcd = EtcdServer::start(etcd_dir.path())?;
+        let extra = format!(
+            "[dcs]\netcd = [\"{}\"]\nrequest_timeout = \"500ms\"\n\n[failover]\n{failover_toml}",
+            etcd.client_url
+        );
+        let cluster = builder.extra_toml(&extra).start().await?;
+        // The agents run PostgreSQL as their child from now on.
+        cluster.stop_all(StopMode::Fast).await?;
+        let mut ha = HaCluster {
+            agents: BTreeMap::new(),
+            cluster,
+            etcd,
+            agent_bin: agent_bin.to_owned(),
+            _etcd_dir: etcd_dir,
+        };
+        for n in ha.cluster.node_names() {
+            ha.start_agent(&n)?;
+        }
+        Ok(ha)
+    }
+
+    pub fn start_agent(&mut self, node: &str) -> anyhow::Result<()> {
+        let log = self.agent_log(node);
+        let a = AgentProcess::spawn(&self.agent_bin, &self.cluster.config_path(), node, &log)?;
+        self.agents.insert(node.into(), a);
+        Ok(())
+    }
+
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.cluster.root().join(format!("{node}-agent.log"))
+    }
+
+    /// SIGKILL of the agent alone.
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some(a) = self.agents.get_mut(node) {
+            a.kill();
+        }
+    }
+
+    /// SIGKILL of the agent and of its postmaster, together (the drill's fault).
+    pub fn kill_node(&mut self, node: &str) -> anyhow::Result<()> {
+        let inst = self.cluster.instance(node)?;
+        let pid = std::fs::read_to_string(inst.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        self.kill_agent(node);
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Ok(())
+    }
+
+    /// Nodes whose PostgreSQL accepts a connection and is not in recovery, right now.
+    pub async fn writable_nodes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.cluster.node_names() {
+            let Ok(inst) = self.cluster.instance(&n) else {
+                continue;
+            };
+            let mut p = inst.connect_params().clone();
+            p.connect_timeout = Duration::from_millis(500);
+            if let Ok(mut c) = p.connect().await {
+                let rec: Result<bool, _> = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut c)
+                    .await;
+                if rec.is_ok_and(|r| !r) {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly one node is writable and returns it.
+    pub async fn wait_single_primary(
+        &self,
+        timeout: Duration,
+        not: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let w = self.writable_nodes().await;
+            if w.len() == 1 && Some(w[0].as_str()) != not {
+                return Ok(w[0].clone());
+            }
+            anyhow::ensure!(w.len() <= 1, "two writable primaries: {w:?}");
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "no single writable primary{} within {timeout:?} (writable: {w:?})",
+                    not.map(|n| format!(" other than {n}")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `node` is a streaming replica.
+    pub async fn wait_streaming_replica(
+        &self,
+        node: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        TestCluster::eventually(timeout, &format!("{node} streaming"), || async {
+            let mut c = self.cluster.conn(node).await?;
+            let row: (bool, Option<String>) = sqlx::query_as(
+                "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)",
+            )
+            .fetch_one(&mut c)
+            .await?;
+            Ok((row.0 && row.1.as_deref() == Some("streaming")).then_some(()))
+        })
+        .await
+        .with_context(|| format!("agent log of {node}:\n{}", self.tail_agent_log(node, 30)))
+    }
+
+    pub fn tail_agent_log(&self, node: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.agent_log(node)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        for a in self.agents.values_mut() {
+            a.terminate(Duration::from_secs(20));
+        }
+    }
+}
