@@ -1,0 +1,173 @@
+//! Following the primary: observe the cluster through a [`LeaderSource`], and on every change of
+//! the [`Topology`] re-render both files and RELOAD PgBouncer.
+//!
+//! [`PollingLeaderSource`] asks every node (pg_is_in_recovery, via `ClusterStatus`) each
+//! `pooling.poll_interval`; a DCS watch from the failover agent can implement the same trait.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use pgha_config::PghaConfig;
+
+use crate::console::run_once;
+use crate::{
+    fetch_scram_secrets, install, userlist_roles, ConsoleTarget, RenderedConfig, Result, Topology,
+};
+
+/// Where the follower learns who the primary is. The seam a DCS-watch implementation plugs into.
+#[async_trait]
+pub trait LeaderSource: Send {
+    /// Waits for the next observation and returns it: the topology, or `Err` when none can be
+    /// named right now (no single primary, nodes unreachable). The first call returns at once.
+    async fn next(&mut self) -> Result<Topology>;
+}
+
+/// Polls every node each `interval`.
+#[derive(Debug)]
+pub struct PollingLeaderSource {
+    config: PghaConfig,
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl PollingLeaderSource {
+    pub fn new(config: PghaConfig, interval: Duration) -> Self {
+        PollingLeaderSource {
+            config,
+            interval,
+            last: None,
+        }
+    }
+}
+
+#[async_trait]
+impl LeaderSource for PollingLeaderSource {
+    async fn next(&mut self) -> Result<Topology> {
+        if let Some(last) = self.last {
+            tokio::time::sleep_until((last + self.interval).into()).await;
+        }
+        self.last = Some(Instant::now());
+        Topology::collect(&self.config).await
+    }
+}
+
+/// What one step of the follower did (logged, and returned for tests and the CLI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowEvent {
+    /// Nothing changed.
+    Unchanged,
+    /// Files rewritten and PgBouncer reloaded for this topology.
+    Applied(Topology),
+    /// Files rewritten, but RELOAD failed (PgBouncer down?); retried on the next observation.
+    WrittenNotReloaded { topology: Topology, error: String },
+    /// No topology could be observed; PgBouncer keeps its current configuration.
+    NoTopology { error: String },
+}
+
+/// The follower's state: what was last applied.
+#[derive(Debug)]
+pub struct Follower {
+    config: PghaConfig,
+    console: ConsoleTarget,
+    applied: Option<Topology>,
+}
+
+impl Follower {
+    pub fn new(config: PghaConfig, console: ConsoleTarget) -> Self {
+        Follower {
+            config,
+            console,
+            applied: None,
+        }
+    }
+
+    /// The topology PgBouncer was last reloaded with.
+    pub fn applied(&self) -> Option<&Topology> {
+        self.applied.as_ref()
+    }
+
+    /// Handles one observation.
+    pub async fn step(&mut self, observed: Result<Topology>) -> Result<FollowEvent> {
+        let topology = match observed {
+            Ok(t) => t,
+            Err(e) if e.is_transient() => {
+                return Ok(FollowEvent::NoTopology {
+                    error: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        if self.applied.as_ref() == Some(&topology) {
+            return Ok(FollowEvent::Unchanged);
+        }
+        let pool = crate::section(&self.config)?;
+        let users = match fetch_scram_secrets(&self.config, &topology, &userlist_roles(pool)).await
+        {
+            Ok(u) => u,
+            Err(e) if e.is_transient() => {
+                return Ok(FollowEvent::NoTopology {
+                    error: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let rendered = RenderedConfig::new(&self.config, &topology, &users)?;
+        install(pool, &rendered)?;
+        match run_once(&self.console, "RELOAD").await {
+            Ok(()) => {
+                self.applied = Some(topology.clone());
+                Ok(FollowEvent::Applied(topology))
+            }
+            Err(e) => Ok(FollowEvent::WrittenNotReloaded {
+                topology,
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Follows `source` until `shutdown` completes. Errors that retrying cannot fix (a role missing,
+/// a file that cannot be written) end the loop.
+pub async fn follow(
+    follower: &mut Follower,
+    source: &mut dyn LeaderSource,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(shutdown);
+    let mut last_problem: Option<String> = None;
+    loop {
+        let observed = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            o = source.next() => o,
+        };
+        let t = Instant::now();
+        match follower.step(observed).await? {
+            FollowEvent::Unchanged => last_problem = None,
+            FollowEvent::Applied(topo) => {
+                last_problem = None;
+                tracing::info!(
+                    elapsed_ms = t.elapsed().as_millis() as u64,
+                    "PgBouncer reloaded: {}",
+                    topo.describe()
+                );
+            }
+            FollowEvent::WrittenNotReloaded { topology, error } => {
+                if last_problem.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(
+                        "files written for {} but RELOAD failed (retrying): {error}",
+                        topology.describe()
+                    );
+                }
+                last_problem = Some(error);
+            }
+            FollowEvent::NoTopology { error } => {
+                if last_problem.as_deref() != Some(error.as_str()) {
+                    tracing::warn!("keeping PgBouncer's configuration: {error}");
+                }
+                last_problem = Some(error);
+            }
+        }
+    }
+}
