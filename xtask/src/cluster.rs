@@ -22,6 +22,9 @@ pub enum ClusterCommand {
         /// Synchronous replication (commits wait for one standby).
         #[arg(long)]
         sync: bool,
+        /// Also start PgBouncer in front of the cluster (read-write and read-only entries).
+        #[arg(long)]
+        pgbouncer: bool,
         #[command(flatten)]
         state: StateDirArg,
     },
@@ -107,15 +110,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Up {
             replicas,
             sync,
+            pgbouncer,
             state,
-        } => up(&state_dir(&state), replicas, sync).await,
+        } => up(&state_dir(&state), replicas, sync, pgbouncer).await,
         ClusterCommand::Status { json, state } => status(&state_dir(&state), json).await,
         ClusterCommand::Psql { node, args, state } => psql(&state_dir(&state), &node, &args),
         ClusterCommand::Down { purge, state } => down(&state_dir(&state), purge).await,
     }
 }
 
-async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode> {
+async fn up(dir: &Path, replicas: usize, sync: bool, pgbouncer: bool) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     let t = Instant::now();
     let mode = if sync {
@@ -158,6 +162,9 @@ async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode>
         cluster.config_path().display()
     );
     println!("Then: cargo run -p pgha -- status");
+    if pgbouncer {
+        crate::pgbouncer::up(&cluster).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -223,6 +230,7 @@ async fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
         eprintln!("xtask: no cluster in {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
+    crate::pgbouncer::down(dir)?;
     // Works on incomplete clusters too: every node the config names is stopped if running.
     let loaded = pgha_config::load(ConfigSource::Flag(path))?;
     for n in loaded.config.nodes.iter().rev() {

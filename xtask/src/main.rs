@@ -4,6 +4,7 @@
 mod bench;
 mod cluster;
 mod deps;
+mod pgbouncer;
 mod test;
 
 use std::process::ExitCode;

@@ -141,6 +141,18 @@ async fn routes_writes_to_primary_reads_to_replica_and_checks_passwords() -> any
     );
     assert!(!userlist.contains(APP_PASSWORD));
 
+    // The console commands say plainly when PgBouncer is not there.
+    let o = bin(&cfg, &["pause"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!(
+            "PgBouncer admin console at 127.0.0.1:{}: connect failed",
+            port.port
+        )),
+        "{}",
+        text(&o)
+    );
+
     // PgBouncer accepts the rendered config.
     let t = Instant::now();
     let bouncer = PgBouncerProcess::start(&pool, T)?;

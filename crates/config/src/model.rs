@@ -262,6 +262,11 @@ pub struct PoolingSection {
     pub stats_users: Vec<String>,
     /// Query PgBouncer runs on an idle server connection before reusing it (server_check_query).
     pub server_check_query: String,
+    /// How long PgBouncer waits after a failed server login before trying again
+    /// (server_login_retry; PgBouncer's own default is 15 s, too long after a failover: the
+    /// wait still applies after RELOAD points the entry at the new primary).
+    #[serde(with = "humantime_serde")]
+    pub server_login_retry: Duration,
     /// Startup parameters PgBouncer accepts and ignores (ignore_startup_parameters).
     pub ignore_startup_parameters: Vec<String>,
     /// Where pgbouncer.ini is written.
@@ -298,6 +303,7 @@ impl Default for PoolingSection {
             admin_users: vec!["postgres".into()],
             stats_users: Vec::new(),
             server_check_query: "select 1".into(),
+            server_login_retry: Duration::from_millis(500),
             ignore_startup_parameters: vec!["extra_float_digits".into()],
             ini_path: PathBuf::from("/etc/pgbouncer/pgbouncer.ini"),
             userlist_path: PathBuf::from("/etc/pgbouncer/userlist.txt"),

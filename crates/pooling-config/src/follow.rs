@@ -171,3 +171,50 @@ pub async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::PoolingError;
+
+    /// A source that reports what the test queued, like a DCS watch would.
+    struct Queued(Vec<Result<Topology>>);
+
+    #[async_trait]
+    impl LeaderSource for Queued {
+        async fn next(&mut self) -> Result<Topology> {
+            self.0.remove(0)
+        }
+    }
+
+    fn config() -> PghaConfig {
+        pgha_config::load_from_str(
+            "[cluster]\nname = \"t\"\n[pooling]\n[[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\ndata_dir = \"/d\"\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn no_primary_keeps_the_config_and_permanent_errors_stop() {
+        let c = config();
+        let console = ConsoleTarget::from_config(&c).unwrap();
+        let mut f = Follower::new(c, console);
+        let mut src = Queued(vec![
+            Err(PoolingError::NoPrimary {
+                writable: vec!["a".into(), "b".into()],
+                unreachable: vec![],
+            }),
+            Err(PoolingError::NoPoolingSection),
+        ]);
+        let ev = f.step(src.next().await).await.unwrap();
+        assert!(
+            matches!(&ev, FollowEvent::NoTopology { error } if error.contains("writable: [\"a\", \"b\"]")),
+            "{ev:?}"
+        );
+        assert!(f.applied().is_none());
+        let err = f.step(src.next().await).await.unwrap_err();
+        assert!(matches!(err, PoolingError::NoPoolingSection), "{err}");
+    }
+}

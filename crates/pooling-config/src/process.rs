@@ -55,14 +55,13 @@ fn command(pool: &PoolingSection, log: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
-/// Where PgBouncer's output goes: `pooling.log_file`, else `pgbouncer.out` beside the ini.
+/// Where PgBouncer's stdout/stderr go: `pgbouncer.out` beside the ini (with `logfile` set it
+/// logs there too; stderr also carries what it says before opening the log).
 fn output_file(pool: &PoolingSection) -> PathBuf {
-    pool.log_file.clone().unwrap_or_else(|| {
-        pool.ini_path
-            .parent()
-            .unwrap_or(Path::new("/tmp"))
-            .join("pgbouncer.out")
-    })
+    pool.ini_path
+        .parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join("pgbouncer.out")
 }
 
 fn tail(path: &Path, lines: usize) -> String {

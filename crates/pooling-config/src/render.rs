@@ -158,7 +158,7 @@ pub fn render_ini(config: &PghaConfig, topology: &Topology) -> Result<String> {
     // Moving a database to another host closes its idle server connections at once.
     kv(w, "server_fast_close", &1);
     kv(w, "server_connect_timeout", &5);
-    kv(w, "server_login_retry", &1);
+    kv(w, "server_login_retry", &seconds(pool.server_login_retry));
     if let Some(p) = &pool.pid_file {
         kv(w, "pidfile", &p.display());
     }
