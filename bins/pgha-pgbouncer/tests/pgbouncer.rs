@@ -323,3 +323,61 @@ async fn follow_moves_the_read_write_entry_to_the_promoted_replica() -> anyhow::
     assert!(log.contains("PgBouncer reloaded"), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_under_pause_makes_clients_wait_not_fail() -> anyhow::Result<()> {
+    let c = TestCluster::start(1).await?;
+    let port = free_port("127.0.0.1")?;
+    create_app(&c, "node1").await?;
+    let cfg = pool_config(&c, port.port, "");
+    let o = bin(&cfg, &["render"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = pgha_config::load(ConfigSource::Flag(cfg.clone()))?.config;
+    let pool = config.pooling.clone().unwrap();
+    let _bouncer = PgBouncerProcess::start(&pool, T)?;
+    let node2 = c.config().node("node2").unwrap().port;
+    let mut rw = client(port.port, "app", APP_PASSWORD).await?;
+    sqlx::raw_sql("CREATE TABLE w (at timestamptz DEFAULT now())")
+        .execute(&mut rw)
+        .await?;
+    // Let node2 replay the table before the switch.
+    TestCluster::eventually(T, "table w on node2", || async {
+        let mut r = client(port.port, "app_ro", APP_PASSWORD).await?;
+        let n = one(
+            &mut r,
+            "SELECT count(*)::text FROM pg_class WHERE relname = 'w'",
+        )
+        .await?;
+        Ok((n == "1").then_some(()))
+    })
+    .await?;
+
+    let console = pgha_pooling_config::ConsoleTarget::from_config(&config)?;
+    let (n1, n2) = (c.instance("node1")?, c.instance("node2")?);
+    let switch = pgha_pooling_config::paused(&console, || async {
+        n1.stop(StopMode::Fast).await?;
+        n2.promote().await?;
+        pgha_pooling_config::apply(&config, &console).await
+    });
+    // A client writes while the switch runs: it waits for RESUME, then lands on node2.
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        let port = one(
+            &mut rw,
+            "INSERT INTO w DEFAULT VALUES; SELECT inet_server_port()::text",
+        )
+        .await;
+        (port, t.elapsed())
+    };
+    let (switched, (written, waited)) = tokio::join!(switch, writer);
+    let topology = switched?;
+    assert_eq!(topology.primary.node, "node2");
+    assert_eq!(
+        written?,
+        node2.to_string(),
+        "the write must land on the new primary"
+    );
+    eprintln!("switchover under PAUSE: the client's write waited {waited:?}, no error");
+    Ok(())
+}

@@ -178,6 +178,32 @@ fn with_db(cmd: &str, db: Option<&str>) -> String {
     }
 }
 
+/// Planned switchover: PAUSE (running transactions finish, new queries wait), run `f` (stop the
+/// primary, promote, then [`crate::apply`] to re-render and RELOAD), then RESUME, also when `f`
+/// failed, so clients wait through the switch instead of failing.
+pub async fn paused<T, F, Fut>(target: &ConsoleTarget, f: F) -> Result<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut c = AdminConsole::connect(target).await?;
+    if let Err(e) = c.pause(None).await {
+        // A PAUSE that timed out may still be in effect: never leave PgBouncer paused.
+        let _ = run_once(target, "RESUME").await;
+        return Err(e);
+    }
+    let out = f().await;
+    let resumed = match c.resume(None).await {
+        Ok(()) => Ok(()),
+        // The console connection may have been dropped meanwhile; try a fresh one.
+        Err(_) => run_once(target, "RESUME").await,
+    };
+    c.close().await;
+    let value = out?;
+    resumed?;
+    Ok(value)
+}
+
 /// Connects, runs one command, disconnects.
 pub(crate) async fn run_once(target: &ConsoleTarget, cmd: &str) -> Result<()> {
     let mut c = AdminConsole::connect(target).await?;

@@ -102,19 +102,15 @@ impl Follower {
         if self.applied.as_ref() == Some(&topology) {
             return Ok(FollowEvent::Unchanged);
         }
-        let pool = crate::section(&self.config)?;
-        let users = match fetch_scram_secrets(&self.config, &topology, &userlist_roles(pool)).await
-        {
-            Ok(u) => u,
+        match render_install(&self.config, &topology).await {
+            Ok(()) => {}
             Err(e) if e.is_transient() => {
                 return Ok(FollowEvent::NoTopology {
                     error: e.to_string(),
                 })
             }
             Err(e) => return Err(e),
-        };
-        let rendered = RenderedConfig::new(&self.config, &topology, &users)?;
-        install(pool, &rendered)?;
+        }
         match run_once(&self.console, "RELOAD").await {
             Ok(()) => {
                 self.applied = Some(topology.clone());
@@ -126,6 +122,23 @@ impl Follower {
             }),
         }
     }
+}
+
+/// One-shot: find the primary and replicas now, render, install and RELOAD. What a switchover
+/// calls right after the promote, instead of waiting for the next poll.
+pub async fn apply(config: &PghaConfig, console: &ConsoleTarget) -> Result<Topology> {
+    let topology = Topology::collect(config).await?;
+    render_install(config, &topology).await?;
+    run_once(console, "RELOAD").await?;
+    Ok(topology)
+}
+
+/// Secrets from pg_authid, both files rendered and installed.
+async fn render_install(config: &PghaConfig, topology: &Topology) -> Result<()> {
+    let pool = crate::section(config)?;
+    let users = fetch_scram_secrets(config, topology, &userlist_roles(pool)).await?;
+    install(pool, &RenderedConfig::new(config, topology, &users)?)?;
+    Ok(())
 }
 
 /// Follows `source` until `shutdown` completes. Errors that retrying cannot fix (a role missing,

@@ -15,9 +15,9 @@ mod render;
 mod secrets;
 mod topology;
 
-pub use console::{AdminConsole, ConsoleTarget};
+pub use console::{paused, AdminConsole, ConsoleTarget};
 pub use error::{PoolingError, Result};
-pub use follow::{follow, FollowEvent, Follower, LeaderSource, PollingLeaderSource};
+pub use follow::{apply, follow, FollowEvent, Follower, LeaderSource, PollingLeaderSource};
 pub use install::{install, InstalledFiles};
 pub use process::{program as pgbouncer_program, start_detached, terminate, PgBouncerProcess};
 pub use render::{render_ini, render_userlist, RenderedConfig};

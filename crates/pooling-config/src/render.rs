@@ -170,7 +170,7 @@ pub fn render_ini(config: &PghaConfig, topology: &Topology) -> Result<String> {
 
 fn seconds(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         (ms / 1000).to_string()
     } else {
         format!("{}.{:03}", ms / 1000, ms % 1000)
