@@ -256,6 +256,11 @@ async fn follow_moves_the_read_write_entry_to_the_promoted_replica() -> anyhow::
     let bouncer = PgBouncerProcess::start(&pool, T)?;
     let follow_log = c.root().join("follow.log");
     let _follow = KillOnDrop(spawn_follow(&cfg, &follow_log));
+    TestCluster::eventually(T, "follow's first reload", || async {
+        let log = std::fs::read_to_string(&follow_log)?;
+        Ok(log.contains("PgBouncer reloaded").then_some(()))
+    })
+    .await?;
 
     let mut rw = client(port.port, "app", APP_PASSWORD).await?;
     sqlx::raw_sql("CREATE TABLE w (at timestamptz DEFAULT now())")
@@ -379,5 +384,98 @@ async fn planned_switchover_under_pause_makes_clients_wait_not_fail() -> anyhow:
         "the write must land on the new primary"
     );
     eprintln!("switchover under PAUSE: the client's write waited {waited:?}, no error");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_entry_round_robins_over_replicas_sharing_a_port() -> anyhow::Result<()> {
+    let c = TestCluster::start(2).await?;
+    let port = free_port("127.0.0.1")?;
+    create_app(&c, "node1").await?;
+    // PgBouncer 1.18 takes one port per entry: move node3 to 127.0.0.2 on node2's port, as two
+    // replicas on two hosts would be. postgresql.auto.conf is read after pgha-node.conf.
+    let node2 = c.config().node("node2").unwrap().port;
+    let node3_old = c.config().node("node3").unwrap().port;
+    let n3 = c.instance("node3")?;
+    n3.stop(StopMode::Fast).await?;
+    let auto = n3.data_dir().join("postgresql.auto.conf");
+    let mut conf = std::fs::read_to_string(&auto).unwrap_or_default();
+    conf.push_str(&format!("port = {node2}\nlisten_addresses = '127.0.0.2'\n"));
+    n3.write_data_file("postgresql.auto.conf", &conf)?;
+    n3.start().await?;
+    let cfg = pool_config(&c, port.port, "");
+    let moved = std::fs::read_to_string(&cfg)?.replace(
+        &format!("host = \"127.0.0.1\"\nport = {node3_old}\n"),
+        &format!("host = \"127.0.0.2\"\nport = {node2}\n"),
+    );
+    std::fs::write(&cfg, moved)?;
+
+    let o = bin(&cfg, &["render"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pool = pooling(&cfg);
+    let ini = std::fs::read_to_string(&pool.ini_path)?;
+    assert!(
+        ini.contains(&format!(
+            "app_ro = host=127.0.0.1,127.0.0.2 port={node2} dbname=app"
+        )),
+        "{ini}"
+    );
+    let _bouncer = PgBouncerProcess::start(&pool, T)?;
+
+    // Each client holds a transaction open, so each needs its own server connection; PgBouncer
+    // rotates new server connections over the host list.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut ro = client(port.port, "app_ro", APP_PASSWORD).await?;
+        let addr = one(
+            &mut ro,
+            "BEGIN; SELECT host(inet_server_addr()) || ' ' || pg_is_in_recovery()::text",
+        )
+        .await?;
+        seen.insert(addr);
+        held.push(ro);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec!["127.0.0.1 true".to_string(), "127.0.0.2 true".to_string()],
+        "both replicas must serve the read-only entry"
+    );
+    held.clear();
+
+    // PgBouncer does not skip a host that is down: the follower drops it from the list.
+    let follow_log = c.root().join("follow.log");
+    let _follow = KillOnDrop(spawn_follow(&cfg, &follow_log));
+    TestCluster::eventually(T, "follow's first reload", || async {
+        let log = std::fs::read_to_string(&follow_log)?;
+        Ok(log.contains("PgBouncer reloaded").then_some(()))
+    })
+    .await?;
+    n3.stop(StopMode::Immediate).await?;
+    let t = Instant::now();
+    TestCluster::eventually(
+        T,
+        "node3 dropped from app_ro and PgBouncer reloaded",
+        || async {
+            let ini = std::fs::read_to_string(&pool.ini_path)?;
+            let log = std::fs::read_to_string(&follow_log)?;
+            Ok(
+                (ini.contains(&format!("app_ro = host=127.0.0.1 port={node2} dbname=app"))
+                    && log.matches("PgBouncer reloaded").count() >= 2)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    eprintln!(
+        "stopped replica dropped from the read-only entry after {:?}",
+        t.elapsed()
+    );
+    for _ in 0..4 {
+        let mut ro = client(port.port, "app_ro", APP_PASSWORD).await?;
+        let addr = one(&mut ro, "BEGIN; SELECT host(inet_server_addr())").await?;
+        assert_eq!(addr, "127.0.0.1");
+        held.push(ro);
+    }
     Ok(())
 }
