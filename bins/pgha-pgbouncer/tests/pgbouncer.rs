@@ -158,6 +158,26 @@ async fn routes_writes_to_primary_reads_to_replica_and_checks_passwords() -> any
     let bouncer = PgBouncerProcess::start(&pool, T)?;
     eprintln!("pgbouncer up in {:?}", t.elapsed());
 
+    // The admin console lists both entries as rendered.
+    let console = pgha_pooling_config::ConsoleTarget::from_config(
+        &pgha_config::load(ConfigSource::Flag(cfg.clone()))?.config,
+    )?;
+    let mut admin = pgha_pooling_config::AdminConsole::connect(&console).await?;
+    let dbs = admin.databases().await?;
+    admin.close().await;
+    assert!(
+        dbs.contains(&("app".into(), Some("127.0.0.1".into()), Some(node1.into()))),
+        "{dbs:?}"
+    );
+    assert!(
+        dbs.contains(&(
+            "app_ro".into(),
+            Some("127.0.0.1".into()),
+            Some(node2.into())
+        )),
+        "{dbs:?}"
+    );
+
     // Read-write entry: writes land on the primary.
     let mut rw = client(port.port, "app", APP_PASSWORD).await?;
     sqlx::raw_sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')")
