@@ -269,7 +269,11 @@ async fn follow_moves_the_read_write_entry_to_the_promoted_replica() -> anyhow::
     let c = TestCluster::start(1).await?;
     let port = free_port("127.0.0.1")?;
     create_app(&c, "node1").await?;
-    let cfg = pool_config(&c, port.port, "poll_interval = \"500ms\"");
+    let cfg = pool_config(
+        &c,
+        port.port,
+        "poll_interval = \"500ms\"\nuserlist_refresh = \"1s\"",
+    );
     let o = bin(&cfg, &["render"]);
     assert!(o.status.success(), "{}", text(&o));
     let pool = pooling(&cfg);
@@ -346,6 +350,23 @@ async fn follow_moves_the_read_write_entry_to_the_promoted_replica() -> anyhow::
         "{ini}"
     );
     assert!(log.contains("PgBouncer reloaded"), "{log}");
+
+    // A changed password reaches userlist.txt within userlist_refresh.
+    let mut p = c.conn("node2").await?;
+    let v = pgha_postgres::scram::verifier(&Secret::new("app-New-43"));
+    sqlx::query(&format!("ALTER ROLE app PASSWORD '{v}'"))
+        .execute(&mut p)
+        .await?;
+    let t = Instant::now();
+    TestCluster::eventually(T, "login with the new password", || async move {
+        Ok(client(port_n, "app", "app-New-43").await.ok().map(|_| ()))
+    })
+    .await?;
+    eprintln!(
+        "new password accepted through PgBouncer after {:?}",
+        t.elapsed()
+    );
+    assert!(client(port_n, "app", APP_PASSWORD).await.is_err());
     Ok(())
 }
 

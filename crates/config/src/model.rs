@@ -284,6 +284,10 @@ pub struct PoolingSection {
     /// How often `pgha-pgbouncer follow` polls the nodes for the primary.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often `follow` re-reads the users' secrets from pg_authid (a changed password reaches
+    /// userlist.txt within this time); topology changes re-read them at once.
+    #[serde(with = "humantime_serde")]
+    pub userlist_refresh: Duration,
 }
 
 impl Default for PoolingSection {
@@ -312,6 +316,7 @@ impl Default for PoolingSection {
             unix_socket_dir: None,
             os_user: "postgres".into(),
             poll_interval: Duration::from_millis(500),
+            userlist_refresh: Duration::from_secs(60),
         }
     }
 }

@@ -93,6 +93,18 @@ impl PoolingError {
         }
     }
 
+    /// True when an operator can fix the cause on the live cluster (create the role, set its
+    /// password) without touching pgha.toml: the follower keeps running.
+    pub fn is_fixable_at_runtime(&self) -> bool {
+        matches!(
+            self,
+            PoolingError::UnknownRole { .. }
+                | PoolingError::NoPassword { .. }
+                | PoolingError::NotScram { .. }
+                | PoolingError::Query { .. }
+        )
+    }
+
     /// True when the same call may succeed later (PgBouncer restarting, no primary yet).
     pub fn is_transient(&self) -> bool {
         matches!(

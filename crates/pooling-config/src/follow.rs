@@ -72,6 +72,8 @@ pub struct Follower {
     config: PghaConfig,
     console: ConsoleTarget,
     applied: Option<Topology>,
+    /// The files PgBouncer was last reloaded with, and when the secrets were last read.
+    installed: Option<(RenderedConfig, Instant)>,
 }
 
 impl Follower {
@@ -80,6 +82,7 @@ impl Follower {
             config,
             console,
             applied: None,
+            installed: None,
         }
     }
 
@@ -99,21 +102,35 @@ impl Follower {
             }
             Err(e) => return Err(e),
         };
-        if self.applied.as_ref() == Some(&topology) {
+        let refresh = crate::section(&self.config)?.userlist_refresh;
+        let same = self.applied.as_ref() == Some(&topology);
+        if same
+            && self
+                .installed
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < refresh)
+        {
             return Ok(FollowEvent::Unchanged);
         }
-        match render_install(&self.config, &topology).await {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => {
+        let rendered = match render(&self.config, &topology).await {
+            Ok(r) => r,
+            Err(e) if e.is_transient() || e.is_fixable_at_runtime() => {
                 return Ok(FollowEvent::NoTopology {
                     error: e.to_string(),
                 })
             }
             Err(e) => return Err(e),
+        };
+        if same && self.installed.as_ref().map(|(r, _)| r) == Some(&rendered) {
+            // Secrets re-read, nothing changed.
+            self.installed = Some((rendered, Instant::now()));
+            return Ok(FollowEvent::Unchanged);
         }
+        install(crate::section(&self.config)?, &rendered)?;
         match run_once(&self.console, "RELOAD").await {
             Ok(()) => {
                 self.applied = Some(topology.clone());
+                self.installed = Some((rendered, Instant::now()));
                 Ok(FollowEvent::Applied(topology))
             }
             Err(e) => Ok(FollowEvent::WrittenNotReloaded {
@@ -128,20 +145,20 @@ impl Follower {
 /// calls right after the promote, instead of waiting for the next poll.
 pub async fn apply(config: &PghaConfig, console: &ConsoleTarget) -> Result<Topology> {
     let topology = Topology::collect(config).await?;
-    render_install(config, &topology).await?;
+    install(crate::section(config)?, &render(config, &topology).await?)?;
     run_once(console, "RELOAD").await?;
     Ok(topology)
 }
 
-/// Secrets from pg_authid, both files rendered and installed.
-async fn render_install(config: &PghaConfig, topology: &Topology) -> Result<()> {
+/// Secrets from pg_authid, then both files rendered.
+async fn render(config: &PghaConfig, topology: &Topology) -> Result<RenderedConfig> {
     let pool = crate::section(config)?;
     let users = fetch_scram_secrets(config, topology, &userlist_roles(pool)).await?;
-    install(pool, &RenderedConfig::new(config, topology, &users)?)?;
-    Ok(())
+    RenderedConfig::new(config, topology, &users)
 }
 
-/// Follows `source` until `shutdown` completes. Errors that retrying cannot fix (a role missing,
+/// Follows `source` until `shutdown` completes. A role missing or without a SCRAM password is
+/// logged and retried (PgBouncer keeps its files); errors retrying cannot fix (no `[pooling]`,
 /// a file that cannot be written) end the loop.
 pub async fn follow(
     follower: &mut Follower,
