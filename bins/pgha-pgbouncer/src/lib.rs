@@ -51,6 +51,10 @@ pub enum Command {
         /// Only this database entry.
         #[arg(long)]
         db: Option<String>,
+        /// How long to wait for running transactions to finish; on timeout PgBouncer is resumed
+        /// and the command fails.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// RESUME after `pause`.
     Resume {
@@ -89,7 +93,8 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<()> {
                 .context("follow the primary")?;
             Ok(())
         }
-        Command::Pause { db } => console_cmd(&config, |mut c| async move {
+        Command::Pause { db, timeout } => console_cmd(&config, |mut c| async move {
+            c.set_command_timeout(*timeout);
             let r = c.pause(db.as_deref()).await;
             c.close().await;
             r

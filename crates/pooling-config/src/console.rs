@@ -59,6 +59,11 @@ pub struct AdminConsole {
 }
 
 impl AdminConsole {
+    /// A longer bound for commands that wait on clients (PAUSE waits for running transactions).
+    pub fn set_command_timeout(&mut self, timeout: Duration) {
+        self.target.timeout = timeout;
+    }
+
     pub async fn connect(target: &ConsoleTarget) -> Result<Self> {
         let mut o = PgConnectOptions::new()
             .host(&target.host)
@@ -118,9 +123,17 @@ impl AdminConsole {
     }
 
     /// PAUSE: wait until every server connection is idle, then hold new queries (clients wait
-    /// instead of failing) until RESUME. `db` limits it to one database entry.
+    /// instead of failing) until RESUME. `db` limits it to one database entry. When PAUSE does
+    /// not finish within the command timeout it is undone with RESUME, so PgBouncer is never
+    /// left half-paused by a failed call.
     pub async fn pause(&mut self, db: Option<&str>) -> Result<()> {
-        self.command(&with_db("PAUSE", db)).await
+        match self.command(&with_db("PAUSE", db)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = run_once(&self.target, &with_db("RESUME", db)).await;
+                Err(e)
+            }
+        }
     }
 
     /// RESUME after PAUSE.
@@ -187,11 +200,7 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut c = AdminConsole::connect(target).await?;
-    if let Err(e) = c.pause(None).await {
-        // A PAUSE that timed out may still be in effect: never leave PgBouncer paused.
-        let _ = run_once(target, "RESUME").await;
-        return Err(e);
-    }
+    c.pause(None).await?;
     let out = f().await;
     let resumed = match c.resume(None).await {
         Ok(()) => Ok(()),

@@ -28,7 +28,8 @@ pub fn program() -> PathBuf {
 /// A PgBouncer process we started; SIGTERM (then SIGKILL) on drop.
 #[derive(Debug)]
 pub struct PgBouncerProcess {
-    child: Child,
+    /// None once detached.
+    child: Option<Child>,
     ini: PathBuf,
     log: PathBuf,
 }
@@ -71,8 +72,8 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 impl PgBouncerProcess {
-    /// Starts PgBouncer on the installed `pool.ini_path` and waits until it accepts TCP
-    /// connections on `listen_addr:listen_port`.
+    /// Starts PgBouncer on the installed `pool.ini_path` and waits (blocking, polling every
+    /// 20 ms) until it accepts TCP connections on `listen_addr:listen_port`.
     pub fn start(pool: &PoolingSection, timeout: Duration) -> Result<Self> {
         let log = output_file(pool);
         let mut cmd = command(pool, &log)?;
@@ -81,7 +82,7 @@ impl PgBouncerProcess {
             source,
         })?;
         let mut p = PgBouncerProcess {
-            child,
+            child: Some(child),
             ini: pool.ini_path.clone(),
             log,
         };
@@ -93,7 +94,7 @@ impl PgBouncerProcess {
         let addr = format!("{}:{}", connect_host(&pool.listen_addr), pool.listen_port);
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 return Err(PoolingError::Exited {
                     ini: self.ini.clone(),
                     status: status.to_string(),
@@ -115,8 +116,9 @@ impl PgBouncerProcess {
         }
     }
 
+    /// The process id (0 once detached).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// PgBouncer's output so far (its log when `logfile` is not set).
@@ -125,27 +127,28 @@ impl PgBouncerProcess {
     }
 
     /// Leaves the process running (for `cargo xtask cluster up`); returns its pid.
-    pub fn detach(self) -> u32 {
-        let pid = self.child.id();
-        std::mem::forget(self);
-        pid
+    pub fn detach(mut self) -> u32 {
+        self.child.take().map_or(0, |c| c.id())
     }
 
-    /// SIGTERM and wait up to 5 s, then SIGKILL.
+    /// SIGTERM and wait up to 5 s, then SIGKILL. Blocking (also used from Drop).
     pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        terminate(self.child.id());
+        terminate(child.id());
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -166,7 +169,7 @@ pub fn start_detached(pool: &PoolingSection, timeout: Duration) -> Result<u32> {
         source,
     })?;
     let mut p = PgBouncerProcess {
-        child,
+        child: Some(child),
         ini: pool.ini_path.clone(),
         log,
     };
