@@ -105,6 +105,21 @@ async fn routes_writes_to_primary_reads_to_replica_and_checks_passwords() -> any
         "{}",
         text(&o)
     );
+    let bad = pool_config(
+        &c,
+        port.port,
+        "pool_mode = \"sometimes\"\nadmin_users = [\"ops\"]",
+    );
+    let o = bin(&bad, &["render"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("pool_mode"), "{}", text(&o));
+    let bad = pool_config(&c, port.port, "admin_users = [\"ops\"]");
+    let o = bin(&bad, &["render"]);
+    assert!(
+        text(&o).contains("pooling.admin_users: must include postgres.superuser `postgres`"),
+        "{}",
+        text(&o)
+    );
     let cfg = pool_config(&c, port.port, "");
     let o = bin(&cfg, &["render"]);
     assert!(!o.status.success());
