@@ -24,12 +24,14 @@ pub trait LeaderSource: Send {
     async fn next(&mut self) -> Result<Topology>;
 }
 
-/// Polls every node each `interval`.
+/// Polls every node each `interval`; while no single primary answers (a failover under way),
+/// five times as often, so a promoted replica is picked up soon after it becomes writable.
 #[derive(Debug)]
 pub struct PollingLeaderSource {
     config: PghaConfig,
     interval: Duration,
     last: Option<Instant>,
+    searching: bool,
 }
 
 impl PollingLeaderSource {
@@ -38,6 +40,7 @@ impl PollingLeaderSource {
             config,
             interval,
             last: None,
+            searching: false,
         }
     }
 }
@@ -46,10 +49,17 @@ impl PollingLeaderSource {
 impl LeaderSource for PollingLeaderSource {
     async fn next(&mut self) -> Result<Topology> {
         if let Some(last) = self.last {
-            tokio::time::sleep_until((last + self.interval).into()).await;
+            let wait = if self.searching {
+                (self.interval / 5).max(Duration::from_millis(20))
+            } else {
+                self.interval
+            };
+            tokio::time::sleep_until((last + wait).into()).await;
         }
         self.last = Some(Instant::now());
-        Topology::collect(&self.config).await
+        let observed = Topology::collect(&self.config).await;
+        self.searching = matches!(observed, Err(crate::PoolingError::NoPrimary { .. }));
+        observed
     }
 }
 

@@ -18,7 +18,7 @@ use super::median;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Repetitions per workload and target; medians are reported.
+    /// Repetitions per workload and target; medians are reported (0: failovers only).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Seconds per pgbench run.
@@ -95,17 +95,20 @@ fn pgbench(
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     crate::deps::ensure_postgres()?;
-    let root = std::env::temp_dir().join(format!("pgha-bench-pgbouncer-{}", std::process::id()));
-    let mut spec = ClusterSpec::new("bench", &root);
-    spec.replicas = 1;
-    spec.parameters
-        .insert("max_connections".into(), "200".into());
-    let cluster = LocalCluster::create(&spec)
-        .await
-        .context("create cluster")?;
-    let result = bench(&cluster, &a).await;
-    cluster.purge().await.ok();
-    result?;
+    if a.runs > 0 {
+        let root =
+            std::env::temp_dir().join(format!("pgha-bench-pgbouncer-{}", std::process::id()));
+        let mut spec = ClusterSpec::new("bench", &root);
+        spec.replicas = 1;
+        spec.parameters
+            .insert("max_connections".into(), "200".into());
+        let cluster = LocalCluster::create(&spec)
+            .await
+            .context("create cluster")?;
+        let result = bench(&cluster, &a).await;
+        cluster.purge().await.ok();
+        result?;
+    }
     if a.failovers > 0 {
         failovers(a.failovers).await?;
     }
@@ -158,7 +161,7 @@ async fn bench(cluster: &LocalCluster, a: &Args) -> anyhow::Result<()> {
     );
     for w in WORKLOADS {
         let (mut dt, mut dl, mut bt, mut bl) = (vec![], vec![], vec![], vec![]);
-        for r in 1..=a.runs.max(1) {
+        for r in 1..=a.runs {
             let (t, l) = pgbench(&pgbench_bin, direct, password.expose(), w, a)?;
             dt.push(t);
             dl.push(l);
