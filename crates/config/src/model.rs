@@ -307,7 +307,7 @@ impl Default for PoolingSection {
             admin_users: vec!["postgres".into()],
             stats_users: Vec::new(),
             server_check_query: "select 1".into(),
-            server_login_retry: Duration::from_millis(500),
+            server_login_retry: Duration::from_millis(250),
             ignore_startup_parameters: vec!["extra_float_digits".into()],
             ini_path: PathBuf::from("/etc/pgbouncer/pgbouncer.ini"),
             userlist_path: PathBuf::from("/etc/pgbouncer/userlist.txt"),
