@@ -22,6 +22,9 @@ pub enum ClusterCommand {
         /// Synchronous replication (commits wait for one standby).
         #[arg(long)]
         sync: bool,
+        /// Also start PgBouncer in front of the cluster (read-write and read-only entries).
+        #[arg(long)]
+        pgbouncer: bool,
         #[command(flatten)]
         state: StateDirArg,
     },
@@ -107,15 +110,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Up {
             replicas,
             sync,
+            pgbouncer,
             state,
-        } => up(&state_dir(&state), replicas, sync).await,
+        } => up(&state_dir(&state), replicas, sync, pgbouncer).await,
         ClusterCommand::Status { json, state } => status(&state_dir(&state), json).await,
         ClusterCommand::Psql { node, args, state } => psql(&state_dir(&state), &node, &args),
         ClusterCommand::Down { purge, state } => down(&state_dir(&state), purge).await,
     }
 }
 
-async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode> {
+async fn up(dir: &Path, replicas: usize, sync: bool, pgbouncer: bool) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
     eprintln!("xtask: building pgha-agent and pgha");
@@ -191,6 +195,9 @@ async fn up(dir: &Path, replicas: usize, sync: bool) -> anyhow::Result<ExitCode>
         "Then: {}/pgha list   (status, check replication, switchover --to node2, pause, ...)",
         bin_dir.display()
     );
+    if pgbouncer {
+        crate::pgbouncer::up(&cluster).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,6 +263,7 @@ async fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
         eprintln!("xtask: no cluster in {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
+    crate::pgbouncer::down(dir)?;
     agents::stop_all(dir);
     // Works on incomplete clusters too: every node the config names is stopped if running.
     let loaded = pgha_config::load(ConfigSource::Flag(path))?;

@@ -16,10 +16,20 @@ fn pg_server_present() -> bool {
     pgha_postgres::PgBinaries::discover(None).is_ok()
 }
 
-const NEEDS: &[Need] = &[Need {
-    package: "postgresql-15",
-    present: pg_server_present,
-}];
+fn pgbouncer_present() -> bool {
+    pgha_pooling_config::pgbouncer_program().is_file()
+}
+
+const NEEDS: &[Need] = &[
+    Need {
+        package: "postgresql-15",
+        present: pg_server_present,
+    },
+    Need {
+        package: "pgbouncer",
+        present: pgbouncer_present,
+    },
+];
 
 fn is_root() -> bool {
     // SAFETY-free check: /proc/self/status would do too, but `id -u` is universal.

@@ -6,6 +6,7 @@ mod bench;
 mod cluster;
 mod deps;
 mod drill;
+mod pgbouncer;
 mod test;
 
 use std::process::ExitCode;

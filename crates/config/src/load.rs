@@ -217,4 +217,18 @@ fn resolve_relative_paths(config: &mut PghaConfig, base: &Path) {
             fix(p);
         }
     }
+    if let Some(pool) = config.pooling.as_mut() {
+        fix(&mut pool.ini_path);
+        fix(&mut pool.userlist_path);
+        for p in [
+            &mut pool.pid_file,
+            &mut pool.log_file,
+            &mut pool.unix_socket_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+    }
 }

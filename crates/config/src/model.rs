@@ -23,6 +23,9 @@ pub struct PghaConfig {
     pub dcs: Option<DcsSection>,
     #[serde(default)]
     pub failover: FailoverSection,
+    /// `[pooling]`: PgBouncer in front of the cluster (pgha-pgbouncer); absent = no pooler.
+    #[serde(default)]
+    pub pooling: Option<PoolingSection>,
     /// The PostgreSQL nodes; order is only the display order, roles are discovered live.
     pub nodes: Vec<NodeConfig>,
 }
@@ -269,5 +272,125 @@ impl NodeConfig {
     /// `host:port`, for messages.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// PgBouncer's pool_mode: when a server connection goes back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// After the client disconnects.
+    Session,
+    /// After each transaction (session state such as SET or prepared statements does not survive).
+    #[default]
+    Transaction,
+    /// After each statement (no multi-statement transactions).
+    Statement,
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        })
+    }
+}
+
+/// `[pooling]`: the PgBouncer that fronts the cluster, rendered by `pgha-pgbouncer`.
+///
+/// Each database in `databases` is exposed twice: `<db>` (read-write, to the primary) and
+/// `<db><read_only_suffix>` (read-only, to the replicas).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolingSection {
+    /// Address PgBouncer listens on (listen_addr).
+    pub listen_addr: String,
+    /// Port PgBouncer listens on (listen_port).
+    pub listen_port: u16,
+    /// Default pool_mode for every database.
+    pub pool_mode: PoolMode,
+    /// Most client connections PgBouncer accepts (max_client_conn).
+    pub max_client_conn: u32,
+    /// Server connections per user/database pair (default_pool_size).
+    pub default_pool_size: u32,
+    /// Extra server connections allowed when a client waited `reserve_pool_timeout` (reserve_pool_size).
+    pub reserve_pool_size: u32,
+    /// How long a client waits before the reserve pool is used (reserve_pool_timeout).
+    #[serde(with = "humantime_serde")]
+    pub reserve_pool_timeout: Duration,
+    /// Databases exposed through PgBouncer, each as a read-write and a read-only entry.
+    pub databases: Vec<String>,
+    /// Suffix of the read-only entry's name (`app` -> `app_ro`).
+    pub read_only_suffix: String,
+    /// When no replica is available, point the read-only entries at the primary instead of
+    /// leaving them without a server.
+    pub read_only_fallback_to_primary: bool,
+    /// Roles that may log in through PgBouncer; their SCRAM secrets are copied from pg_authid.
+    pub users: Vec<String>,
+    /// Roles allowed on the admin console (admin_users); must include `postgres.superuser`,
+    /// which pgha-pgbouncer uses for RELOAD, PAUSE and RESUME.
+    pub admin_users: Vec<String>,
+    /// Roles allowed read-only SHOW commands on the admin console (stats_users).
+    pub stats_users: Vec<String>,
+    /// Query PgBouncer runs on an idle server connection before reusing it (server_check_query).
+    pub server_check_query: String,
+    /// How long PgBouncer waits after a failed server login before trying again
+    /// (server_login_retry; PgBouncer's own default is 15 s, too long after a failover: the
+    /// wait still applies after RELOAD points the entry at the new primary).
+    #[serde(with = "humantime_serde")]
+    pub server_login_retry: Duration,
+    /// Startup parameters PgBouncer accepts and ignores (ignore_startup_parameters).
+    pub ignore_startup_parameters: Vec<String>,
+    /// Where pgbouncer.ini is written.
+    pub ini_path: PathBuf,
+    /// Where userlist.txt (SCRAM secrets, mode 0600) is written.
+    pub userlist_path: PathBuf,
+    /// PgBouncer's pid file; none when absent.
+    pub pid_file: Option<PathBuf>,
+    /// PgBouncer's log file; stderr when absent.
+    pub log_file: Option<PathBuf>,
+    /// Directory of PgBouncer's unix socket; TCP only when absent.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// OS user PgBouncer runs as (it refuses root); owns the userlist.
+    pub os_user: String,
+    /// How often `pgha-pgbouncer follow` polls the nodes for the primary.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often `follow` re-reads the users' secrets from pg_authid (a changed password reaches
+    /// userlist.txt within this time); topology changes re-read them at once.
+    #[serde(with = "humantime_serde")]
+    pub userlist_refresh: Duration,
+}
+
+impl Default for PoolingSection {
+    fn default() -> Self {
+        PoolingSection {
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 6432,
+            pool_mode: PoolMode::Transaction,
+            max_client_conn: 200,
+            default_pool_size: 20,
+            reserve_pool_size: 5,
+            reserve_pool_timeout: Duration::from_secs(3),
+            databases: vec!["postgres".into()],
+            read_only_suffix: "_ro".into(),
+            read_only_fallback_to_primary: true,
+            users: Vec::new(),
+            admin_users: vec!["postgres".into()],
+            stats_users: Vec::new(),
+            server_check_query: "select 1".into(),
+            server_login_retry: Duration::from_millis(250),
+            ignore_startup_parameters: vec!["extra_float_digits".into()],
+            ini_path: PathBuf::from("/etc/pgbouncer/pgbouncer.ini"),
+            userlist_path: PathBuf::from("/etc/pgbouncer/userlist.txt"),
+            pid_file: None,
+            log_file: None,
+            unix_socket_dir: None,
+            os_user: "postgres".into(),
+            poll_interval: Duration::from_millis(500),
+            userlist_refresh: Duration::from_secs(60),
+        }
     }
 }

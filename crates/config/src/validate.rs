@@ -16,7 +16,122 @@ impl PghaConfig {
         self.validate_replication(&mut errs);
         self.validate_nodes(&mut errs);
         self.validate_failover(&mut errs);
+        self.validate_pooling(&mut errs);
         errs
+    }
+
+    fn validate_pooling(&self, errs: &mut ValidationErrors) {
+        let Some(p) = &self.pooling else { return };
+        if p.listen_addr.trim().is_empty() {
+            errs.push(
+                "pooling.listen_addr",
+                "must not be empty, e.g. \"127.0.0.1\"",
+            );
+        }
+        if p.listen_port == 0 {
+            errs.push("pooling.listen_port", "0 is not a port: expected 1-65535");
+        } else if let Some(n) = self
+            .nodes
+            .iter()
+            .find(|n| n.port == p.listen_port && n.host == p.listen_addr)
+        {
+            errs.push(
+                "pooling.listen_port",
+                format!("{} is node `{}`'s PostgreSQL port", p.listen_port, n.name),
+            );
+        }
+        if p.max_client_conn == 0 {
+            errs.push("pooling.max_client_conn", "0 would refuse every client");
+        }
+        if p.default_pool_size == 0 {
+            errs.push(
+                "pooling.default_pool_size",
+                "0 would never open a server connection",
+            );
+        } else if p.default_pool_size > p.max_client_conn {
+            errs.push(
+                "pooling.default_pool_size",
+                format!(
+                    "{} is more than max_client_conn ({})",
+                    p.default_pool_size, p.max_client_conn
+                ),
+            );
+        }
+        if p.databases.is_empty() {
+            errs.push(
+                "pooling.databases",
+                "is empty: list the databases to expose, e.g. [\"app\"]",
+            );
+        }
+        if p.read_only_suffix.is_empty() {
+            errs.push(
+                "pooling.read_only_suffix",
+                "must not be empty: the read-only entry would shadow the read-write one",
+            );
+        }
+        for (i, db) in p.databases.iter().enumerate() {
+            check_pooler_name(errs, &format!("pooling.databases[{i}]"), db);
+            if db == "pgbouncer" {
+                errs.push(
+                    format!("pooling.databases[{i}]"),
+                    "`pgbouncer` is PgBouncer's admin console and cannot be a database entry",
+                );
+            }
+            if p.databases[..i].contains(db) {
+                errs.push(
+                    format!("pooling.databases[{i}]"),
+                    format!("`{db}` is listed twice"),
+                );
+            }
+        }
+        for (field, list) in [
+            ("users", &p.users),
+            ("admin_users", &p.admin_users),
+            ("stats_users", &p.stats_users),
+        ] {
+            for (i, u) in list.iter().enumerate() {
+                check_role_name(errs, &format!("pooling.{field}[{i}]"), u);
+            }
+        }
+        if !p.admin_users.contains(&self.postgres.superuser) {
+            errs.push(
+                "pooling.admin_users",
+                format!(
+                    "must include postgres.superuser `{}`: pgha-pgbouncer logs in to the admin console as it to RELOAD, PAUSE and RESUME",
+                    self.postgres.superuser
+                ),
+            );
+        }
+        if p.server_check_query.contains(['\n', '\r']) {
+            errs.push("pooling.server_check_query", "must be one line");
+        }
+        for (i, s) in p.ignore_startup_parameters.iter().enumerate() {
+            check_pooler_name(errs, &format!("pooling.ignore_startup_parameters[{i}]"), s);
+        }
+        for (field, path) in [
+            ("ini_path", &p.ini_path),
+            ("userlist_path", &p.userlist_path),
+        ] {
+            if path.file_name().is_none() {
+                errs.push(
+                    format!("pooling.{field}"),
+                    format!("`{}` does not name a file", path.display()),
+                );
+            }
+        }
+        if p.ini_path == p.userlist_path {
+            errs.push(
+                "pooling.userlist_path",
+                "is the same file as pooling.ini_path",
+            );
+        }
+        check_os_user(errs, "pooling.os_user", &p.os_user);
+        if p.poll_interval.is_zero() {
+            errs.push(
+                "pooling.poll_interval",
+                "must be longer than 0s, e.g. \"500ms\"",
+            );
+        }
     }
 
     fn validate_cluster(&self, errs: &mut ValidationErrors) {
@@ -293,6 +408,19 @@ fn check_role_name(errs: &mut ValidationErrors, path: &str, name: &str) {
     }
 }
 
+/// Names that go into pgbouncer.ini unquoted: database entries, startup parameter names.
+fn check_pooler_name(errs: &mut ValidationErrors, path: &str, name: &str) {
+    if name.is_empty()
+        || name.len() > MAX_IDENT
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        errs.push(
+            path,
+            format!("`{name}` is not usable in pgbouncer.ini: expected 1-63 letters, digits, `_`"),
+        );
+    }
+}
+
 fn check_os_user(errs: &mut ValidationErrors, path: &str, user: &str) {
     if user.is_empty() {
         errs.push(path, "must not be empty");
@@ -412,6 +540,38 @@ data_dir = "/var/lib/pgha/node2"
             "{err}"
         );
         assert!(err.contains("failover.postgres_restart_timeout"), "{err}");
+    }
+
+    #[test]
+    fn pooling_defaults_and_errors() {
+        let with = format!("{GOOD}\n[pooling]\ndatabases = [\"app\"]\nusers = [\"app\"]\n");
+        let c = load_from_str(&with, "p.toml").unwrap();
+        let p = c.pooling.unwrap();
+        assert_eq!(p.pool_mode, crate::PoolMode::Transaction);
+        assert_eq!(p.listen_port, 6432);
+        assert_eq!(p.poll_interval, std::time::Duration::from_millis(500));
+
+        let bad = format!(
+            "{GOOD}\n[pooling]\nlisten_port = 5433\ndatabases = [\"app\", \"app\", \"pgbouncer\"]\n\
+             admin_users = [\"ops\"]\ndefault_pool_size = 0\npool_mode = \"transaction\"\n"
+        )
+        .replace(
+            "host = \"127.0.0.1\"\nport = 5433",
+            "host = \"127.0.0.1\"\nport = 5433",
+        );
+        let err = load_from_str(&bad, "p.toml").unwrap_err().to_string();
+        for want in [
+            "pooling.listen_port: 5433 is node `node2`'s PostgreSQL port",
+            "pooling.databases[1]: `app` is listed twice",
+            "pooling.databases[2]: `pgbouncer` is PgBouncer's admin console",
+            "pooling.admin_users: must include postgres.superuser `postgres`",
+            "pooling.default_pool_size: 0",
+        ] {
+            assert!(err.contains(want), "missing `{want}` in {err}");
+        }
+        let bad_mode = format!("{GOOD}\n[pooling]\npool_mode = \"sometimes\"\n");
+        let err = load_from_str(&bad_mode, "p.toml").unwrap_err().to_string();
+        assert!(err.contains("pool_mode"), "{err}");
     }
 
     #[test]
