@@ -16,7 +16,8 @@ mod validate;
 pub use error::{ConfigError, Result, ValidationError, ValidationErrors};
 pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
 pub use model::{
-    ClusterSection, NodeConfig, PghaConfig, PostgresSection, ReplicationMode, ReplicationSection,
+    AlertThresholds, ClusterSection, MonitoringSection, NodeConfig, PghaConfig, PostgresSection,
+    ReplicationMode, ReplicationSection,
 };
 pub use net::IpNet;
 pub use secret::{Secret, SecretError, SecretSource};

@@ -15,6 +15,7 @@ impl PghaConfig {
         self.validate_postgres(&mut errs);
         self.validate_replication(&mut errs);
         self.validate_nodes(&mut errs);
+        self.validate_monitoring(&mut errs);
         errs
     }
 
@@ -129,6 +130,48 @@ impl PghaConfig {
                     ),
                 );
             }
+        }
+    }
+
+    fn validate_monitoring(&self, errs: &mut ValidationErrors) {
+        let m = &self.monitoring;
+        if m.target_timeout.is_zero() {
+            errs.push(
+                "monitoring.target_timeout",
+                "must be longer than 0s, e.g. \"2s\"",
+            );
+        }
+        if let Some(ep) = &m.otlp_endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                errs.push(
+                    "monitoring.otlp_endpoint",
+                    format!("`{ep}` must be an http:// or https:// URL"),
+                );
+            }
+        }
+        let a = &m.alerts;
+        for (path, v) in [
+            ("monitoring.alerts.connections_ratio", a.connections_ratio),
+            ("monitoring.alerts.rollback_ratio", a.rollback_ratio),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                errs.push(
+                    path,
+                    format!("{v} is out of range: expected a fraction in (0, 1]"),
+                );
+            }
+        }
+        if !(a.lag_seconds > 0.0 && a.lag_seconds.is_finite()) {
+            errs.push(
+                "monitoring.alerts.lag_seconds",
+                format!("{} must be a positive number of seconds", a.lag_seconds),
+            );
+        }
+        if a.lag_bytes.0 == 0 {
+            errs.push(
+                "monitoring.alerts.lag_bytes",
+                "must be above 0, e.g. \"64MB\"",
+            );
         }
     }
 
