@@ -16,10 +16,30 @@ fn pg_server_present() -> bool {
     pgha_postgres::PgBinaries::discover(None).is_ok()
 }
 
-const NEEDS: &[Need] = &[Need {
-    package: "postgresql-15",
-    present: pg_server_present,
-}];
+fn promtool_present() -> bool {
+    Path::new("/usr/bin/promtool").exists()
+}
+
+fn postgres_exporter_present() -> bool {
+    Path::new("/usr/bin/prometheus-postgres-exporter").exists()
+}
+
+const NEEDS: &[Need] = &[
+    Need {
+        package: "postgresql-15",
+        present: pg_server_present,
+    },
+    // promtool: the monitoring tests check and unit-test the rendered alert rules.
+    Need {
+        package: "prometheus",
+        present: promtool_present,
+    },
+    // The baseline the exporter test diffs metric names against and the bench compares with.
+    Need {
+        package: "prometheus-postgres-exporter",
+        present: postgres_exporter_present,
+    },
+];
 
 fn is_root() -> bool {
     // SAFETY-free check: /proc/self/status would do too, but `id -u` is universal.

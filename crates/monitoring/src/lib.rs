@@ -7,6 +7,7 @@ pub mod collect;
 mod error;
 pub mod exporter;
 pub mod ha;
+pub mod health;
 pub mod metrics;
 pub mod process;
 pub mod queries;
