@@ -28,16 +28,20 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Milliseconds between OTLP metric pushes (when monitoring.otlp_endpoint is set).
+    #[arg(long, default_value_t = 15_000, hide = true)]
+    pub otlp_interval_ms: u64,
 }
 
 /// Loads the config, builds the exporter and serves until interrupted.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = pgha_config::load(pgha_config::ConfigSource::locate(cli.config.as_deref()))?;
     let config = &loaded.config;
-    pgha_telemetry::init(&pgha_telemetry::Settings {
+    let _otlp_guard = pgha_telemetry::init(&pgha_telemetry::Settings {
         verbose: cli.verbose,
         with_target: false,
         otlp_endpoint: config.monitoring.otlp_endpoint.clone(),
+        service_name: "pgha-exporter".into(),
     });
     let queries = match &config.monitoring.queries_file {
         Some(path) => pgha_monitoring::queries::load(path)?,
@@ -53,7 +57,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         listener.local_addr()?,
         exporter.target_names().join("|")
     );
+    if let Some(ep) = &config.monitoring.otlp_endpoint {
+        match pgha_telemetry::Endpoint::parse(ep) {
+            Ok(ep) => {
+                tokio::spawn(push_metrics(
+                    exporter.clone(),
+                    ep,
+                    std::time::Duration::from_millis(cli.otlp_interval_ms.max(100)),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "OTLP metrics export off"),
+        }
+    }
     serve(listener, exporter).await
+}
+
+/// Pushes a scrape of the local node to the OTLP endpoint every `every`, forever.
+pub async fn push_metrics(
+    exporter: Arc<Exporter>,
+    ep: pgha_telemetry::Endpoint,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Ok(m) = exporter.scrape(ScrapeKind::Local, None).await else {
+            continue;
+        };
+        let points: Vec<pgha_telemetry::MetricPoint> = m
+            .families()
+            .flat_map(|(name, fam)| {
+                fam.samples
+                    .iter()
+                    .map(move |(labels, value)| pgha_telemetry::MetricPoint {
+                        name: name.clone(),
+                        description: fam.help.clone(),
+                        monotonic: fam.kind == pgha_monitoring::metrics::Kind::Counter,
+                        labels: labels.clone(),
+                        value: *value,
+                    })
+            })
+            .collect();
+        let ep = ep.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            pgha_telemetry::otlp::export_metrics(&ep, "pgha-exporter", &points)
+        })
+        .await;
+        if let Ok(Err(e)) = sent {
+            tracing::debug!(error = %e, "OTLP metrics export failed");
+        }
+    }
 }
 
 /// Accepts connections until ctrl-c.

@@ -439,3 +439,84 @@ fn malformed_queries_file_names_file_query_and_line() {
     );
     assert!(err.contains("GAUGY"), "{err}");
 }
+
+/// With `otlp_endpoint` set, metrics and the `scrape` span reach an OTLP/HTTP collector
+/// (here a fake one recording request bodies). No PostgreSQL needed: `pg_up 0` is a metric too.
+#[test]
+fn otlp_export_pushes_metrics_and_spans() {
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = collector.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in collector.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // Read head + Content-Length body.
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pgha.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cluster]\nname = \"t\"\n[monitoring]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n\
+             target_timeout = \"500ms\"\n\
+             [[nodes]]\nname = \"node1\"\nhost = \"127.0.0.1\"\nport = 1\ndata_dir = \"/nonexistent\"\n"
+        ),
+    )
+    .unwrap();
+    let listen = free_port("127.0.0.1").unwrap();
+    let addr = format!("127.0.0.1:{}", listen.port);
+    drop(listen);
+    let child = Command::new(env!("CARGO_BIN_EXE_pgha-exporter"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", &addr, "--otlp-interval-ms", "300"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = ExporterProc { child, addr };
+    let (mut metrics, mut traces) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(metrics && traces) && Instant::now() < deadline {
+        let Ok(req) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if req.starts_with("POST /v1/metrics ") {
+            assert!(req.contains("\"resourceMetrics\""), "{req}");
+            metrics |= req.contains("\"name\":\"pg_up\"");
+        }
+        if req.starts_with("POST /v1/traces ") {
+            assert!(req.contains("\"resourceSpans\""), "{req}");
+            traces |= req.contains("\"name\":\"scrape\"");
+        }
+    }
+    assert!(metrics, "no pg_up pushed to /v1/metrics");
+    assert!(traces, "no scrape span pushed to /v1/traces");
+}

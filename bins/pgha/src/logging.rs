@@ -5,5 +5,6 @@ pub fn init(verbose: u8) {
         verbose,
         with_target: false,
         otlp_endpoint: None,
+        service_name: "pgha".into(),
     });
 }

@@ -213,9 +213,9 @@ fn yaml_str(s: &str) -> String {
 }
 
 fn humantime_secs(s: u64) -> String {
-    if s % 3600 == 0 && s > 0 {
+    if s.is_multiple_of(3600) && s > 0 {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 && s > 0 {
+    } else if s.is_multiple_of(60) && s > 0 {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

@@ -118,8 +118,14 @@ impl Exporter {
         self.targets.iter().map(|t| t.name.clone()).collect()
     }
 
-    /// One scrape; `target` None means the local node.
+    /// One scrape; `target` None means the local node. Traced as span `scrape`.
     pub async fn scrape(&self, kind: ScrapeKind, target: Option<&str>) -> Result<MetricSet> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("scrape", target = target.unwrap_or("(local)"));
+        self.scrape_inner(kind, target).instrument(span).await
+    }
+
+    async fn scrape_inner(&self, kind: ScrapeKind, target: Option<&str>) -> Result<MetricSet> {
         let idx = match target {
             None => self.local,
             Some(n) => self

@@ -2,6 +2,7 @@
 //! ratios against it measured in the same run. One module per benchmark.
 
 mod cluster_up;
+mod exporter;
 
 use std::process::ExitCode;
 
@@ -11,11 +12,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Time to bring up a primary + 2 replicas, and for the replicas to replay 10,000 inserts.
     ClusterUp(cluster_up::Args),
+    /// pgha-exporter vs prometheus-postgres-exporter on one instance: latency, RSS, CPU, series.
+    Exporter(exporter::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::ClusterUp(args) => cluster_up::run(args).await,
+        BenchCommand::Exporter(args) => exporter::run(args).await,
     }
 }
 
