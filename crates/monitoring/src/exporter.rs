@@ -35,11 +35,18 @@ struct Target {
     server: String,
     params: ConnectParams,
     conn: tokio::sync::Mutex<Option<PgConnection>>,
+    /// Second connection for the slow collectors of a full scrape.
+    side_conn: tokio::sync::Mutex<Option<PgConnection>>,
     cache: Mutex<HashMap<String, (Instant, MetricSet)>>,
     scrapes: AtomicU64,
     /// (duration seconds, error 0/1) of the last full scrape.
     last: Mutex<(f64, f64)>,
+    /// The node's latest status and when it was taken.
+    last_status: Mutex<Option<(Instant, NodeStatus)>>,
 }
+
+/// How long a scrape waits for the other nodes' status after the scraped node answered.
+const OTHERS_GRACE: Duration = Duration::from_millis(100);
 
 /// What collecting one target produced.
 #[derive(Debug)]
@@ -86,9 +93,11 @@ impl Exporter {
                 server: node.address(),
                 params,
                 conn: tokio::sync::Mutex::new(None),
+                side_conn: tokio::sync::Mutex::new(None),
                 cache: Mutex::new(HashMap::new()),
                 scrapes: AtomicU64::new(0),
                 last: Mutex::new((0.0, 0.0)),
+                last_status: Mutex::new(None),
             }));
         }
         let local = match local {
@@ -135,15 +144,39 @@ impl Exporter {
                 .ok_or_else(|| MonitoringError::UnknownTarget(n.into()))?,
         };
         let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
+        // Every node's task runs detached and records its status on its target; this scrape
+        // waits for the scraped node (bounded by the timeout) and gives the others a short
+        // grace after that, then uses their latest known status: a slow node never delays
+        // another node's scrape.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Outcome)>();
         for (i, t) in self.targets.iter().enumerate() {
-            let (t, queries, timeout) = (t.clone(), self.queries.clone(), self.timeout);
-            tasks.spawn(async move { (i, t.collect(i == idx, timeout, &queries).await) });
+            let (t, queries, timeout, tx) =
+                (t.clone(), self.queries.clone(), self.timeout, tx.clone());
+            tokio::spawn(async move {
+                let o = t.collect(i == idx, timeout, &queries).await;
+                if let Ok(mut last) = t.last_status.lock() {
+                    *last = Some((Instant::now(), o.status.clone()));
+                }
+                let _ = tx.send((i, o));
+            });
         }
+        drop(tx);
         let mut outcomes: Vec<Option<Outcome>> = (0..self.targets.len()).map(|_| None).collect();
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok((i, o)) = joined {
-                outcomes[i] = Some(o);
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        let mut pending = self.targets.len();
+        while pending > 0 {
+            let next = match grace_until {
+                None => rx.recv().await,
+                Some(until) => match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
+            };
+            let Some((i, o)) = next else { break };
+            outcomes[i] = Some(o);
+            pending -= 1;
+            if i == idx {
+                grace_until = Some(tokio::time::Instant::now() + OTHERS_GRACE.min(self.timeout));
             }
         }
         let statuses = outcomes
@@ -151,11 +184,13 @@ impl Exporter {
             .zip(&self.targets)
             .map(|(o, t)| match o {
                 Some(o) => o.status.clone(),
-                None => NodeStatus::unreachable(
-                    &t.name,
-                    t.server.clone(),
-                    "collector task failed".into(),
-                ),
+                None => t.recent_status(self.timeout * 3).unwrap_or_else(|| {
+                    NodeStatus::unreachable(
+                        &t.name,
+                        t.server.clone(),
+                        "no status within the scrape".into(),
+                    )
+                }),
             })
             .collect();
         let mut status = ClusterStatus::derive(self.cluster.clone(), statuses);
@@ -241,23 +276,37 @@ impl Exporter {
 }
 
 impl Target {
+    /// The latest status if taken within `max_age`.
+    fn recent_status(&self, max_age: Duration) -> Option<NodeStatus> {
+        let last = self.last_status.lock().ok()?;
+        let (at, st) = last.as_ref()?;
+        (at.elapsed() <= max_age).then(|| st.clone())
+    }
+
     async fn collect(&self, full: bool, timeout: Duration, queries: &[CustomQuery]) -> Outcome {
         let fut = async {
             let mut guard = self.conn.lock().await;
             let mut conn = match guard.take() {
                 Some(c) => c,
-                None => self
-                    .params
-                    .connect()
-                    .await
-                    .map_err(|source| MonitoringError::Connect {
-                        target: self.name.clone(),
-                        source,
-                    })?,
+                None => self.connect().await?,
             };
-            let (outcome, keep) = self.run(&mut conn, full, queries).await;
+            // A full scrape runs the slow collectors on a second connection in parallel.
+            let mut side_guard = match full {
+                true => Some(self.side_conn.lock().await),
+                false => None,
+            };
+            let mut side = match side_guard.as_mut().map(|g| g.take()) {
+                Some(Some(c)) => Some(c),
+                Some(None) => self.connect().await.ok(),
+                None => None,
+            };
+            let (outcome, keep, keep_side) =
+                self.run(&mut conn, side.as_mut(), full, queries).await;
             if keep {
                 *guard = Some(conn);
+            }
+            if let (Some(g), Some(c), true) = (side_guard.as_mut(), side, keep_side) {
+                **g = Some(c);
             }
             Ok::<_, MonitoringError>(outcome)
         };
@@ -274,6 +323,16 @@ impl Target {
         }
     }
 
+    async fn connect(&self) -> Result<PgConnection> {
+        self.params
+            .connect()
+            .await
+            .map_err(|source| MonitoringError::Connect {
+                target: self.name.clone(),
+                source,
+            })
+    }
+
     fn down(&self, error: String) -> Outcome {
         Outcome {
             status: NodeStatus::unreachable(&self.name, self.server.clone(), error.clone()),
@@ -283,89 +342,101 @@ impl Target {
         }
     }
 
-    /// Runs the status query and, when `full`, every collector. Returns whether the
-    /// connection is still good to keep.
+    /// Runs the status query and, when `full`, every collector (the slow ones on `side` in
+    /// parallel when there is one). Returns whether each connection is still good to keep.
     async fn run(
         &self,
         conn: &mut PgConnection,
+        side: Option<&mut PgConnection>,
         full: bool,
         queries: &[CustomQuery],
-    ) -> (Outcome, bool) {
-        let status = match NodeStatus::query(conn, &self.name, self.server.clone()).await {
-            Ok(s) => s,
-            Err(e) => return (self.down(e.to_string()), false),
-        };
-        let mut m = MetricSet::new();
-        let mut errors = Vec::new();
-        let mut keep = true;
-        if full {
-            let s = self.server.as_str();
-            let mut note = |r: Result<()>| {
-                if let Err(e) = r {
-                    if let MonitoringError::Query { source, .. } = &e {
-                        keep &= matches!(source, sqlx::Error::Database(_));
-                    }
-                    errors.push(e.to_string());
-                    false
-                } else {
-                    true
-                }
-            };
-            let mut timed = |m: &mut MetricSet, name: &str, started: Instant, r: Result<()>| {
-                let ok = note(r);
-                let l = [("collector", name)];
-                m.gauge(
-                    "pg_scrape_collector_duration_seconds",
-                    "postgres_exporter: Duration of a collector scrape.",
-                    &l,
-                    started.elapsed().as_secs_f64(),
-                );
-                m.gauge(
-                    "pg_scrape_collector_success",
-                    "postgres_exporter: Whether a collector succeeded.",
-                    &l,
-                    if ok { 1.0 } else { 0.0 },
-                );
-            };
+    ) -> (Outcome, bool, bool) {
+        let s = self.server.as_str();
+        let main = async {
+            let status = NodeStatus::query(conn, &self.name, self.server.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut m = MetricSet::new();
+            let mut timed: Timed = Vec::new();
+            if !full {
+                return Ok((status, m, timed, false));
+            }
             let t = Instant::now();
             let basics = collect::basics(conn, s, &mut m).await;
             let (in_recovery, version_num) = basics
                 .as_ref()
                 .map(|b| (b.in_recovery, b.version_num))
                 .unwrap_or((false, 0));
-            timed(&mut m, "static", t, basics.map(|_| ()));
-            let t = Instant::now();
-            let r = collect::settings(conn, s, &mut m).await;
-            timed(&mut m, "settings", t, r);
-            let t = Instant::now();
-            let r = collect::database(conn, s, &mut m).await;
-            timed(&mut m, "database", t, r);
+            timed.push(("static", t.elapsed(), basics.map(|_| ())));
             let t = Instant::now();
             let r = collect::locks(conn, s, &mut m).await;
-            timed(&mut m, "locks", t, r);
+            timed.push(("locks", t.elapsed(), r));
             let t = Instant::now();
             let r = collect::activity(conn, s, &mut m).await;
-            timed(&mut m, "stat_activity", t, r);
+            timed.push(("stat_activity", t.elapsed(), r));
             let t = Instant::now();
             let r = collect::stat_database(conn, s, version_num, &mut m).await;
-            timed(&mut m, "stat_database", t, r);
+            timed.push(("stat_database", t.elapsed(), r));
             let t = Instant::now();
             let r = collect::bgwriter(conn, s, &mut m).await;
-            timed(&mut m, "bgwriter", t, r);
+            timed.push(("bgwriter", t.elapsed(), r));
             let t = Instant::now();
             let r = collect::archiver(conn, s, &mut m).await;
-            timed(&mut m, "stat_archiver", t, r);
+            timed.push(("stat_archiver", t.elapsed(), r));
             let t = Instant::now();
             let r = collect::slots(conn, s, &mut m).await;
-            timed(&mut m, "replication_slot", t, r);
+            timed.push(("replication_slot", t.elapsed(), r));
             let t = Instant::now();
             let r = collect::stat_replication(conn, s, &mut m).await;
-            timed(&mut m, "stat_replication", t, r);
-            let mut note = |r: Result<()>| {
-                if let Err(e) = r {
-                    errors.push(e.to_string());
-                }
-            };
+            timed.push(("stat_replication", t.elapsed(), r));
+            Ok::<_, String>((status, m, timed, in_recovery))
+        };
+        let has_side = side.is_some();
+        let side_work = async {
+            let mut m = MetricSet::new();
+            let mut timed: Timed = Vec::new();
+            if let (Some(c), true) = (side, full) {
+                slow_collectors(c, s, &mut m, &mut timed).await;
+            }
+            (m, timed)
+        };
+        let (main, (side_m, side_timed)) = tokio::join!(main, side_work);
+        let (status, mut m, mut timed, in_recovery) = match main {
+            Ok(v) => v,
+            Err(e) => return (self.down(e), false, true),
+        };
+        if full && !has_side {
+            slow_collectors(conn, s, &mut m, &mut timed).await;
+        }
+        m.merge(side_m);
+        let mut errors = Vec::new();
+        let is_fatal = |r: &Result<()>| match r {
+            Err(MonitoringError::Query { source, .. }) => {
+                !matches!(source, sqlx::Error::Database(_))
+            }
+            _ => false,
+        };
+        let keep = !timed.iter().any(|(_, _, r)| is_fatal(r));
+        let keep_side = !side_timed.iter().any(|(_, _, r)| is_fatal(r));
+        for (name, took, r) in timed.into_iter().chain(side_timed) {
+            let l = [("collector", name)];
+            m.gauge(
+                "pg_scrape_collector_duration_seconds",
+                "postgres_exporter: Duration of a collector scrape.",
+                &l,
+                took.as_secs_f64(),
+            );
+            m.gauge(
+                "pg_scrape_collector_success",
+                "postgres_exporter: Whether a collector succeeded.",
+                &l,
+                if r.is_ok() { 1.0 } else { 0.0 },
+            );
+            if let Err(e) = r {
+                errors.push(e.to_string());
+            }
+        }
+        if full {
             for q in queries {
                 if q.master && in_recovery {
                     continue;
@@ -387,7 +458,7 @@ impl Target {
                 };
                 match set {
                     Ok(set) => m.merge(set),
-                    Err(e) => note(Err(e)),
+                    Err(e) => errors.push(e.to_string()),
                 }
             }
         }
@@ -399,6 +470,21 @@ impl Target {
                 errors,
             },
             keep,
+            keep_side,
         )
     }
+}
+
+/// Collector name, duration and result.
+type Timed = Vec<(&'static str, Duration, Result<()>)>;
+
+/// The collectors that take longest (pg_database_size walks every database's files;
+/// pg_settings has hundreds of rows): run on a second connection in parallel.
+async fn slow_collectors(conn: &mut PgConnection, s: &str, m: &mut MetricSet, timed: &mut Timed) {
+    let t = Instant::now();
+    let r = collect::database(conn, s, m).await;
+    timed.push(("database", t.elapsed(), r));
+    let t = Instant::now();
+    let r = collect::settings(conn, s, m).await;
+    timed.push(("settings", t.elapsed(), r));
 }
