@@ -164,12 +164,14 @@ async fn handle(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<(
     } else {
         route(exporter, path, query).await
     };
-    let resp = format!(
+    let mut resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    resp.push_str(&body);
+    // One write, no Nagle: a separate small head would wait for the client's delayed ACK.
+    stream.set_nodelay(true)?;
     stream.write_all(resp.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
 }
 

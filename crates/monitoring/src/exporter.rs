@@ -35,8 +35,8 @@ struct Target {
     server: String,
     params: ConnectParams,
     conn: tokio::sync::Mutex<Option<PgConnection>>,
-    /// Second connection for the slow collectors of a full scrape.
-    side_conn: tokio::sync::Mutex<Option<PgConnection>>,
+    /// Connections for the two slow collectors of a full scrape (database, settings).
+    side_conns: [tokio::sync::Mutex<Option<PgConnection>>; 2],
     cache: Mutex<HashMap<String, (Instant, MetricSet)>>,
     scrapes: AtomicU64,
     /// (duration seconds, error 0/1) of the last full scrape.
@@ -93,7 +93,7 @@ impl Exporter {
                 server: node.address(),
                 params,
                 conn: tokio::sync::Mutex::new(None),
-                side_conn: tokio::sync::Mutex::new(None),
+                side_conns: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
                 cache: Mutex::new(HashMap::new()),
                 scrapes: AtomicU64::new(0),
                 last: Mutex::new((0.0, 0.0)),
@@ -290,23 +290,27 @@ impl Target {
                 Some(c) => c,
                 None => self.connect().await?,
             };
-            // A full scrape runs the slow collectors on a second connection in parallel.
-            let mut side_guard = match full {
-                true => Some(self.side_conn.lock().await),
-                false => None,
-            };
-            let mut side = match side_guard.as_mut().map(|g| g.take()) {
-                Some(Some(c)) => Some(c),
-                Some(None) => self.connect().await.ok(),
-                None => None,
-            };
-            let (outcome, keep, keep_side) =
-                self.run(&mut conn, side.as_mut(), full, queries).await;
+            // A full scrape runs the slow collectors on two more connections in parallel.
+            let mut side_guards = Vec::new();
+            let mut sides: [Option<PgConnection>; 2] = [None, None];
+            if full {
+                for (i, m) in self.side_conns.iter().enumerate() {
+                    let mut g = m.lock().await;
+                    sides[i] = match g.take() {
+                        Some(c) => Some(c),
+                        None => self.connect().await.ok(),
+                    };
+                    side_guards.push(g);
+                }
+            }
+            let (outcome, keep, keep_sides) = self.run(&mut conn, &mut sides, full, queries).await;
             if keep {
                 *guard = Some(conn);
             }
-            if let (Some(g), Some(c), true) = (side_guard.as_mut(), side, keep_side) {
-                **g = Some(c);
+            for ((g, c), k) in side_guards.iter_mut().zip(sides).zip(keep_sides) {
+                if k {
+                    **g = c;
+                }
             }
             Ok::<_, MonitoringError>(outcome)
         };
@@ -347,10 +351,10 @@ impl Target {
     async fn run(
         &self,
         conn: &mut PgConnection,
-        side: Option<&mut PgConnection>,
+        sides: &mut [Option<PgConnection>; 2],
         full: bool,
         queries: &[CustomQuery],
-    ) -> (Outcome, bool, bool) {
+    ) -> (Outcome, bool, [bool; 2]) {
         let s = self.server.as_str();
         let main = async {
             let status = NodeStatus::query(conn, &self.name, self.server.clone())
@@ -391,24 +395,38 @@ impl Target {
             timed.push(("stat_replication", t.elapsed(), r));
             Ok::<_, String>((status, m, timed, in_recovery))
         };
-        let has_side = side.is_some();
-        let side_work = async {
+        let [side_db, side_settings] = sides;
+        let (has_db, has_settings) = (side_db.is_some(), side_settings.is_some());
+        let db_work = async {
             let mut m = MetricSet::new();
             let mut timed: Timed = Vec::new();
-            if let (Some(c), true) = (side, full) {
-                slow_collectors(c, s, &mut m, &mut timed).await;
+            if let (Some(c), true) = (side_db.as_mut(), full) {
+                database_collector(c, s, &mut m, &mut timed).await;
             }
             (m, timed)
         };
-        let (main, (side_m, side_timed)) = tokio::join!(main, side_work);
+        let settings_work = async {
+            let mut m = MetricSet::new();
+            let mut timed: Timed = Vec::new();
+            if let (Some(c), true) = (side_settings.as_mut(), full) {
+                settings_collector(c, s, &mut m, &mut timed).await;
+            }
+            (m, timed)
+        };
+        let (main, (db_m, db_timed), (set_m, set_timed)) =
+            tokio::join!(main, db_work, settings_work);
         let (status, mut m, mut timed, in_recovery) = match main {
             Ok(v) => v,
-            Err(e) => return (self.down(e), false, true),
+            Err(e) => return (self.down(e), false, [true, true]),
         };
-        if full && !has_side {
-            slow_collectors(conn, s, &mut m, &mut timed).await;
+        if full && !has_db {
+            database_collector(conn, s, &mut m, &mut timed).await;
         }
-        m.merge(side_m);
+        if full && !has_settings {
+            settings_collector(conn, s, &mut m, &mut timed).await;
+        }
+        m.merge(db_m);
+        m.merge(set_m);
         let mut errors = Vec::new();
         let is_fatal = |r: &Result<()>| match r {
             Err(MonitoringError::Query { source, .. }) => {
@@ -417,8 +435,11 @@ impl Target {
             _ => false,
         };
         let keep = !timed.iter().any(|(_, _, r)| is_fatal(r));
-        let keep_side = !side_timed.iter().any(|(_, _, r)| is_fatal(r));
-        for (name, took, r) in timed.into_iter().chain(side_timed) {
+        let keep_sides = [
+            !db_timed.iter().any(|(_, _, r)| is_fatal(r)),
+            !set_timed.iter().any(|(_, _, r)| is_fatal(r)),
+        ];
+        for (name, took, r) in timed.into_iter().chain(db_timed).chain(set_timed) {
             let l = [("collector", name)];
             m.gauge(
                 "pg_scrape_collector_duration_seconds",
@@ -470,7 +491,7 @@ impl Target {
                 errors,
             },
             keep,
-            keep_side,
+            keep_sides,
         )
     }
 }
@@ -478,12 +499,25 @@ impl Target {
 /// Collector name, duration and result.
 type Timed = Vec<(&'static str, Duration, Result<()>)>;
 
-/// The collectors that take longest (pg_database_size walks every database's files;
-/// pg_settings has hundreds of rows): run on a second connection in parallel.
-async fn slow_collectors(conn: &mut PgConnection, s: &str, m: &mut MetricSet, timed: &mut Timed) {
+/// pg_database_size walks every database's files: the slowest collector.
+async fn database_collector(
+    conn: &mut PgConnection,
+    s: &str,
+    m: &mut MetricSet,
+    timed: &mut Timed,
+) {
     let t = Instant::now();
     let r = collect::database(conn, s, m).await;
     timed.push(("database", t.elapsed(), r));
+}
+
+/// pg_settings has hundreds of rows: the second slowest.
+async fn settings_collector(
+    conn: &mut PgConnection,
+    s: &str,
+    m: &mut MetricSet,
+    timed: &mut Timed,
+) {
     let t = Instant::now();
     let r = collect::settings(conn, s, m).await;
     timed.push(("settings", t.elapsed(), r));

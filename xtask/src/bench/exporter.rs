@@ -46,7 +46,7 @@ pub async fn run(Args { scrapes }: Args) -> anyhow::Result<ExitCode> {
     cluster.purge().await.ok();
     let (ours, theirs) = result?;
     println!(
-        "\nbench exporter: one PostgreSQL 15 instance, {scrapes} sequential scrapes each (10 warm-up)"
+        "\nbench exporter: one PostgreSQL 15 instance, {scrapes} scrapes each, alternating (10 warm-up)"
     );
     println!(
         "  {:<26} {:>14} {:>16} {:>8}",
@@ -148,9 +148,7 @@ fn measure(
     );
     wait_listening(&ours_addr)?;
     wait_listening(&theirs_addr)?;
-    let a = run_scrapes(&ours, &ours_addr, scrapes)?;
-    let b = run_scrapes(&theirs, &theirs_addr, scrapes)?;
-    Ok((a, b))
+    run_scrapes(&ours, &ours_addr, &theirs, &theirs_addr, scrapes)
 }
 
 fn wait_listening(addr: &str) -> anyhow::Result<()> {
@@ -195,20 +193,40 @@ fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((cpu, rss_kb * 1024.0))
 }
 
-fn run_scrapes(p: &Proc, addr: &str, n: usize) -> anyhow::Result<Figures> {
-    let pid = p.0.id();
-    let mut body = String::new();
+/// Warm-up, then `n` rounds each scraping ours then theirs, so both see the same load.
+fn run_scrapes(
+    ours: &Proc,
+    ours_addr: &str,
+    theirs: &Proc,
+    theirs_addr: &str,
+    n: usize,
+) -> anyhow::Result<(Figures, Figures)> {
+    let n = n.max(1);
+    let (mut body_a, mut body_b) = (String::new(), String::new());
     for _ in 0..10 {
-        body = scrape(addr)?;
+        body_a = scrape(ours_addr)?;
+        body_b = scrape(theirs_addr)?;
     }
-    let (cpu0, _) = proc_usage(pid)?;
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
+    let (cpu_a0, _) = proc_usage(ours.0.id())?;
+    let (cpu_b0, _) = proc_usage(theirs.0.id())?;
+    let (mut lat_a, mut lat_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
         let t = Instant::now();
-        body = scrape(addr)?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        body_a = scrape(ours_addr)?;
+        lat_a.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        body_b = scrape(theirs_addr)?;
+        lat_b.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let (cpu1, rss) = proc_usage(pid)?;
+    let (cpu_a1, rss_a) = proc_usage(ours.0.id())?;
+    let (cpu_b1, rss_b) = proc_usage(theirs.0.id())?;
+    Ok((
+        figures(lat_a, &body_a, cpu_a1 - cpu_a0, rss_a, n),
+        figures(lat_b, &body_b, cpu_b1 - cpu_b0, rss_b, n),
+    ))
+}
+
+fn figures(mut lat: Vec<f64>, body: &str, cpu: f64, rss: f64, n: usize) -> Figures {
     lat.sort_by(f64::total_cmp);
     let p99 = lat[((lat.len() as f64 * 0.99).ceil() as usize)
         .saturating_sub(1)
@@ -217,11 +235,11 @@ fn run_scrapes(p: &Proc, addr: &str, n: usize) -> anyhow::Result<Figures> {
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .count();
-    Ok(Figures {
+    Figures {
         median_ms: super::median(&mut lat),
         p99_ms: p99,
         rss_mb: rss / 1_048_576.0,
-        cpu_ms: (cpu1 - cpu0) * 1000.0 / n.max(1) as f64,
+        cpu_ms: cpu * 1000.0 / n as f64,
         series,
-    })
+    }
 }
