@@ -331,6 +331,31 @@ data_dir = "/var/lib/pgha/node2"
     }
 
     #[test]
+    fn monitoring_defaults_and_checks() {
+        let c = load_from_str(GOOD, "test").unwrap();
+        assert_eq!(c.monitoring.listen.to_string(), "127.0.0.1:9187");
+        assert_eq!(c.monitoring.otlp_endpoint, None);
+        let bad = GOOD.replace(
+            "[[nodes]]\nname = \"node1\"",
+            "[monitoring]\ntarget_timeout = \"0s\"\notlp_endpoint = \"grpc://x\"\n\
+             [monitoring.alerts]\nconnections_ratio = 1.5\n\n[[nodes]]\nname = \"node1\"",
+        );
+        let err = load_from_str(&bad, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("monitoring.target_timeout: must be longer"),
+            "{err}"
+        );
+        assert!(
+            err.contains("monitoring.otlp_endpoint: `grpc://x`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("monitoring.alerts.connections_ratio: 1.5"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn reports_every_problem_with_its_path() {
         let bad = GOOD
             .replace("port = 5433", "port = 5432")
