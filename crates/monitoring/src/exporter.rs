@@ -381,18 +381,6 @@ impl Target {
             let t = Instant::now();
             let r = collect::stat_database(conn, s, version_num, &mut m).await;
             timed.push(("stat_database", t.elapsed(), r));
-            let t = Instant::now();
-            let r = collect::bgwriter(conn, s, &mut m).await;
-            timed.push(("bgwriter", t.elapsed(), r));
-            let t = Instant::now();
-            let r = collect::archiver(conn, s, &mut m).await;
-            timed.push(("stat_archiver", t.elapsed(), r));
-            let t = Instant::now();
-            let r = collect::slots(conn, s, &mut m).await;
-            timed.push(("replication_slot", t.elapsed(), r));
-            let t = Instant::now();
-            let r = collect::stat_replication(conn, s, &mut m).await;
-            timed.push(("stat_replication", t.elapsed(), r));
             Ok::<_, String>((status, m, timed, in_recovery))
         };
         let [side_db, side_settings] = sides;
@@ -511,7 +499,7 @@ async fn database_collector(
     timed.push(("database", t.elapsed(), r));
 }
 
-/// pg_settings has hundreds of rows: the second slowest.
+/// pg_settings (hundreds of rows) and the small single-purpose collectors: the third lane.
 async fn settings_collector(
     conn: &mut PgConnection,
     s: &str,
@@ -521,4 +509,16 @@ async fn settings_collector(
     let t = Instant::now();
     let r = collect::settings(conn, s, m).await;
     timed.push(("settings", t.elapsed(), r));
+    let t = Instant::now();
+    let r = collect::bgwriter(conn, s, m).await;
+    timed.push(("bgwriter", t.elapsed(), r));
+    let t = Instant::now();
+    let r = collect::archiver(conn, s, m).await;
+    timed.push(("stat_archiver", t.elapsed(), r));
+    let t = Instant::now();
+    let r = collect::slots(conn, s, m).await;
+    timed.push(("replication_slot", t.elapsed(), r));
+    let t = Instant::now();
+    let r = collect::stat_replication(conn, s, m).await;
+    timed.push(("stat_replication", t.elapsed(), r));
 }
