@@ -20,6 +20,14 @@ fn pgbouncer_present() -> bool {
     pgha_pooling_config::pgbouncer_program().is_file()
 }
 
+fn promtool_present() -> bool {
+    Path::new("/usr/bin/promtool").exists()
+}
+
+fn postgres_exporter_present() -> bool {
+    Path::new("/usr/bin/prometheus-postgres-exporter").exists()
+}
+
 const NEEDS: &[Need] = &[
     Need {
         package: "postgresql-15",
@@ -28,6 +36,16 @@ const NEEDS: &[Need] = &[
     Need {
         package: "pgbouncer",
         present: pgbouncer_present,
+    },
+    // promtool: the monitoring tests check and unit-test the rendered alert rules.
+    Need {
+        package: "prometheus",
+        present: promtool_present,
+    },
+    // The baseline the exporter test diffs metric names against and the bench compares with.
+    Need {
+        package: "prometheus-postgres-exporter",
+        present: postgres_exporter_present,
     },
 ];
 

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use pgha_replication::status::ClusterStatus;
 
-use crate::cli::ReplicationCheckArgs;
+use crate::cli::{ArchivingCheckArgs, ConnectionsCheckArgs, ReplicationCheckArgs};
+use pgha_monitoring::health::{self, Health, Level};
 use pgha_replication::table::human_bytes;
 
 /// Nagios states, ordered by severity except Unknown.
@@ -205,4 +206,74 @@ pub async fn replication_main(
     };
     println!("{}", result.line("REPLICATION"));
     ExitCode::from(result.state as u8)
+}
+
+impl From<Health> for CheckResult {
+    fn from(h: Health) -> Self {
+        CheckResult {
+            state: match h.level {
+                Level::Ok => CheckState::Ok,
+                Level::Warning => CheckState::Warning,
+                Level::Critical => CheckState::Critical,
+                Level::Unknown => CheckState::Unknown,
+            },
+            summary: h.summary,
+            perfdata: h.perfdata,
+        }
+    }
+}
+
+fn unknown(summary: String) -> CheckResult {
+    CheckResult {
+        state: CheckState::Unknown,
+        summary,
+        perfdata: String::new(),
+    }
+}
+
+fn print_result(name: &str, result: CheckResult) -> ExitCode {
+    println!("{}", result.line(name));
+    ExitCode::from(result.state as u8)
+}
+
+/// `pgha check connections`: client connections on every node against max_connections.
+pub async fn connections_main(
+    config: Option<&std::path::Path>,
+    args: &ConnectionsCheckArgs,
+) -> ExitCode {
+    let result = match crate::load_config(config) {
+        Err(e) => unknown(crate::error_chain(&e).replace('\n', " ")),
+        Ok(loaded) => {
+            let warn = args
+                .warn_ratio
+                .unwrap_or(loaded.config.monitoring.alerts.connections_ratio);
+            let nodes = health::connections(&loaded.config).await;
+            health::judge_connections(&nodes, warn, args.crit_ratio).into()
+        }
+    };
+    print_result("CONNECTIONS", result)
+}
+
+/// `pgha check archiving`: the primary's WAL archiver.
+pub async fn archiving_main(
+    config: Option<&std::path::Path>,
+    args: &ArchivingCheckArgs,
+) -> ExitCode {
+    let result = match crate::load_config(config) {
+        Err(e) => unknown(crate::error_chain(&e).replace('\n', " ")),
+        Ok(loaded) => {
+            let max_age = args
+                .max_age_seconds
+                .unwrap_or(loaded.config.monitoring.alerts.archive_age.as_secs_f64());
+            match health::archiver(&loaded.config).await {
+                Ok((primary, st)) => health::judge_archiving(&primary, &st, max_age).into(),
+                Err(e) => CheckResult {
+                    state: CheckState::Critical,
+                    summary: e,
+                    perfdata: String::new(),
+                },
+            }
+        }
+    };
+    print_result("ARCHIVING", result)
 }

@@ -99,6 +99,29 @@ impl std::fmt::Display for ModeArg {
 pub enum CheckCommand {
     /// Replicas streaming and within lag bounds.
     Replication(ReplicationCheckArgs),
+    /// Client connections on every node against max_connections.
+    Connections(ConnectionsCheckArgs),
+    /// WAL archiving on the primary: failing attempts, segments waiting too long.
+    Archiving(ArchivingCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionsCheckArgs {
+    /// WARNING above this fraction of the non-reserved connections
+    /// [default: monitoring.alerts.connections_ratio].
+    #[arg(long)]
+    pub warn_ratio: Option<f64>,
+    /// CRITICAL above this fraction.
+    #[arg(long, default_value_t = 0.95)]
+    pub crit_ratio: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchivingCheckArgs {
+    /// WARNING when segments wait and nothing was archived for this many seconds
+    /// [default: monitoring.alerts.archive_age].
+    #[arg(long)]
+    pub max_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -121,8 +144,21 @@ fn parse_size(s: &str) -> Result<ByteSize, String> {
     s.parse()
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RenderCommand {
+    /// Prometheus alert rules with the thresholds of [monitoring.alerts].
+    Alerts {
+        /// File to write.
+        #[arg(long, default_value = "pgha-alerts.yml")]
+        out: PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct RenderArgs {
+    #[command(subcommand)]
+    pub what: Option<RenderCommand>,
     /// Directory to write into; one sub-directory per node.
     #[arg(long, default_value = "pgha-rendered")]
     pub out: PathBuf,

@@ -43,6 +43,12 @@ pub async fn run(cli: Cli) -> ExitCode {
             CheckCommand::Replication(args) => {
                 check::replication_main(cli.config.as_deref(), args).await
             }
+            CheckCommand::Connections(args) => {
+                check::connections_main(cli.config.as_deref(), args).await
+            }
+            CheckCommand::Archiving(args) => {
+                check::archiving_main(cli.config.as_deref(), args).await
+            }
         },
         _ => match run_plain(&cli).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -67,7 +73,13 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
                 print!("{}", pgha_replication::table::render(&loaded.config, &st));
             }
         }
-        Command::Render(args) => render::run(&loaded.config, args).await?,
+        Command::Render(args) => match &args.what {
+            Some(cli::RenderCommand::Alerts { out }) => {
+                pgha_monitoring::alerts::write(out, &loaded.config.monitoring.alerts)?;
+                println!("wrote {}", out.display());
+            }
+            None => render::run(&loaded.config, args).await?,
+        },
         Command::SetMode { mode, force } => {
             let st = pgha_replication::ClusterStatus::collect(&loaded.config).await?;
             let primary = st.primary.as_deref().context(

@@ -1,17 +1,10 @@
-//! Log setup for the CLI: warnings by default on stderr, `-v` for info, `RUST_LOG` to override.
-
-use tracing_subscriber::EnvFilter;
+//! Log setup for the CLI: delegates to pgha-telemetry, the one place binaries set up tracing.
 
 pub fn init(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    pgha_telemetry::init(&pgha_telemetry::Settings {
+        verbose,
+        with_target: false,
+        otlp_endpoint: None,
+        service_name: "pgha".into(),
+    });
 }

@@ -16,8 +16,8 @@ mod validate;
 pub use error::{ConfigError, Result, ValidationError, ValidationErrors};
 pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
 pub use model::{
-    ClusterSection, DcsSection, FailoverSection, NodeConfig, PghaConfig, PoolMode, PoolingSection,
-    PostgresSection, ReplicationMode, ReplicationSection,
+    AlertThresholds, ClusterSection, DcsSection, FailoverSection, MonitoringSection, NodeConfig,
+    PghaConfig, PoolMode, PoolingSection, PostgresSection, ReplicationMode, ReplicationSection,
 };
 pub use net::IpNet;
 pub use secret::{Secret, SecretError, SecretSource};

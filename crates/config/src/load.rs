@@ -208,6 +208,9 @@ fn resolve_relative_paths(config: &mut PghaConfig, base: &Path) {
     }
     fix_secret(&mut config.postgres.superuser_password);
     fix_secret(&mut config.replication.password);
+    if let Some(p) = config.monitoring.queries_file.as_mut() {
+        fix(p);
+    }
     for node in &mut config.nodes {
         fix(&mut node.data_dir);
         if let Some(p) = node.run_dir.as_mut() {

@@ -26,6 +26,9 @@ pub struct PghaConfig {
     /// `[pooling]`: PgBouncer in front of the cluster (pgha-pgbouncer); absent = no pooler.
     #[serde(default)]
     pub pooling: Option<PoolingSection>,
+    /// `[monitoring]`: the Prometheus exporter, alert thresholds, OpenTelemetry export.
+    #[serde(default)]
+    pub monitoring: MonitoringSection,
     /// The PostgreSQL nodes; order is only the display order, roles are discovered live.
     pub nodes: Vec<NodeConfig>,
 }
@@ -391,6 +394,74 @@ impl Default for PoolingSection {
             os_user: "postgres".into(),
             poll_interval: Duration::from_millis(500),
             userlist_refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[monitoring]`: the pgha-exporter, the alert rules `pgha render alerts` writes, OTLP export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringSection {
+    /// Address pgha-exporter serves `/metrics` and `/probe?target=NODE` on.
+    pub listen: SocketAddr,
+    /// Longest time one target's scrape may take; a slower or down target reports `pg_up 0`.
+    #[serde(with = "humantime_serde")]
+    pub target_timeout: Duration,
+    /// Extra queries in postgres_exporter's queries.yml format; relative to the config file.
+    pub queries_file: Option<PathBuf>,
+    /// Thresholds of the rules `pgha render alerts` writes and of `pgha check`.
+    pub alerts: AlertThresholds,
+    /// OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318`) for metrics and spans; off when absent.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for MonitoringSection {
+    fn default() -> Self {
+        MonitoringSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            target_timeout: Duration::from_secs(2),
+            queries_file: None,
+            alerts: AlertThresholds::default(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// `[monitoring.alerts]`: when the rendered alerts fire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertThresholds {
+    /// How long a condition must hold before an alert fires (the rules' `for:`).
+    #[serde(with = "humantime_serde")]
+    pub for_duration: Duration,
+    /// Replica more than this many bytes behind the primary.
+    pub lag_bytes: ByteSize,
+    /// Replica more than this many seconds behind the primary.
+    pub lag_seconds: f64,
+    /// Replication slot keeping more than this much WAL.
+    pub slot_retained_bytes: ByteSize,
+    /// Connections in use above this fraction of max_connections (0..1).
+    pub connections_ratio: f64,
+    /// Rolled-back transactions above this fraction of all transactions over 5 minutes (0..1).
+    pub rollback_ratio: f64,
+    /// Deadlocks per database over 5 minutes above this count.
+    pub deadlocks: u64,
+    /// No WAL segment archived for this long while archiving is on.
+    #[serde(with = "humantime_serde")]
+    pub archive_age: Duration,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds {
+            for_duration: Duration::from_secs(60),
+            lag_bytes: ByteSize(64 << 20),
+            lag_seconds: 60.0,
+            slot_retained_bytes: ByteSize(1 << 30),
+            connections_ratio: 0.8,
+            rollback_ratio: 0.1,
+            deadlocks: 0,
+            archive_age: Duration::from_secs(3600),
         }
     }
 }

@@ -17,6 +17,7 @@ impl PghaConfig {
         self.validate_nodes(&mut errs);
         self.validate_failover(&mut errs);
         self.validate_pooling(&mut errs);
+        self.validate_monitoring(&mut errs);
         errs
     }
 
@@ -312,6 +313,48 @@ impl PghaConfig {
         }
     }
 
+    fn validate_monitoring(&self, errs: &mut ValidationErrors) {
+        let m = &self.monitoring;
+        if m.target_timeout.is_zero() {
+            errs.push(
+                "monitoring.target_timeout",
+                "must be longer than 0s, e.g. \"2s\"",
+            );
+        }
+        if let Some(ep) = &m.otlp_endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                errs.push(
+                    "monitoring.otlp_endpoint",
+                    format!("`{ep}` must be an http:// or https:// URL"),
+                );
+            }
+        }
+        let a = &m.alerts;
+        for (path, v) in [
+            ("monitoring.alerts.connections_ratio", a.connections_ratio),
+            ("monitoring.alerts.rollback_ratio", a.rollback_ratio),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                errs.push(
+                    path,
+                    format!("{v} is out of range: expected a fraction in (0, 1]"),
+                );
+            }
+        }
+        if !(a.lag_seconds > 0.0 && a.lag_seconds.is_finite()) {
+            errs.push(
+                "monitoring.alerts.lag_seconds",
+                format!("{} must be a positive number of seconds", a.lag_seconds),
+            );
+        }
+        if a.lag_bytes.0 == 0 {
+            errs.push(
+                "monitoring.alerts.lag_bytes",
+                "must be above 0, e.g. \"64MB\"",
+            );
+        }
+    }
+
     fn validate_nodes(&self, errs: &mut ValidationErrors) {
         if self.nodes.is_empty() {
             errs.push("nodes", "no node defined: add at least one [[nodes]] table");
@@ -477,6 +520,31 @@ data_dir = "/var/lib/pgha/node2"
         assert_eq!(
             c.nodes[1].log_file().to_str().unwrap(),
             "/var/lib/pgha/node2.log"
+        );
+    }
+
+    #[test]
+    fn monitoring_defaults_and_checks() {
+        let c = load_from_str(GOOD, "test").unwrap();
+        assert_eq!(c.monitoring.listen.to_string(), "127.0.0.1:9187");
+        assert_eq!(c.monitoring.otlp_endpoint, None);
+        let bad = GOOD.replace(
+            "[[nodes]]\nname = \"node1\"",
+            "[monitoring]\ntarget_timeout = \"0s\"\notlp_endpoint = \"grpc://x\"\n\
+             [monitoring.alerts]\nconnections_ratio = 1.5\n\n[[nodes]]\nname = \"node1\"",
+        );
+        let err = load_from_str(&bad, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("monitoring.target_timeout: must be longer"),
+            "{err}"
+        );
+        assert!(
+            err.contains("monitoring.otlp_endpoint: `grpc://x`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("monitoring.alerts.connections_ratio: 1.5"),
+            "{err}"
         );
     }
 

@@ -92,7 +92,8 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    fn unreachable(name: &str, address: String, error: String) -> Self {
+    /// A node that could not be queried, with the reason.
+    pub fn unreachable(name: &str, address: String, error: String) -> Self {
         NodeStatus {
             name: name.into(),
             address,

@@ -2,6 +2,7 @@
 //! ratios against it measured in the same run. One module per benchmark.
 
 mod cluster_up;
+mod exporter;
 mod pgbouncer;
 
 use std::process::ExitCode;
@@ -14,12 +15,15 @@ pub enum BenchCommand {
     ClusterUp(cluster_up::Args),
     /// pgbench -S, a write mix and -S -C through PgBouncer vs direct to PostgreSQL, with ratios.
     Pgbouncer(pgbouncer::Args),
+    /// pgha-exporter vs prometheus-postgres-exporter on one instance: latency, RSS, CPU, series.
+    Exporter(exporter::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::ClusterUp(args) => cluster_up::run(args).await,
         BenchCommand::Pgbouncer(args) => pgbouncer::run(args).await,
+        BenchCommand::Exporter(args) => exporter::run(args).await,
     }
 }
 

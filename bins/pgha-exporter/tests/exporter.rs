@@ -1,0 +1,522 @@
+//! The pgha-exporter binary against a real cluster: metric names and labels (compared with
+//! Debian's prometheus-postgres-exporter when installed), honest lag while a replica's WAL
+//! receiver is stopped, down and hanging targets within the timeout, custom queries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgha_postgres::{PgControl, StopMode};
+use pgha_test_support::{free_port, TestCluster};
+use prometheus_parse::{Sample, Scrape, Value};
+
+/// The exporter process, killed on drop.
+struct ExporterProc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for ExporterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_exporter(config: &Path) -> ExporterProc {
+    let port = free_port("127.0.0.1").unwrap();
+    let addr = format!("127.0.0.1:{}", port.port);
+    drop(port);
+    let child = Command::new(env!("CARGO_BIN_EXE_pgha-exporter"))
+        .args(["--config"])
+        .arg(config)
+        .args(["--listen", &addr])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "exporter did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ExporterProc { child, addr }
+}
+
+/// GET `path`; the body (status must be 200).
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{path}: {head}\n{body}");
+    body.to_owned()
+}
+
+fn scrape(addr: &str, path: &str) -> Scrape {
+    let body = get(addr, path);
+    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+fn value(s: &Sample) -> f64 {
+    match s.value {
+        Value::Gauge(v) | Value::Counter(v) | Value::Untyped(v) => v,
+        _ => f64::NAN,
+    }
+}
+
+/// The single sample of `name` whose labels include `labels`.
+fn one(sc: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = sc
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert_eq!(found.len(), 1, "{name}{labels:?}: {found:?}");
+    value(found[0])
+}
+
+/// name -> label names, for every family.
+fn signature(sc: &Scrape) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in &sc.samples {
+        let labels: BTreeSet<String> = s.labels.keys().cloned().collect();
+        out.entry(s.metric.clone()).or_default().extend(labels);
+    }
+    out
+}
+
+const REQUIRED: &[&str] = &[
+    "pg_up",
+    "pg_static",
+    "pg_postmaster_start_time_seconds",
+    "pg_exporter_last_scrape_duration_seconds",
+    "pg_exporter_last_scrape_error",
+    "pg_exporter_scrapes_total",
+    "pg_database_size_bytes",
+    "pg_database_connection_limit",
+    "pg_locks_count",
+    "pg_settings_max_connections",
+    "pg_settings_superuser_reserved_connections",
+    "pg_settings_shared_buffers_bytes",
+    "pg_settings_effective_cache_size_bytes",
+    "pg_settings_maintenance_work_mem_bytes",
+    "pg_settings_work_mem_bytes",
+    "pg_settings_max_wal_size_bytes",
+    "pg_settings_max_locks_per_transaction",
+    "pg_settings_random_page_cost",
+    "pg_settings_seq_page_cost",
+    "pg_settings_max_worker_processes",
+    "pg_settings_max_parallel_workers",
+    "pg_stat_activity_count",
+    "pg_stat_activity_max_tx_duration",
+    "pg_stat_database_numbackends",
+    "pg_stat_database_xact_commit",
+    "pg_stat_database_xact_rollback",
+    "pg_stat_database_blks_read",
+    "pg_stat_database_blks_hit",
+    "pg_stat_database_tup_returned",
+    "pg_stat_database_tup_fetched",
+    "pg_stat_database_tup_inserted",
+    "pg_stat_database_tup_updated",
+    "pg_stat_database_tup_deleted",
+    "pg_stat_database_conflicts",
+    "pg_stat_database_deadlocks",
+    "pg_stat_database_temp_bytes",
+    "pg_stat_bgwriter_checkpoints_timed_total",
+    "pg_stat_bgwriter_buffers_alloc_total",
+    "pg_replication_lag_seconds",
+    "pg_replication_is_replica",
+    "pg_replication_last_replay_seconds",
+    "pg_replication_slots_active",
+    "pg_replication_slots_pg_wal_lsn_diff",
+    "pg_stat_replication_pg_wal_lsn_diff",
+    "pg_stat_archiver_archived_count",
+    "pg_stat_archiver_failed_count",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "pg_replication_lag_bytes",
+    "pg_stat_replication_count",
+    "pgha_node_role",
+    "pgha_node_up",
+    "pgha_wal_receiver_streaming",
+    "pgha_replication_lag_seconds",
+    "pgha_replication_lag_bytes",
+    "pg_custom_answer",
+];
+
+const QUERIES: &str = "\
+pg_custom:
+  query: \"SELECT 'x' AS kind, 42 AS answer, 7 AS skipped\"
+  master: true
+  cache_seconds: 5
+  metrics:
+    - kind:
+        usage: \"LABEL\"
+        description: \"a label\"
+    - answer:
+        usage: \"GAUGE\"
+        description: \"the answer\"
+    - skipped:
+        usage: \"DISCARD\"
+        description: \"not exported\"
+";
+
+/// The cluster's pgha.toml plus a `[monitoring]` section and a hanging fake node `node9`.
+fn exporter_config(c: &TestCluster, dir: &Path, blackhole: u16) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(c.config_path()).unwrap();
+    // Secrets are relative to the original file.
+    let base = c.config_path().parent().unwrap().to_owned();
+    text = text.replace(
+        "{ file = \"secrets/",
+        &format!("{{ file = \"{}/secrets/", base.display()),
+    );
+    std::fs::write(dir.join("queries.yml"), QUERIES).unwrap();
+    text.push_str(&format!(
+        "\n[[nodes]]\nname = \"node9\"\nhost = \"127.0.0.1\"\nport = {blackhole}\ndata_dir = \"{}/node9\"\n\n\
+         [monitoring]\ntarget_timeout = \"1s\"\nqueries_file = \"queries.yml\"\n",
+        dir.display()
+    ));
+    let path = dir.join("pgha.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
+    let c = TestCluster::start(1).await?;
+    let dir = tempfile::tempdir()?;
+    // A "slow" node: accepts TCP connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let cfg = exporter_config(&c, dir.path(), blackhole.local_addr()?.port());
+    let exp = start_exporter(&cfg);
+
+    // Names, labels and plausible values.
+    let t = Instant::now();
+    let m = scrape(&exp.addr, "/metrics");
+    let took = t.elapsed();
+    let sig = signature(&m);
+    for name in REQUIRED {
+        assert!(sig.contains_key(*name), "missing {name}");
+    }
+    assert!(
+        took < Duration::from_millis(1900),
+        "a hanging node stalled /metrics: {took:?}"
+    );
+    assert_eq!(one(&m, "pg_up", &[]), 1.0);
+    assert_eq!(one(&m, "pg_settings_max_connections", &[]), 30.0);
+    assert_eq!(
+        one(&m, "pg_settings_shared_buffers_bytes", &[]),
+        16.0 * 1048576.0
+    );
+    assert_eq!(one(&m, "pg_replication_is_replica", &[]), 0.0);
+    assert_eq!(one(&m, "pg_stat_replication_count", &[]), 1.0);
+    assert_eq!(one(&m, "pg_custom_answer", &[("kind", "x")]), 42.0);
+    assert!(!sig.contains_key("pg_custom_skipped"));
+    assert!(
+        one(
+            &m,
+            "pg_stat_database_xact_commit",
+            &[("datname", "postgres")]
+        ) > 0.0
+    );
+    assert!(one(&m, "pg_database_size_bytes", &[("datname", "postgres")]) > 1e6);
+    assert!(one(&m, "process_resident_memory_bytes", &[]) > 1e6);
+    assert_eq!(
+        sig["pg_locks_count"],
+        ["datname", "mode", "server"].map(String::from).into()
+    );
+    assert_eq!(
+        sig["pg_stat_activity_count"],
+        ["datname", "server", "state"].map(String::from).into()
+    );
+    assert_eq!(
+        one(
+            &m,
+            "pgha_node_role",
+            &[("node", "node1"), ("role", "primary")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        one(
+            &m,
+            "pgha_node_role",
+            &[("node", "node2"), ("role", "replica")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        one(&m, "pgha_wal_receiver_streaming", &[("node", "node2")]),
+        1.0
+    );
+    assert_eq!(one(&m, "pgha_node_up", &[("node", "node9")]), 0.0);
+    let pv = m.samples.iter().find(|s| s.metric == "pg_static").unwrap();
+    assert!(
+        pv.labels.get("short_version").unwrap().starts_with("15."),
+        "{pv:?}"
+    );
+
+    // Same names and label names as postgres_exporter for every family it exports.
+    postgres_exporter_diff(&c, &sig).await?;
+
+    // The hanging node: pg_up 0 within the timeout.
+    let t = Instant::now();
+    let p9 = scrape(&exp.addr, "/probe?target=node9");
+    assert_eq!(one(&p9, "pg_up", &[]), 0.0);
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Honest lag: break node2's primary_conninfo so its WAL receiver stops, keep writing.
+    let mut p = c.conn("node1").await?;
+    sqlx::query("CREATE TABLE lag_probe (v int)")
+        .execute(&mut p)
+        .await?;
+    let mut r = c.conn("node2").await?;
+    TestCluster::eventually(Duration::from_secs(10), "node2 replays", || async {
+        let m = scrape(&exp.addr, "/probe?target=node2");
+        Ok((one(&m, "pg_replication_lag_bytes", &[]) == 0.0).then_some(()))
+    })
+    .await?;
+    sqlx::query("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1 connect_timeout=1'")
+        .execute(&mut r)
+        .await?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut r)
+        .await?;
+    TestCluster::eventually(Duration::from_secs(20), "node2 not streaming", || async {
+        let m = scrape(&exp.addr, "/metrics");
+        Ok((one(&m, "pgha_wal_receiver_streaming", &[("node", "node2")]) == 0.0).then_some(()))
+    })
+    .await?;
+    sqlx::query("INSERT INTO lag_probe SELECT generate_series(1, 1000)")
+        .execute(&mut p)
+        .await?;
+    let first = scrape(&exp.addr, "/probe?target=node2");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = scrape(&exp.addr, "/probe?target=node2");
+    let (l1, l2) = (
+        one(&first, "pg_replication_lag_seconds", &[]),
+        one(&second, "pg_replication_lag_seconds", &[]),
+    );
+    assert!(
+        l1 > 0.0 && l2 >= l1 + 1.0,
+        "lag must grow while not streaming: {l1} -> {l2}"
+    );
+    assert!(one(&second, "pg_replication_lag_bytes", &[]) > 0.0);
+    assert_eq!(one(&second, "pg_replication_is_replica", &[]), 1.0);
+
+    // A stopped node: pg_up 0 within the timeout while the local node still reports.
+    c.instance("node2")?.stop(StopMode::Fast).await?;
+    let t = Instant::now();
+    let p2 = scrape(&exp.addr, "/probe?target=node2");
+    assert_eq!(one(&p2, "pg_up", &[]), 0.0);
+    assert!(
+        t.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+    let m = scrape(&exp.addr, "/metrics");
+    assert_eq!(one(&m, "pg_up", &[]), 1.0);
+    assert_eq!(one(&m, "pgha_node_up", &[("node", "node2")]), 0.0);
+    drop(blackhole);
+    Ok(())
+}
+
+/// Runs Debian's prometheus-postgres-exporter against node1 (when installed) and checks that
+/// every family it exports exists in ours with the same label names.
+async fn postgres_exporter_diff(
+    c: &TestCluster,
+    ours: &BTreeMap<String, BTreeSet<String>>,
+) -> anyhow::Result<()> {
+    let bin = Path::new("/usr/bin/prometheus-postgres-exporter");
+    if !bin.exists() {
+        eprintln!("prometheus-postgres-exporter not installed: name diff skipped");
+        return Ok(());
+    }
+    let node = c.config().node("node1").unwrap().clone();
+    let password = c
+        .config()
+        .postgres
+        .superuser_password
+        .clone()
+        .unwrap()
+        .read()?;
+    let port = free_port("127.0.0.1")?;
+    let addr = format!("127.0.0.1:{}", port.port);
+    drop(port);
+    let child = Command::new(bin)
+        .arg(format!("--web.listen-address={addr}"))
+        .env(
+            "DATA_SOURCE_NAME",
+            format!(
+                "postgresql://postgres:{}@{}/postgres?sslmode=disable",
+                password.expose(),
+                node.address()
+            ),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let guard = ExporterProc { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&guard.addr).is_err() {
+        assert!(Instant::now() < deadline, "postgres_exporter did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let theirs = signature(&scrape(&guard.addr, "/metrics"));
+    let mut missing = Vec::new();
+    for (name, labels) in &theirs {
+        if name.starts_with("go_")
+            || name.starts_with("promhttp_")
+            || name == "postgres_exporter_build_info"
+        {
+            continue;
+        }
+        match ours.get(name) {
+            None => missing.push(format!("{name} (absent)")),
+            Some(l) if l != labels => {
+                missing.push(format!("{name}: theirs {labels:?}, ours {l:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "differences from postgres_exporter:\n{}",
+        missing.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn malformed_queries_file_names_file_query_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = dir.path().join("bad.yml");
+    std::fs::write(&queries, QUERIES.replace("\"GAUGE\"", "\"GAUGY\"")).unwrap();
+    let cfg = dir.path().join("pgha.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cluster]\nname = \"t\"\n[monitoring]\nqueries_file = \"{}\"\n\
+             [[nodes]]\nname = \"node1\"\nhost = \"127.0.0.1\"\ndata_dir = \"/nonexistent\"\n",
+            queries.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgha-exporter"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "{}:9: query `pg_custom`: column `answer`",
+            queries.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("GAUGY"), "{err}");
+}
+
+/// With `otlp_endpoint` set, metrics and the `scrape` span reach an OTLP/HTTP collector
+/// (here a fake one recording request bodies). No PostgreSQL needed: `pg_up 0` is a metric too.
+#[test]
+fn otlp_export_pushes_metrics_and_spans() {
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = collector.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in collector.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // Read head + Content-Length body.
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                return;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pgha.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cluster]\nname = \"t\"\n[monitoring]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n\
+             target_timeout = \"500ms\"\n\
+             [[nodes]]\nname = \"node1\"\nhost = \"127.0.0.1\"\nport = 1\ndata_dir = \"/nonexistent\"\n"
+        ),
+    )
+    .unwrap();
+    let listen = free_port("127.0.0.1").unwrap();
+    let addr = format!("127.0.0.1:{}", listen.port);
+    drop(listen);
+    let child = Command::new(env!("CARGO_BIN_EXE_pgha-exporter"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--listen", &addr, "--otlp-interval-ms", "300"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = ExporterProc { child, addr };
+    let (mut metrics, mut traces) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(metrics && traces) && Instant::now() < deadline {
+        let Ok(req) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if req.starts_with("POST /v1/metrics ") {
+            assert!(req.contains("\"resourceMetrics\""), "{req}");
+            metrics |= req.contains("\"name\":\"pg_up\"");
+        }
+        if req.starts_with("POST /v1/traces ") {
+            assert!(req.contains("\"resourceSpans\""), "{req}");
+            traces |= req.contains("\"name\":\"scrape\"");
+        }
+    }
+    assert!(metrics, "no pg_up pushed to /v1/metrics");
+    assert!(traces, "no scrape span pushed to /v1/traces");
+}
