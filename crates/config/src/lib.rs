@@ -9,6 +9,7 @@ mod error;
 mod load;
 mod model;
 mod net;
+mod router;
 mod secret;
 mod units;
 mod validate;
@@ -19,5 +20,6 @@ pub use model::{
     ClusterSection, NodeConfig, PghaConfig, PostgresSection, ReplicationMode, ReplicationSection,
 };
 pub use net::IpNet;
+pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};
 pub use secret::{Secret, SecretError, SecretSource};
 pub use units::ByteSize;

@@ -20,6 +20,9 @@ pub struct PghaConfig {
     pub replication: ReplicationSection,
     /// The PostgreSQL nodes; order is only the display order, roles are discovered live.
     pub nodes: Vec<NodeConfig>,
+    /// Services embedding `pgha-router`: application role and routing policy.
+    #[serde(default)]
+    pub router: Option<crate::RouterSection>,
 }
 
 /// `[cluster]`: identity of the cluster.

@@ -15,6 +15,9 @@ impl PghaConfig {
         self.validate_postgres(&mut errs);
         self.validate_replication(&mut errs);
         self.validate_nodes(&mut errs);
+        if let Some(r) = &self.router {
+            r.validate(&mut errs);
+        }
         errs
     }
 

@@ -112,7 +112,10 @@ async fn nodes(State(db): State<Db>) -> Json<Vec<NodeRow>> {
                 name: n.name,
                 address: n.address,
                 state: format!("{:?}", n.state).to_lowercase(),
-                role: n.role.map(|r| format!("{r:?}").to_lowercase()).unwrap_or_default(),
+                role: n
+                    .role
+                    .map(|r| format!("{r:?}").to_lowercase())
+                    .unwrap_or_default(),
                 writer: n.is_writer,
                 lag_bytes: n.lag_bytes,
                 lag_seconds: n.lag.map(|d| d.as_secs_f64()),

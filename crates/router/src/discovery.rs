@@ -127,7 +127,33 @@ impl StaticMembers {
 
     /// The nodes of a pgha.toml, as its superuser (`postgres.superuser` and
     /// `postgres.superuser_password`) unless `app` names another role.
+    /// Without `app`, the `[router]` section's `user`/`password`/`database` apply when set.
     pub fn from_config(config: &PghaConfig, app: Option<&AppCredentials>) -> Result<Self> {
+        let from_section;
+        let app = match (app, config.router.as_ref()) {
+            (Some(a), _) => Some(a),
+            (None, Some(r)) if r.user.is_some() || r.database.is_some() => {
+                from_section = AppCredentials {
+                    user: r
+                        .user
+                        .clone()
+                        .unwrap_or_else(|| config.postgres.superuser.clone()),
+                    password: match (&r.user, &r.password) {
+                        (Some(_), Some(p)) => Some(p.read()?),
+                        (Some(_), None) => None,
+                        (None, _) => config
+                            .postgres
+                            .superuser_password
+                            .as_ref()
+                            .map(|s| s.read())
+                            .transpose()?,
+                    },
+                    database: r.database.clone(),
+                };
+                Some(&from_section)
+            }
+            (None, _) => None,
+        };
         let password = match app {
             Some(a) => a.password.clone(),
             None => config

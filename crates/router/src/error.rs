@@ -33,11 +33,15 @@ pub enum RouterError {
     #[error("no writable primary among [{nodes}] within {waited:?}")]
     NoPrimary { nodes: String, waited: Duration },
     /// No replica qualifies for a read and the fallback to the primary is off.
-    #[error("no healthy replica within the lag bound ({bound}) and fallback to the primary is off")]
+    #[error(
+        "no healthy replica within the lag bound ({bound}) and fallback to the primary is off"
+    )]
     NoReplica { bound: String },
     /// A read-your-writes read found no node that replayed the write in time and the fallback
     /// to the primary is off.
-    #[error("no replica replayed up to {lsn} within {waited:?} and fallback to the primary is off")]
+    #[error(
+        "no replica replayed up to {lsn} within {waited:?} and fallback to the primary is off"
+    )]
     NotReplayed { lsn: Lsn, waited: Duration },
     /// A query failed on a node.
     #[error("{node}: {source}")]
@@ -68,10 +72,7 @@ impl RouterError {
     pub(crate) fn into_sqlx(self) -> sqlx::Error {
         match self {
             RouterError::Query { source, .. } => source,
-            other => sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                other,
-            )),
+            other => sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, other)),
         }
     }
 }

@@ -62,6 +62,8 @@ impl Target {
         match self {
             Target::Primary => shared.acquire_primary().await,
             Target::Replica => shared.acquire_reader().await,
+            // `reader_for(None)`: an ordinary read.
+            Target::Replayed(lsn) if lsn == Lsn::ZERO => shared.acquire_reader().await,
             Target::Replayed(lsn) => shared.acquire_replayed(lsn).await,
         }
     }
@@ -138,9 +140,16 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(OwnedStream::new(move |y| async move {
-                    let (node, mut conn) = target.acquire(shared).await.map_err(RouterError::into_sqlx)?;
+                    let (node, mut conn) = target
+                        .acquire(shared)
+                        .await
+                        .map_err(RouterError::into_sqlx)?;
                     let mut s = (&mut *conn).fetch_many(query);
-                    while let Some(v) = s.try_next().await.map_err(|e| on_error(shared, target, &node, e))? {
+                    while let Some(v) = s
+                        .try_next()
+                        .await
+                        .map_err(|e| on_error(shared, target, &node, e))?
+                    {
                         y.send(v).await;
                     }
                     Ok(())
@@ -159,8 +168,14 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(async move {
-                    let (node, mut conn) = target.acquire(shared).await.map_err(RouterError::into_sqlx)?;
-                    (&mut *conn).fetch_optional(query).await.map_err(|e| on_error(shared, target, &node, e))
+                    let (node, mut conn) = target
+                        .acquire(shared)
+                        .await
+                        .map_err(RouterError::into_sqlx)?;
+                    (&mut *conn)
+                        .fetch_optional(query)
+                        .await
+                        .map_err(|e| on_error(shared, target, &node, e))
                 })
             }
 
@@ -176,8 +191,14 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(async move {
-                    let (node, mut conn) = target.acquire(shared).await.map_err(RouterError::into_sqlx)?;
-                    (&mut *conn).prepare_with(sql, parameters).await.map_err(|e| on_error(shared, target, &node, e))
+                    let (node, mut conn) = target
+                        .acquire(shared)
+                        .await
+                        .map_err(RouterError::into_sqlx)?;
+                    (&mut *conn)
+                        .prepare_with(sql, parameters)
+                        .await
+                        .map_err(|e| on_error(shared, target, &node, e))
                 })
             }
 
@@ -192,8 +213,14 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(async move {
-                    let (node, mut conn) = target.acquire(shared).await.map_err(RouterError::into_sqlx)?;
-                    (&mut *conn).describe(sql).await.map_err(|e| on_error(shared, target, &node, e))
+                    let (node, mut conn) = target
+                        .acquire(shared)
+                        .await
+                        .map_err(RouterError::into_sqlx)?;
+                    (&mut *conn)
+                        .describe(sql)
+                        .await
+                        .map_err(|e| on_error(shared, target, &node, e))
                 })
             }
         }

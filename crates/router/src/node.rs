@@ -290,7 +290,11 @@ impl Node {
                 0 => None,
                 t => Some(t),
             },
-            last_ok: self.last_ok.lock().ok().and_then(|t| t.map(|t| t.elapsed())),
+            last_ok: self
+                .last_ok
+                .lock()
+                .ok()
+                .and_then(|t| t.map(|t| t.elapsed())),
             consecutive_failures: self.failures.load(Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             pool_size: self.pool.size(),

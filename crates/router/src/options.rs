@@ -96,6 +96,31 @@ impl Default for RouterOptions {
 }
 
 impl RouterOptions {
+    /// The options a pgha.toml `[router]` section sets; the rest stay at their defaults.
+    pub fn from_section(r: &pgha_config::RouterSection) -> RouterOptions {
+        RouterOptions {
+            reader_policy: match r.reader_policy {
+                pgha_config::RouterReaderPolicy::RoundRobin => ReaderPolicy::RoundRobin,
+                pgha_config::RouterReaderPolicy::LeastLag => ReaderPolicy::LeastLag,
+                pgha_config::RouterReaderPolicy::Random => ReaderPolicy::Random,
+            },
+            max_lag_bytes: r.max_lag_bytes.map(|b| b.bytes()),
+            max_lag: r.max_lag,
+            fallback: match r.fallback {
+                pgha_config::RouterFallback::Primary => Fallback::Primary,
+                pgha_config::RouterFallback::Error => Fallback::Error,
+            },
+            read_your_writes: ReadYourWrites {
+                wait: r.read_your_writes_wait,
+                ..ReadYourWrites::default()
+            },
+            health_interval: r.health_interval,
+            failover_wait: r.failover_wait,
+            max_connections: r.max_connections,
+            ..RouterOptions::default()
+        }
+    }
+
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |option: &'static str, problem: &str| {
             Err(crate::RouterError::InvalidOption {

@@ -89,10 +89,14 @@ impl RouterBuilder {
         self
     }
 
-    /// Members from a pgha.toml's `[[nodes]]`, as its superuser or as `app`.
+    /// Members from a pgha.toml's `[[nodes]]`, as `app`, else as the `[router]` section's
+    /// user, else as the superuser. A `[router]` section also sets the options (call
+    /// [`Self::options`] afterwards to override them).
     pub fn config(mut self, config: &PghaConfig, app: Option<&AppCredentials>) -> Self {
-        self.discovery =
-            Some(StaticMembers::from_config(config, app).map(|d| Arc::new(d) as _));
+        self.discovery = Some(StaticMembers::from_config(config, app).map(|d| Arc::new(d) as _));
+        if let Some(r) = &config.router {
+            self.options = RouterOptions::from_section(r);
+        }
         self
     }
 

@@ -361,7 +361,11 @@ impl Shared {
         }
         let old = self.view();
         let same = old.nodes.len() == members.len()
-            && old.nodes.iter().zip(&members).all(|(n, m)| n.same_member(m));
+            && old
+                .nodes
+                .iter()
+                .zip(&members)
+                .all(|(n, m)| n.same_member(m));
         if same {
             return Ok(());
         }
@@ -442,14 +446,7 @@ impl Shared {
                     // A second primary that lost the election above serves nothing.
                     let is_writer = primary.is_some_and(|(w, _)| w == i);
                     if is_writer {
-                        node.record_ok(
-                            Role::Primary,
-                            p.lsn,
-                            0,
-                            Duration::ZERO,
-                            true,
-                            p.timeline,
-                        );
+                        node.record_ok(Role::Primary, p.lsn, 0, Duration::ZERO, true, p.timeline);
                     } else {
                         node.record_down(format!(
                             "also claims to be primary (timeline {:?}); ignored",

@@ -110,7 +110,8 @@ impl MultiHostUrl {
         }
         let mut hosts = Vec::new();
         for (i, item) in hostlist.split(',').enumerate() {
-            hosts.push(parse_host(item).map_err(|p| bad(format!("host #{} `{item}`: {p}", i + 1)))?);
+            hosts
+                .push(parse_host(item).map_err(|p| bad(format!("host #{} `{item}`: {p}", i + 1)))?);
         }
         let mut tsa = TargetSessionAttrs::default();
         let mut kept = Vec::new();
@@ -253,9 +254,18 @@ mod tests {
         assert_eq!(
             u.hosts,
             vec![
-                HostPort { host: "h1".into(), port: 5432 },
-                HostPort { host: "h2".into(), port: 5433 },
-                HostPort { host: "::1".into(), port: 5432 },
+                HostPort {
+                    host: "h1".into(),
+                    port: 5432
+                },
+                HostPort {
+                    host: "h2".into(),
+                    port: 5433
+                },
+                HostPort {
+                    host: "::1".into(),
+                    port: 5432
+                },
             ]
         );
         assert_eq!(u.target_session_attrs, TargetSessionAttrs::ReadWrite);
@@ -280,7 +290,10 @@ mod tests {
             ("postgres://u:pw@h1,,h2/db", "host #2"),
             ("postgres://u:pw@h1:99999/db", "port `99999`"),
             ("postgres://u:pw@h1:abc/db", "port `abc`"),
-            ("postgres://u:pw@h1/db?target_session_attrs=primry", "target_session_attrs `primry`"),
+            (
+                "postgres://u:pw@h1/db?target_session_attrs=primry",
+                "target_session_attrs `primry`",
+            ),
             ("postgres://u:pw@[::1/db", "IPv6"),
             ("postgres://u:pw@h1/db?port=5", "`port` parameter"),
         ];

@@ -110,9 +110,11 @@ async fn paused_replica_is_excluded_then_returns_and_a_stopped_replica_fails_no_
         .execute(&mut n2)
         .await?;
     // 1 MB of WAL past the pause: node2 falls behind the 256 kB bound.
-    sqlx::query("CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 10000) g")
-        .execute(router.writer())
-        .await?;
+    sqlx::query(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 10000) g",
+    )
+    .execute(router.writer())
+    .await?;
     TestCluster::eventually(T, "node2 marked lagging, node3 up", || async {
         let st = router.nodes();
         let state = |name: &str| st.iter().find(|n| n.name == name).unwrap().state;
@@ -159,7 +161,10 @@ async fn paused_replica_is_excluded_then_returns_and_a_stopped_replica_fails_no_
     // With both replicas out, reads fall back to the primary, or fail when configured so.
     c.instance("node2")?.stop(StopMode::Fast).await?;
     let (rec, _) = serving(&router).await?;
-    assert!(!rec, "with no replica left the read should fall back to the primary");
+    assert!(
+        !rec,
+        "with no replica left the read should fall back to the primary"
+    );
     let strict = Router::builder()
         .config(c.config(), None)
         .options(RouterOptions {
@@ -244,7 +249,10 @@ async fn a_promotion_by_hand_moves_writes_to_the_new_primary() -> anyhow::Result
 #[tokio::test]
 async fn malformed_urls_are_refused_with_the_problem_named() {
     for (url, want) in [
-        ("postgres://app:hunter2@db1:5432,db2:notaport/app", "port `notaport`"),
+        (
+            "postgres://app:hunter2@db1:5432,db2:notaport/app",
+            "port `notaport`",
+        ),
         ("postgres://app:hunter2@/app", "no host"),
         ("http://app:hunter2@db1/app", "scheme"),
         (
@@ -259,10 +267,16 @@ async fn malformed_urls_are_refused_with_the_problem_named() {
         assert!(!msg.contains("hunter2"), "password leaked: {msg}");
     }
     let err = Router::builder()
-        .urls("postgres://app:pw@db1/app", Some("postgres://app:hunter2@db2:0/app"))
+        .urls(
+            "postgres://app:pw@db1/app",
+            Some("postgres://app:hunter2@db2:0/app"),
+        )
         .build()
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("port `0`") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("port `0`") && !err.contains("hunter2"),
+        "{err}"
+    );
 }

@@ -2,6 +2,7 @@
 //! ratios against it measured in the same run. One module per benchmark.
 
 mod cluster_up;
+mod router;
 
 use std::process::ExitCode;
 
@@ -11,11 +12,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Time to bring up a primary + 2 replicas, and for the replicas to replay 10,000 inserts.
     ClusterUp(cluster_up::Args),
+    /// Router vs raw sqlx pools (select 1, read/write mix at 1/16/64 tasks) and promotion-to-first-write.
+    Router(router::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::ClusterUp(args) => cluster_up::run(args).await,
+        BenchCommand::Router(args) => router::run(args).await,
     }
 }
 
