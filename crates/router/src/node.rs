@@ -60,6 +60,16 @@ pub struct NodeStatus {
     pub pool_idle: usize,
 }
 
+/// An acquire in progress on a node (see [`Node::stuck`]).
+pub(crate) struct Waiting<'a>(&'a Node);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.acquiring.fetch_sub(1, Relaxed);
+        self.0.acquired.fetch_add(1, Relaxed);
+    }
+}
+
 const ROLE_UNKNOWN: u8 = 0;
 const ROLE_PRIMARY: u8 = 1;
 const ROLE_REPLICA: u8 = 2;
@@ -101,6 +111,11 @@ pub(crate) struct Node {
     lag_micros: AtomicU64,
     timeline: AtomicU64,
     failures: AtomicU64,
+    /// Acquires waiting on this node's pool, acquires finished, and the finished count the
+    /// watchdog saw last: waiting acquires and none finished for a whole tick = suspect.
+    acquiring: AtomicU64,
+    acquired: AtomicU64,
+    acquired_seen: AtomicU64,
     last_ok: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
 }
@@ -133,9 +148,26 @@ impl Node {
             lag_micros: AtomicU64::new(0),
             timeline: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            acquiring: AtomicU64::new(0),
+            acquired: AtomicU64::new(0),
+            acquired_seen: AtomicU64::new(0),
             last_ok: Mutex::new(None),
             last_error: Mutex::new(None),
         }
+    }
+
+    /// Counts an acquire as waiting until the guard drops.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        self.acquiring.fetch_add(1, Relaxed);
+        Waiting(self)
+    }
+
+    /// True when acquires have been waiting and none finished since the last call: the node
+    /// may be gone while sqlx's pool silently retries refused connections.
+    pub(crate) fn stuck(&self) -> bool {
+        let done = self.acquired.load(Relaxed);
+        let before = self.acquired_seen.swap(done, Relaxed);
+        self.acquiring.load(Relaxed) > 0 && done == before
     }
 
     /// Same connection target (used to keep a node's pool across rediscoveries).

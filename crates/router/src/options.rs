@@ -62,8 +62,9 @@ pub struct RouterOptions {
     pub health_interval: Duration,
     /// Bound on one node's health probe (connect + query).
     pub check_timeout: Duration,
-    /// How long a connection acquire may take before the router suspects the node and starts a
-    /// health round at once (a dead host makes sqlx's pool retry connecting silently).
+    /// Watchdog period: when acquires on a node are waiting and none finished for this long,
+    /// the router probes every node at once (a dead host makes sqlx's pool retry connecting
+    /// silently until its acquire timeout).
     pub suspect_after: Duration,
     /// How long a write waits for a (new) primary before it fails with
     /// [`crate::RouterError::NoPrimary`].

@@ -124,27 +124,21 @@ impl Shared {
         }
     }
 
-    /// Acquires on `node`; after `suspect_after` asks for a health round and gives up waiting
-    /// once the node no longer `keeps_seat`.
+    /// Acquires on `node`, giving up once the node no longer `keeps_seat` after a health
+    /// round. No timer per call (a timer per query costs a cross-thread wakeup in tokio): the
+    /// health task's watchdog notices acquires that stopped finishing and probes at once.
     async fn acquire_on(
         &self,
         node: &Arc<Node>,
         keeps_seat: impl Fn(&Shared, &Arc<Node>) -> bool,
-        deadline: TokioInstant,
     ) -> Acquired {
+        let _waiting = node.waiting();
         let acq = node.pool.acquire();
         tokio::pin!(acq);
-        match tokio::time::timeout(self.opts.suspect_after, &mut acq).await {
-            Ok(Ok(c)) => return Acquired::Conn(c),
-            Ok(Err(e)) => return Acquired::Failed(e),
-            Err(_) => {}
-        }
-        // Slow: the node may be gone (sqlx retries refused connections silently until its
-        // acquire timeout). Probe the cluster while we keep waiting.
         let mut rx = self.round_done.subscribe();
-        self.request_round();
         loop {
             tokio::select! {
+                biased;
                 r = &mut acq => return match r {
                     Ok(c) => Acquired::Conn(c),
                     Err(e) => Acquired::Failed(e),
@@ -154,9 +148,17 @@ impl Shared {
                         return Acquired::Moved;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Acquired::Failed(sqlx::Error::PoolTimedOut),
             }
         }
+    }
+
+    /// True when some node has acquires waiting that stopped finishing.
+    pub(crate) fn any_stuck(&self) -> bool {
+        // Check every node (each call also advances its watchdog mark).
+        self.view()
+            .nodes
+            .iter()
+            .fold(false, |acc, n| n.stuck() | acc)
     }
 
     /// A connection to the current primary, waiting up to `failover_wait` for one to appear.
@@ -164,10 +166,7 @@ impl Shared {
         let deadline = TokioInstant::now() + self.opts.failover_wait;
         loop {
             if let Some(node) = self.primary() {
-                match self
-                    .acquire_on(&node, |s, n| s.is_primary(n), deadline)
-                    .await
-                {
+                match self.acquire_on(&node, |s, n| s.is_primary(n)).await {
                     Acquired::Conn(c) => {
                         RouterMetrics::inc(&self.metrics.writes);
                         return Ok((node, c));
@@ -237,15 +236,11 @@ impl Shared {
 
     /// A connection for a read: a qualifying replica, else the fallback.
     pub(crate) async fn acquire_reader(&self) -> Result<(Arc<Node>, PoolConnection<Postgres>)> {
-        let deadline = TokioInstant::now() + self.opts.failover_wait;
         loop {
             let Some(node) = self.pick_replica(None) else {
                 return self.read_fallback(self.opts.fallback).await;
             };
-            match self
-                .acquire_on(&node, |_, n| n.serves_reads(), deadline)
-                .await
-            {
+            match self.acquire_on(&node, |_, n| n.serves_reads()).await {
                 Acquired::Conn(c) => {
                     RouterMetrics::inc(&self.metrics.reads_replica);
                     return Ok((node, c));
@@ -493,24 +488,38 @@ impl Shared {
     }
 }
 
-/// The health task: a round every `health_interval`, or at once when asked (at most one every
-/// 20 ms), until the token is cancelled or the router is dropped.
+/// The health task: a round every `health_interval`, at once when asked (at most one every
+/// 20 ms), and at once when the watchdog (every `suspect_after`) sees acquires on a node stop
+/// finishing; until the token is cancelled or the router is dropped.
 pub(crate) async fn health_task(shared: std::sync::Weak<Shared>, wake: Arc<Notify>) {
     loop {
         let Some(s) = shared.upgrade() else { return };
         let started = TokioInstant::now();
         s.health_round().await;
-        let interval = s.opts.health_interval;
+        let next_round = started + s.opts.health_interval;
+        let tick = s.opts.suspect_after;
         let cancel = s.cancel.clone();
         drop(s);
-        let min_gap = started + Duration::from_millis(20);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(started + interval) => {}
-            _ = wake.notified() => {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(min_gap) => {}
+        loop {
+            let at = (TokioInstant::now() + tick).min(next_round);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(at) => {
+                    if TokioInstant::now() >= next_round {
+                        break;
+                    }
+                    let Some(s) = shared.upgrade() else { return };
+                    if s.any_stuck() {
+                        RouterMetrics::inc(&s.metrics.rediscoveries);
+                        break;
+                    }
+                }
+                _ = wake.notified() => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(started + Duration::from_millis(20)) => {}
+                    }
+                    break;
                 }
             }
         }
