@@ -76,7 +76,7 @@ async fn run_in(args: &Args, base: &std::path::Path) -> anyhow::Result<ExitCode>
     }
 
     println!(
-        "\nbench router: primary + 1 replica, pools of {POOL}, {:.0} s per cell, median of {} run(s) (ops/s)",
+        "\nbench router: primary + 1 replica, pools of {POOL}, {:.1} s per run, median of {} run(s) (ops/s)",
         args.seconds, args.runs
     );
     println!(
