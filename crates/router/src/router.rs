@@ -235,15 +235,17 @@ impl Router {
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.shared.opts.failover_wait;
+        let mut pause = Duration::from_millis(10);
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if is_failover_error(&e) && tokio::time::Instant::now() < deadline => {
                     RouterMetrics::inc(&self.shared.metrics.retries);
                     tracing::debug!(error = %e, "retrying idempotent call after a failover error");
-                    // The next call waits for a primary inside acquire; a short pause keeps a
-                    // flapping node from turning this into a busy loop.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // The next call waits for a primary inside acquire; a growing pause keeps a
+                    // node that still claims the seat from turning this into a busy loop.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),
             }

@@ -197,6 +197,54 @@ async fn a_promotion_by_hand_moves_writes_to_the_new_primary() -> anyhow::Result
     sqlx::query("CREATE TABLE moves (id int PRIMARY KEY)")
         .execute(router.writer())
         .await?;
+
+    // SQLSTATE 25006 from the writer (here: the primary made read-only) is noticed at once; the
+    // call fails unless marked idempotent, which is retried until the node takes writes again.
+    sqlx::query("CREATE TABLE ro (id int PRIMARY KEY)")
+        .execute(router.writer())
+        .await?;
+    let mut n1 = c.conn("node1").await?;
+    for q in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(q).execute(&mut n1).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = router.metrics().snapshot();
+    let err = sqlx::query("INSERT INTO ro VALUES (1)")
+        .execute(router.writer())
+        .await
+        .unwrap_err();
+    let code = err
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("25006"), "{err}");
+    let after = router.metrics().snapshot();
+    assert!(after.failover_errors > before.failover_errors, "{after:?}");
+    assert!(after.rediscoveries > before.rediscoveries, "{after:?}");
+    let r = router.clone();
+    let retried = tokio::spawn(async move {
+        r.idempotent(|| {
+            sqlx::query("INSERT INTO ro VALUES (2) ON CONFLICT DO NOTHING").execute(r.writer())
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for q in [
+        "ALTER SYSTEM RESET default_transaction_read_only",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(q).execute(&mut n1).await?;
+    }
+    retried.await??;
+    assert!(router.metrics().snapshot().retries > 0);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ro")
+        .fetch_one(router.writer())
+        .await?;
+    assert_eq!(n, 1, "only the idempotent insert ran");
+    drop(n1);
     sqlx::query("INSERT INTO moves VALUES (1)")
         .execute(router.writer())
         .await?;
