@@ -9,6 +9,7 @@ mod error;
 mod load;
 mod model;
 mod net;
+mod router;
 mod secret;
 mod units;
 mod validate;
@@ -20,5 +21,6 @@ pub use model::{
     PghaConfig, PoolMode, PoolingSection, PostgresSection, ReplicationMode, ReplicationSection,
 };
 pub use net::IpNet;
+pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};
 pub use secret::{Secret, SecretError, SecretSource};
 pub use units::ByteSize;

@@ -31,6 +31,9 @@ pub struct PghaConfig {
     pub monitoring: MonitoringSection,
     /// The PostgreSQL nodes; order is only the display order, roles are discovered live.
     pub nodes: Vec<NodeConfig>,
+    /// Services embedding `pgha-router`: application role and routing policy.
+    #[serde(default)]
+    pub router: Option<crate::RouterSection>,
 }
 
 /// `[dcs]`: where the leader lease and member states live.

@@ -18,6 +18,9 @@ impl PghaConfig {
         self.validate_failover(&mut errs);
         self.validate_pooling(&mut errs);
         self.validate_monitoring(&mut errs);
+        if let Some(r) = &self.router {
+            r.validate(&mut errs);
+        }
         errs
     }
 

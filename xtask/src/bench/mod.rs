@@ -4,6 +4,7 @@
 mod cluster_up;
 mod exporter;
 mod pgbouncer;
+mod router;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     Pgbouncer(pgbouncer::Args),
     /// pgha-exporter vs prometheus-postgres-exporter on one instance: latency, RSS, CPU, series.
     Exporter(exporter::Args),
+    /// Router vs raw sqlx pools (select 1, read/write mix at 1/16/64 tasks) and promotion-to-first-write.
+    Router(router::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -24,6 +27,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::ClusterUp(args) => cluster_up::run(args).await,
         BenchCommand::Pgbouncer(args) => pgbouncer::run(args).await,
         BenchCommand::Exporter(args) => exporter::run(args).await,
+        BenchCommand::Router(args) => router::run(args).await,
     }
 }
 

@@ -1,0 +1,125 @@
+//! Errors of the router, and which database errors mean "the primary moved".
+
+use std::time::Duration;
+
+use pgha_postgres::Lsn;
+
+/// Result alias of this crate.
+pub type Result<T, E = RouterError> = std::result::Result<T, E>;
+
+/// What went wrong while building or using a [`crate::Router`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// A connection URL could not be used; `url` has its password replaced by `***`.
+    #[error("invalid database URL `{url}`: {problem}")]
+    InvalidUrl { url: String, problem: String },
+    /// A required environment variable is unset or not UTF-8.
+    #[error("environment variable {name} is not set (expected a postgres:// URL)")]
+    MissingEnv { name: String },
+    /// An option has a value the router cannot work with.
+    #[error("router option {option}: {problem}")]
+    InvalidOption {
+        option: &'static str,
+        problem: String,
+    },
+    /// Discovery returned no node at all.
+    #[error("discovery ({source_name}) returned no PostgreSQL node")]
+    NoNodes { source_name: String },
+    /// The discovery source failed.
+    #[error("discovery ({source_name}) failed: {cause}")]
+    Discovery { source_name: String, cause: String },
+    /// No node reported itself as a writable primary in time.
+    #[error("no writable primary among [{nodes}] within {waited:?}")]
+    NoPrimary { nodes: String, waited: Duration },
+    /// No replica qualifies for a read and the fallback to the primary is off.
+    #[error(
+        "no healthy replica within the lag bound ({bound}) and fallback to the primary is off"
+    )]
+    NoReplica { bound: String },
+    /// A read-your-writes read found no node that replayed the write in time and the fallback
+    /// to the primary is off.
+    #[error(
+        "no replica replayed up to {lsn} within {waited:?} and fallback to the primary is off"
+    )]
+    NotReplayed { lsn: Lsn, waited: Duration },
+    /// A query failed on a node.
+    #[error("{node}: {source}")]
+    Query {
+        node: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Reading a secret referenced by pgha.toml failed.
+    #[error(transparent)]
+    Secret(#[from] pgha_config::SecretError),
+}
+
+impl RouterError {
+    /// True when the same call may succeed later (a failover in progress, a node restarting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RouterError::NoPrimary { .. }
+            | RouterError::NoReplica { .. }
+            | RouterError::NotReplayed { .. } => true,
+            RouterError::Query { source, .. } => is_failover_error(source),
+            _ => false,
+        }
+    }
+
+    /// Wraps the error for the sqlx [`sqlx::Executor`] API: an `Io` error of kind `NotConnected`
+    /// whose inner error is this one (`e.into_inner()` / downcast gets it back).
+    pub(crate) fn into_sqlx(self) -> sqlx::Error {
+        match self {
+            RouterError::Query { source, .. } => source,
+            other => sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, other)),
+        }
+    }
+}
+
+/// SQLSTATE of "cannot execute ... in a read-only transaction": the node is (now) a standby.
+pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+
+/// True when `e` says the node we talked to is no longer a usable primary: it became read-only
+/// (25006), shut down (57P01..57P03), or the connection broke. Such an error triggers
+/// rediscovery; the call itself is only retried when the caller marked it idempotent.
+pub fn is_failover_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => {
+                code == READ_ONLY_SQL_TRANSACTION
+                    || code == "57P01" // admin_shutdown
+                    || code == "57P02" // crash_shutdown
+                    || code == "57P03" // cannot_connect_now (starting up, shutting down)
+                    || code.starts_with("08") // connection_exception class
+            }
+            None => false,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn router_errors_round_trip_through_sqlx_io() {
+        let e = RouterError::NoPrimary {
+            nodes: "a:1".into(),
+            waited: Duration::from_secs(1),
+        }
+        .into_sqlx();
+        assert!(is_failover_error(&e));
+        let sqlx::Error::Io(io) = e else {
+            panic!("not io")
+        };
+        let inner = io.into_inner().unwrap().downcast::<RouterError>().unwrap();
+        assert!(matches!(*inner, RouterError::NoPrimary { .. }));
+    }
+}
