@@ -61,7 +61,15 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     };
     let root = std::env::temp_dir().join(format!("pgha-drill-{}", std::process::id()));
     let result = drill(&root, &bin_dir, &args, switchover).await;
-    let _ = std::fs::remove_dir_all(&root);
+    match &result {
+        Ok(ExitCode::SUCCESS) => {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        _ => eprintln!(
+            "drill: logs kept in {} (agents: *-agent.log, servers: nodes/*/*.log)",
+            root.display()
+        ),
+    }
     result
 }
 
@@ -282,11 +290,13 @@ async fn drill(
     if lost > 0 && !args.sync {
         println!("  (async replication: the last commits before a crash may not have reached any replica)");
     }
-    Ok(if (lost == 0 || !args.sync) && splits == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if (lost == 0 || !args.sync) && splits == 0 && trials.len() == args.trials {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 async fn run_trial(

@@ -89,6 +89,7 @@ pub struct Agent {
     slots_ready: bool,
     pending_sync: Option<PendingSync>,
     last_dcs_error: Option<Instant>,
+    failed_starts: u32,
 }
 
 impl std::fmt::Debug for Agent {
@@ -129,6 +130,7 @@ impl Agent {
             slots_ready: false,
             pending_sync: None,
             last_dcs_error: None,
+            failed_starts: 0,
         })
     }
 
@@ -630,6 +632,9 @@ impl Agent {
                 ))
                 .await;
             }
+            (PgState::Running, _) if !obs.reachable => {
+                // Starting up, in crash recovery, or a dying postmaster: look again next loop.
+            }
             (PgState::Running, _) => {
                 if let Err(e) = self.point_at(&up).await {
                     tracing::warn!("re-point at {}: {e}", up.name);
@@ -639,9 +644,9 @@ impl Agent {
                 } else {
                     let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
                     let leader_tl = view.members.get(&up.name).and_then(|m| m.timeline);
-                    if since.elapsed() > Duration::from_secs(15) && leader_tl > obs.timeline {
+                    if since.elapsed() > Duration::from_secs(5) && leader_tl > obs.timeline {
                         tracing::warn!(
-                            "not streaming from {} for 15s on an older timeline: rewinding",
+                            "not streaming from {} for 5s on an older timeline: rewinding",
                             up.name
                         );
                         self.needs_rewind = true;
@@ -691,10 +696,43 @@ impl Agent {
             NodeRole::Replica { upstream: up },
             self.local(),
         )?;
-        self.pg.start().await?;
+        if let Err(e) = self.pg.start().await {
+            self.failed_starts += 1;
+            if self.failed_starts >= 3 {
+                // pg_rewind could not make this data dir follow the leader's history (seen after
+                // repeated failovers across forked timelines): keep it aside and clone afresh.
+                self.failed_starts = 0;
+                return self.reclone_from(up).await;
+            }
+            return Err(e.into());
+        }
+        self.failed_starts = 0;
         self.needs_rewind = false;
         self.not_streaming_since = None;
         tracing::info!(node = %self.node.name, upstream = %up.name, "started as replica");
+        Ok(())
+    }
+
+    /// Moves the data dir aside (`<data>.diverged-<unix time>`) and clones it from `up`.
+    async fn reclone_from(&mut self, up: &NodeConfig) -> Result<()> {
+        let data = self.local().data_dir().to_owned();
+        let aside = data.with_extension(format!("diverged-{}", now_ms() / 1000));
+        tracing::warn!(
+            node = %self.node.name,
+            "cannot start after rewind; keeping {} and cloning from {}",
+            aside.display(),
+            up.name
+        );
+        std::fs::rename(&data, &aside).map_err(|source| pgha_postgres::PgError::Io {
+            action: "move aside",
+            path: data.clone(),
+            source,
+        })?;
+        let upstream_params = connect_params(&self.cfg, up)?;
+        bootstrap_replica(&self.cfg, &self.node, up, self.local(), &upstream_params).await?;
+        self.pg.start().await?;
+        self.needs_rewind = false;
+        tracing::info!(node = %self.node.name, upstream = %up.name, "re-cloned and started as replica");
         Ok(())
     }
 
@@ -827,6 +865,9 @@ impl Agent {
         };
         let mut members = view.members.clone();
         members.insert(self.node.name.clone(), self.member_state(obs));
+        // Published positions can be a loop old; the last WAL the dead primary sent may have
+        // reached one replica after it published. Rank on positions read live from each replica.
+        self.refresh_positions(&mut members).await;
         let Some(best) = election::best(members.values(), &rules) else {
             return;
         };
@@ -862,6 +903,36 @@ impl Agent {
                 if let Err(e) = self.pg.start().await {
                     self.release(&format!("could not start: {e}")).await;
                 }
+            }
+        }
+    }
+
+    /// Reads each running replica's received WAL position directly from its PostgreSQL.
+    async fn refresh_positions(
+        &self,
+        members: &mut std::collections::BTreeMap<String, MemberState>,
+    ) {
+        for m in members.values_mut() {
+            if m.pg_state != PgState::Running || m.role != MemberRole::Replica {
+                continue;
+            }
+            let Some(node) = self.cfg.node(&m.name) else {
+                continue;
+            };
+            let Ok(mut params) = connect_params(&self.cfg, node) else {
+                continue;
+            };
+            params.connect_timeout = Duration::from_millis(300);
+            let Ok(mut c) = params.connect().await else {
+                continue;
+            };
+            let live: Result<(bool, Option<Lsn>), _> = sqlx::query_as(
+                "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())",
+            )
+            .fetch_one(&mut c)
+            .await;
+            if let Ok((true, Some(lsn))) = live {
+                m.lsn = Some(m.lsn.map_or(lsn, |old| old.max(lsn)));
             }
         }
     }

@@ -240,7 +240,12 @@ impl LocalInstance {
             return Ok(ProcessState::Stopped);
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "postgres" || comm.trim() == "postmaster" {
+        // A killed postmaster whose parent is gone stays a zombie until init reaps it; it is dead.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if (comm.trim() == "postgres" || comm.trim() == "postmaster") && !zombie {
             return Ok(ProcessState::Running { pid });
         }
         tracing::warn!(
