@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, IpNet, SecretSource};
+use crate::{BackupSection, ByteSize, IpNet, SecretSource};
 
 /// The whole cluster description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +20,9 @@ pub struct PghaConfig {
     pub replication: ReplicationSection,
     /// The PostgreSQL nodes; order is only the display order, roles are discovered live.
     pub nodes: Vec<NodeConfig>,
+    /// Base backups, WAL archive, retention, schedule (`pgha-backup`).
+    #[serde(default)]
+    pub backup: Option<BackupSection>,
 }
 
 /// `[cluster]`: identity of the cluster.

@@ -15,6 +15,14 @@ impl PghaConfig {
         self.validate_postgres(&mut errs);
         self.validate_replication(&mut errs);
         self.validate_nodes(&mut errs);
+        if let Some(b) = &self.backup {
+            b.validate(&mut errs);
+            if let Some(n) = &b.node {
+                if self.node(n).is_none() {
+                    errs.push("backup.node", format!("`{n}` is not a node in [[nodes]]"));
+                }
+            }
+        }
         errs
     }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: benchmarks. Each prints medians and, where there is a baseline,
 //! ratios against it measured in the same run. One module per benchmark.
 
+mod backup;
 mod cluster_up;
 
 use std::process::ExitCode;
@@ -11,11 +12,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Time to bring up a primary + 2 replicas, and for the replicas to replay 10,000 inserts.
     ClusterUp(cluster_up::Args),
+    /// pgbench scale 50: pgha-backup vs pgBackRest vs pg_dump | gzip (backup, restore until ready, sizes).
+    Backup(backup::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::ClusterUp(args) => cluster_up::run(args).await,
+        BenchCommand::Backup(args) => backup::run(args).await,
     }
 }
 
