@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "pgha-backup", version, about = "Base backups, WAL archive, point-in-time restore, verification and retention for pgha clusters")]
+#[command(
+    name = "pgha-backup",
+    version,
+    about = "Base backups, WAL archive, point-in-time restore, verification and retention for pgha clusters"
+)]
 pub struct Cli {
     /// pgha.toml to read (else PGHA_CONFIG, else ./pgha.toml); its [backup] section names the repository.
     #[arg(long, global = true)]
@@ -36,10 +40,7 @@ pub enum Command {
         path: PathBuf,
     },
     /// restore_command: fetch WAL file NAME (`%f`) to PATH (`%p`); exit 1 when not archived.
-    WalFetch {
-        name: String,
-        path: PathBuf,
-    },
+    WalFetch { name: String, path: PathBuf },
     /// Restore a base backup into a directory (with recovery settings), or a logical dump.
     Restore(RestoreArgs),
     /// Re-read every object of a backup (default: all) and compare checksums.

@@ -12,7 +12,8 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use pgha_backup_core::{
-    storage, BackupError, BackupOptions, RecoveryTarget, Repository, RestoreOptions, Storage, TargetAction,
+    storage, BackupError, BackupOptions, RecoveryTarget, Repository, RestoreOptions, Storage,
+    TargetAction,
 };
 use pgha_config::{BackupSection, LoadedConfig};
 
@@ -62,7 +63,9 @@ fn restore_command(loaded: &LoadedConfig) -> anyhow::Result<String> {
 }
 
 fn server_user(loaded: &LoadedConfig) -> anyhow::Result<Option<pgha_postgres::OsUser>> {
-    Ok(pgha_postgres::OsUser::for_server(&loaded.config.postgres.os_user)?)
+    Ok(pgha_postgres::OsUser::for_server(
+        &loaded.config.postgres.os_user,
+    )?)
 }
 
 fn mb(b: u64) -> f64 {
@@ -104,9 +107,17 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Logical { db, node } => {
-            let db = db.clone().unwrap_or_else(|| config.postgres.database.clone());
+            let db = db
+                .clone()
+                .unwrap_or_else(|| config.postgres.database.clone());
             let t = Instant::now();
-            let m = pgha_backup_core::logical::dump(config, storage, node.as_deref().or(sec.node.as_deref()), &db).await?;
+            let m = pgha_backup_core::logical::dump(
+                config,
+                storage,
+                node.as_deref().or(sec.node.as_deref()),
+                &db,
+            )
+            .await?;
             println!(
                 "logical dump {} of database {} complete: {:.1} MB dumped, {:.1} MB stored, {:.2} s",
                 m.id,
@@ -122,14 +133,16 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("archive {}", path.display()))?;
             tracing::info!(?outcome, path = %path.display(), "wal-push");
         }
-        Command::WalFetch { name, path } => match pgha_backup_core::wal::fetch(storage.as_ref(), name, path).await {
-            Ok(()) => {}
-            Err(BackupError::NotFound { .. }) => {
-                eprintln!("pgha-backup: WAL file {name} is not in the archive");
-                return Ok(ExitCode::FAILURE);
+        Command::WalFetch { name, path } => {
+            match pgha_backup_core::wal::fetch(storage.as_ref(), name, path).await {
+                Ok(()) => {}
+                Err(BackupError::NotFound { .. }) => {
+                    eprintln!("pgha-backup: WAL file {name} is not in the archive");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e).with_context(|| format!("fetch WAL file {name}")),
             }
-            Err(e) => return Err(e).with_context(|| format!("fetch WAL file {name}")),
-        },
+        }
         Command::Restore(a) => restore(&loaded, &repo, storage, a).await?,
         Command::Verify { id, restore_test } => {
             let ids = match id {
@@ -137,13 +150,20 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
                 None => repo.backup_ids().await?,
             };
             if ids.is_empty() {
-                bail!("the repository {} holds no backup to verify", storage.describe());
+                bail!(
+                    "the repository {} holds no backup to verify",
+                    storage.describe()
+                );
             }
             let mut bad = 0;
             for id in &ids {
                 let r = pgha_backup_core::verify::verify_backup(&repo, id).await?;
                 if r.problems.is_empty() {
-                    println!("backup {id}: OK ({} packs, {:.1} MB checked, WAL for consistency present)", r.packs, mb(r.bytes));
+                    println!(
+                        "backup {id}: OK ({} packs, {:.1} MB checked, WAL for consistency present)",
+                        r.packs,
+                        mb(r.bytes)
+                    );
                 } else {
                     bad += 1;
                     println!("backup {id}: FAILED");
@@ -153,9 +173,15 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 if *restore_test {
-                    let n = pgha_backup_core::verify::restore_test(config, &repo, id, restore_command(&loaded)?, server_user(&loaded)?)
-                        .await
-                        .with_context(|| format!("restore test of backup {id}"))?;
+                    let n = pgha_backup_core::verify::restore_test(
+                        config,
+                        &repo,
+                        id,
+                        restore_command(&loaded)?,
+                        server_user(&loaded)?,
+                    )
+                    .await
+                    .with_context(|| format!("restore test of backup {id}"))?;
                     println!("backup {id}: restore test OK (instance started, {n} relations in pg_class)");
                 }
             }
@@ -165,7 +191,8 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::List { json } => list::run(&repo, *json).await?,
         Command::Expire { dry_run } => {
-            let plan = pgha_backup_core::expire::plan(&repo, &sec.retention, SystemTime::now()).await?;
+            let plan =
+                pgha_backup_core::expire::plan(&repo, &sec.retention, SystemTime::now()).await?;
             let verb = if *dry_run { "would remove" } else { "removed" };
             if !*dry_run {
                 pgha_backup_core::expire::apply(&repo, &plan).await?;
@@ -194,7 +221,8 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             if *once {
                 let mut stats = pgha_backup_core::schedule::RunStats::default();
-                pgha_backup_core::schedule::run_once(config, &sec, storage, &opts, &mut stats).await?;
+                pgha_backup_core::schedule::run_once(config, &sec, storage, &opts, &mut stats)
+                    .await?;
                 println!("scheduled run done");
             } else {
                 pgha_backup_core::schedule::run_forever(config, &sec, storage, &opts).await?;
@@ -204,11 +232,24 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn restore(loaded: &LoadedConfig, repo: &Repository, storage: Arc<dyn Storage>, a: &RestoreArgs) -> anyhow::Result<()> {
+async fn restore(
+    loaded: &LoadedConfig,
+    repo: &Repository,
+    storage: Arc<dyn Storage>,
+    a: &RestoreArgs,
+) -> anyhow::Result<()> {
     let config = &loaded.config;
     if a.logical {
         let t = Instant::now();
-        let m = pgha_backup_core::logical::restore(config, storage, None, a.backup.as_deref(), a.db.as_deref(), a.target_db.as_deref()).await?;
+        let m = pgha_backup_core::logical::restore(
+            config,
+            storage,
+            None,
+            a.backup.as_deref(),
+            a.db.as_deref(),
+            a.target_db.as_deref(),
+        )
+        .await?;
         println!(
             "logical dump {} restored into database {} in {:.2} s",
             m.id,
@@ -217,11 +258,14 @@ async fn restore(loaded: &LoadedConfig, repo: &Repository, storage: Arc<dyn Stor
         );
         return Ok(());
     }
-    let Some(to) = &a.to else { bail!("--to DIR is required") };
+    let Some(to) = &a.to else {
+        bail!("--to DIR is required")
+    };
     let target = if let Some(t) = &a.target_time {
         RecoveryTarget::Time(t.clone())
     } else if let Some(l) = &a.target_lsn {
-        l.parse::<pgha_postgres::Lsn>().with_context(|| format!("--target-lsn {l}"))?;
+        l.parse::<pgha_postgres::Lsn>()
+            .with_context(|| format!("--target-lsn {l}"))?;
         RecoveryTarget::Lsn(l.clone())
     } else if let Some(n) = &a.target_name {
         RecoveryTarget::Name(n.clone())
@@ -275,11 +319,18 @@ async fn restore(loaded: &LoadedConfig, repo: &Repository, storage: Arc<dyn Stor
             t.elapsed().as_secs_f64()
         );
     } else {
-        println!("start it with: pg_ctl start -D {} (as the server's OS user)", to.display());
+        println!(
+            "start it with: pg_ctl start -D {} (as the server's OS user)",
+            to.display()
+        );
     }
     Ok(())
 }
 
 fn absolute(p: &Path) -> anyhow::Result<std::path::PathBuf> {
-    Ok(if p.is_absolute() { p.to_owned() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }

@@ -25,8 +25,12 @@ pub async fn run(repo: &Repository, json: bool) -> anyhow::Result<()> {
     let wal = storage.list(WAL).await?;
     let wal_bytes: u64 = wal.iter().map(|o| o.size).sum();
     let logical = pgha_backup_core::logical::list(storage.as_ref()).await?;
-    let first = wal.first().map(|o| o.key.rsplit('/').next().unwrap_or("").to_owned());
-    let last = wal.last().map(|o| o.key.rsplit('/').next().unwrap_or("").to_owned());
+    let first = wal
+        .first()
+        .map(|o| o.key.rsplit('/').next().unwrap_or("").to_owned());
+    let last = wal
+        .last()
+        .map(|o| o.key.rsplit('/').next().unwrap_or("").to_owned());
     if json {
         let v = json!({
             "repository": storage.describe(),

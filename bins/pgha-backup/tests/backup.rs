@@ -57,7 +57,9 @@ impl Env {
             .parameter("archive_mode", "on")
             .start()
             .await?;
-        let work = tempfile::Builder::new().prefix("pgha-backup-test-").tempdir()?;
+        let work = tempfile::Builder::new()
+            .prefix("pgha-backup-test-")
+            .tempdir()?;
         std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711))?;
         // The server runs archive_command as `postgres`: it needs a binary it can reach.
         let bin = work.path().join("pgha-backup");
@@ -101,9 +103,20 @@ impl Env {
         let mut text = std::fs::read_to_string(&cfg)?;
         text += &section;
         std::fs::write(&cfg, text)?;
-        let env = Env { cluster, work, bin, cfg, _moto: moto };
-        let cmd = format!("{} --config {} wal-push %p", env.bin.display(), env.cfg.display());
-        env.sql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'")).await?;
+        let env = Env {
+            cluster,
+            work,
+            bin,
+            cfg,
+            _moto: moto,
+        };
+        let cmd = format!(
+            "{} --config {} wal-push %p",
+            env.bin.display(),
+            env.cfg.display()
+        );
+        env.sql(&format!("ALTER SYSTEM SET archive_command = '{cmd}'"))
+            .await?;
         env.sql("SELECT pg_reload_conf()").await?;
         Ok(env)
     }
@@ -120,13 +133,21 @@ impl Env {
 
     fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "pgha-backup {args:?} failed: {}{}", out(&o), err(&o));
+        assert!(
+            o.status.success(),
+            "pgha-backup {args:?} failed: {}{}",
+            out(&o),
+            err(&o)
+        );
         out(&o)
     }
 
     async fn sql(&self, q: &str) -> anyhow::Result<()> {
         let mut c = self.cluster.conn("node1").await?;
-        sqlx::query(q).execute(&mut c).await.with_context(|| q.to_owned())?;
+        sqlx::query(q)
+            .execute(&mut c)
+            .await
+            .with_context(|| q.to_owned())?;
         Ok(())
     }
 
@@ -147,8 +168,11 @@ impl Env {
         let mut v = Vec::new();
         for t in TABLES {
             v.push(
-                self.scalar(port, &format!("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {t} t"))
-                    .await?,
+                self.scalar(
+                    port,
+                    &format!("SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM {t} t"),
+                )
+                .await?,
             );
         }
         Ok(v)
@@ -156,10 +180,15 @@ impl Env {
 
     /// Switches WAL and waits until the switched segment is archived.
     async fn archive_now(&self) -> anyhow::Result<()> {
-        let seg = self.scalar(None, "SELECT pg_walfile_name(pg_switch_wal())").await?;
+        let seg = self
+            .scalar(None, "SELECT pg_walfile_name(pg_switch_wal())")
+            .await?;
         TestCluster::eventually(Duration::from_secs(30), "segment archived", || async {
             let last = self
-                .scalar(None, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+                .scalar(
+                    None,
+                    "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+                )
                 .await?;
             Ok((last >= seg).then_some(()))
         })
@@ -175,7 +204,12 @@ impl Env {
     }
 
     fn restored(&self, dir: &Path, port: u16) -> Restored {
-        let mut p = self.cluster.instance("node1").unwrap().connect_params().clone();
+        let mut p = self
+            .cluster
+            .instance("node1")
+            .unwrap()
+            .connect_params()
+            .clone();
         p.port = port;
         Restored(LocalInstance::new(
             "restored",
@@ -206,10 +240,13 @@ fn backup_id(stdout: &str) -> String {
 async fn suite(s3: bool, encrypt: bool) -> anyhow::Result<()> {
     let env = Env::start(s3, encrypt).await?;
     // ~17 MB in accounts: several 8 MB chunks.
-    env.sql("CREATE TABLE accounts (id int PRIMARY KEY, v text)").await?;
+    env.sql("CREATE TABLE accounts (id int PRIMARY KEY, v text)")
+        .await?;
     env.sql("INSERT INTO accounts SELECT g, md5(g::text) || md5((g*7)::text) FROM generate_series(1, 150000) g").await?;
-    env.sql("CREATE TABLE small (id int PRIMARY KEY, v text)").await?;
-    env.sql("INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, 100) g").await?;
+    env.sql("CREATE TABLE small (id int PRIMARY KEY, v text)")
+        .await?;
+    env.sql("INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, 100) g")
+        .await?;
     env.sql("CREATE TABLE pitr (id int PRIMARY KEY)").await?;
     let before = env.checksums(None).await?;
 
@@ -219,34 +256,61 @@ async fn suite(s3: bool, encrypt: bool) -> anyhow::Result<()> {
     let b1 = backup_id(&o);
 
     // PITR: set A, note the time, set B; restoring to the time gives exactly set A.
-    env.sql("INSERT INTO pitr SELECT generate_series(1, 100)").await?;
+    env.sql("INSERT INTO pitr SELECT generate_series(1, 100)")
+        .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = env
         .scalar(None, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    env.sql("INSERT INTO pitr SELECT generate_series(101, 200)").await?;
+    env.sql("INSERT INTO pitr SELECT generate_series(101, 200)")
+        .await?;
     env.archive_now().await?;
 
     let port = free_port("127.0.0.1")?;
     let dir = env.work.path().join("r/pitr");
     let _guard = env.restored(&dir, port.port);
     let o = env.ok(&[
-        "restore", "--to", dir.to_str().unwrap(), "--target-time", &t, "--start",
-        "--port", &port.port.to_string(), "--no-progress",
+        "restore",
+        "--to",
+        dir.to_str().unwrap(),
+        "--target-time",
+        &t,
+        "--start",
+        "--port",
+        &port.port.to_string(),
+        "--no-progress",
     ]);
     assert!(o.contains("promoted"), "{o}");
-    let rows = env.scalar(Some(port.port), "SELECT count(*)::text || ' ' || max(id)::text FROM pitr").await?;
-    assert_eq!(rows, "100 100", "PITR to {t} must give exactly the first set");
-    assert_eq!(env.checksums(Some(port.port)).await?, before, "restored tables differ");
+    let rows = env
+        .scalar(
+            Some(port.port),
+            "SELECT count(*)::text || ' ' || max(id)::text FROM pitr",
+        )
+        .await?;
+    assert_eq!(
+        rows, "100 100",
+        "PITR to {t} must give exactly the first set"
+    );
+    assert_eq!(
+        env.checksums(Some(port.port)).await?,
+        before,
+        "restored tables differ"
+    );
     drop(_guard);
 
     // Non-empty target refused without --force.
     let o = env.run(&["restore", "--to", dir.to_str().unwrap()]);
-    assert!(!o.status.success() && err(&o).contains("not empty; pass --force"), "{}", err(&o));
+    assert!(
+        !o.status.success() && err(&o).contains("not empty; pass --force"),
+        "{}",
+        err(&o)
+    );
 
     // wal-push: identical re-push succeeds, different content under the same name fails loudly.
-    let seg = env.scalar(None, "SELECT last_archived_wal FROM pg_stat_archiver").await?;
+    let seg = env
+        .scalar(None, "SELECT last_archived_wal FROM pg_stat_archiver")
+        .await?;
     let segdir = env.work.path().join("seg");
     std::fs::create_dir_all(&segdir)?;
     let segpath = segdir.join(&seg);
@@ -257,9 +321,21 @@ async fn suite(s3: bool, encrypt: bool) -> anyhow::Result<()> {
     std::fs::write(&segpath, &bytes)?;
     let o = env.run(&["wal-push", segpath.to_str().unwrap()]);
     assert!(!o.status.success(), "conflicting push succeeded");
-    assert!(err(&o).contains("already archived with different content"), "{}", err(&o));
-    let o = env.run(&["wal-fetch", "0000000100000000000000AB", segdir.join("x").to_str().unwrap()]);
-    assert!(!o.status.success() && err(&o).contains("not in the archive"), "{}", err(&o));
+    assert!(
+        err(&o).contains("already archived with different content"),
+        "{}",
+        err(&o)
+    );
+    let o = env.run(&[
+        "wal-fetch",
+        "0000000100000000000000AB",
+        segdir.join("x").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && err(&o).contains("not in the archive"),
+        "{}",
+        err(&o)
+    );
 
     // A flipped byte: verify names the object, restore refuses and leaves nothing behind.
     let o = env.ok(&["verify", &b1]);
@@ -275,19 +351,32 @@ async fn suite(s3: bool, encrypt: bool) -> anyhow::Result<()> {
     raw.put(&key, flipped).await?;
     let o = env.run(&["verify", &b1]);
     assert!(!o.status.success(), "verify passed a flipped byte");
-    assert!(out(&o).contains(&key), "verify must name {key}: {}", out(&o));
+    assert!(
+        out(&o).contains(&key),
+        "verify must name {key}: {}",
+        out(&o)
+    );
     let dir2 = env.work.path().join("r/bad");
     let o = env.run(&["restore", "--to", dir2.to_str().unwrap(), "--backup", &b1]);
     assert!(!o.status.success(), "restore used a corrupt backup");
-    assert!(err(&o).contains(&key), "restore must name {key}: {}", err(&o));
-    assert_eq!(std::fs::read_dir(&dir2)?.count(), 0, "half-restored files left behind");
+    assert!(
+        err(&o).contains(&key),
+        "restore must name {key}: {}",
+        err(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir2)?.count(),
+        0,
+        "half-restored files left behind"
+    );
     raw.put(&key, original).await?;
 
     // Retention (full = 1): nothing to remove while b1 is the only backup; a scheduled run
     // takes b2 and expires b1 and the WAL only b1 needed.
     let o = env.ok(&["expire", "--dry-run"]);
     assert!(o.contains(&format!("kept 1 backup(s): {b1}")), "{o}");
-    env.sql("INSERT INTO small VALUES (101, 'after b1')").await?;
+    env.sql("INSERT INTO small VALUES (101, 'after b1')")
+        .await?;
     let o = env.ok(&["schedule", "--once"]);
     assert!(o.contains("scheduled run done"), "{o}");
     let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"]))?;
@@ -297,8 +386,14 @@ async fn suite(s3: bool, encrypt: bool) -> anyhow::Result<()> {
     assert_ne!(b2, b1);
     let start_wal = backups[0]["start_wal"].as_str().unwrap();
     let first_wal = list["wal"]["first"].as_str().unwrap();
-    assert!(first_wal[..24] >= start_wal[..], "WAL {first_wal} before {start_wal} kept");
-    assert!(first_wal[..24] == start_wal[..], "WAL from {start_wal} (needed by {b2}) removed; first is {first_wal}");
+    assert!(
+        first_wal[..24] >= start_wal[..],
+        "WAL {first_wal} before {start_wal} kept"
+    );
+    assert!(
+        first_wal[..24] == start_wal[..],
+        "WAL from {start_wal} (needed by {b2}) removed; first is {first_wal}"
+    );
     let metrics = std::fs::read_to_string(env.work.path().join("metrics.prom"))?;
     let line = metrics
         .lines()
@@ -347,7 +442,10 @@ fn bad_arguments_give_clear_errors() {
             .unwrap();
         (o.status.code().unwrap(), err(&o))
     };
-    let with_repo = format!("{base}[backup.repository]\npath = \"{}\"\n", dir.path().join("repo").display());
+    let with_repo = format!(
+        "{base}[backup.repository]\npath = \"{}\"\n",
+        dir.path().join("repo").display()
+    );
 
     let (code, e) = run(base, &["list"]);
     assert_eq!(code, 1);
@@ -357,7 +455,18 @@ fn bad_arguments_give_clear_errors() {
     assert_eq!(code, 2);
     assert!(e.contains("--to"), "{e}");
 
-    let (code, e) = run(&with_repo, &["restore", "--to", "/x", "--target-time", "2026-01-01", "--target-lsn", "0/1"]);
+    let (code, e) = run(
+        &with_repo,
+        &[
+            "restore",
+            "--to",
+            "/x",
+            "--target-time",
+            "2026-01-01",
+            "--target-lsn",
+            "0/1",
+        ],
+    );
     assert_eq!(code, 2);
     assert!(e.contains("cannot be used with"), "{e}");
 
@@ -365,7 +474,10 @@ fn bad_arguments_give_clear_errors() {
     assert_eq!(code, 1);
     assert!(e.contains("zz"), "{e}");
 
-    let (code, e) = run(&with_repo, &["restore", "--to", "/x", "--target-action", "pause"]);
+    let (code, e) = run(
+        &with_repo,
+        &["restore", "--to", "/x", "--target-action", "pause"],
+    );
     assert_eq!(code, 1);
     assert!(e.contains("needs a target"), "{e}");
 
@@ -373,15 +485,29 @@ fn bad_arguments_give_clear_errors() {
     assert_eq!(code, 1);
     assert!(e.contains("holds no complete backup"), "{e}");
 
-    let (code, e) = run(&with_repo, &["wal-push", "/nonexistent/000000010000000000000001"]);
+    let (code, e) = run(
+        &with_repo,
+        &["wal-push", "/nonexistent/000000010000000000000001"],
+    );
     assert_eq!(code, 1);
     assert!(e.contains("/nonexistent/000000010000000000000001"), "{e}");
 
-    let (code, e) = run(&format!("{base}[backup]\nschedule = [\"0 25 * * *\"]\n[backup.repository]\npath = \"/tmp/x\"\n"), &["list"]);
+    let (code, e) = run(
+        &format!(
+            "{base}[backup]\nschedule = [\"0 25 * * *\"]\n[backup.repository]\npath = \"/tmp/x\"\n"
+        ),
+        &["list"],
+    );
     assert_eq!(code, 1);
-    assert!(e.contains("backup.schedule[0]") && e.contains("`25` is not in 0..=23"), "{e}");
+    assert!(
+        e.contains("backup.schedule[0]") && e.contains("`25` is not in 0..=23"),
+        "{e}"
+    );
 
-    let (code, e) = run(&format!("{base}[backup.repository]\npath = \"relative\"\n[backup.retention]\nfull = 0\n"), &["list"]);
+    let (code, e) = run(
+        &format!("{base}[backup.repository]\npath = \"relative\"\n[backup.retention]\nfull = 0\n"),
+        &["list"],
+    );
     assert_eq!(code, 1);
     assert!(e.contains("backup.retention.full: 0"), "{e}");
 }

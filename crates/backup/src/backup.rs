@@ -39,11 +39,17 @@ pub struct BackupOptions {
 }
 
 /// Takes a full backup into `storage`; returns its manifest once the manifest is stored.
-pub async fn take_backup(config: &PghaConfig, storage: Arc<dyn Storage>, opts: &BackupOptions) -> Result<Manifest> {
+pub async fn take_backup(
+    config: &PghaConfig,
+    storage: Arc<dyn Storage>,
+    opts: &BackupOptions,
+) -> Result<Manifest> {
     let started = SystemTime::now();
     let id = backup_id(started);
     if storage.exists(&Manifest::key(&id)).await? {
-        return Err(BackupError::Usage(format!("backup {id} already exists; wait a second")));
+        return Err(BackupError::Usage(format!(
+            "backup {id} already exists; wait a second"
+        )));
     }
     crate::expire::remove_incomplete(&crate::repo::Repository::new(storage.clone())).await?;
     let mut c = pick_node(config, opts.node.as_deref(), opts.from_standby).await?;
@@ -148,17 +154,30 @@ struct Job {
     len: Option<u64>,
 }
 
-async fn copy_data_dir(data_dir: &Path, id: &str, storage: Arc<dyn Storage>, opts: &BackupOptions) -> Result<Copied> {
+async fn copy_data_dir(
+    data_dir: &Path,
+    id: &str,
+    storage: Arc<dyn Storage>,
+    opts: &BackupOptions,
+) -> Result<Copied> {
     let (dirs, listed) = list_data_dir(data_dir)?;
     let total: u64 = listed.iter().map(|f| f.size).sum();
     let mut jobs = Vec::new();
     for (i, f) in listed.iter().enumerate() {
         let mut off = 0;
         while f.size > off + CHUNK {
-            jobs.push(Job { file: i, offset: off, len: Some(CHUNK) });
+            jobs.push(Job {
+                file: i,
+                offset: off,
+                len: Some(CHUNK),
+            });
             off += CHUNK;
         }
-        jobs.push(Job { file: i, offset: off, len: None });
+        jobs.push(Job {
+            file: i,
+            offset: off,
+            len: None,
+        });
     }
     let workers = if opts.parallel == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -222,13 +241,18 @@ async fn copy_data_dir(data_dir: &Path, id: &str, storage: Arc<dyn Storage>, opt
         return Err(e);
     }
     up_result??;
-    let (mut chunks, mut packs) = std::mem::take(&mut *ctx.results.lock().unwrap_or_else(|p| p.into_inner()));
+    let (mut chunks, mut packs) =
+        std::mem::take(&mut *ctx.results.lock().unwrap_or_else(|p| p.into_inner()));
     chunks.sort_by_key(|(f, c)| (*f, c.file_offset));
     packs.sort_by_key(|p: &PackEntry| p.id);
     let mut files: Vec<FileEntry> = ctx
         .files
         .iter()
-        .map(|f| FileEntry { path: f.path.clone(), size: 0, chunks: Vec::new() })
+        .map(|f| FileEntry {
+            path: f.path.clone(),
+            size: 0,
+            chunks: Vec::new(),
+        })
         .collect();
     for (f, c) in chunks {
         files[f].size = files[f].size.max(c.file_offset + c.len);
@@ -256,8 +280,12 @@ struct OpenPack {
 }
 
 fn worker(ctx: &CopyCtx, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<()> {
-    let mut comp = zstd::bulk::Compressor::new(ctx.level).map_err(BackupError::io("start zstd", "compressor"))?;
-    let mut pack = OpenPack { id: ctx.next_pack.fetch_add(1, Ordering::Relaxed), buf: Vec::with_capacity(PACK_TARGET + CHUNK as usize) };
+    let mut comp = zstd::bulk::Compressor::new(ctx.level)
+        .map_err(BackupError::io("start zstd", "compressor"))?;
+    let mut pack = OpenPack {
+        id: ctx.next_pack.fetch_add(1, Ordering::Relaxed),
+        buf: Vec::with_capacity(PACK_TARGET + CHUNK as usize),
+    };
     let mut chunks = Vec::new();
     let mut packs = Vec::new();
     let mut data = Vec::with_capacity(CHUNK as usize);
@@ -277,14 +305,18 @@ fn worker(ctx: &CopyCtx, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<()> {
                 Err(e) => return Err(BackupError::io("open", &path)(e)),
             }
         }
-        let Some((_, file)) = open.as_ref() else { continue };
+        let Some((_, file)) = open.as_ref() else {
+            continue;
+        };
         data.clear();
         match job.len {
             Some(len) => {
                 data.resize(len as usize, 0);
                 let mut got = 0;
                 while got < data.len() {
-                    let n = file.read_at(&mut data[got..], job.offset + got as u64).map_err(BackupError::io("read", &path))?;
+                    let n = file
+                        .read_at(&mut data[got..], job.offset + got as u64)
+                        .map_err(BackupError::io("read", &path))?;
                     if n == 0 {
                         break;
                     }
@@ -294,15 +326,19 @@ fn worker(ctx: &CopyCtx, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<()> {
             }
             None => {
                 let mut f = file;
-                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(job.offset)).map_err(BackupError::io("seek", &path))?;
-                f.read_to_end(&mut data).map_err(BackupError::io("read", &path))?;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(job.offset))
+                    .map_err(BackupError::io("seek", &path))?;
+                f.read_to_end(&mut data)
+                    .map_err(BackupError::io("read", &path))?;
             }
         }
         if data.is_empty() {
             continue;
         }
         let sha = hex(&Sha256::digest(&data));
-        let compressed = comp.compress(&data).map_err(BackupError::io("compress", &path))?;
+        let compressed = comp
+            .compress(&data)
+            .map_err(BackupError::io("compress", &path))?;
         chunks.push((
             job.file,
             ChunkRef {
@@ -317,7 +353,10 @@ fn worker(ctx: &CopyCtx, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<()> {
         pack.buf.extend_from_slice(&compressed);
         ctx.done.fetch_add(data.len() as u64, Ordering::Relaxed);
         if pack.buf.len() >= PACK_TARGET {
-            let next = OpenPack { id: ctx.next_pack.fetch_add(1, Ordering::Relaxed), buf: Vec::with_capacity(PACK_TARGET + CHUNK as usize) };
+            let next = OpenPack {
+                id: ctx.next_pack.fetch_add(1, Ordering::Relaxed),
+                buf: Vec::with_capacity(PACK_TARGET + CHUNK as usize),
+            };
             let full = std::mem::replace(&mut pack, next);
             packs.push(send_pack(full, tx)?);
         }
@@ -332,7 +371,11 @@ fn worker(ctx: &CopyCtx, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<()> {
 }
 
 fn send_pack(pack: OpenPack, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<PackEntry> {
-    let entry = PackEntry { id: pack.id, size: pack.buf.len() as u64, sha256: hex(&Sha256::digest(&pack.buf)) };
+    let entry = PackEntry {
+        id: pack.id,
+        size: pack.buf.len() as u64,
+        sha256: hex(&Sha256::digest(&pack.buf)),
+    };
     tx.blocking_send((pack.id, pack.buf))
         .map_err(|_| BackupError::Task("the uploader stopped (see the storage error)".into()))?;
     Ok(entry)

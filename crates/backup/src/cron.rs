@@ -20,18 +20,32 @@ pub struct Cron {
 }
 
 fn field(expr: &str, f: &str, lo: u32, hi: u32) -> Result<(u64, bool)> {
-    let bad = |detail: String| BackupError::Cron { expr: expr.to_owned(), detail };
+    let bad = |detail: String| BackupError::Cron {
+        expr: expr.to_owned(),
+        detail,
+    };
     let mut bits = 0u64;
     for part in f.split(',') {
         let (range, step) = match part.split_once('/') {
-            Some((r, s)) => (r, s.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("bad step in `{part}`")))?),
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad(format!("bad step in `{part}`")))?,
+            ),
             None => (part, 1),
         };
         let (a, b) = if range == "*" {
             (lo, hi)
         } else {
             let (a, b) = range.split_once('-').unwrap_or((range, range));
-            let p = |v: &str| v.parse::<u32>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(|| bad(format!("`{v}` is not in {lo}..={hi}")));
+            let p = |v: &str| {
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .ok_or_else(|| bad(format!("`{v}` is not in {lo}..={hi}")))
+            };
             (p(a)?, p(b)?)
         };
         if a > b {
@@ -52,7 +66,10 @@ impl Cron {
         if f.len() != 5 {
             return Err(BackupError::Cron {
                 expr: expr.to_owned(),
-                detail: format!("expected 5 fields (minute hour day-of-month month day-of-week), found {}", f.len()),
+                detail: format!(
+                    "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
+                    f.len()
+                ),
             });
         }
         let (minutes, _) = field(expr, f[0], 0, 59)?;
@@ -137,19 +154,37 @@ mod tests {
     #[test]
     fn daily_at_two() {
         let c = Cron::parse("0 2 * * *").unwrap();
-        assert_eq!(c.next_after(at("2026-11-30T01:15:00Z")), Some(at("2026-11-30T02:00:00Z")));
-        assert_eq!(c.next_after(at("2026-11-30T02:00:00Z")), Some(at("2026-12-01T02:00:00Z")));
-        assert_eq!(c.next_after(at("2026-12-31T03:00:00Z")), Some(at("2027-01-01T02:00:00Z")));
+        assert_eq!(
+            c.next_after(at("2026-11-30T01:15:00Z")),
+            Some(at("2026-11-30T02:00:00Z"))
+        );
+        assert_eq!(
+            c.next_after(at("2026-11-30T02:00:00Z")),
+            Some(at("2026-12-01T02:00:00Z"))
+        );
+        assert_eq!(
+            c.next_after(at("2026-12-31T03:00:00Z")),
+            Some(at("2027-01-01T02:00:00Z"))
+        );
     }
 
     #[test]
     fn steps_ranges_weekdays() {
         let c = Cron::parse("*/15 9-17 * * 1-5").unwrap();
         // 2026-11-28 is a Saturday.
-        assert_eq!(c.next_after(at("2026-11-28T10:00:00Z")), Some(at("2026-11-30T09:00:00Z")));
-        assert_eq!(c.next_after(at("2026-11-30T09:00:00Z")), Some(at("2026-11-30T09:15:00Z")));
+        assert_eq!(
+            c.next_after(at("2026-11-28T10:00:00Z")),
+            Some(at("2026-11-30T09:00:00Z"))
+        );
+        assert_eq!(
+            c.next_after(at("2026-11-30T09:00:00Z")),
+            Some(at("2026-11-30T09:15:00Z"))
+        );
         let sunday = Cron::parse("30 4 * * 7").unwrap();
-        assert_eq!(sunday.next_after(at("2026-11-30T00:00:00Z")), Some(at("2026-12-06T04:30:00Z")));
+        assert_eq!(
+            sunday.next_after(at("2026-11-30T00:00:00Z")),
+            Some(at("2026-12-06T04:30:00Z"))
+        );
     }
 
     #[test]

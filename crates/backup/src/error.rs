@@ -70,7 +70,10 @@ pub enum BackupError {
 }
 
 impl BackupError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| BackupError::Io {
             action,
@@ -81,7 +84,13 @@ impl BackupError {
 
     /// True when retrying the same operation may succeed (network errors, throttling).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BackupError::Storage { transient: true, .. })
+        matches!(
+            self,
+            BackupError::Storage {
+                transient: true,
+                ..
+            }
+        )
     }
 
     pub(crate) fn query(target: &str) -> impl FnOnce(sqlx::Error) -> Self + '_ {

@@ -22,7 +22,11 @@ pub struct ExpirePlan {
 }
 
 /// Decides what to remove under `retention` at time `now`.
-pub async fn plan(repo: &Repository, retention: &RetentionConfig, now: SystemTime) -> Result<ExpirePlan> {
+pub async fn plan(
+    repo: &Repository,
+    retention: &RetentionConfig,
+    now: SystemTime,
+) -> Result<ExpirePlan> {
     let manifests = repo.manifests().await?;
     let n = manifests.len();
     let mut plan = ExpirePlan {

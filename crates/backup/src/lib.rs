@@ -22,8 +22,8 @@ pub mod schedule;
 
 pub mod storage;
 pub mod verify;
-pub mod walk;
 pub mod wal;
+pub mod walk;
 
 pub use backup::{take_backup, BackupOptions};
 pub use error::{BackupError, Result};

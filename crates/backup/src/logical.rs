@@ -62,25 +62,50 @@ fn env_password(cmd: &mut tokio::process::Command, params: &ConnectParams) {
 }
 
 /// Dumps `database` from the primary (or `node`) into the repository.
-pub async fn dump(config: &PghaConfig, storage: Arc<dyn Storage>, node: Option<&str>, database: &str) -> Result<LogicalManifest> {
+pub async fn dump(
+    config: &PghaConfig,
+    storage: Arc<dyn Storage>,
+    node: Option<&str>,
+    database: &str,
+) -> Result<LogicalManifest> {
     let c = crate::node::pick_node(config, node, false).await?;
     let bins = PgBinaries::discover(config.postgres.bin_dir.as_deref())?;
     let started = SystemTime::now();
     let id = format!("{}-{database}", backup_id(started));
     let mut cmd = tokio::process::Command::new(bins.tool("pg_dump"));
-    cmd.args(["-Fc", "-Z0", "-h", &c.params.host, "-p", &c.params.port.to_string(), "-U", &c.params.user, "-d", database])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-Fc",
+        "-Z0",
+        "-h",
+        &c.params.host,
+        "-p",
+        &c.params.port.to_string(),
+        "-U",
+        &c.params.user,
+        "-d",
+        database,
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     env_password(&mut cmd, &c.params);
-    let mut child = cmd.spawn().map_err(BackupError::io("run", bins.tool("pg_dump")))?;
-    let mut out = child.stdout.take().ok_or_else(|| BackupError::Task("pg_dump has no stdout".into()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(BackupError::io("run", bins.tool("pg_dump")))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| BackupError::Task("pg_dump has no stdout".into()))?;
     let mut parts = Vec::new();
     let mut size = 0u64;
     loop {
         let mut buf = Vec::with_capacity(PART);
         while buf.len() < PART {
-            let n = (&mut out).take((PART - buf.len()) as u64).read_to_end(&mut buf).await.map_err(BackupError::io("read output of", "pg_dump"))?;
+            let n = (&mut out)
+                .take((PART - buf.len()) as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(BackupError::io("read output of", "pg_dump"))?;
             if n == 0 {
                 break;
             }
@@ -90,12 +115,21 @@ pub async fn dump(config: &PghaConfig, storage: Arc<dyn Storage>, node: Option<&
         }
         let len = buf.len() as u64;
         size += len;
-        let z = tokio::task::spawn_blocking(move || zstd::bulk::compress(&buf, 3)).await?.map_err(BackupError::io("compress", "dump"))?;
-        let part = LogicalPart { len, stored_len: z.len() as u64, sha256: hex(&Sha256::digest(&z)) };
+        let z = tokio::task::spawn_blocking(move || zstd::bulk::compress(&buf, 3))
+            .await?
+            .map_err(BackupError::io("compress", "dump"))?;
+        let part = LogicalPart {
+            len,
+            stored_len: z.len() as u64,
+            sha256: hex(&Sha256::digest(&z)),
+        };
         storage.put(&part_key(&id, parts.len()), z).await?;
         parts.push(part);
     }
-    let output = child.wait_with_output().await.map_err(BackupError::io("wait for", "pg_dump"))?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(BackupError::io("wait for", "pg_dump"))?;
     if !output.status.success() {
         return Err(BackupError::Command {
             program: "pg_dump".into(),
@@ -124,7 +158,12 @@ pub async fn list(storage: &dyn Storage) -> Result<Vec<LogicalManifest>> {
     for o in storage.list(LOGICAL).await? {
         if o.key.ends_with("/manifest.json") {
             let data = storage.get(&o.key).await?;
-            out.push(serde_json::from_slice(&data).map_err(|e| BackupError::Corrupt { key: o.key.clone(), detail: e.to_string() })?);
+            out.push(
+                serde_json::from_slice(&data).map_err(|e| BackupError::Corrupt {
+                    key: o.key.clone(),
+                    detail: e.to_string(),
+                })?,
+            );
         }
     }
     Ok(out)
@@ -132,42 +171,87 @@ pub async fn list(storage: &dyn Storage) -> Result<Vec<LogicalManifest>> {
 
 /// Restores dump `id` (default: the newest of `database`) into `target_db` with pg_restore
 /// (`--clean --if-exists`), streaming the parts into its stdin after checking each.
-pub async fn restore(config: &PghaConfig, storage: Arc<dyn Storage>, node: Option<&str>, id: Option<&str>, database: Option<&str>, target_db: Option<&str>) -> Result<LogicalManifest> {
+pub async fn restore(
+    config: &PghaConfig,
+    storage: Arc<dyn Storage>,
+    node: Option<&str>,
+    id: Option<&str>,
+    database: Option<&str>,
+    target_db: Option<&str>,
+) -> Result<LogicalManifest> {
     let all = list(storage.as_ref()).await?;
     let m = match id {
-        Some(id) => all.into_iter().find(|m| m.id == id).ok_or_else(|| BackupError::NoSuchBackup(id.to_owned()))?,
+        Some(id) => all
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| BackupError::NoSuchBackup(id.to_owned()))?,
         None => all
             .into_iter()
             .rev()
             .find(|m| database.is_none_or(|d| d == m.database))
-            .ok_or_else(|| BackupError::Usage("no logical dump in the repository (run `pgha-backup logical`)".into()))?,
+            .ok_or_else(|| {
+                BackupError::Usage(
+                    "no logical dump in the repository (run `pgha-backup logical`)".into(),
+                )
+            })?,
     };
     let c = crate::node::pick_node(config, node, false).await?;
     let bins = PgBinaries::discover(config.postgres.bin_dir.as_deref())?;
     let db = target_db.unwrap_or(&m.database);
     let mut cmd = tokio::process::Command::new(bins.tool("pg_restore"));
-    cmd.args(["--clean", "--if-exists", "--no-owner", "-h", &c.params.host, "-p", &c.params.port.to_string(), "-U", &c.params.user, "-d", db])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--clean",
+        "--if-exists",
+        "--no-owner",
+        "-h",
+        &c.params.host,
+        "-p",
+        &c.params.port.to_string(),
+        "-U",
+        &c.params.user,
+        "-d",
+        db,
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     env_password(&mut cmd, &c.params);
-    let mut child = cmd.spawn().map_err(BackupError::io("run", bins.tool("pg_restore")))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| BackupError::Task("pg_restore has no stdin".into()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(BackupError::io("run", bins.tool("pg_restore")))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| BackupError::Task("pg_restore has no stdin".into()))?;
     let feed = async {
         for (n, p) in m.parts.iter().enumerate() {
             let key = part_key(&m.id, n);
             let z = storage.get(&key).await?;
             if hex(&Sha256::digest(&z)) != p.sha256 {
-                return Err(BackupError::Corrupt { key, detail: "sha256 mismatch".into() });
+                return Err(BackupError::Corrupt {
+                    key,
+                    detail: "sha256 mismatch".into(),
+                });
             }
-            let raw = tokio::task::spawn_blocking(move || zstd::stream::decode_all(&z[..])).await?.map_err(|e| BackupError::Corrupt { key: part_key(&m.id, n), detail: e.to_string() })?;
-            stdin.write_all(&raw).await.map_err(BackupError::io("write to", "pg_restore"))?;
+            let raw = tokio::task::spawn_blocking(move || zstd::stream::decode_all(&z[..]))
+                .await?
+                .map_err(|e| BackupError::Corrupt {
+                    key: part_key(&m.id, n),
+                    detail: e.to_string(),
+                })?;
+            stdin
+                .write_all(&raw)
+                .await
+                .map_err(BackupError::io("write to", "pg_restore"))?;
         }
         drop(stdin);
         Ok(())
     };
     let fed = feed.await;
-    let output = child.wait_with_output().await.map_err(BackupError::io("wait for", "pg_restore"))?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(BackupError::io("wait for", "pg_restore"))?;
     fed?;
     if !output.status.success() {
         return Err(BackupError::Command {

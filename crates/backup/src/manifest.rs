@@ -114,7 +114,9 @@ impl Manifest {
             .ok_or_else(|| corrupt("no checksum trailer".into()))?;
         let got = hex(&Sha256::digest(body.as_bytes()));
         if got != want {
-            return Err(corrupt(format!("checksum mismatch (recorded {want}, computed {got})")));
+            return Err(corrupt(format!(
+                "checksum mismatch (recorded {want}, computed {got})"
+            )));
         }
         serde_json::from_str(body).map_err(|e| corrupt(format!("bad JSON: {e}")))
     }
@@ -137,7 +139,10 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Segment file names from `first` to `last` (inclusive) on `first`'s timeline.
 pub fn wal_range(first: &str, last: &str, seg_size: u64) -> Vec<String> {
-    let (Some((tl, a)), Some((_, b))) = (parse_segment(first, seg_size), parse_segment(last, seg_size)) else {
+    let (Some((tl, a)), Some((_, b))) = (
+        parse_segment(first, seg_size),
+        parse_segment(last, seg_size),
+    ) else {
         return vec![first.to_owned(), last.to_owned()];
     };
     (a..=b).map(|n| segment_name(tl, n, seg_size)).collect()
@@ -175,11 +180,18 @@ mod tests {
     #[test]
     fn segment_names_round_trip() {
         let seg = 16 << 20;
-        assert_eq!(parse_segment("000000010000000100000002", seg), Some((1, 258)));
+        assert_eq!(
+            parse_segment("000000010000000100000002", seg),
+            Some((1, 258))
+        );
         assert_eq!(segment_name(1, 258, seg), "000000010000000100000002");
         assert_eq!(
             wal_range("0000000100000000000000FE", "000000010000000100000000", seg),
-            vec!["0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000"]
+            vec![
+                "0000000100000000000000FE",
+                "0000000100000000000000FF",
+                "000000010000000100000000"
+            ]
         );
     }
 

@@ -16,11 +16,15 @@ pub struct Connected {
 
 /// `wanted` when given; else the first node answering as primary (or as a standby when
 /// `from_standby`).
-pub async fn pick_node(config: &PghaConfig, wanted: Option<&str>, from_standby: bool) -> Result<Connected> {
+pub async fn pick_node(
+    config: &PghaConfig,
+    wanted: Option<&str>,
+    from_standby: bool,
+) -> Result<Connected> {
     let candidates: Vec<&NodeConfig> = match wanted {
-        Some(n) => vec![config
-            .node(n)
-            .ok_or_else(|| BackupError::Usage(format!("node `{n}` is not in the config's [[nodes]]")))?],
+        Some(n) => vec![config.node(n).ok_or_else(|| {
+            BackupError::Usage(format!("node `{n}` is not in the config's [[nodes]]"))
+        })?],
         None => config.nodes.iter().collect(),
     };
     let mut tried = Vec::new();

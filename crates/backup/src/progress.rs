@@ -26,9 +26,16 @@ impl Progress {
                 while !stop.load(Ordering::Relaxed) {
                     let d = done.load(Ordering::Relaxed);
                     let mb = d as f64 / 1e6;
-                    let pct = if total > 0 { d as f64 * 100.0 / total as f64 } else { 100.0 };
+                    let pct = if total > 0 {
+                        d as f64 * 100.0 / total as f64
+                    } else {
+                        100.0
+                    };
                     let rate = mb / t.elapsed().as_secs_f64().max(0.001);
-                    eprint!("\r{what}: {mb:>8.1} / {:.1} MB ({pct:>5.1}%) {rate:>7.1} MB/s ", total as f64 / 1e6);
+                    eprint!(
+                        "\r{what}: {mb:>8.1} / {:.1} MB ({pct:>5.1}%) {rate:>7.1} MB/s ",
+                        total as f64 / 1e6
+                    );
                     let _ = std::io::stderr().flush();
                     std::thread::sleep(Duration::from_millis(200));
                 }

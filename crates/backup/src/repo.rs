@@ -40,8 +40,12 @@ impl Repository {
         let mut all = BTreeSet::new();
         let mut complete = BTreeSet::new();
         for o in objs {
-            let Some(rest) = o.key.strip_prefix(BACKUPS) else { continue };
-            let Some((id, name)) = rest.split_once('/') else { continue };
+            let Some(rest) = o.key.strip_prefix(BACKUPS) else {
+                continue;
+            };
+            let Some((id, name)) = rest.split_once('/') else {
+                continue;
+            };
             all.insert(id.to_owned());
             if name == "manifest.json" {
                 complete.insert(id.to_owned());

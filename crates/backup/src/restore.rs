@@ -114,7 +114,11 @@ async fn choose_backup(repo: &Repository, opts: &RestoreOptions) -> Result<Manif
 /// Parses `2026-11-30 01:15:00[.123][+00|Z]` (UTC only) for choosing a backup.
 fn parse_time(s: &str) -> Option<std::time::SystemTime> {
     let t = s.trim().replace(' ', "T");
-    let t = t.strip_suffix("+00").or_else(|| t.strip_suffix("+00:00")).map(|x| format!("{x}Z")).unwrap_or(t);
+    let t = t
+        .strip_suffix("+00")
+        .or_else(|| t.strip_suffix("+00:00"))
+        .map(|x| format!("{x}Z"))
+        .unwrap_or(t);
     humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()
 }
 
@@ -140,7 +144,8 @@ fn prepare_dir(dir: &Path, force: bool, owner: Option<&OsUser>) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(BackupError::io("create directory", dir))?;
     }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(BackupError::io("chmod", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(BackupError::io("chmod", dir))?;
     if let Some(u) = owner {
         u.chown(dir)?;
     }
@@ -196,7 +201,10 @@ async fn write_backup(repo: &Repository, m: &Manifest, opts: &RestoreOptions) ->
         let file = std::fs::File::create(&p).map_err(BackupError::io("create", &p))?;
         file.set_len(f.size).map_err(BackupError::io("size", &p))?;
         for c in &f.chunks {
-            by_pack.entry(c.pack).or_default().push((p.clone(), c.clone()));
+            by_pack
+                .entry(c.pack)
+                .or_default()
+                .push((p.clone(), c.clone()));
         }
     }
     let workers = if opts.parallel == 0 {
@@ -226,11 +234,16 @@ async fn write_backup(repo: &Repository, m: &Manifest, opts: &RestoreOptions) ->
             let data = storage.get(&key).await?;
             tokio::task::spawn_blocking(move || -> Result<()> {
                 check_pack(&key, &data, &want)?;
-                let mut dec = zstd::bulk::Decompressor::new().map_err(BackupError::io("start zstd", &key))?;
+                let mut dec =
+                    zstd::bulk::Decompressor::new().map_err(BackupError::io("start zstd", &key))?;
                 for (path, c) in chunks {
                     let raw = decode_chunk(&mut dec, &key, &data, &c)?;
-                    let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(BackupError::io("open", &path))?;
-                    f.write_all_at(&raw, c.file_offset).map_err(BackupError::io("write", &path))?;
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(BackupError::io("open", &path))?;
+                    f.write_all_at(&raw, c.file_offset)
+                        .map_err(BackupError::io("write", &path))?;
                     done.fetch_add(c.len, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(())
@@ -257,7 +270,11 @@ pub(crate) fn check_pack(key: &str, data: &[u8], want: &crate::manifest::PackEnt
     if data.len() as u64 != want.size {
         return Err(BackupError::Corrupt {
             key: key.to_owned(),
-            detail: format!("size {} differs from the manifest's {}", data.len(), want.size),
+            detail: format!(
+                "size {} differs from the manifest's {}",
+                data.len(),
+                want.size
+            ),
         });
     }
     let got = hex(&Sha256::digest(data));
@@ -271,16 +288,28 @@ pub(crate) fn check_pack(key: &str, data: &[u8], want: &crate::manifest::PackEnt
 }
 
 /// Decompresses one chunk out of its pack and checks its length and sha256.
-pub(crate) fn decode_chunk(dec: &mut zstd::bulk::Decompressor<'_>, key: &str, pack: &[u8], c: &ChunkRef) -> Result<Vec<u8>> {
-    let corrupt = |detail: String| BackupError::Corrupt { key: key.to_owned(), detail };
+pub(crate) fn decode_chunk(
+    dec: &mut zstd::bulk::Decompressor<'_>,
+    key: &str,
+    pack: &[u8],
+    c: &ChunkRef,
+) -> Result<Vec<u8>> {
+    let corrupt = |detail: String| BackupError::Corrupt {
+        key: key.to_owned(),
+        detail,
+    };
     let start = c.pack_offset as usize;
     let end = start + c.stored_len as usize;
-    let src = pack.get(start..end).ok_or_else(|| corrupt(format!("chunk at {start}..{end} is past the end")))?;
+    let src = pack
+        .get(start..end)
+        .ok_or_else(|| corrupt(format!("chunk at {start}..{end} is past the end")))?;
     let raw = dec
         .decompress(src, c.len as usize)
         .map_err(|e| corrupt(format!("zstd frame at offset {start}: {e}")))?;
     if raw.len() as u64 != c.len || hex(&Sha256::digest(&raw)) != c.sha256 {
-        return Err(corrupt(format!("chunk at offset {start} does not match its sha256")));
+        return Err(corrupt(format!(
+            "chunk at offset {start} does not match its sha256"
+        )));
     }
     Ok(raw)
 }
@@ -288,7 +317,8 @@ pub(crate) fn decode_chunk(dec: &mut zstd::bulk::Decompressor<'_>, key: &str, pa
 fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     let dir = &opts.to;
     let w = |name: &str, text: &str| -> Result<()> {
-        pgha_postgres::files::write_atomic(&dir.join(name), text.as_bytes(), 0o600, None).map_err(BackupError::from)
+        pgha_postgres::files::write_atomic(&dir.join(name), text.as_bytes(), 0o600, None)
+            .map_err(BackupError::from)
     };
     w("backup_label", &m.backup_label)?;
     if !m.tablespace_map.is_empty() {
@@ -298,7 +328,11 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     let auto = dir.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
     let _ = writeln!(text, "\n# Added by pgha-backup restore of backup {}", m.id);
-    let _ = writeln!(text, "restore_command = {}", quote_literal(&opts.restore_command));
+    let _ = writeln!(
+        text,
+        "restore_command = {}",
+        quote_literal(&opts.restore_command)
+    );
     let _ = writeln!(text, "recovery_target_timeline = 'latest'");
     match &opts.target {
         RecoveryTarget::Latest => {}
@@ -316,7 +350,11 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
         }
     }
     if opts.target != RecoveryTarget::Latest {
-        let _ = writeln!(text, "recovery_target_action = '{}'", opts.action.as_setting());
+        let _ = writeln!(
+            text,
+            "recovery_target_action = '{}'",
+            opts.action.as_setting()
+        );
     }
     // A restored copy is not a replica of the old primary and must not write into the archive
     // the original still uses; turn archiving back on deliberately after checking.
@@ -342,8 +380,17 @@ pub async fn start_and_wait(
     let t = Instant::now();
     if opts.action == TargetAction::Shutdown && opts.target != RecoveryTarget::Latest {
         let mut cmd = inst.command("pg_ctl");
-        cmd.arg("start").arg("-D").arg(&opts.to).arg("-l").arg(inst.log_file()).arg("-W").arg("-s");
-        let out = cmd.output().await.map_err(BackupError::io("run", "pg_ctl"))?;
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&opts.to)
+            .arg("-l")
+            .arg(inst.log_file())
+            .arg("-W")
+            .arg("-s");
+        let out = cmd
+            .output()
+            .await
+            .map_err(BackupError::io("run", "pg_ctl"))?;
         if !out.status.success() {
             return Err(BackupError::Command {
                 program: "pg_ctl start".into(),
@@ -354,13 +401,19 @@ pub async fn start_and_wait(
         tokio::time::sleep(Duration::from_millis(200)).await;
         while inst.process_state()? != ProcessState::Stopped {
             if t.elapsed() > timeout {
-                return Err(BackupError::Usage(format!("recovery did not finish within {timeout:?}")));
+                return Err(BackupError::Usage(format!(
+                    "recovery did not finish within {timeout:?}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let log = inst.log_tail(20);
         if log.contains("FATAL") && !log.contains("shutdown at recovery target") {
-            return Err(BackupError::Command { program: "postgres (restored)".into(), status: "stopped".into(), stderr: log });
+            return Err(BackupError::Command {
+                program: "postgres (restored)".into(),
+                status: "stopped".into(),
+                stderr: log,
+            });
         }
         return Ok(inst);
     }
@@ -411,5 +464,7 @@ pub fn restored_instance(
     }
     params.application_name = "pgha-backup".into();
     let log = dir.with_extension("log");
-    Ok(LocalInstance::new("restored", dir, log, bins, run_as, params))
+    Ok(LocalInstance::new(
+        "restored", dir, log, bins, run_as, params,
+    ))
 }

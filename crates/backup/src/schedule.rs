@@ -77,7 +77,9 @@ pub async fn run_forever(
         .map(|e| Cron::parse(e))
         .collect::<Result<Vec<_>>>()?;
     if crons.is_empty() {
-        return Err(BackupError::Usage("backup.schedule is empty: nothing to run".into()));
+        return Err(BackupError::Usage(
+            "backup.schedule is empty: nothing to run".into(),
+        ));
     }
     let mut stats = RunStats::default();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -85,7 +87,9 @@ pub async fn run_forever(
     loop {
         let now = SystemTime::now();
         let Some(next) = next_run(&crons, now) else {
-            return Err(BackupError::Usage("no future time matches backup.schedule".into()));
+            return Err(BackupError::Usage(
+                "no future time matches backup.schedule".into(),
+            ));
         };
         tracing::info!(next = %humantime::format_rfc3339_seconds(next), "next scheduled backup");
         let wait = next.duration_since(now).unwrap_or_default();
@@ -103,17 +107,35 @@ pub async fn run_forever(
 pub fn write_metrics(path: &Path, cluster: &str, s: &RunStats) -> Result<()> {
     let mut t = String::new();
     let label = format!("{{cluster=\"{}\"}}", cluster.replace('"', ""));
-    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
     let _ = writeln!(t, "# HELP pgha_backup_last_success_timestamp_seconds Unix time of the last successful scheduled backup.");
     let _ = writeln!(t, "# TYPE pgha_backup_last_success_timestamp_seconds gauge");
-    let _ = writeln!(t, "pgha_backup_last_success_timestamp_seconds{label} {}", s.last_success.map_or(0.0, secs));
+    let _ = writeln!(
+        t,
+        "pgha_backup_last_success_timestamp_seconds{label} {}",
+        s.last_success.map_or(0.0, secs)
+    );
     let _ = writeln!(t, "# HELP pgha_backup_last_duration_seconds Duration of the last successful scheduled backup and expire.");
     let _ = writeln!(t, "# TYPE pgha_backup_last_duration_seconds gauge");
-    let _ = writeln!(t, "pgha_backup_last_duration_seconds{label} {:.3}", s.last_duration_s);
-    let _ = writeln!(t, "# HELP pgha_backup_last_size_bytes Data bytes read by the last successful backup.");
+    let _ = writeln!(
+        t,
+        "pgha_backup_last_duration_seconds{label} {:.3}",
+        s.last_duration_s
+    );
+    let _ = writeln!(
+        t,
+        "# HELP pgha_backup_last_size_bytes Data bytes read by the last successful backup."
+    );
     let _ = writeln!(t, "# TYPE pgha_backup_last_size_bytes gauge");
     let _ = writeln!(t, "pgha_backup_last_size_bytes{label} {}", s.last_size);
-    let _ = writeln!(t, "# HELP pgha_backup_last_stored_bytes Bytes stored by the last successful backup.");
+    let _ = writeln!(
+        t,
+        "# HELP pgha_backup_last_stored_bytes Bytes stored by the last successful backup."
+    );
     let _ = writeln!(t, "# TYPE pgha_backup_last_stored_bytes gauge");
     let _ = writeln!(t, "pgha_backup_last_stored_bytes{label} {}", s.last_stored);
     let _ = writeln!(t, "# HELP pgha_backup_failures_total Scheduled backups that failed since the scheduler started.");

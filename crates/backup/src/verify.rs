@@ -18,7 +18,10 @@ pub struct VerifyReport {
 /// Verifies backup `id`: manifest checksum, every pack's size and sha256, every chunk's sha256
 /// after decompression, and the presence of the WAL from start to stop.
 pub async fn verify_backup(repo: &Repository, id: &str) -> Result<VerifyReport> {
-    let mut report = VerifyReport { id: id.to_owned(), ..Default::default() };
+    let mut report = VerifyReport {
+        id: id.to_owned(),
+        ..Default::default()
+    };
     let m = match repo.manifest(id).await {
         Ok(m) => m,
         Err(e @ BackupError::Corrupt { .. }) => {
@@ -28,7 +31,8 @@ pub async fn verify_backup(repo: &Repository, id: &str) -> Result<VerifyReport> 
         Err(e) => return Err(e),
     };
     let storage = repo.storage();
-    let mut chunks_by_pack: std::collections::HashMap<u32, Vec<crate::manifest::ChunkRef>> = Default::default();
+    let mut chunks_by_pack: std::collections::HashMap<u32, Vec<crate::manifest::ChunkRef>> =
+        Default::default();
     for f in &m.files {
         for c in &f.chunks {
             chunks_by_pack.entry(c.pack).or_default().push(c.clone());
@@ -48,7 +52,8 @@ pub async fn verify_backup(repo: &Repository, id: &str) -> Result<VerifyReport> 
         let k = key.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<u64> {
             check_pack(&k, &data, &want)?;
-            let mut dec = zstd::bulk::Decompressor::new().map_err(BackupError::io("start zstd", &k))?;
+            let mut dec =
+                zstd::bulk::Decompressor::new().map_err(BackupError::io("start zstd", &k))?;
             let mut n = 0;
             for c in &chunks {
                 n += decode_chunk(&mut dec, &k, &data, c)?.len() as u64;
@@ -68,7 +73,10 @@ pub async fn verify_backup(repo: &Repository, id: &str) -> Result<VerifyReport> 
         let key = wal_key(&name)?;
         match storage.get(&key).await {
             Ok(data) => {
-                if let Err(e) = tokio::task::spawn_blocking(move || crate::wal::decode(&key, &data).map(|_| ())).await? {
+                if let Err(e) =
+                    tokio::task::spawn_blocking(move || crate::wal::decode(&key, &data).map(|_| ()))
+                        .await?
+                {
                     report.problems.push(e.to_string());
                 }
             }
@@ -126,7 +134,13 @@ pub async fn restore_test(
     let inst = match inst {
         Ok(i) => i,
         Err(e) => {
-            if let Ok(i) = crate::restore::restored_instance(config, &m, &opts.to, opts.port, opts.run_as.clone()) {
+            if let Ok(i) = crate::restore::restored_instance(
+                config,
+                &m,
+                &opts.to,
+                opts.port,
+                opts.run_as.clone(),
+            ) {
                 i.stop_blocking(StopMode::Immediate);
             }
             return Err(e);

@@ -21,7 +21,10 @@ pub const WAL: &str = "wal/";
 
 /// Repository key of WAL file `name` (segment, history, backup history or partial file).
 pub fn wal_key(name: &str) -> Result<String> {
-    if name.is_empty() || name.contains('/') || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+    if name.is_empty()
+        || name.contains('/')
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+    {
         return Err(BackupError::Usage(format!(
             "`{name}` is not a WAL file name (expected e.g. 000000010000000000000003 or 00000002.history)"
         )));
@@ -47,10 +50,13 @@ pub async fn push(storage: &dyn Storage, path: &Path) -> Result<PushOutcome> {
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| BackupError::Usage(format!("`{}` names no file", path.display())))?;
     let key = wal_key(&name)?;
-    let raw = tokio::fs::read(path).await.map_err(BackupError::io("read", path))?;
+    let raw = tokio::fs::read(path)
+        .await
+        .map_err(BackupError::io("read", path))?;
     let (sum, encoded) = tokio::task::spawn_blocking(move || -> Result<([u8; 32], Vec<u8>)> {
         let sum: [u8; 32] = Sha256::digest(&raw).into();
-        let z = zstd::bulk::compress(&raw, WAL_LEVEL).map_err(BackupError::io("compress", "WAL"))?;
+        let z =
+            zstd::bulk::compress(&raw, WAL_LEVEL).map_err(BackupError::io("compress", "WAL"))?;
         let mut out = Vec::with_capacity(40 + z.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&sum);
@@ -101,7 +107,11 @@ pub fn decode(key: &str, data: &[u8]) -> Result<Vec<u8>> {
     if got != want {
         return Err(BackupError::Corrupt {
             key: key.to_owned(),
-            detail: format!("sha256 mismatch (recorded {}, computed {})", hex(&want), hex(&got)),
+            detail: format!(
+                "sha256 mismatch (recorded {}, computed {})",
+                hex(&want),
+                hex(&got)
+            ),
         });
     }
     Ok(raw)
@@ -114,7 +124,11 @@ pub async fn fetch(storage: &dyn Storage, name: &str, dest: &Path) -> Result<()>
     let data = storage.get(&key).await?;
     let raw = tokio::task::spawn_blocking(move || decode(&key, &data)).await??;
     let tmp = dest.with_extension("pgha-tmp");
-    tokio::fs::write(&tmp, &raw).await.map_err(BackupError::io("write", &tmp))?;
-    tokio::fs::rename(&tmp, dest).await.map_err(BackupError::io("rename into place", dest))?;
+    tokio::fs::write(&tmp, &raw)
+        .await
+        .map_err(BackupError::io("write", &tmp))?;
+    tokio::fs::rename(&tmp, dest)
+        .await
+        .map_err(BackupError::io("rename into place", dest))?;
     Ok(())
 }

@@ -48,7 +48,11 @@ fn skipped_name(name: &str) -> bool {
 }
 
 fn walk(root: &Path, rel: &str, dirs: &mut Vec<String>, files: &mut Vec<ListedFile>) -> Result<()> {
-    let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(BackupError::io("list", &dir))?
         .collect::<std::io::Result<_>>()
@@ -60,7 +64,11 @@ fn walk(root: &Path, rel: &str, dirs: &mut Vec<String>, files: &mut Vec<ListedFi
             continue;
         }
         let path = e.path();
-        let rel_path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let rel_path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             // Dropped while we list: nothing to copy.

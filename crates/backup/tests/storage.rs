@@ -11,10 +11,28 @@ use pgha_test_support::moto::MotoServer;
 
 async fn suite(s: Arc<dyn Storage>) {
     // Round trip, replace, exists, NotFound.
-    s.put("wal/0000000100000000/000000010000000000000001", b"one".to_vec()).await.unwrap();
-    s.put("wal/0000000100000000/000000010000000000000001", b"two".to_vec()).await.unwrap();
-    assert_eq!(s.get("wal/0000000100000000/000000010000000000000001").await.unwrap(), b"two");
-    assert!(s.exists("wal/0000000100000000/000000010000000000000001").await.unwrap());
+    s.put(
+        "wal/0000000100000000/000000010000000000000001",
+        b"one".to_vec(),
+    )
+    .await
+    .unwrap();
+    s.put(
+        "wal/0000000100000000/000000010000000000000001",
+        b"two".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get("wal/0000000100000000/000000010000000000000001")
+            .await
+            .unwrap(),
+        b"two"
+    );
+    assert!(s
+        .exists("wal/0000000100000000/000000010000000000000001")
+        .await
+        .unwrap());
     assert!(!s.exists("wal/none").await.unwrap());
     match s.get("wal/none").await {
         Err(BackupError::NotFound { key, .. }) => assert_eq!(key, "wal/none"),
@@ -22,15 +40,27 @@ async fn suite(s: Arc<dyn Storage>) {
     }
     // Large object (multipart on S3) keeps every byte.
     let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
-    s.put("backups/20260101T000000Z/pack-00000", big.clone()).await.unwrap();
-    assert_eq!(s.get("backups/20260101T000000Z/pack-00000").await.unwrap(), big);
+    s.put("backups/20260101T000000Z/pack-00000", big.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("backups/20260101T000000Z/pack-00000").await.unwrap(),
+        big
+    );
 
     // Manifest-last: a backup without its manifest is listed as incomplete only.
-    s.put("backups/20260101T000000Z/manifest.json", b"{}".to_vec()).await.unwrap();
-    s.put("backups/20260102T000000Z/pack-00000", b"partial".to_vec()).await.unwrap();
+    s.put("backups/20260101T000000Z/manifest.json", b"{}".to_vec())
+        .await
+        .unwrap();
+    s.put("backups/20260102T000000Z/pack-00000", b"partial".to_vec())
+        .await
+        .unwrap();
     let repo = Repository::new(s.clone());
     assert_eq!(repo.backup_ids().await.unwrap(), vec!["20260101T000000Z"]);
-    assert_eq!(repo.incomplete_ids().await.unwrap(), vec!["20260102T000000Z"]);
+    assert_eq!(
+        repo.incomplete_ids().await.unwrap(),
+        vec!["20260102T000000Z"]
+    );
 
     // Listing by prefix, sorted, with sizes.
     let l = s.list("backups/20260101T000000Z/").await.unwrap();
@@ -41,8 +71,12 @@ async fn suite(s: Arc<dyn Storage>) {
     assert_eq!(s.list("wal/").await.unwrap().len(), 1);
 
     // Delete, also of absent keys.
-    s.delete("backups/20260102T000000Z/pack-00000").await.unwrap();
-    s.delete("backups/20260102T000000Z/pack-00000").await.unwrap();
+    s.delete("backups/20260102T000000Z/pack-00000")
+        .await
+        .unwrap();
+    s.delete("backups/20260102T000000Z/pack-00000")
+        .await
+        .unwrap();
     assert!(repo.incomplete_ids().await.unwrap().is_empty());
 }
 
@@ -51,7 +85,11 @@ async fn local_storage() {
     let dir = tempfile::tempdir().unwrap();
     suite(Arc::new(LocalFs::new(dir.path().join("repo")))).await;
     let enc = tempfile::tempdir().unwrap();
-    suite(storage::encrypted(Arc::new(LocalFs::new(enc.path())), &Secret::new("k1"))).await;
+    suite(storage::encrypted(
+        Arc::new(LocalFs::new(enc.path())),
+        &Secret::new("k1"),
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -70,8 +108,12 @@ fn s3_config(m: &MotoServer, prefix: &str) -> S3Config {
         endpoint: Some(m.endpoint()),
         prefix: prefix.into(),
         path_style: true,
-        access_key_id: SecretSource::Env { env: "PGHA_TEST_S3_KEY".into() },
-        secret_access_key: SecretSource::Env { env: "PGHA_TEST_S3_KEY".into() },
+        access_key_id: SecretSource::Env {
+            env: "PGHA_TEST_S3_KEY".into(),
+        },
+        secret_access_key: SecretSource::Env {
+            env: "PGHA_TEST_S3_KEY".into(),
+        },
     }
 }
 
@@ -84,7 +126,9 @@ async fn s3_storage_and_encryption() {
     let enc = storage::encrypted(raw.clone(), &Secret::new("k1"));
     suite(enc.clone()).await;
     // Stored bytes are not the plaintext; a wrong key or a flipped byte fails, naming the key.
-    enc.put("x/secret", b"attack at dawn".to_vec()).await.unwrap();
+    enc.put("x/secret", b"attack at dawn".to_vec())
+        .await
+        .unwrap();
     let stored = raw.get("x/secret").await.unwrap();
     assert!(!stored.windows(6).any(|w| w == b"attack"));
     let wrong = storage::encrypted(raw.clone(), &Secret::new("k2"));
@@ -96,5 +140,10 @@ async fn s3_storage_and_encryption() {
     raw.put("x/secret", flipped).await.unwrap();
     assert!(enc.get("x/secret").await.is_err());
     // Prefixes keep repositories apart in one bucket.
-    assert!(raw.list("").await.unwrap().iter().all(|o| !o.key.starts_with("plain")));
+    assert!(raw
+        .list("")
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| !o.key.starts_with("plain")));
 }

@@ -146,12 +146,18 @@ impl BackupSection {
             );
         }
         if self.retention.max_age.is_some_and(|d| d.is_zero()) {
-            errs.push("backup.retention.max_age", "must be longer than 0s, e.g. \"7d\"");
+            errs.push(
+                "backup.retention.max_age",
+                "must be longer than 0s, e.g. \"7d\"",
+            );
         }
         if !(1..=19).contains(&self.compression_level) {
             errs.push(
                 "backup.compression_level",
-                format!("{} is out of range: expected 1..=19", self.compression_level),
+                format!(
+                    "{} is out of range: expected 1..=19",
+                    self.compression_level
+                ),
             );
         }
         for (i, expr) in self.schedule.iter().enumerate() {

@@ -45,7 +45,11 @@ impl MotoServer {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        let mut server = MotoServer { child, port, _port: res };
+        let mut server = MotoServer {
+            child,
+            port,
+            _port: res,
+        };
         let t = Instant::now();
         loop {
             if server.request("GET", "/").is_ok() {

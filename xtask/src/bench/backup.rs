@@ -45,7 +45,10 @@ fn as_postgres(user: &Option<OsUser>, program: impl AsRef<std::ffi::OsStr>) -> C
     let mut c = Command::new(program);
     c.current_dir("/");
     if let Some(u) = user {
-        c.uid(u.uid).gid(u.gid).env("HOME", &u.home).env("USER", &u.name);
+        c.uid(u.uid)
+            .gid(u.gid)
+            .env("HOME", &u.home)
+            .env("USER", &u.name);
     }
     c
 }
@@ -81,7 +84,10 @@ async fn wait_promoted(cluster: &LocalCluster, port: u16, timeout: Duration) -> 
     let t = Instant::now();
     loop {
         if let Ok(mut c) = params.connect().await {
-            if let Ok(false) = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&mut c).await {
+            if let Ok(false) = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut c)
+                .await
+            {
                 return Ok(());
             }
         }
@@ -103,7 +109,13 @@ fn pg_stop(user: &Option<OsUser>, bin: &Path, dir: &Path) {
         .status();
 }
 
-pub async fn run(Args { scale, runs, profile }: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    Args {
+        scale,
+        runs,
+        profile,
+    }: Args,
+) -> anyhow::Result<ExitCode> {
     crate::deps::ensure_postgres()?;
     crate::deps::ensure_pgbackrest()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -112,7 +124,9 @@ pub async fn run(Args { scale, runs, profile }: Args) -> anyhow::Result<ExitCode
         Command::new(&cargo).args(["build", "--profile", &profile, "-p", "pgha-backup"]),
         "cargo build -p pgha-backup",
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
     let built = target
         .join(if profile == "dev" { "debug" } else { &profile })
         .join("pgha-backup");
@@ -126,7 +140,13 @@ pub async fn run(Args { scale, runs, profile }: Args) -> anyhow::Result<ExitCode
     result
 }
 
-async fn bench(root: &Path, built: &Path, user: &Option<OsUser>, scale: u32, runs: usize) -> anyhow::Result<ExitCode> {
+async fn bench(
+    root: &Path,
+    built: &Path,
+    user: &Option<OsUser>,
+    scale: u32,
+    runs: usize,
+) -> anyhow::Result<ExitCode> {
     let work = root.join("work");
     std::fs::create_dir_all(&work)?;
     chown(user, &work)?;
@@ -137,35 +157,64 @@ async fn bench(root: &Path, built: &Path, user: &Option<OsUser>, scale: u32, run
     let mut spec = ClusterSpec::new("bench", root.join("cluster"));
     spec.replicas = 0;
     spec.parameters.insert("archive_mode".into(), "on".into());
-    spec.parameters.insert("archive_command".into(), "/bin/true".into());
-    spec.parameters.insert("shared_buffers".into(), "128MB".into());
+    spec.parameters
+        .insert("archive_command".into(), "/bin/true".into());
+    spec.parameters
+        .insert("shared_buffers".into(), "128MB".into());
     spec.parameters.insert("max_wal_size".into(), "2GB".into());
-    let cluster = LocalCluster::create(&spec).await.context("create bench cluster")?;
+    let cluster = LocalCluster::create(&spec)
+        .await
+        .context("create bench cluster")?;
     let r = measure(&cluster, &work, &bin, user, scale, runs).await;
     cluster.purge().await.ok();
     r
 }
 
 #[allow(clippy::too_many_lines)]
-async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<OsUser>, scale: u32, runs: usize) -> anyhow::Result<ExitCode> {
+async fn measure(
+    cluster: &LocalCluster,
+    work: &Path,
+    bin: &Path,
+    user: &Option<OsUser>,
+    scale: u32,
+    runs: usize,
+) -> anyhow::Result<ExitCode> {
     let node = cluster.first_node().clone();
     let inst = cluster.instance(&node.name)?;
     let pgbin = inst.bins().dir().to_path_buf();
     let params = inst.connect_params().clone();
-    let password = params.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default();
+    let password = params
+        .password
+        .as_ref()
+        .map(|p| p.expose().to_owned())
+        .unwrap_or_default();
     let cfg = cluster.config_path();
 
     eprintln!("bench backup: pgbench -i -s {scale}");
     let t = Instant::now();
     sh(
         Command::new(pgbin.join("pgbench"))
-            .args(["-i", "-q", "-s", &scale.to_string(), "-h", &params.host, "-p", &params.port.to_string(), "-U", &params.user, "postgres"])
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                &scale.to_string(),
+                "-h",
+                &params.host,
+                "-p",
+                &params.port.to_string(),
+                "-U",
+                &params.user,
+                "postgres",
+            ])
             .env("PGPASSWORD", &password),
         "pgbench -i",
     )?;
     eprintln!("bench backup: loaded in {:.1} s", t.elapsed().as_secs_f64());
     let mut conn = params.connect().await?;
-    let db_size: i64 = sqlx::query_scalar("SELECT pg_database_size('postgres')").fetch_one(&mut conn).await?;
+    let db_size: i64 = sqlx::query_scalar("SELECT pg_database_size('postgres')")
+        .fetch_one(&mut conn)
+        .await?;
     let db_mb = db_size as f64 / 1e6;
 
     // Repositories and configs.
@@ -185,7 +234,10 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
         chown(user, &work.join(d))?;
     }
     let pgbr_conf = work.join("pgbackrest.conf");
-    let socket = node.socket_dir.clone().unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+    let socket = node
+        .socket_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
     std::fs::write(
         &pgbr_conf,
         format!(
@@ -202,7 +254,9 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
     std::fs::set_permissions(&pgbr_conf, std::fs::Permissions::from_mode(0o644))?;
     let pgbr = |args: &[&str]| {
         let mut c = as_postgres(user, "pgbackrest");
-        c.arg(format!("--config={}", pgbr_conf.display())).arg("--stanza=bench").args(args);
+        c.arg(format!("--config={}", pgbr_conf.display()))
+            .arg("--stanza=bench")
+            .args(args);
         c
     };
     // Both archives receive every segment, so each tool's backups are restorable.
@@ -213,10 +267,19 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
         pgbr_conf.display()
     );
     sh(&mut pgbr(&["stanza-create"]), "pgbackrest stanza-create")?;
-    sqlx::query(&format!("ALTER SYSTEM SET archive_command = '{}'", archive.replace('\'', "''"))).execute(&mut conn).await?;
-    sqlx::query("SELECT pg_reload_conf()").execute(&mut conn).await?;
+    sqlx::query(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        archive.replace('\'', "''")
+    ))
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await?;
     sqlx::query("CHECKPOINT").execute(&mut conn).await?;
-    sqlx::query("SELECT pg_switch_wal()").execute(&mut conn).await?;
+    sqlx::query("SELECT pg_switch_wal()")
+        .execute(&mut conn)
+        .await?;
     sh(&mut pgbr(&["check"]), "pgbackrest check")?;
 
     let restore_root = work.join("restores");
@@ -234,9 +297,19 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
     for run in 1..=runs.max(1) {
         // Ours: backup.
         let t = Instant::now();
-        sh(Command::new(bin).arg("--config").arg(&cfg).args(["backup", "--no-progress"]), "pgha-backup backup")?;
+        sh(
+            Command::new(bin)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["backup", "--no-progress"]),
+            "pgha-backup backup",
+        )?;
         ours_b.push(t.elapsed().as_secs_f64());
-        let newest = std::fs::read_dir(ours_repo.join("backups"))?.flatten().map(|e| e.path()).max().context("no backup dir")?;
+        let newest = std::fs::read_dir(ours_repo.join("backups"))?
+            .flatten()
+            .map(|e| e.path())
+            .max()
+            .context("no backup dir")?;
         ours_size = du(&newest);
         // Ours: restore until the server is promoted and answers.
         let port = free_port("127.0.0.1")?;
@@ -248,7 +321,13 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
                 .arg(&cfg)
                 .args(["restore", "--to"])
                 .arg(&dir)
-                .args(["--immediate", "--start", "--port", &port.port.to_string(), "--no-progress"]),
+                .args([
+                    "--immediate",
+                    "--start",
+                    "--port",
+                    &port.port.to_string(),
+                    "--no-progress",
+                ]),
             "pgha-backup restore",
         )?;
         wait_promoted(cluster, port.port, Duration::from_secs(300)).await?;
@@ -263,7 +342,11 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
         let label = std::fs::read_dir(pgbr_repo.join("backup/bench"))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().ends_with('F')))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().ends_with('F'))
+            })
             .max()
             .context("no pgBackRest backup")?;
         pgbr_size = du(&label);
@@ -317,7 +400,9 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
         dump_b.push(t.elapsed().as_secs_f64());
         dump_size = std::fs::metadata(&dump)?.len();
         let db = format!("restore{run}");
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut conn).await?;
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut conn)
+            .await?;
         let t = Instant::now();
         sh(
             Command::new("sh")
@@ -334,7 +419,9 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
             "gunzip | psql",
         )?;
         dump_r.push(t.elapsed().as_secs_f64());
-        sqlx::query(&format!("DROP DATABASE {db}")).execute(&mut conn).await?;
+        sqlx::query(&format!("DROP DATABASE {db}"))
+            .execute(&mut conn)
+            .await?;
         eprintln!(
             "run {run}: ours {:.2} s / {:.2} s, pgBackRest {:.2} s / {:.2} s, pg_dump|gzip {:.2} s / {:.2} s",
             ours_b[run - 1], ours_r[run - 1], pgbr_b[run - 1], pgbr_r[run - 1], dump_b[run - 1], dump_r[run - 1]
@@ -349,7 +436,10 @@ async fn measure(cluster: &LocalCluster, work: &Path, bin: &Path, user: &Option<
         median(&mut dump_r),
     );
     let mb = |b: u64| b as f64 / 1e6;
-    println!("\nbench backup: pgbench scale {scale} ({db_mb:.0} MB database), median of {} run(s)", ours_b.len());
+    println!(
+        "\nbench backup: pgbench scale {scale} ({db_mb:.0} MB database), median of {} run(s)",
+        ours_b.len()
+    );
     println!("| tool | backup s | backup MB/s | repo MB | restore until ready s | backup vs pgBackRest | restore vs pgBackRest | repo vs pgBackRest |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, b, r, size) in [

@@ -25,7 +25,9 @@ pub struct Encrypted {
 
 impl std::fmt::Debug for Encrypted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encrypted").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Encrypted")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,7 +45,13 @@ impl Storage for Encrypted {
         let nonce: [u8; 12] = rand::random();
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &data, aad: key.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &data,
+                    aad: key.as_bytes(),
+                },
+            )
             .map_err(|_| BackupError::Corrupt {
                 key: key.to_owned(),
                 detail: "encryption failed".into(),
@@ -65,8 +73,16 @@ impl Storage for Encrypted {
         }
         let (nonce, ct) = raw[MAGIC.len()..].split_at(12);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: key.as_bytes() })
-            .map_err(|_| BackupError::Decrypt { key: key.to_owned() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: key.as_bytes(),
+                },
+            )
+            .map_err(|_| BackupError::Decrypt {
+                key: key.to_owned(),
+            })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {

@@ -26,7 +26,11 @@ impl LocalFs {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if key.is_empty()
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return Err(BackupError::Usage(format!("invalid object key `{key}`")));
         }
         Ok(self.root.join(key))
@@ -49,7 +53,8 @@ impl LocalFs {
             if parent != self.root && parent.starts_with(&self.root) {
                 self.create_dirs(parent)?;
             } else if !parent.exists() {
-                std::fs::create_dir_all(parent).map_err(BackupError::io("create directory", parent))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(BackupError::io("create directory", parent))?;
             }
         }
         match std::fs::create_dir(dir) {
@@ -58,7 +63,8 @@ impl LocalFs {
             Err(e) => return Err(BackupError::io("create directory", dir)(e)),
         }
         if let Some((uid, gid)) = self.owner() {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(BackupError::io("chown", dir))?;
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .map_err(BackupError::io("chown", dir))?;
         }
         Ok(())
     }
@@ -71,8 +77,11 @@ impl LocalFs {
             .prefix(".tmp-")
             .tempfile_in(&dir)
             .map_err(BackupError::io("create temp file in", &dir))?;
-        tmp.write_all(data).map_err(BackupError::io("write", &path))?;
-        tmp.as_file().sync_all().map_err(BackupError::io("fsync", &path))?;
+        tmp.write_all(data)
+            .map_err(BackupError::io("write", &path))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(BackupError::io("fsync", &path))?;
         if let Some((uid, gid)) = self.owner() {
             std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
                 .map_err(BackupError::io("chown", &path))?;
@@ -122,7 +131,9 @@ impl LocalFs {
                 if ft.is_dir() {
                     stack.push(p);
                 } else if ft.is_file() {
-                    let Ok(rel) = p.strip_prefix(&self.root) else { continue };
+                    let Ok(rel) = p.strip_prefix(&self.root) else {
+                        continue;
+                    };
                     let key = rel.to_string_lossy().into_owned();
                     if key.starts_with(prefix) {
                         let size = entry.metadata().map_err(BackupError::io("stat", &p))?.len();

@@ -67,9 +67,14 @@ impl S3Storage {
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         let transient = match &e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
             SdkError::ServiceError(se) => {
-                matches!(se.err().code(), Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"))
+                matches!(
+                    se.err().code(),
+                    Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout")
+                )
             }
             _ => false,
         };
@@ -153,7 +158,11 @@ impl S3Storage {
             .bucket(&self.bucket)
             .key(full)
             .upload_id(id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.err("complete multipart upload", key, e))?;
