@@ -262,6 +262,9 @@ async fn copy_data_dir(
     Ok((dirs, files, packs, size))
 }
 
+/// Chunks (with their file index) and packs the workers produced.
+type WorkerResults = (Vec<(usize, ChunkRef)>, Vec<PackEntry>);
+
 struct CopyCtx {
     root: PathBuf,
     files: Vec<ListedFile>,
@@ -270,7 +273,7 @@ struct CopyCtx {
     next_pack: AtomicU32,
     done: Arc<AtomicU64>,
     level: i32,
-    results: Mutex<(Vec<(usize, ChunkRef)>, Vec<PackEntry>)>,
+    results: Mutex<WorkerResults>,
     failed: Mutex<Option<BackupError>>,
 }
 

@@ -100,9 +100,9 @@ impl Cron {
     pub fn next_after(&self, after: SystemTime) -> Option<SystemTime> {
         let secs = after.duration_since(UNIX_EPOCH).ok()?.as_secs();
         let start_min = secs / 60 + 1;
-        let mut day = (start_min / 1440) as i64;
+        let first_day = (start_min / 1440) as i64;
         let mut first_minute_of_day = (start_min % 1440) as u32;
-        for _ in 0..(366 * 8) {
+        for day in first_day..first_day + 366 * 8 {
             let (_, m, d) = civil_from_days(day);
             let wd = ((day + 4).rem_euclid(7)) as u32; // 1970-01-01 was a Thursday
             let dom_ok = self.dom & (1 << d) != 0;
@@ -122,7 +122,6 @@ impl Cron {
                     }
                 }
             }
-            day += 1;
             first_minute_of_day = 0;
         }
         None
