@@ -384,10 +384,10 @@ async fn measure(
         let dump = work.join("dump.sql.gz");
         let t = Instant::now();
         sh(
-            Command::new("sh")
-                .arg("-c")
+            Command::new("bash")
+                .args(["-o", "pipefail", "-c"])
                 .arg(format!(
-                    "set -o pipefail 2>/dev/null; {} -h {} -p {} -U {} postgres | gzip > {}",
+                    "{} -h {} -p {} -U {} postgres | gzip > {}",
                     pgbin.join("pg_dump").display(),
                     params.host,
                     params.port,
@@ -405,8 +405,8 @@ async fn measure(
             .await?;
         let t = Instant::now();
         sh(
-            Command::new("sh")
-                .arg("-c")
+            Command::new("bash")
+                .args(["-o", "pipefail", "-c"])
                 .arg(format!(
                     "gunzip -c {} | {} -q -X -v ON_ERROR_STOP=1 -h {} -p {} -U {} -d {db} > /dev/null",
                     dump.display(),
@@ -445,7 +445,7 @@ async fn measure(
     for (name, b, r, size) in [
         ("pgha-backup (zstd 3, 2 workers)", ob, or, ours_size),
         ("pgBackRest 2.45 (zst, process-max=2)", pb, pr, pgbr_size),
-        ("pg_dump | gzip (restore: psql)", db_, dr, dump_size),
+        ("pg_dump \\| gzip (restore: psql)", db_, dr, dump_size),
     ] {
         println!(
             "| {name} | {b:.2} | {:.0} | {:.1} | {r:.2} | {:.2}x | {:.2}x | {:.2}x |",
