@@ -28,6 +28,14 @@ fn postgres_exporter_present() -> bool {
     Path::new("/usr/bin/prometheus-postgres-exporter").exists()
 }
 
+fn python_venv_present() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 const NEEDS: &[Need] = &[
     Need {
         package: "postgresql-15",
@@ -47,7 +55,53 @@ const NEEDS: &[Need] = &[
         package: "prometheus-postgres-exporter",
         present: postgres_exporter_present,
     },
+    // The venv that holds moto's S3 server for the backup tests.
+    Need {
+        package: "python3-venv",
+        present: python_venv_present,
+    },
 ];
+
+/// moto's S3 server for the backup tests, pinned, in `$HOME/.cache/pgha-venv`.
+const MOTO: &str = "moto[server]==5.2.5";
+
+fn venv_dir() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| "/root".into(), std::path::PathBuf::from);
+    home.join(".cache/pgha-venv")
+}
+
+/// Creates the venv and installs the pinned moto server when `moto_server` is missing.
+pub fn ensure_moto() -> anyhow::Result<()> {
+    let venv = venv_dir();
+    if venv.join("bin/moto_server").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: creating {} with {MOTO}", venv.display());
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("run python3 -m venv")?;
+    if !st.success() {
+        bail!("python3 -m venv {} failed ({st})", venv.display());
+    }
+    let st = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", MOTO])
+        .status()
+        .context("run pip install")?;
+    if !st.success() {
+        bail!("pip install {MOTO} failed ({st})");
+    }
+    Ok(())
+}
+
+/// pgBackRest, for `cargo xtask bench backup` only.
+pub fn ensure_pgbackrest() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/pgbackrest").exists() {
+        return Ok(());
+    }
+    ensure(&["pgbackrest"])
+}
 
 fn is_root() -> bool {
     // SAFETY-free check: /proc/self/status would do too, but `id -u` is universal.
@@ -133,6 +187,7 @@ pub fn ensure_ha() -> anyhow::Result<()> {
 pub fn ensure_all() -> anyhow::Result<ExitCode> {
     ensure_postgres()?;
     ensure_ha()?;
+    ensure_moto()?;
     eprintln!("xtask: system dependencies present");
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@ pub struct TestArgs {
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
+    deps::ensure_moto()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let nextest = Command::new(&cargo)
         .args(["nextest", "--version"])

@@ -5,6 +5,7 @@
 //! Later sections (dcs, backup, monitoring, pooling) are added as `Option<Section>` fields on
 //! [`PghaConfig`], so a file without them keeps loading.
 
+mod backup;
 mod error;
 mod load;
 mod model;
@@ -14,6 +15,7 @@ mod secret;
 mod units;
 mod validate;
 
+pub use backup::{BackupSection, RepositoryConfig, RetentionConfig, S3Config};
 pub use error::{ConfigError, Result, ValidationError, ValidationErrors};
 pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
 pub use model::{

@@ -211,6 +211,24 @@ fn resolve_relative_paths(config: &mut PghaConfig, base: &Path) {
     if let Some(p) = config.monitoring.queries_file.as_mut() {
         fix(p);
     }
+    if let Some(b) = config.backup.as_mut() {
+        if let Some(p) = b.repository.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = b.metrics_file.as_mut() {
+            fix(p);
+        }
+        fix_secret(&mut b.encryption_key);
+        if let Some(s3) = b.repository.s3.as_mut() {
+            for s in [&mut s3.access_key_id, &mut s3.secret_access_key] {
+                if let SecretSource::File { file } = s {
+                    if file.is_relative() {
+                        *file = base.join(&*file);
+                    }
+                }
+            }
+        }
+    }
     for node in &mut config.nodes {
         fix(&mut node.data_dir);
         if let Some(p) = node.run_dir.as_mut() {

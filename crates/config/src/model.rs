@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, IpNet, SecretSource};
+use crate::{BackupSection, ByteSize, IpNet, SecretSource};
 
 /// The whole cluster description.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct PghaConfig {
     /// Services embedding `pgha-router`: application role and routing policy.
     #[serde(default)]
     pub router: Option<crate::RouterSection>,
+    /// Base backups, WAL archive, retention, schedule (`pgha-backup`).
+    #[serde(default)]
+    pub backup: Option<BackupSection>,
 }
 
 /// `[dcs]`: where the leader lease and member states live.

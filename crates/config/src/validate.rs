@@ -21,6 +21,14 @@ impl PghaConfig {
         if let Some(r) = &self.router {
             r.validate(&mut errs);
         }
+        if let Some(b) = &self.backup {
+            b.validate(&mut errs);
+            if let Some(n) = &b.node {
+                if self.node(n).is_none() {
+                    errs.push("backup.node", format!("`{n}` is not a node in [[nodes]]"));
+                }
+            }
+        }
         errs
     }
 

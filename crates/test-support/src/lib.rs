@@ -12,6 +12,8 @@ use pgha_config::ReplicationMode;
 use pgha_local_cluster::{ClusterSpec, LocalCluster};
 use sqlx::PgConnection;
 
+pub mod moto;
+
 pub use pgha_local_cluster::free_port;
 
 mod ha;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: benchmarks. Each prints medians and, where there is a baseline,
 //! ratios against it measured in the same run. One module per benchmark.
 
+mod backup;
 mod cluster_up;
 mod exporter;
 mod pgbouncer;
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     Exporter(exporter::Args),
     /// Router vs raw sqlx pools (select 1, read/write mix at 1/16/64 tasks) and promotion-to-first-write.
     Router(router::Args),
+    /// pgbench scale 50: pgha-backup vs pgBackRest vs pg_dump | gzip (backup, restore until ready, sizes).
+    Backup(backup::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -28,6 +31,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Pgbouncer(args) => pgbouncer::run(args).await,
         BenchCommand::Exporter(args) => exporter::run(args).await,
         BenchCommand::Router(args) => router::run(args).await,
+        BenchCommand::Backup(args) => backup::run(args).await,
     }
 }
 

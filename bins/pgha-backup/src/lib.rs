@@ -1,0 +1,336 @@
+//! `pgha-backup` as a library: each command composes pgha-backup-core; exit codes are 0 on
+//! success and 1 on any failure (wal-fetch: 1 also when the file is not archived).
+
+pub mod cli;
+mod list;
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use pgha_backup_core::{
+    storage, BackupError, BackupOptions, RecoveryTarget, Repository, RestoreOptions, Storage,
+    TargetAction,
+};
+use pgha_config::{BackupSection, LoadedConfig};
+
+use crate::cli::{ActionArg, Cli, Command, RestoreArgs};
+
+/// Runs one command and maps the result to an exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match run_inner(&cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgha-backup: {}", pgha::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn section(loaded: &LoadedConfig) -> anyhow::Result<BackupSection> {
+    loaded.config.backup.clone().with_context(|| {
+        format!(
+            "{} has no [backup] section: add one with the repository, e.g.\n[backup.repository]\npath = \"/var/lib/pgha/backup\"",
+            loaded.source
+        )
+    })
+}
+
+fn open_storage(s: &BackupSection) -> anyhow::Result<Arc<dyn Storage>> {
+    storage::open(s).context("open the backup repository")
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The restore_command the restored server runs: this binary's wal-fetch with this config.
+fn restore_command(loaded: &LoadedConfig) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("find this program's path")?;
+    let cfg = loaded
+        .source
+        .path()
+        .canonicalize()
+        .with_context(|| format!("resolve {}", loaded.source.path().display()))?;
+    Ok(format!(
+        "{} --config {} wal-fetch %f %p",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&cfg.display().to_string())
+    ))
+}
+
+fn server_user(loaded: &LoadedConfig) -> anyhow::Result<Option<pgha_postgres::OsUser>> {
+    Ok(pgha_postgres::OsUser::for_server(
+        &loaded.config.postgres.os_user,
+    )?)
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
+async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let loaded = pgha::load_config(cli.config.as_deref())?;
+    let sec = section(&loaded)?;
+    let storage = open_storage(&sec)?;
+    let repo = Repository::new(storage.clone());
+    let config = &loaded.config;
+    match &cli.command {
+        Command::Backup(a) => {
+            let opts = BackupOptions {
+                node: a.node.clone().or(sec.node.clone()),
+                from_standby: a.from_standby,
+                parallel: a.parallel.unwrap_or(sec.parallel),
+                level: sec.compression_level,
+                progress: !a.no_progress,
+                encrypted: sec.encryption_key.is_some(),
+            };
+            let t = Instant::now();
+            let m = pgha_backup_core::take_backup(config, storage, &opts).await?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "backup {} complete: node {}, timeline {}, LSN {} .. {}, WAL {} .. {}",
+                m.id, m.node, m.timeline, m.start_lsn, m.stop_lsn, m.start_wal, m.stop_wal
+            );
+            println!(
+                "  {} files, {:.1} MB read, {:.1} MB stored in {} pack(s) (ratio {:.1}x), {:.2} s, {:.0} MB/s",
+                m.files.len(),
+                mb(m.size),
+                mb(m.stored_size),
+                m.packs.len(),
+                m.size as f64 / m.stored_size.max(1) as f64,
+                secs,
+                mb(m.size) / secs.max(0.001)
+            );
+        }
+        Command::Logical { db, node } => {
+            let db = db
+                .clone()
+                .unwrap_or_else(|| config.postgres.database.clone());
+            let t = Instant::now();
+            let m = pgha_backup_core::logical::dump(
+                config,
+                storage,
+                node.as_deref().or(sec.node.as_deref()),
+                &db,
+            )
+            .await?;
+            println!(
+                "logical dump {} of database {} complete: {:.1} MB dumped, {:.1} MB stored, {:.2} s",
+                m.id,
+                m.database,
+                mb(m.size),
+                mb(m.stored_size),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Command::WalPush { path } => {
+            let outcome = pgha_backup_core::wal::push(storage.as_ref(), path)
+                .await
+                .with_context(|| format!("archive {}", path.display()))?;
+            tracing::info!(?outcome, path = %path.display(), "wal-push");
+        }
+        Command::WalFetch { name, path } => {
+            match pgha_backup_core::wal::fetch(storage.as_ref(), name, path).await {
+                Ok(()) => {}
+                Err(BackupError::NotFound { .. }) => {
+                    eprintln!("pgha-backup: WAL file {name} is not in the archive");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e).with_context(|| format!("fetch WAL file {name}")),
+            }
+        }
+        Command::Restore(a) => restore(&loaded, &repo, storage, a).await?,
+        Command::Verify { id, restore_test } => {
+            let ids = match id {
+                Some(id) => vec![id.clone()],
+                None => repo.backup_ids().await?,
+            };
+            if ids.is_empty() {
+                bail!(
+                    "the repository {} holds no backup to verify",
+                    storage.describe()
+                );
+            }
+            let mut bad = 0;
+            for id in &ids {
+                let r = pgha_backup_core::verify::verify_backup(&repo, id).await?;
+                if r.problems.is_empty() {
+                    println!(
+                        "backup {id}: OK ({} packs, {:.1} MB checked, WAL for consistency present)",
+                        r.packs,
+                        mb(r.bytes)
+                    );
+                } else {
+                    bad += 1;
+                    println!("backup {id}: FAILED");
+                    for p in &r.problems {
+                        println!("  {p}");
+                    }
+                    continue;
+                }
+                if *restore_test {
+                    let n = pgha_backup_core::verify::restore_test(
+                        config,
+                        &repo,
+                        id,
+                        restore_command(&loaded)?,
+                        server_user(&loaded)?,
+                    )
+                    .await
+                    .with_context(|| format!("restore test of backup {id}"))?;
+                    println!("backup {id}: restore test OK (instance started, {n} relations in pg_class)");
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} of {} backup(s) failed verification", ids.len());
+            }
+        }
+        Command::List { json } => list::run(&repo, *json).await?,
+        Command::Expire { dry_run } => {
+            let plan =
+                pgha_backup_core::expire::plan(&repo, &sec.retention, SystemTime::now()).await?;
+            let verb = if *dry_run { "would remove" } else { "removed" };
+            if !*dry_run {
+                pgha_backup_core::expire::apply(&repo, &plan).await?;
+            }
+            for id in &plan.remove_backups {
+                println!("{verb} backup {id}");
+            }
+            for id in &plan.incomplete {
+                println!("{verb} incomplete backup {id}");
+            }
+            println!(
+                "{verb} {} WAL file(s); kept {} backup(s): {}",
+                plan.remove_wal.len(),
+                plan.keep.len(),
+                plan.keep.join(", ")
+            );
+        }
+        Command::Schedule { once } => {
+            let opts = BackupOptions {
+                node: sec.node.clone(),
+                from_standby: false,
+                parallel: sec.parallel,
+                level: sec.compression_level,
+                progress: false,
+                encrypted: sec.encryption_key.is_some(),
+            };
+            if *once {
+                let mut stats = pgha_backup_core::schedule::RunStats::default();
+                pgha_backup_core::schedule::run_once(config, &sec, storage, &opts, &mut stats)
+                    .await?;
+                println!("scheduled run done");
+            } else {
+                pgha_backup_core::schedule::run_forever(config, &sec, storage, &opts).await?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(
+    loaded: &LoadedConfig,
+    repo: &Repository,
+    storage: Arc<dyn Storage>,
+    a: &RestoreArgs,
+) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    if a.logical {
+        let t = Instant::now();
+        let m = pgha_backup_core::logical::restore(
+            config,
+            storage,
+            None,
+            a.backup.as_deref(),
+            a.db.as_deref(),
+            a.target_db.as_deref(),
+        )
+        .await?;
+        println!(
+            "logical dump {} restored into database {} in {:.2} s",
+            m.id,
+            a.target_db.as_deref().unwrap_or(&m.database),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let Some(to) = &a.to else {
+        bail!("--to DIR is required")
+    };
+    let target = if let Some(t) = &a.target_time {
+        RecoveryTarget::Time(t.clone())
+    } else if let Some(l) = &a.target_lsn {
+        l.parse::<pgha_postgres::Lsn>()
+            .with_context(|| format!("--target-lsn {l}"))?;
+        RecoveryTarget::Lsn(l.clone())
+    } else if let Some(n) = &a.target_name {
+        RecoveryTarget::Name(n.clone())
+    } else if a.immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::Latest
+    };
+    let action = match a.target_action {
+        ActionArg::Promote => TargetAction::Promote,
+        ActionArg::Pause => TargetAction::Pause,
+        ActionArg::Shutdown => TargetAction::Shutdown,
+    };
+    if target == RecoveryTarget::Latest && action != TargetAction::Promote {
+        bail!("--target-action {:?} needs a target (--target-time, --target-lsn, --target-name or --immediate)", a.target_action);
+    }
+    let to = absolute(to)?;
+    let opts = RestoreOptions {
+        backup: a.backup.clone(),
+        to: to.clone(),
+        target,
+        action,
+        force: a.force,
+        port: a.port,
+        parallel: config.backup.as_ref().map_or(0, |b| b.parallel),
+        restore_command: restore_command(loaded)?,
+        run_as: server_user(loaded)?,
+        progress: !a.no_progress && std::io::stderr().is_terminal(),
+    };
+    let t = Instant::now();
+    let m = pgha_backup_core::restore(repo, &opts).await?;
+    println!(
+        "restored backup {} ({:.1} MB, {} files) into {} in {:.2} s",
+        m.id,
+        mb(m.size),
+        m.files.len(),
+        to.display(),
+        t.elapsed().as_secs_f64()
+    );
+    if a.start {
+        let inst = pgha_backup_core::start_and_wait(config, &m, &opts, a.wait_timeout).await?;
+        println!(
+            "recovery reached its target ({}); instance in {} (log {}), {:.2} s since restore start",
+            match (action, &opts.target) {
+                (_, RecoveryTarget::Latest) | (TargetAction::Promote, _) => "promoted",
+                (TargetAction::Pause, _) => "paused",
+                (TargetAction::Shutdown, _) => "shut down",
+            },
+            to.display(),
+            inst.log_file().display(),
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "start it with: pg_ctl start -D {} (as the server's OS user)",
+            to.display()
+        );
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> anyhow::Result<std::path::PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}

@@ -1,0 +1,470 @@
+//! `restore --to DIR`: fetch and verify every pack, write the files, then the recovery settings
+//! (restore_command, target, action); optionally start the instance and wait for the target.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgha_config::PghaConfig;
+use pgha_postgres::sql::quote_literal;
+use pgha_postgres::{ConnectParams, LocalInstance, OsUser, PgBinaries, PgControl, ProcessState};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{hex, ChunkRef, Manifest};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::{BackupError, Result};
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay every archived WAL file.
+    Latest,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    Time(String),
+    Lsn(String),
+    Name(String),
+}
+
+/// What the server does once the target is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    fn as_setting(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A restore request.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Backup id; default: the newest one that finished before a time target, else the newest.
+    pub backup: Option<String>,
+    pub to: PathBuf,
+    pub target: RecoveryTarget,
+    pub action: TargetAction,
+    pub force: bool,
+    /// Port for the restored instance (also moves its socket to /tmp); default: the port in
+    /// the backed-up settings.
+    pub port: Option<u16>,
+    pub parallel: usize,
+    /// Shell command the server runs to fetch WAL (`... wal-fetch %f %p`).
+    pub restore_command: String,
+    /// Owner of the restored files (the server's OS user when we are root).
+    pub run_as: Option<OsUser>,
+    pub progress: bool,
+}
+
+/// Restores files and recovery settings into `opts.to`; returns the manifest used.
+pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Manifest> {
+    let manifest = choose_backup(repo, opts).await?;
+    prepare_dir(&opts.to, opts.force, opts.run_as.as_ref())?;
+    let result = write_backup(repo, &manifest, opts).await;
+    if let Err(e) = result {
+        // Leave nothing half-restored that someone could start.
+        let _ = clear_dir(&opts.to);
+        return Err(e);
+    }
+    write_recovery(&manifest, opts)?;
+    if let Some(u) = &opts.run_as {
+        u.chown_recursive(&opts.to)?;
+    }
+    Ok(manifest)
+}
+
+async fn choose_backup(repo: &Repository, opts: &RestoreOptions) -> Result<Manifest> {
+    if let Some(id) = &opts.backup {
+        return repo.manifest(id).await;
+    }
+    let ids = repo.backup_ids().await?;
+    if ids.is_empty() {
+        return Err(BackupError::NoBackup);
+    }
+    if let RecoveryTarget::Time(t) = &opts.target {
+        if let Some(target) = parse_time(t) {
+            for id in ids.iter().rev() {
+                let m = repo.manifest(id).await?;
+                if parse_time(&m.finished_at).is_some_and(|f| f <= target) {
+                    return Ok(m);
+                }
+            }
+            return Err(BackupError::Usage(format!(
+                "no backup finished before the target time {t}; the oldest is {}",
+                ids[0]
+            )));
+        }
+        tracing::warn!("cannot parse target time `{t}` here; using the newest backup");
+    }
+    let newest = ids.last().ok_or(BackupError::NoBackup)?;
+    repo.manifest(newest).await
+}
+
+/// Parses `2026-11-30 01:15:00[.123][+00|Z]` (UTC only) for choosing a backup.
+fn parse_time(s: &str) -> Option<std::time::SystemTime> {
+    let t = s.trim().replace(' ', "T");
+    let t = t
+        .strip_suffix("+00")
+        .or_else(|| t.strip_suffix("+00:00"))
+        .map(|x| format!("{x}Z"))
+        .unwrap_or(t);
+    humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()
+}
+
+fn prepare_dir(dir: &Path, force: bool, owner: Option<&OsUser>) -> Result<()> {
+    if dir.exists() {
+        let non_empty = std::fs::read_dir(dir)
+            .map_err(BackupError::io("list", dir))?
+            .next()
+            .is_some();
+        if non_empty {
+            if !force {
+                return Err(BackupError::DirNotEmpty(dir.to_owned()));
+            }
+            if let Some(pid) = running_postmaster(dir) {
+                return Err(BackupError::Usage(format!(
+                    "a server (pid {pid}) is running in {}; stop it first",
+                    dir.display()
+                )));
+            }
+            clear_dir(dir)?;
+        }
+    } else {
+        std::fs::create_dir_all(dir).map_err(BackupError::io("create directory", dir))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(BackupError::io("chmod", dir))?;
+    if let Some(u) = owner {
+        u.chown(dir)?;
+    }
+    Ok(())
+}
+
+/// The PID of a live postmaster using `dir`, from its postmaster.pid.
+fn running_postmaster(dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    matches!(comm.trim(), "postgres" | "postmaster").then_some(pid)
+}
+
+fn clear_dir(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(BackupError::io("list", dir))? {
+        let p = e.map_err(BackupError::io("list", dir))?.path();
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(BackupError::io("remove", &p))?;
+    }
+    Ok(())
+}
+
+fn dummy_params(port: u16) -> ConnectParams {
+    ConnectParams {
+        host: "127.0.0.1".into(),
+        port,
+        user: "postgres".into(),
+        password: None,
+        database: "postgres".into(),
+        application_name: "pgha-backup".into(),
+        connect_timeout: Duration::from_secs(3),
+        statement_timeout: None,
+    }
+}
+
+async fn write_backup(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+    let root = &opts.to;
+    for d in &m.dirs {
+        let p = root.join(d);
+        std::fs::create_dir_all(&p).map_err(BackupError::io("create directory", &p))?;
+    }
+    let mut by_pack: HashMap<u32, Vec<(PathBuf, ChunkRef)>> = HashMap::new();
+    for f in &m.files {
+        let p = root.join(&f.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(BackupError::io("create directory", parent))?;
+        }
+        let file = std::fs::File::create(&p).map_err(BackupError::io("create", &p))?;
+        file.set_len(f.size).map_err(BackupError::io("size", &p))?;
+        for c in &f.chunks {
+            by_pack
+                .entry(c.pack)
+                .or_default()
+                .push((p.clone(), c.clone()));
+        }
+    }
+    let workers = if opts.parallel == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.parallel
+    };
+    let progress = Progress::start(opts.progress, "restore", m.size);
+    let done = progress.counter();
+    let mut set = tokio::task::JoinSet::new();
+    let mut result = Ok(());
+    for pack in &m.packs {
+        while set.len() >= workers {
+            if let Some(r) = set.join_next().await {
+                result = result.and(r.map_err(BackupError::from).and_then(|x| x));
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+        let key = Manifest::pack_key(&m.id, pack.id);
+        let storage = repo.storage();
+        let want = pack.clone();
+        let chunks = by_pack.remove(&pack.id).unwrap_or_default();
+        let done = done.clone();
+        set.spawn(async move {
+            let data = storage.get(&key).await?;
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                check_pack(&key, &data, &want)?;
+                let mut dec =
+                    zstd::bulk::Decompressor::new().map_err(BackupError::io("start zstd", &key))?;
+                for (path, c) in chunks {
+                    let raw = decode_chunk(&mut dec, &key, &data, &c)?;
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(BackupError::io("open", &path))?;
+                    f.write_all_at(&raw, c.file_offset)
+                        .map_err(BackupError::io("write", &path))?;
+                    done.fetch_add(c.len, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+            .await?
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        result = result.and(r.map_err(BackupError::from).and_then(|x| x));
+    }
+    progress.finish();
+    result?;
+    if !by_pack.is_empty() {
+        return Err(BackupError::Corrupt {
+            key: Manifest::key(&m.id),
+            detail: "chunks refer to packs the manifest does not list".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a pack's size and sha256 against the manifest.
+pub(crate) fn check_pack(key: &str, data: &[u8], want: &crate::manifest::PackEntry) -> Result<()> {
+    if data.len() as u64 != want.size {
+        return Err(BackupError::Corrupt {
+            key: key.to_owned(),
+            detail: format!(
+                "size {} differs from the manifest's {}",
+                data.len(),
+                want.size
+            ),
+        });
+    }
+    let got = hex(&Sha256::digest(data));
+    if got != want.sha256 {
+        return Err(BackupError::Corrupt {
+            key: key.to_owned(),
+            detail: format!("sha256 mismatch (manifest {}, computed {got})", want.sha256),
+        });
+    }
+    Ok(())
+}
+
+/// Decompresses one chunk out of its pack and checks its length and sha256.
+pub(crate) fn decode_chunk(
+    dec: &mut zstd::bulk::Decompressor<'_>,
+    key: &str,
+    pack: &[u8],
+    c: &ChunkRef,
+) -> Result<Vec<u8>> {
+    let corrupt = |detail: String| BackupError::Corrupt {
+        key: key.to_owned(),
+        detail,
+    };
+    let start = c.pack_offset as usize;
+    let end = start + c.stored_len as usize;
+    let src = pack
+        .get(start..end)
+        .ok_or_else(|| corrupt(format!("chunk at {start}..{end} is past the end")))?;
+    let raw = dec
+        .decompress(src, c.len as usize)
+        .map_err(|e| corrupt(format!("zstd frame at offset {start}: {e}")))?;
+    if raw.len() as u64 != c.len || hex(&Sha256::digest(&raw)) != c.sha256 {
+        return Err(corrupt(format!(
+            "chunk at offset {start} does not match its sha256"
+        )));
+    }
+    Ok(raw)
+}
+
+fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+    let dir = &opts.to;
+    let w = |name: &str, text: &str| -> Result<()> {
+        pgha_postgres::files::write_atomic(&dir.join(name), text.as_bytes(), 0o600, None)
+            .map_err(BackupError::from)
+    };
+    w("backup_label", &m.backup_label)?;
+    if !m.tablespace_map.is_empty() {
+        w("tablespace_map", &m.tablespace_map)?;
+    }
+    w("recovery.signal", "")?;
+    let auto = dir.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    let _ = writeln!(text, "\n# Added by pgha-backup restore of backup {}", m.id);
+    let _ = writeln!(
+        text,
+        "restore_command = {}",
+        quote_literal(&opts.restore_command)
+    );
+    let _ = writeln!(text, "recovery_target_timeline = 'latest'");
+    match &opts.target {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Immediate => {
+            let _ = writeln!(text, "recovery_target = 'immediate'");
+        }
+        RecoveryTarget::Time(t) => {
+            let _ = writeln!(text, "recovery_target_time = {}", quote_literal(t));
+        }
+        RecoveryTarget::Lsn(l) => {
+            let _ = writeln!(text, "recovery_target_lsn = {}", quote_literal(l));
+        }
+        RecoveryTarget::Name(n) => {
+            let _ = writeln!(text, "recovery_target_name = {}", quote_literal(n));
+        }
+    }
+    if opts.target != RecoveryTarget::Latest {
+        let _ = writeln!(
+            text,
+            "recovery_target_action = '{}'",
+            opts.action.as_setting()
+        );
+    }
+    // A restored copy is not a replica of the old primary and must not write into the archive
+    // the original still uses; turn archiving back on deliberately after checking.
+    let _ = writeln!(text, "primary_conninfo = ''");
+    let _ = writeln!(text, "primary_slot_name = ''");
+    let _ = writeln!(text, "archive_mode = 'off'");
+    if let Some(p) = opts.port {
+        let _ = writeln!(text, "port = {p}");
+        let _ = writeln!(text, "unix_socket_directories = '/tmp'");
+    }
+    w("postgresql.auto.conf", &text)
+}
+
+/// Starts the restored instance as the server's OS user and waits until recovery reached its
+/// target: promoted (promote, latest), paused (pause) or stopped (shutdown).
+pub async fn start_and_wait(
+    config: &PghaConfig,
+    m: &Manifest,
+    opts: &RestoreOptions,
+    timeout: Duration,
+) -> Result<LocalInstance> {
+    let inst = restored_instance(config, m, &opts.to, opts.port, opts.run_as.clone())?;
+    let t = Instant::now();
+    if opts.action == TargetAction::Shutdown && opts.target != RecoveryTarget::Latest {
+        let mut cmd = inst.command("pg_ctl");
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&opts.to)
+            .arg("-l")
+            .arg(inst.log_file())
+            .arg("-W")
+            .arg("-s");
+        let out = cmd
+            .output()
+            .await
+            .map_err(BackupError::io("run", "pg_ctl"))?;
+        if !out.status.success() {
+            return Err(BackupError::Command {
+                program: "pg_ctl start".into(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while inst.process_state()? != ProcessState::Stopped {
+            if t.elapsed() > timeout {
+                return Err(BackupError::Usage(format!(
+                    "recovery did not finish within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = inst.log_tail(20);
+        if log.contains("FATAL") && !log.contains("shutdown at recovery target") {
+            return Err(BackupError::Command {
+                program: "postgres (restored)".into(),
+                status: "stopped".into(),
+                stderr: log,
+            });
+        }
+        return Ok(inst);
+    }
+    inst.start().await?;
+    loop {
+        let mut conn = inst.connect().await?;
+        let (in_recovery, paused): (bool, String) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(BackupError::query("restored instance"))?;
+        let reached = match (opts.action, &opts.target) {
+            (_, RecoveryTarget::Latest) | (TargetAction::Promote, _) => !in_recovery,
+            (TargetAction::Pause, _) => paused == "paused",
+            (TargetAction::Shutdown, _) => false,
+        };
+        if reached {
+            return Ok(inst);
+        }
+        if t.elapsed() > timeout {
+            return Err(BackupError::Usage(format!(
+                "recovery did not reach its target within {timeout:?}; see {}",
+                inst.log_file().display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The restored data dir as an instance (log file beside it: `<dir>.log`).
+pub fn restored_instance(
+    config: &PghaConfig,
+    m: &Manifest,
+    dir: &Path,
+    port: Option<u16>,
+    run_as: Option<OsUser>,
+) -> Result<LocalInstance> {
+    let bins = PgBinaries::discover(config.postgres.bin_dir.as_deref())?;
+    let node = config.node(&m.node).or(config.nodes.first());
+    let mut params = match node {
+        Some(n) => pgha_postgres::connect_params(config, n)?,
+        None => dummy_params(5432),
+    };
+    params.host = "127.0.0.1".into();
+    if let Some(p) = port {
+        params.port = p;
+    }
+    params.application_name = "pgha-backup".into();
+    let log = dir.with_extension("log");
+    Ok(LocalInstance::new(
+        "restored", dir, log, bins, run_as, params,
+    ))
+}
