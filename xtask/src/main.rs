@@ -56,21 +56,6 @@ fn init_logging() {
         .try_init();
 }
 
-/// The error and its causes, each once (our errors already include their cause's text).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
-}
-
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
@@ -96,7 +81,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("xtask: error: {}", error_chain(&e));
+            eprintln!("xtask: error: {}", pgha_config::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -22,18 +22,7 @@ pub fn load_config(flag: Option<&std::path::Path>) -> anyhow::Result<LoadedConfi
 /// An error and its causes on one line, each cause once: our error types already include their
 /// source's text, so a plain `{:#}` would repeat it.
 pub fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if out.contains(&msg) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
+    pgha_config::error_chain(e.as_ref())
 }
 
 /// Runs one command; the exit code follows each command's convention.

@@ -76,3 +76,22 @@ pub enum ConfigError {
         errors: ValidationErrors,
     },
 }
+
+/// An error and its causes on one line, each cause once. Our error types include their
+/// source's text in their message, so printing every `source()` would repeat it. Shared by the
+/// binaries and xtask (which cannot depend on the `pgha` CLI crate: that one needs protoc).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+        cur = err.source();
+    }
+    out
+}

@@ -16,7 +16,7 @@ mod units;
 mod validate;
 
 pub use backup::{BackupSection, RepositoryConfig, RetentionConfig, S3Config};
-pub use error::{ConfigError, Result, ValidationError, ValidationErrors};
+pub use error::{error_chain, ConfigError, Result, ValidationError, ValidationErrors};
 pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
 pub use model::{
     AlertThresholds, ClusterSection, DcsSection, FailoverSection, MonitoringSection, NodeConfig,
