@@ -63,7 +63,9 @@ pub async fn observe(inst: &LocalInstance, conn: &mut Option<PgConnection>) -> O
         *conn = inst.connect_params().connect().await.ok();
     }
     let status = match conn.as_mut() {
-        Some(c) => NodeStatus::query(c, inst.name(), String::new()).await.ok(),
+        Some(c) => NodeStatus::query_position(c, inst.name(), String::new())
+            .await
+            .ok(),
         None => None,
     };
     let Some(st) = status else {

@@ -112,8 +112,23 @@ impl NodeStatus {
         }
     }
 
-    /// Queries one node over `conn`.
+    /// Queries one node over `conn`: role, position, receiver, standbys and slots.
     pub async fn query(conn: &mut PgConnection, name: &str, address: String) -> Result<Self> {
+        let mut st = Self::query_position(conn, name, address).await?;
+        if st.role == Some(Role::Primary) {
+            st.standbys = standby_stats(conn, name).await?;
+        }
+        st.slots = list_slots(conn, name).await?;
+        Ok(st)
+    }
+
+    /// Role, timeline, WAL position and (on a replica) the receiver, without the standby and
+    /// slot lists: what a loop that runs every few hundred milliseconds needs.
+    pub async fn query_position(
+        conn: &mut PgConnection,
+        name: &str,
+        address: String,
+    ) -> Result<Self> {
         let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
             .fetch_one(&mut *conn)
             .await
@@ -139,9 +154,7 @@ impl NodeStatus {
             st.role = Some(Role::Primary);
             st.lsn = Some(lsn);
             st.timeline = Some(tli);
-            st.standbys = standby_stats(conn, name).await?;
         }
-        st.slots = list_slots(conn, name).await?;
         Ok(st)
     }
 }
