@@ -5,6 +5,8 @@
 //! cargo xtask cluster up                       # a primary + 2 replicas; prints PGHA_CONFIG
 //! export PGHA_CONFIG=$PWD/.pgha/pgha.toml      # or DATABASE_URL=postgres://u:p@h1,h2,h3/db
 //! cargo run -p pgha-router --example service -- 127.0.0.1:3000
+//! # or members from the agents' /cluster (nodes joining later are used without a restart):
+//! ROUTER_DISCOVERY=agents cargo run -p pgha-router --example service -- 127.0.0.1:3000
 //! curl -si -XPOST 'localhost:3000/notes?text=hello'   # -> id, and header x-write-token
 //! curl -s -H 'x-write-token: 0/3000148' localhost:3000/notes/1
 //! curl -s localhost:3000/nodes; curl -s localhost:3000/metrics
@@ -130,12 +132,17 @@ async fn metrics(State(db): State<Db>) -> String {
 
 async fn build_router(shutdown: CancellationToken) -> anyhow::Result<DbRouter> {
     let b = DbRouter::builder().shutdown_token(shutdown);
-    // DATABASE_URL (+ DATABASE_READ_URL) when set, else the pgha.toml of PGHA_CONFIG.
+    // DATABASE_URL (+ DATABASE_READ_URL) when set, else the pgha.toml of PGHA_CONFIG: its
+    // agents' /cluster when they run (ROUTER_DISCOVERY=agents), else its [[nodes]].
     let b = if std::env::var_os("DATABASE_URL").is_some() {
         b.from_env()
     } else {
         let loaded = pgha_config::load(pgha_config::ConfigSource::locate(None))?;
-        b.config(&loaded.config, None)
+        if std::env::var("ROUTER_DISCOVERY").as_deref() == Ok("agents") {
+            b.agents(&loaded.config, None)
+        } else {
+            b.config(&loaded.config, None)
+        }
     };
     Ok(b.build().await?)
 }

@@ -1,5 +1,5 @@
-//! Where the router learns which PostgreSQL nodes exist: the seam for URL lists, pgha.toml, and
-//! (once the failover agent serves it) the agents' `/cluster` endpoint.
+//! Where the router learns which PostgreSQL nodes exist: URL lists and pgha.toml here, the
+//! failover agents' `/cluster` endpoint in [`crate::AgentMembers`].
 //!
 //! Discovery names members only. Roles and lag are never taken from it: the health checker asks
 //! every member itself (`pg_is_in_recovery()`), so a stale or wrong source cannot send writes to
@@ -129,6 +129,30 @@ impl StaticMembers {
     /// `postgres.superuser_password`) unless `app` names another role.
     /// Without `app`, the `[router]` section's `user`/`password`/`database` apply when set.
     pub fn from_config(config: &PghaConfig, app: Option<&AppCredentials>) -> Result<Self> {
+        let creds = ConfigCredentials::resolve(config, app)?;
+        let members = config
+            .nodes
+            .iter()
+            .map(|n| Member::new(&n.name, creds.options(&n.host, n.port)))
+            .collect();
+        Ok(StaticMembers::new(
+            format!("pgha.toml of cluster {}", config.cluster.name),
+            members,
+        ))
+    }
+}
+
+/// User, password and database for members named by a pgha.toml (directly or through its
+/// agents): `app`, else the `[router]` section's user, else the superuser.
+#[derive(Clone)]
+pub(crate) struct ConfigCredentials {
+    user: String,
+    password: Option<Secret>,
+    database: String,
+}
+
+impl ConfigCredentials {
+    pub(crate) fn resolve(config: &PghaConfig, app: Option<&AppCredentials>) -> Result<Self> {
         let from_section;
         let app = match (app, config.router.as_ref()) {
             (Some(a), _) => Some(a),
@@ -163,29 +187,25 @@ impl StaticMembers {
                 .map(|s| s.read())
                 .transpose()?,
         };
-        let user = app.map_or(config.postgres.superuser.as_str(), |a| a.user.as_str());
-        let database = app
-            .and_then(|a| a.database.as_deref())
-            .unwrap_or(&config.postgres.database);
-        let members = config
-            .nodes
-            .iter()
-            .map(|n| {
-                let mut o = PgConnectOptions::new()
-                    .host(&n.host)
-                    .port(n.port)
-                    .username(user)
-                    .database(database);
-                if let Some(p) = &password {
-                    o = o.password(p.expose());
-                }
-                Member::new(&n.name, o)
-            })
-            .collect();
-        Ok(StaticMembers::new(
-            format!("pgha.toml of cluster {}", config.cluster.name),
-            members,
-        ))
+        Ok(ConfigCredentials {
+            user: app.map_or(config.postgres.superuser.clone(), |a| a.user.clone()),
+            password,
+            database: app
+                .and_then(|a| a.database.clone())
+                .unwrap_or_else(|| config.postgres.database.clone()),
+        })
+    }
+
+    pub(crate) fn options(&self, host: &str, port: u16) -> PgConnectOptions {
+        let o = PgConnectOptions::new()
+            .host(host)
+            .port(port)
+            .username(&self.user)
+            .database(&self.database);
+        match &self.password {
+            Some(p) => o.password(p.expose()),
+            None => o,
+        }
     }
 }
 

@@ -17,8 +17,8 @@
 //!   waits for one up to a bound, or goes to the primary ([`ReadYourWrites`]).
 //!
 //! Members come from a libpq-style multi-host URL, `DATABASE_URL` + `DATABASE_READ_URL`, a
-//! pgha.toml, or any [`Discovery`] (the seam for the failover agents' `/cluster` endpoint,
-//! which does not exist yet). Roles are never taken from the source: a background health
+//! pgha.toml, the failover agents' `/cluster` endpoint ([`AgentMembers`], so nodes added to
+//! the cluster are picked up without a restart), or any other [`Discovery`]. Roles are never taken from the source: a background health
 //! checker asks each node (`pg_is_in_recovery()`, replay LSN against the primary's current
 //! LSN) every `health_interval`. [`Router::nodes`] and [`Router::metrics`] expose what it sees.
 //!
@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod agent_members;
 mod discovery;
 mod error;
 mod handles;
@@ -62,6 +63,7 @@ mod shared;
 mod stream;
 pub mod url;
 
+pub use agent_members::AgentMembers;
 pub use discovery::{AppCredentials, Discovery, Member, StaticMembers};
 pub use error::{is_failover_error, Result, RouterError, READ_ONLY_SQL_TRANSACTION};
 pub use handles::{Reader, ReplayedReader, WriteToken, Writer};

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use pgha_config::PghaConfig;
 use pgha_postgres::Lsn;
 
+use crate::agent_members::AgentMembers;
 use crate::discovery::{no_nodes, AppCredentials, Discovery, StaticMembers};
 use crate::error::is_failover_error;
 use crate::handles::{Reader, ReplayedReader, WriteToken, Writer};
@@ -100,7 +101,18 @@ impl RouterBuilder {
         self
     }
 
-    /// Members from any source (e.g. the agents' `/cluster` endpoint).
+    /// Members from the failover agents' `/cluster` endpoint (the agents of a pgha.toml's
+    /// `[[nodes]]`), so nodes added to the cluster are used without a restart; credentials and
+    /// options as in [`Self::config`].
+    pub fn agents(mut self, config: &PghaConfig, app: Option<&AppCredentials>) -> Self {
+        self.discovery = Some(AgentMembers::from_config(config, app).map(|d| Arc::new(d) as _));
+        if let Some(r) = &config.router {
+            self.options = RouterOptions::from_section(r);
+        }
+        self
+    }
+
+    /// Members from any source (e.g. [`AgentMembers::new`] with agent addresses).
     pub fn discovery(mut self, d: Arc<dyn Discovery>) -> Self {
         self.discovery = Some(Ok(d));
         self

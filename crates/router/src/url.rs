@@ -172,7 +172,7 @@ impl MultiHostUrl {
     }
 }
 
-fn parse_host(item: &str) -> Result<HostPort, String> {
+pub(crate) fn parse_host(item: &str) -> Result<HostPort, String> {
     if item.is_empty() {
         return Err("empty host (two commas in a row or a trailing comma?)".into());
     }

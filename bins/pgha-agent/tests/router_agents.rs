@@ -1,0 +1,141 @@
+//! The router fed by the agents' `/cluster` endpoint (real agents, etcd, PostgreSQL): it finds
+//! every registered node, follows an automatic failover without a restart, and drops a node
+//! whose agent is gone from the DCS.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pgha_router::{AgentMembers, Discovery, Router, RouterOptions};
+use pgha_test_support::{HaCluster, TestCluster, TEST_FAILOVER_TOML};
+
+const T: Duration = Duration::from_secs(40);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pgha-agent"))
+}
+
+fn port_of(h: &HaCluster, node: &str) -> i32 {
+    i32::from(h.cluster.config().node(node).unwrap().port)
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) -> anyhow::Result<()> {
+    let deadline = Instant::now() + T;
+    while !f() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_built_from_the_agents_follows_a_failover_and_the_dcs_membership(
+) -> anyhow::Result<()> {
+    let b = TestCluster::builder().replicas(2);
+    let mut h = HaCluster::start(bin(), b, TEST_FAILOVER_TOML).await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    for n in ["node2", "node3"] {
+        h.wait_streaming_replica(n, T).await?;
+    }
+
+    // Discovery alone: every node registered in the DCS, with its PostgreSQL address.
+    let discovery = AgentMembers::from_config(h.cluster.config(), None)?;
+    let mut names: Vec<String> = discovery
+        .members()
+        .await?
+        .into_iter()
+        .map(|m| {
+            let n = h.cluster.config().node(&m.name).unwrap();
+            assert_eq!(m.address, format!("{}:{}", n.host, n.port));
+            m.name
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["node1", "node2", "node3"]);
+
+    let router = Router::builder()
+        .agents(h.cluster.config(), None)
+        .options(RouterOptions {
+            health_interval: Duration::from_millis(100),
+            check_timeout: Duration::from_secs(2),
+            failover_wait: Duration::from_secs(20),
+            max_connections: 4,
+            ..RouterOptions::default()
+        })
+        .build()
+        .await?;
+    let on: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(router.writer())
+        .await?;
+    assert_eq!(on, port_of(&h, "node1"));
+    sqlx::query("CREATE TABLE t (id int)")
+        .execute(router.writer())
+        .await?;
+
+    // The primary dies; its agent too. The agents elect a new primary; the router follows.
+    h.kill_node("node1")?;
+    let new = h.wait_single_primary(T, Some("node1")).await?;
+    let deadline = Instant::now() + T;
+    let on = loop {
+        let r = router
+            .idempotent(|| async {
+                sqlx::query_scalar::<_, i32>(
+                    "INSERT INTO t VALUES (1) RETURNING inet_server_port()",
+                )
+                .fetch_one(router.writer())
+                .await
+            })
+            .await;
+        match r {
+            Ok(p) => break p,
+            Err(e) => {
+                anyhow::ensure!(Instant::now() < deadline, "no write after failover: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(on, port_of(&h, &new), "writes go to the new primary {new}");
+
+    // node1's member key expires with its agent's lease: the router drops it.
+    wait_for("node1 to leave the router's members", || {
+        router.nodes().iter().all(|n| n.name != "node1")
+    })
+    .await?;
+    assert_eq!(router.nodes().len(), 2, "{:?}", router.nodes());
+
+    // With only one agent answering, discovery still works (the agents are asked at once).
+    let survivor = ["node2", "node3"].into_iter().find(|n| *n != new).unwrap();
+    h.kill_node(survivor)?;
+    wait_for("the stopped replica's agent to leave the DCS", || {
+        router.nodes().iter().all(|n| n.name != survivor)
+    })
+    .await?;
+    let members = discovery.members().await?;
+    assert_eq!(
+        members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        [new.as_str()]
+    );
+    router.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_discovery_errors_name_the_agents() {
+    // Nothing listens on a port we just reserved and released.
+    let reserved = pgha_local_cluster::free_port("127.0.0.1").unwrap();
+    let port = reserved.port;
+    let d = AgentMembers::new(
+        [format!("127.0.0.1:{port}")],
+        sqlx::postgres::PgConnectOptions::new(),
+    )
+    .unwrap();
+    let e = d.members().await.unwrap_err().to_string();
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(AgentMembers::new(
+        Vec::<String>::new(),
+        sqlx::postgres::PgConnectOptions::new()
+    )
+    .unwrap_err()
+    .to_string()
+    .contains("no agent address"));
+}
