@@ -38,6 +38,9 @@ struct Target {
     /// Connections for the two slow collectors of a full scrape (database, settings).
     side_conns: [tokio::sync::Mutex<Option<PgConnection>>; 2],
     cache: Mutex<HashMap<String, (Instant, MetricSet)>>,
+    /// pg_settings metrics and the pg_conf_load_time() they were read at: settings change only
+    /// when the configuration is (re)loaded, so they are re-read only then.
+    settings: Mutex<Option<(f64, MetricSet)>>,
     scrapes: AtomicU64,
     /// (duration seconds, error 0/1) of the last full scrape.
     last: Mutex<(f64, f64)>,
@@ -95,6 +98,7 @@ impl Exporter {
                 conn: tokio::sync::Mutex::new(None),
                 side_conns: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
                 cache: Mutex::new(HashMap::new()),
+                settings: Mutex::new(None),
                 scrapes: AtomicU64::new(0),
                 last: Mutex::new((0.0, 0.0)),
                 last_status: Mutex::new(None),
@@ -373,9 +377,6 @@ impl Target {
                 .unwrap_or((false, 0));
             timed.push(("static", t.elapsed(), basics.map(|_| ())));
             let t = Instant::now();
-            let r = collect::locks(conn, s, &mut m).await;
-            timed.push(("locks", t.elapsed(), r));
-            let t = Instant::now();
             let r = collect::activity(conn, s, &mut m).await;
             timed.push(("stat_activity", t.elapsed(), r));
             let t = Instant::now();
@@ -397,7 +398,7 @@ impl Target {
             let mut m = MetricSet::new();
             let mut timed: Timed = Vec::new();
             if let (Some(c), true) = (side_settings.as_mut(), full) {
-                settings_collector(c, s, &mut m, &mut timed).await;
+                self.settings_collector(c, &mut m, &mut timed).await;
             }
             (m, timed)
         };
@@ -411,7 +412,7 @@ impl Target {
             database_collector(conn, s, &mut m, &mut timed).await;
         }
         if full && !has_settings {
-            settings_collector(conn, s, &mut m, &mut timed).await;
+            self.settings_collector(conn, &mut m, &mut timed).await;
         }
         m.merge(db_m);
         m.merge(set_m);
@@ -499,16 +500,53 @@ async fn database_collector(
     timed.push(("database", t.elapsed(), r));
 }
 
-/// pg_settings (hundreds of rows) and the small single-purpose collectors: the third lane.
-async fn settings_collector(
-    conn: &mut PgConnection,
-    s: &str,
-    m: &mut MetricSet,
-    timed: &mut Timed,
-) {
+impl Target {
+    /// pg_settings (hundreds of rows, re-read only after a configuration reload) and the small
+    /// single-purpose collectors: the third lane.
+    async fn settings_collector(
+        &self,
+        conn: &mut PgConnection,
+        m: &mut MetricSet,
+        timed: &mut Timed,
+    ) {
+        let s = self.server.as_str();
+        let t = Instant::now();
+        let r = self.settings_cached(conn, m).await;
+        timed.push(("settings", t.elapsed(), r));
+        collect_small(conn, s, m, timed).await;
+    }
+
+    async fn settings_cached(&self, conn: &mut PgConnection, m: &mut MetricSet) -> Result<()> {
+        let loaded: f64 =
+            sqlx::query_scalar("SELECT extract(epoch FROM pg_conf_load_time())::float8")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(MonitoringError::query(&self.server, "pg_conf_load_time"))?;
+        let cached = self.settings.lock().ok().and_then(|c| {
+            c.as_ref()
+                .filter(|(at, _)| *at == loaded)
+                .map(|(_, set)| set.clone())
+        });
+        let set = match cached {
+            Some(set) => set,
+            None => {
+                let mut set = MetricSet::new();
+                collect::settings(conn, &self.server, &mut set).await?;
+                if let Ok(mut c) = self.settings.lock() {
+                    *c = Some((loaded, set.clone()));
+                }
+                set
+            }
+        };
+        m.merge(set);
+        Ok(())
+    }
+}
+
+async fn collect_small(conn: &mut PgConnection, s: &str, m: &mut MetricSet, timed: &mut Timed) {
     let t = Instant::now();
-    let r = collect::settings(conn, s, m).await;
-    timed.push(("settings", t.elapsed(), r));
+    let r = collect::locks(conn, s, m).await;
+    timed.push(("locks", t.elapsed(), r));
     let t = Instant::now();
     let r = collect::bgwriter(conn, s, m).await;
     timed.push(("bgwriter", t.elapsed(), r));

@@ -129,10 +129,22 @@ impl NodeStatus {
         name: &str,
         address: String,
     ) -> Result<Self> {
-        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        // One round trip on a primary: the CASE keeps pg_current_wal_lsn() (an error during
+        // recovery) from running on a replica.
+        let (in_recovery, position): (bool, Option<(Lsn, i64)>) =
+            sqlx::query_as::<_, (bool, Option<Lsn>, Option<i64>)>(
+                "SELECT pg_is_in_recovery(), \
+               CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn() END, \
+               CASE WHEN NOT pg_is_in_recovery() THEN \
+                 ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END",
+            )
             .fetch_one(&mut *conn)
             .await
-            .map_err(ReplicationError::query(name, "pg_is_in_recovery"))?;
+            .map(|(r, lsn, tli)| (r, lsn.zip(tli)))
+            .map_err(ReplicationError::query(
+                name,
+                "pg_is_in_recovery and WAL position",
+            ))?;
         let mut st = NodeStatus::unreachable(name, address, String::new());
         st.reachable = true;
         st.error = None;
@@ -143,14 +155,7 @@ impl NodeStatus {
             st.lsn = r.replay_lsn;
             st.streaming = Some(r.receiver_status.as_deref() == Some("streaming"));
             st.receiver = Some(r);
-        } else {
-            let (lsn, tli): (Lsn, i64) = sqlx::query_as(
-                "SELECT pg_current_wal_lsn(), \
-                 ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(ReplicationError::query(name, "current WAL position"))?;
+        } else if let Some((lsn, tli)) = position {
             st.role = Some(Role::Primary);
             st.lsn = Some(lsn);
             st.timeline = Some(tli);
