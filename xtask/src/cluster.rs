@@ -25,6 +25,10 @@ pub enum ClusterCommand {
         /// Also start PgBouncer in front of the cluster (read-write and read-only entries).
         #[arg(long)]
         pgbouncer: bool,
+        /// TLS everywhere: a local CA and node certificates (`pgha tls init`), ssl=on,
+        /// hostssl-only pg_hba, replication and every client with verify-full, HTTPS agent API.
+        #[arg(long)]
+        tls: bool,
         #[command(flatten)]
         state: StateDirArg,
     },
@@ -111,15 +115,22 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             replicas,
             sync,
             pgbouncer,
+            tls,
             state,
-        } => up(&state_dir(&state), replicas, sync, pgbouncer).await,
+        } => up(&state_dir(&state), replicas, sync, pgbouncer, tls).await,
         ClusterCommand::Status { json, state } => status(&state_dir(&state), json).await,
         ClusterCommand::Psql { node, args, state } => psql(&state_dir(&state), &node, &args),
         ClusterCommand::Down { purge, state } => down(&state_dir(&state), purge).await,
     }
 }
 
-async fn up(dir: &Path, replicas: usize, sync: bool, pgbouncer: bool) -> anyhow::Result<ExitCode> {
+async fn up(
+    dir: &Path,
+    replicas: usize,
+    sync: bool,
+    pgbouncer: bool,
+    tls: bool,
+) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
     eprintln!("xtask: building pgha-agent and pgha");
@@ -133,12 +144,16 @@ async fn up(dir: &Path, replicas: usize, sync: bool, pgbouncer: bool) -> anyhow:
     let cluster = if dir.join(CONFIG_FILE).exists() {
         let c = LocalCluster::open(dir)?;
         let have = c.config().nodes.len() - 1;
-        if have != replicas || c.config().replication.mode != mode {
+        if have != replicas
+            || c.config().replication.mode != mode
+            || c.config().tls.is_some() != tls
+        {
             eprintln!(
-                "xtask: the existing cluster in {} has {have} replica(s) in {} mode; keeping it \
+                "xtask: the existing cluster in {} has {have} replica(s) in {} mode, TLS {}; keeping it \
                  (run `cargo xtask cluster down --purge` first to rebuild with other settings)",
                 dir.display(),
-                c.config().replication.mode
+                c.config().replication.mode,
+                if c.config().tls.is_some() { "on" } else { "off" }
             );
         }
         eprintln!("xtask: starting existing cluster in {}", dir.display());
@@ -154,6 +169,7 @@ async fn up(dir: &Path, replicas: usize, sync: bool, pgbouncer: bool) -> anyhow:
         let mut spec = ClusterSpec::new("local", dir);
         spec.replicas = replicas;
         spec.mode = mode;
+        spec.tls = tls;
         spec.extra_toml = format!(
             "[dcs]\netcd = [\"{etcd_url}\"]\n\n[failover]\n# the defaults; see docs/FAILOVER.md\nttl = \"8s\"\nloop_wait = \"500ms\"\n"
         );
@@ -250,6 +266,7 @@ fn psql(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<ExitCode> {
     if let Some(pw) = &params.password {
         cmd.env("PGPASSWORD", pw.expose());
     }
+    cmd.envs(params.libpq_tls_env());
     let st = cmd.status().context("run psql")?;
     Ok(ExitCode::from(st.code().unwrap_or(1) as u8))
 }

@@ -45,6 +45,10 @@ pub fn section_toml(state: &Path, port: u16, databases: &[&str], users: &[&str])
 /// Renders both files for the live cluster and installs them.
 pub async fn render(config: &PghaConfig) -> anyhow::Result<Topology> {
     let pool = pgha_pooling_config::section(config)?;
+    if config.tls.is_some() {
+        // The cluster's certificates exist; this issues PgBouncer's (kept when present).
+        pgha_tls::init(config, &pgha_tls::InitOptions::default())?;
+    }
     let topology = Topology::collect(config).await?;
     let users = fetch_scram_secrets(config, &topology, &userlist_roles(pool)).await?;
     install(pool, &RenderedConfig::new(config, &topology, &users)?)?;

@@ -88,9 +88,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
             drop(listener_check);
-            Some(tokio::spawn(
-                async move { api::serve(addr, state, c).await },
-            ))
+            let tls = match config.tls.as_ref().filter(|t| t.agent_api) {
+                Some(t) => Some(
+                    pgha_tls::server_config(&t.cert_file(&node), &t.key_file(&node))
+                        .context("agent API TLS ([tls] agent_api = true)")?,
+                ),
+                None => None,
+            };
+            Some(tokio::spawn(async move {
+                api::serve(addr, state, c, tls).await
+            }))
         }
         None => None,
     };

@@ -139,3 +139,36 @@ async fn agent_discovery_errors_name_the_agents() {
     .to_string()
     .contains("no agent address"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_agent_api_is_https_and_the_router_connects_with_verify_full(
+) -> anyhow::Result<()> {
+    let b = TestCluster::builder().replicas(1).tls();
+    let h = HaCluster::start(bin(), b, TEST_FAILOVER_TOML).await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    h.wait_streaming_replica("node2", T).await?;
+    let config = h.cluster.config();
+    let agent = config.node("node1").unwrap().agent_address.unwrap();
+
+    // HTTPS with the cluster CA answers; plain HTTP on the same port does not.
+    let api = pgha_tls::AgentApiClient::new(config, Duration::from_secs(2))?;
+    assert_eq!(api.scheme, "https");
+    let r = api.client.get(api.url(agent, "/primary")).send().await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let plain = reqwest::Client::new()
+        .get(format!("http://{agent}/primary"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // The router discovers the nodes over HTTPS and its sessions are TLS.
+    let router = Router::builder().agents(config, None).build().await?;
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(router.writer())
+        .await?;
+    assert!(ssl);
+    assert_eq!(router.nodes().len(), 2);
+    router.close().await;
+    Ok(())
+}

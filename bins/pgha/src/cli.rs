@@ -63,6 +63,11 @@ pub enum Command {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// TLS certificates: issue them (`init`), put them in place and reload (`install`).
+    Tls {
+        #[command(subcommand)]
+        what: TlsCommand,
+    },
     /// Switch the running cluster between async and sync replication (ALTER SYSTEM + reload on
     /// the primary).
     SetMode {
@@ -71,6 +76,27 @@ pub enum Command {
         /// Switch to sync even when no standby is connected (commits will wait for one).
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Create `[tls].dir`: a local CA (kept when it exists) and a certificate per node for
+    /// its host and agent address. Keys are written 0600.
+    Init {
+        /// Validity of the node certificates, in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// Reissue node certificates that exist (rotation; follow with `pgha tls install`).
+        #[arg(long)]
+        renew: bool,
+    },
+    /// Copy each local node's certificate, key and the CA beside its data dir (owned by the
+    /// server's OS user) and reload PostgreSQL: certificates rotate without a restart.
+    Install {
+        /// Only this node (default: every node whose data dir is on this machine).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod ha;
 pub mod logging;
 pub mod render;
+pub mod tls;
 
 use std::process::ExitCode;
 
@@ -90,6 +91,7 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
             ha::switchover(&loaded.config, to, at.as_deref(), *no_wait).await?
         }
         Command::Failover { to, no_wait } => ha::failover(&loaded.config, to, *no_wait).await?,
+        Command::Tls { what } => tls::run(&loaded.config, what).await?,
         Command::Pause => ha::pause(&loaded.config, true).await?,
         Command::Resume => ha::pause(&loaded.config, false).await?,
         Command::Check { .. } => unreachable!("handled in run"),

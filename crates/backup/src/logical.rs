@@ -59,6 +59,7 @@ fn env_password(cmd: &mut tokio::process::Command, params: &ConnectParams) {
     if let Some(p) = &params.password {
         cmd.env("PGPASSWORD", p.expose());
     }
+    cmd.envs(params.libpq_tls_env());
 }
 
 /// Dumps `database` from the primary (or `node`) into the repository.

@@ -183,6 +183,7 @@ fn dummy_params(port: u16) -> ConnectParams {
         application_name: "pgha-backup".into(),
         connect_timeout: Duration::from_secs(3),
         statement_timeout: None,
+        ssl_root_cert: None,
     }
 }
 

@@ -12,6 +12,7 @@ mod model;
 mod net;
 mod router;
 mod secret;
+mod tls;
 mod units;
 mod validate;
 
@@ -25,4 +26,5 @@ pub use model::{
 pub use net::IpNet;
 pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};
 pub use secret::{Secret, SecretError, SecretSource};
+pub use tls::TlsSection;
 pub use units::ByteSize;

@@ -229,8 +229,17 @@ fn resolve_relative_paths(config: &mut PghaConfig, base: &Path) {
             }
         }
     }
+    if let Some(t) = config.tls.as_mut() {
+        t.resolve(base);
+    }
     for node in &mut config.nodes {
         fix(&mut node.data_dir);
+        for p in [&mut node.tls_cert_file, &mut node.tls_key_file]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
         if let Some(p) = node.run_dir.as_mut() {
             fix(p);
         }

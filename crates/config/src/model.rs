@@ -37,6 +37,9 @@ pub struct PghaConfig {
     /// Base backups, WAL archive, retention, schedule (`pgha-backup`).
     #[serde(default)]
     pub backup: Option<BackupSection>,
+    /// `[tls]`: TLS on every connection; absent = plain TCP (scram-sha-256 still required).
+    #[serde(default)]
+    pub tls: Option<crate::TlsSection>,
 }
 
 /// `[dcs]`: where the leader lease and member states live.
@@ -237,6 +240,12 @@ pub struct NodeConfig {
     /// Never promote this node automatically (it can still be a switchover target by hand).
     #[serde(default)]
     pub nofailover: bool,
+    /// Server certificate (PEM) when `[tls]` is on; default `<tls.dir>/<name>.crt`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Server private key (PEM) when `[tls]` is on; default `<tls.dir>/<name>.key`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_port() -> u16 {
@@ -274,6 +283,12 @@ impl NodeConfig {
     }
 
     /// The passfile the server's WAL receiver and our child tools use for the replication role.
+    /// Where the agent installs this node's certificate, key and the CA, owned by the server's
+    /// OS user (PostgreSQL refuses a key it does not own; the WAL receiver reads the CA).
+    pub fn tls_install_dir(&self) -> PathBuf {
+        self.run_dir().join(format!("{}-tls", self.name))
+    }
+
     pub fn passfile(&self) -> PathBuf {
         self.run_dir().join(format!("{}.pgpass", self.name))
     }

@@ -989,16 +989,15 @@ impl Agent {
             .map(|s| s.read())
             .transpose()
             .map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(500))
-            .build()
+        let api = pgha_tls::AgentApiClient::new(&self.cfg, Duration::from_millis(500))
             .map_err(|e| e.to_string())?;
         for n in self.cfg.nodes.iter().filter(|n| n.name != self.node.name) {
             let Some(addr) = n.agent_address else {
                 return Err(format!("{} has no agent_address", n.name));
             };
-            let mut req = client
-                .post(format!("http://{addr}/failsafe"))
+            let mut req = api
+                .client
+                .post(api.url(addr, "/failsafe"))
                 .json(&serde_json::json!({ "leader": self.node.name }));
             if let Some(t) = &token {
                 req = req.bearer_auth(t.expose());

@@ -54,16 +54,27 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `addr` until `cancel`.
+/// Serves the API on `addr` until `cancel`; HTTPS when `tls` is given.
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<ApiState>,
     cancel: CancellationToken,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let shutdown = async move { cancel.cancelled().await };
+    match tls {
+        Some(cfg) => {
+            axum::serve(pgha_tls::TlsListener::new(listener, cfg), router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 fn code(ok: bool) -> StatusCode {

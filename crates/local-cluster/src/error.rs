@@ -14,6 +14,8 @@ pub enum LocalClusterError {
     Replication(#[from] pgha_replication::ReplicationError),
     #[error(transparent)]
     Config(#[from] pgha_config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] pgha_tls::TlsError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

@@ -38,6 +38,8 @@ pub struct ClusterSpec {
     pub parameters: BTreeMap<String, String>,
     /// TOML appended to the generated pgha.toml (e.g. `[dcs]` and `[failover]` sections).
     pub extra_toml: String,
+    /// TLS everywhere: a `[tls]` section (required) and certificates from `pgha tls init`.
+    pub tls: bool,
 }
 
 impl ClusterSpec {
@@ -54,6 +56,7 @@ impl ClusterSpec {
             wal_keep_size_mb: None,
             parameters: BTreeMap::new(),
             extra_toml: String::new(),
+            tls: false,
         }
     }
 }
@@ -117,6 +120,10 @@ impl LocalCluster {
         let text = render_config(spec, &ports.iter().map(|p| p.port).collect::<Vec<_>>());
         pgha_postgres::files::write_atomic(&root.join(CONFIG_FILE), text.as_bytes(), 0o644, None)?;
         let loaded = pgha_config::load(ConfigSource::Flag(root.join(CONFIG_FILE)))?;
+        if loaded.config.tls.is_some() {
+            let report = pgha_tls::init(&loaded.config, &pgha_tls::InitOptions::default())?;
+            tracing::info!(files = report.files.len(), "TLS certificates issued");
+        }
         let cluster = LocalCluster {
             root: root.clone(),
             config: loaded.config,
@@ -350,6 +357,12 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
             toml_str(&socket_dir(&dir).display().to_string())
         );
         let _ = writeln!(s, "agent_address = \"{}:{}\"", spec.host, ports[i * 2 + 1]);
+    }
+    if spec.tls {
+        let _ = writeln!(
+            s,
+            "\n[tls]\ndir = \"tls\"\nrequired = true\nagent_api = true"
+        );
     }
     if !spec.extra_toml.is_empty() {
         let _ = writeln!(s, "\n{}", spec.extra_toml);

@@ -21,6 +21,8 @@ pub struct ConsoleTarget {
     pub password: Option<Secret>,
     /// Bound on connecting and on each command.
     pub timeout: Duration,
+    /// With `[tls]`: the CA PgBouncer's certificate is verified with (verify-full).
+    pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 impl ConsoleTarget {
@@ -43,6 +45,7 @@ impl ConsoleTarget {
                 .map(|s| s.read())
                 .transpose()?,
             timeout: config.postgres.connect_timeout,
+            ssl_root_cert: config.tls.as_ref().map(|t| t.ca_file()),
         })
     }
 
@@ -74,6 +77,11 @@ impl AdminConsole {
             .disable_statement_logging();
         if let Some(p) = &target.password {
             o = o.password(p.expose());
+        }
+        if let Some(ca) = &target.ssl_root_cert {
+            o = o
+                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+                .ssl_root_cert(ca);
         }
         let conn = match tokio::time::timeout(target.timeout, o.connect()).await {
             Ok(Ok(c)) => c,

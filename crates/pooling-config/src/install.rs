@@ -28,6 +28,16 @@ pub fn install(pool: &PoolingSection, rendered: &RenderedConfig) -> Result<Insta
         0o600,
         owner.as_ref(),
     )?;
+    if let Some(tls) = &rendered.tls {
+        for (from, to, mode) in &tls.copies {
+            ensure_parent(to, owner.as_ref())?;
+            let bytes = std::fs::read(from).map_err(PoolingError::io(
+                "read [tls] file (create it with `pgha tls init`)",
+                from,
+            ))?;
+            write_atomic(to, &bytes, *mode, owner.as_ref())?;
+        }
+    }
     write_atomic(
         &pool.ini_path,
         rendered.ini.as_bytes(),

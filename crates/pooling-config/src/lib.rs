@@ -20,7 +20,7 @@ pub use error::{PoolingError, Result};
 pub use follow::{apply, follow, FollowEvent, Follower, LeaderSource, PollingLeaderSource};
 pub use install::{install, InstalledFiles};
 pub use process::{program as pgbouncer_program, start_detached, terminate, PgBouncerProcess};
-pub use render::{render_ini, render_userlist, RenderedConfig};
+pub use render::{render_ini, render_userlist, tls_dir, RenderedConfig, TlsFiles};
 pub use secrets::{fetch_scram_secrets, userlist_roles, UserSecret};
 pub use topology::{Backend, Topology};
 

@@ -9,6 +9,7 @@
 //! cluster) it points at the first replica that answered.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use pgha_config::{PghaConfig, PoolingSection};
 
@@ -20,6 +21,35 @@ pub struct RenderedConfig {
     pub ini: String,
     /// Holds secrets: written 0600; never logged.
     pub userlist: String,
+    /// With `[tls]`: the files the ini names, copied for PgBouncer's OS user at install.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where PgBouncer's certificate, key and CA come from (`[tls]`) and go (beside the ini).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// (source, destination, mode)
+    pub copies: Vec<(PathBuf, PathBuf, u32)>,
+}
+
+/// Directory of PgBouncer's TLS files: `pgbouncer-tls` beside pgbouncer.ini.
+pub fn tls_dir(pool: &PoolingSection) -> PathBuf {
+    pool.ini_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("pgbouncer-tls")
+}
+
+fn tls_files(config: &PghaConfig, pool: &PoolingSection) -> Option<TlsFiles> {
+    let tls = config.tls.as_ref()?;
+    let dir = tls_dir(pool);
+    Some(TlsFiles {
+        copies: vec![
+            (tls.ca_file(), dir.join("ca.crt"), 0o644),
+            (tls.pgbouncer_cert_file(), dir.join("server.crt"), 0o644),
+            (tls.pgbouncer_key_file(), dir.join("server.key"), 0o600),
+        ],
+    })
 }
 
 impl RenderedConfig {
@@ -27,6 +57,7 @@ impl RenderedConfig {
         Ok(RenderedConfig {
             ini: render_ini(config, topology)?,
             userlist: render_userlist(users),
+            tls: tls_files(config, crate::section(config)?),
         })
     }
 }
@@ -159,6 +190,17 @@ pub fn render_ini(config: &PghaConfig, topology: &Topology) -> Result<String> {
     kv(w, "server_fast_close", &1);
     kv(w, "server_connect_timeout", &5);
     kv(w, "server_login_retry", &seconds(pool.server_login_retry));
+    if let Some(tls) = &config.tls {
+        // Clients: TLS (required when [tls].required); servers: verify-full against the CA.
+        let dir = tls_dir(pool);
+        let mode = if tls.required { "require" } else { "prefer" };
+        kv(w, "client_tls_sslmode", &mode);
+        kv(w, "client_tls_cert_file", &dir.join("server.crt").display());
+        kv(w, "client_tls_key_file", &dir.join("server.key").display());
+        kv(w, "client_tls_ca_file", &dir.join("ca.crt").display());
+        kv(w, "server_tls_sslmode", &"verify-full");
+        kv(w, "server_tls_ca_file", &dir.join("ca.crt").display());
+    }
     if let Some(p) = &pool.pid_file {
         kv(w, "pidfile", &p.display());
     }

@@ -21,6 +21,8 @@ pub struct ConnectParams {
     pub connect_timeout: Duration,
     /// statement_timeout for the session, so a stuck server cannot hang a status call.
     pub statement_timeout: Option<Duration>,
+    /// With TLS: the CA to verify the server with (sslmode=verify-full); None = no TLS.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 impl ConnectParams {
@@ -43,7 +45,24 @@ impl ConnectParams {
         if let Some(t) = self.statement_timeout {
             o = o.options([("statement_timeout", format!("{}", t.as_millis()))]);
         }
+        if let Some(ca) = &self.ssl_root_cert {
+            o = o
+                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+                .ssl_root_cert(ca);
+        }
         o
+    }
+
+    /// libpq environment for a child tool (pg_dump, psql, pgbench) connecting with these
+    /// parameters: TLS settings, never the password (pass that through a passfile).
+    pub fn libpq_tls_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        match &self.ssl_root_cert {
+            Some(ca) => vec![
+                ("PGSSLMODE", "verify-full".into()),
+                ("PGSSLROOTCERT", ca.clone().into_os_string()),
+            ],
+            None => Vec::new(),
+        }
     }
 
     /// One connection, or an error within `connect_timeout`.

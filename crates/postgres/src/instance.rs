@@ -34,6 +34,8 @@ pub struct LocalInstance {
     run_as: Option<OsUser>,
     connect: ConnectParams,
     timeout: Duration,
+    /// CA the server tools verify TLS servers with (PGSSLROOTCERT); None without `[tls]`.
+    tool_ssl_root_cert: Option<PathBuf>,
 }
 
 impl LocalInstance {
@@ -53,6 +55,7 @@ impl LocalInstance {
             run_as,
             connect,
             timeout: Duration::from_secs(60),
+            tool_ssl_root_cert: None,
         }
     }
 
@@ -61,14 +64,20 @@ impl LocalInstance {
     pub fn from_config(config: &PghaConfig, node: &NodeConfig) -> Result<Self> {
         let bins = PgBinaries::discover(config.postgres.bin_dir.as_deref())?;
         let run_as = OsUser::for_server(config.os_user_of(node))?;
-        Ok(Self::new(
+        let mut inst = Self::new(
             &node.name,
             &node.data_dir,
             node.log_file(),
             bins,
             run_as,
             connect_params(config, node)?,
-        ))
+        );
+        if config.tls.is_some() {
+            // The tools (pg_basebackup, pg_rewind, psql) run as the server's OS user and
+            // verify servers with the CA copy installed beside the data dir for that user.
+            inst.tool_ssl_root_cert = Some(node.tls_install_dir().join("root.crt"));
+        }
+        Ok(inst)
     }
 
     /// How long start/stop/promote may take before we give up.
@@ -110,6 +119,10 @@ impl LocalInstance {
         cmd.current_dir("/");
         cmd.env("LC_ALL", "C.UTF-8");
         cmd.stdin(std::process::Stdio::null());
+        if let Some(ca) = &self.tool_ssl_root_cert {
+            // Ignored by libpq on the Unix socket; verify-full on every TCP connection.
+            cmd.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", ca);
+        }
         if let Some(u) = &self.run_as {
             cmd.uid(u.uid).gid(u.gid);
             cmd.env("HOME", &u.home)
@@ -414,6 +427,7 @@ pub fn connect_params(config: &PghaConfig, node: &NodeConfig) -> Result<ConnectP
         application_name: "pgha".into(),
         connect_timeout: config.postgres.connect_timeout,
         statement_timeout: Some(Duration::from_secs(30)),
+        ssl_root_cert: config.tls.as_ref().map(|t| t.ca_file()),
     })
 }
 

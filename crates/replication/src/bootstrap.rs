@@ -61,6 +61,8 @@ pub async fn bootstrap_replica(
         let mut conn = upstream_conn.connect().await?;
         create_slot(&mut conn, &upstream.name, &replica.name).await?;
     }
+    // pg_basebackup verifies the upstream's certificate with the installed CA copy.
+    crate::install_tls_files(config, replica, instance.run_as())?;
     let started = Instant::now();
     let mut cmd = instance.command("pg_basebackup");
     cmd.args(["-h", &upstream.host, "-p", &upstream.port.to_string()])

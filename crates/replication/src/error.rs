@@ -30,6 +30,14 @@ pub enum ReplicationError {
     NoPrimary { tried: String },
     #[error("cannot switch to sync mode: no standby is connected to {primary} (sync commits would hang)")]
     NoStandbyForSync { primary: String },
+    /// A certificate or key named by `[tls]` cannot be read.
+    #[error("[tls] {what} {path}: {source} (create it with `pgha tls init`, or set the path in pgha.toml)")]
+    TlsFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("setting {setting} did not take effect on {node} within {seconds}s after reload")]
     ReloadNotApplied {
         node: String,

@@ -1,9 +1,10 @@
 //! Putting rendered settings into a data dir and making postgresql.conf include them.
 
 use pgha_config::{NodeConfig, PghaConfig};
-use pgha_postgres::{LocalInstance, PgError};
+use pgha_postgres::{files, LocalInstance, OsUser, PgError};
 
-use crate::{write_passfile, RenderedNode, Result};
+use crate::settings::{TLS_CA, TLS_CERT, TLS_KEY};
+use crate::{write_passfile, RenderedNode, ReplicationError, Result};
 
 /// File (in the data dir) with the settings shared by every node.
 pub const CLUSTER_CONF: &str = "pgha.conf";
@@ -55,6 +56,39 @@ pub fn install_settings(
     }
     if config.replication.password.is_some() {
         write_passfile(config, node, instance.run_as())?;
+    }
+    install_tls_files(config, node, instance.run_as())?;
+    Ok(())
+}
+
+/// With `[tls]`: copies the node's certificate, key and the CA into its `tls_install_dir`,
+/// owned by the server's OS user (PostgreSQL refuses a key it does not own, and the WAL
+/// receiver and the server tools read the CA as that user). Re-run and reload to rotate.
+pub fn install_tls_files(
+    config: &PghaConfig,
+    node: &NodeConfig,
+    owner: Option<&OsUser>,
+) -> Result<()> {
+    let Some(tls) = &config.tls else {
+        return Ok(());
+    };
+    let dir = node.tls_install_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| PgError::Io {
+        action: "create directory",
+        path: dir.clone(),
+        source,
+    })?;
+    for (what, from, to, mode) in [
+        ("certificate", tls.cert_file(node), TLS_CERT, 0o644),
+        ("private key", tls.key_file(node), TLS_KEY, 0o600),
+        ("CA certificate", tls.ca_file(), TLS_CA, 0o644),
+    ] {
+        let bytes = std::fs::read(&from).map_err(|source| ReplicationError::TlsFile {
+            what,
+            path: from.clone(),
+            source,
+        })?;
+        files::write_atomic(&dir.join(to), &bytes, mode, owner)?;
     }
     Ok(())
 }

@@ -18,10 +18,14 @@ pub mod table;
 
 pub use bootstrap::{bootstrap_replica, write_passfile};
 pub use error::{ReplicationError, Result};
-pub use install::{install_settings, NodeRole, CLUSTER_CONF, INCLUDE_MARKER, NODE_CONF};
+pub use install::{
+    install_settings, install_tls_files, NodeRole, CLUSTER_CONF, INCLUDE_MARKER, NODE_CONF,
+};
 pub use mode::{set_mode, synchronous_standby_names};
 pub use pgha_postgres::Lsn;
 pub use roles::ensure_replication_role;
-pub use settings::{render_cluster_conf, render_hba, render_node_conf, RenderedNode};
+pub use settings::{
+    render_cluster_conf, render_hba, render_node_conf, RenderedNode, TLS_CA, TLS_CERT, TLS_KEY,
+};
 pub use slots::{create_slot, drop_slot, list_slots, SlotStatus};
 pub use status::{ClusterStatus, NodeStatus, Role};

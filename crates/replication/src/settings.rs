@@ -86,9 +86,19 @@ pub fn render_node_conf(
         "cluster_name = {}",
         quote_literal(&format!("{}-{}", config.cluster.name, node.name))
     );
+    let tls_dir = node.tls_install_dir();
+    let tls_file = |f: &str| tls_dir.join(f).display().to_string();
+    if config.tls.is_some() {
+        // Copies owned by the server's OS user (install_tls_files); reloaded by pg_reload_conf,
+        // so certificates rotate without a restart.
+        let _ = writeln!(s, "ssl = on");
+        let _ = writeln!(s, "ssl_cert_file = {}", quote_literal(&tls_file(TLS_CERT)));
+        let _ = writeln!(s, "ssl_key_file = {}", quote_literal(&tls_file(TLS_KEY)));
+        let _ = writeln!(s, "ssl_min_protocol_version = 'TLSv1.2'");
+    }
     if let Some(up) = upstream {
         // The password is in the passfile, never in a setting visible through pg_settings.
-        let conninfo = format!(
+        let mut conninfo = format!(
             "host={} port={} user={} passfile={} application_name={} connect_timeout=5 keepalives_idle=10 keepalives_interval=5 keepalives_count=3",
             conninfo_value(&up.host),
             up.port,
@@ -96,6 +106,12 @@ pub fn render_node_conf(
             conninfo_value(&node.passfile().display().to_string()),
             conninfo_value(&node.name),
         );
+        if config.tls.is_some() {
+            conninfo.push_str(&format!(
+                " sslmode=verify-full sslrootcert={}",
+                conninfo_value(&tls_file(TLS_CA))
+            ));
+        }
         let _ = writeln!(s, "primary_conninfo = {}", quote_literal(&conninfo));
         if config.replication.slots {
             let _ = writeln!(s, "primary_slot_name = {}", quote_literal(&node.name));
@@ -109,9 +125,19 @@ pub fn render_node_conf(
     s
 }
 
+/// Names of the files install_tls_files puts in a node's `tls_install_dir`.
+pub const TLS_CERT: &str = "server.crt";
+pub const TLS_KEY: &str = "server.key";
+pub const TLS_CA: &str = "root.crt";
+
 /// pg_hba.conf: peer on the local socket, scram-sha-256 over TCP from the configured networks
-/// only; never `trust` or `password` over TCP.
+/// only; never `trust` or `password` over TCP. With `[tls]`, TCP entries are `hostssl`, and
+/// when TLS is required every other TCP connection is rejected first.
 pub fn render_hba(config: &PghaConfig) -> String {
+    let (tcp, required) = match &config.tls {
+        Some(t) => ("hostssl", t.required),
+        None => ("host", false),
+    };
     let mut s = String::from(HEADER);
     let _ = writeln!(
         s,
@@ -125,10 +151,18 @@ pub fn render_hba(config: &PghaConfig) -> String {
         s,
         "local   replication  all                                     peer"
     );
+    if required {
+        // `all` does not match replication connections: reject those too.
+        for db in ["all", "replication"] {
+            for net in ["0.0.0.0/0", "::/0"] {
+                let _ = writeln!(s, "hostnossl {db:<11} all             {net:<23} reject");
+            }
+        }
+    }
     for net in &config.replication.allowed_networks {
         let _ = writeln!(
             s,
-            "host    replication  {:<15} {:<23} scram-sha-256",
+            "{tcp:<7} replication  {:<15} {:<23} scram-sha-256",
             config.replication.user,
             net.to_string()
         );
@@ -136,7 +170,7 @@ pub fn render_hba(config: &PghaConfig) -> String {
     for net in &config.replication.allowed_networks {
         let _ = writeln!(
             s,
-            "host    all          all             {:<23} scram-sha-256",
+            "{tcp:<7} all          all             {:<23} scram-sha-256",
             net.to_string()
         );
     }
@@ -207,6 +241,28 @@ data_dir = "/d/n2"
         );
         assert!(s.contains("primary_slot_name = 'n2'"), "{s}");
         assert!(!s.contains("password="), "{s}");
+    }
+
+    #[test]
+    fn tls_renders_ssl_hostssl_and_verify_full_replication() {
+        let mut c = config("async");
+        c.tls = Some(pgha_config::TlsSection::default());
+        let hba = render_hba(&c);
+        assert!(
+            hba.contains("hostnossl all         all             0.0.0.0/0"),
+            "{hba}"
+        );
+        assert!(
+            hba.contains("hostnossl replication all             ::/0"),
+            "{hba}"
+        );
+        assert!(hba.contains("hostssl replication  replicator"), "{hba}");
+        assert!(!hba.lines().any(|l| l.starts_with("host ")), "{hba}");
+        let node = render_node_conf(&c, &c.nodes[1], Some(&c.nodes[0]));
+        assert!(node.contains("ssl = on"), "{node}");
+        assert!(node.contains("sslmode=verify-full sslrootcert="), "{node}");
+        c.tls.as_mut().unwrap().required = false;
+        assert!(!render_hba(&c).contains("reject"));
     }
 
     #[test]

@@ -117,6 +117,18 @@ impl AgentMembers {
             });
         }
         let mut m = AgentMembers::new(agents, creds.options("localhost", 5432))?;
+        let api = pgha_tls::AgentApiClient::new(config, Self::DEFAULT_TIMEOUT).map_err(|e| {
+            RouterError::InvalidOption {
+                option: "agents",
+                problem: e.to_string(),
+            }
+        })?;
+        m.client = api.client;
+        m.agents = m
+            .agents
+            .iter()
+            .map(|a| a.replacen("http://", &format!("{}://", api.scheme), 1))
+            .collect();
         m.token = config
             .failover
             .api_token

@@ -149,6 +149,7 @@ pub(crate) struct ConfigCredentials {
     user: String,
     password: Option<Secret>,
     database: String,
+    ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 impl ConfigCredentials {
@@ -193,15 +194,21 @@ impl ConfigCredentials {
             database: app
                 .and_then(|a| a.database.clone())
                 .unwrap_or_else(|| config.postgres.database.clone()),
+            ssl_root_cert: config.tls.as_ref().map(|t| t.ca_file()),
         })
     }
 
     pub(crate) fn options(&self, host: &str, port: u16) -> PgConnectOptions {
-        let o = PgConnectOptions::new()
+        let mut o = PgConnectOptions::new()
             .host(host)
             .port(port)
             .username(&self.user)
             .database(&self.database);
+        if let Some(ca) = &self.ssl_root_cert {
+            o = o
+                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+                .ssl_root_cert(ca);
+        }
         match &self.password {
             Some(p) => o.password(p.expose()),
             None => o,

@@ -38,9 +38,15 @@ pub struct TestClusterBuilder {
     wal_keep_size_mb: Option<u64>,
     parameters: Vec<(String, String)>,
     extra_toml: String,
+    tls: bool,
 }
 
 impl TestClusterBuilder {
+    /// TLS everywhere (`[tls]` required, certificates issued by `pgha tls init`).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
     pub fn replicas(mut self, n: usize) -> Self {
         self.spec_replicas = n;
         self
@@ -94,6 +100,7 @@ impl TestClusterBuilder {
         }
         spec.parameters.extend(self.parameters);
         spec.extra_toml = self.extra_toml;
+        spec.tls = self.tls;
         let t = Instant::now();
         let cluster = match LocalCluster::create(&spec).await {
             Ok(c) => c,
@@ -126,6 +133,7 @@ impl TestCluster {
             wal_keep_size_mb: None,
             parameters: Vec::new(),
             extra_toml: String::new(),
+            tls: false,
         }
     }
 
@@ -196,6 +204,56 @@ impl TestCluster {
     }
 }
 
+/// When set, every test cluster copies its `*.log` files into `<dir>/<cluster dir>/` and adds
+/// its secrets (the files of `secrets/`) to `<dir>/.secrets`, one per line, so CI can check
+/// that no log of the whole suite contains a secret.
+pub const KEEP_LOGS_ENV: &str = "PGHA_TEST_LOG_DIR";
+
+fn keep_logs(root: &Path, dest: &Path) {
+    let Some(name) = root.file_name() else { return };
+    let into = dest.join(name);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.join("PG_VERSION").exists() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    let to = into.join(rel);
+                    if let Some(parent) = to.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    let _ = std::fs::copy(&p, &to);
+                }
+            }
+        }
+    }
+    let mut secrets = String::new();
+    if let Ok(entries) = std::fs::read_dir(root.join("secrets")) {
+        for e in entries.flatten() {
+            if let Ok(t) = std::fs::read_to_string(e.path()) {
+                let t = t.trim();
+                if !t.is_empty() {
+                    secrets.push_str(t);
+                    secrets.push('\n');
+                }
+            }
+        }
+    }
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dest.join(".secrets"))
+    {
+        let _ = f.write_all(secrets.as_bytes());
+    }
+}
+
 impl Deref for TestCluster {
     type Target = LocalCluster;
     fn deref(&self) -> &LocalCluster {
@@ -206,6 +264,9 @@ impl Deref for TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.cluster.stop_all_blocking();
+        if let Some(dir) = std::env::var_os(KEEP_LOGS_ENV) {
+            keep_logs(self.cluster.root(), Path::new(&dir));
+        }
         let panics = self.panics_in_logs();
         if !panics.is_empty() && !std::thread::panicking() {
             panic!("server logs contain PANIC lines:\n{}", panics.join("\n"));
