@@ -103,3 +103,26 @@ async fn tls_cluster_replicates_over_tls_and_refuses_plain_or_untrusted_clients(
     );
     Ok(())
 }
+
+#[test]
+fn a_secret_file_readable_by_others_is_refused_with_its_name() {
+    let d = tempfile::tempdir().unwrap();
+    let secret = d.path().join("superuser.password");
+    std::fs::write(&secret, "s3cret-Value-1").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = pgha_config::load_from_str(
+        &format!(
+            "[cluster]\nname = \"t\"\n[postgres]\nsuperuser_password = {{ file = \"{}\" }}\n\
+             [[nodes]]\nname = \"n1\"\nhost = \"127.0.0.1\"\ndata_dir = \"/nonexistent\"\n",
+            secret.display()
+        ),
+        "test",
+    )
+    .unwrap();
+    let e = pgha_postgres::connect_params(&config, &config.nodes[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&secret.display().to_string()), "{e}");
+    assert!(e.contains("readable by group or others"), "{e}");
+    assert!(!e.contains("s3cret-Value-1"), "{e}");
+}

@@ -63,6 +63,11 @@ pub enum Command {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// The whole cluster end to end: nodes and roles, one primary, replicas streaming with
+    /// active slots and bounded lag, a marker row replicated, sync standby, DCS leader, newest
+    /// backup and WAL archive, exporter, PgBouncer, TLS, connections, cache hit ratio. Exit
+    /// 0 all passed (or skipped: not configured), 1 a warning, 2 a failure, 3 unknown.
+    Verify(VerifyArgs),
     /// TLS certificates: issue them (`init`), put them in place and reload (`install`).
     Tls {
         #[command(subcommand)]
@@ -77,6 +82,26 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// How long every replica has to show the marker row written on the primary.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub marker_timeout: std::time::Duration,
+    /// Fail when client connections reach this fraction of max_connections (160 of 200).
+    #[arg(long, default_value_t = 0.8)]
+    pub max_connections_ratio: f64,
+    /// Warn when the primary's buffer cache hit ratio is below this.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_cache_hit: f64,
+    /// Fail when the newest backup is older than this [default: the longest gap between two
+    /// runs of `backup.schedule`, plus one hour].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_backup_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

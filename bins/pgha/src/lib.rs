@@ -6,6 +6,7 @@ pub mod ha;
 pub mod logging;
 pub mod render;
 pub mod tls;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 check::archiving_main(cli.config.as_deref(), args).await
             }
         },
+        Command::Verify(args) => verify::verify_main(cli.config.as_deref(), args).await,
         _ => match run_plain(&cli).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -94,7 +96,7 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
         Command::Tls { what } => tls::run(&loaded.config, what).await?,
         Command::Pause => ha::pause(&loaded.config, true).await?,
         Command::Resume => ha::pause(&loaded.config, false).await?,
-        Command::Check { .. } => unreachable!("handled in run"),
+        Command::Check { .. } | Command::Verify(_) => unreachable!("handled in run"),
     }
     Ok(())
 }

@@ -31,6 +31,10 @@ pub struct Args {
     /// Concurrent tasks, comma-separated.
     #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
     tasks: Vec<usize>,
+    /// Also measure the cost of TLS: router `SELECT 1` on a plain cluster vs a `[tls]` cluster
+    /// (verify-full), alternating, same tasks.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Connections per pool, the same for the raw pools and the router's per-node pools.
@@ -54,6 +58,11 @@ async fn run_in(args: &Args, base: &std::path::Path) -> anyhow::Result<ExitCode>
     let res = throughput(&cluster, args).await;
     cluster.purge().await.ok();
     let rows = res?;
+    let tls_rows = if args.tls {
+        tls_cost(args, base).await?
+    } else {
+        Vec::new()
+    };
 
     let mut promo = Vec::new();
     let mut promo_call = Vec::new();
@@ -106,6 +115,25 @@ async fn run_in(args: &Args, base: &std::path::Path) -> anyhow::Result<ExitCode>
         );
     }
     println!("  goal: overhead <= 3 %. cpu = client process CPU time per operation (user+sys), the router's own cost");
+    if !tls_rows.is_empty() {
+        println!(
+            "\n  TLS cost: router SELECT 1 on the primary, plain TCP vs TLS (verify-full), ops/s"
+        );
+        println!(
+            "  {:>5} {:>10} {:>10} {:>7} | {:>9} {:>9}",
+            "tasks", "plain", "tls", "ratio", "plain cpu", "tls cpu"
+        );
+        for (tasks, plain, tls) in &tls_rows {
+            println!(
+                "  {tasks:>5} {:>10.0} {:>10.0} {:>7.3} | {:>7.1}us {:>7.1}us",
+                plain.ops,
+                tls.ops,
+                tls.ops / plain.ops,
+                plain.cpu_us,
+                tls.cpu_us
+            );
+        }
+    }
     if !promo.is_empty() {
         println!(
             "  promotion -> first successful write through the router: median {:.0} ms after pg_promote() returned, {:.0} ms after it was called (goal <= 1000 ms; {} run(s), default options)",
@@ -115,6 +143,72 @@ async fn run_in(args: &Args, base: &std::path::Path) -> anyhow::Result<ExitCode>
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Router `SELECT 1` on the writer, on a plain cluster and on a TLS cluster, alternating.
+async fn tls_cost(args: &Args, base: &std::path::Path) -> anyhow::Result<Vec<(usize, Cell, Cell)>> {
+    let mut clusters = Vec::new();
+    for tls in [false, true] {
+        let mut spec = ClusterSpec::new("benchtls", base.join(if tls { "tls" } else { "plain" }));
+        spec.replicas = 0;
+        spec.tls = tls;
+        clusters.push(
+            LocalCluster::create(&spec)
+                .await
+                .context("create cluster")?,
+        );
+    }
+    let result = async {
+        let mut routers = Vec::new();
+        for c in &clusters {
+            let r = Router::builder()
+                .config(c.config(), None)
+                .options(RouterOptions {
+                    max_connections: POOL,
+                    ..RouterOptions::default()
+                })
+                .build()
+                .await?;
+            anyhow::ensure!(r.primary_name().is_some(), "router found no primary");
+            routers.push(Target::Router(r));
+        }
+        let dur = Duration::from_secs_f64(args.seconds);
+        let mut out = Vec::new();
+        for &tasks in &args.tasks {
+            let (mut plain, mut tls) = (Vec::new(), Vec::new());
+            for t in &routers {
+                measure(t, Workload::SelectWriter, tasks, Duration::from_millis(300)).await?;
+            }
+            for run in 0..args.runs.max(1) {
+                let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    let s = measure(&routers[i], Workload::SelectWriter, tasks, dur).await?;
+                    if i == 0 {
+                        plain.push(s)
+                    } else {
+                        tls.push(s)
+                    }
+                }
+            }
+            let (p, t) = (cell(&plain), cell(&tls));
+            eprintln!(
+                "tls cost {tasks:>3} tasks: plain {:.0} ops/s, tls {:.0} ops/s",
+                p.ops, t.ops
+            );
+            out.push((tasks, p, t));
+        }
+        for t in routers {
+            if let Target::Router(r) = t {
+                r.close().await;
+            }
+        }
+        anyhow::Ok(out)
+    }
+    .await;
+    for c in clusters {
+        c.purge().await.ok();
+    }
+    result
 }
 
 struct Row {
