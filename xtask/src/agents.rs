@@ -2,7 +2,6 @@
 //! state dir, stopped by `cluster down`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,18 +10,28 @@ use pgha_local_cluster::{stop_pid, AgentProcess, EtcdServer};
 /// Builds pgha-agent and pgha (same profile and target dir as xtask) and returns the dir holding
 /// them.
 pub fn build_binaries() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = std::env::current_exe()?
         .parent()
         .is_some_and(|d| d.ends_with("release"));
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "pgha-agent", "-p", "pgha"]);
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "pgha-agent",
+        "-p",
+        "pgha",
+        "-p",
+        "pgha-exporter",
+        "-p",
+        "pgha-backup",
+    ]);
     if release {
         cmd.arg("--release");
     }
-    let st = cmd.status().context("cargo build -p pgha-agent -p pgha")?;
+    let st = cmd.status().context("cargo build of the pgha binaries")?;
     if !st.success() {
-        bail!("building pgha-agent and pgha failed ({st})");
+        bail!("building pgha-agent, pgha, pgha-exporter and pgha-backup failed ({st})");
     }
     let dir = std::env::current_exe()?
         .parent()

@@ -133,8 +133,9 @@ async fn up(
 ) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
-    eprintln!("xtask: building pgha-agent and pgha");
+    eprintln!("xtask: building pgha-agent, pgha, pgha-exporter and pgha-backup");
     let bin_dir = agents::build_binaries()?;
+    crate::services::install_archive_bin(dir, &bin_dir)?;
     let t = Instant::now();
     let mode = if sync {
         ReplicationMode::Sync
@@ -173,6 +174,8 @@ async fn up(
         spec.extra_toml = format!(
             "[dcs]\netcd = [\"{etcd_url}\"]\n\n[failover]\n# the defaults; see docs/FAILOVER.md\nttl = \"8s\"\nloop_wait = \"500ms\"\n"
         );
+        let exporter_port = pgha_local_cluster::free_port("127.0.0.1")?;
+        crate::services::configure(&mut spec, dir, &exporter_port)?;
         let c = LocalCluster::create(&spec)
             .await
             .map_err(|e| explain(e, dir))?;
@@ -197,6 +200,9 @@ async fn up(
             ))
         })?;
     eprintln!("xtask: cluster up in {:.1} s", t.elapsed().as_secs_f64());
+    let exporter =
+        crate::services::ensure_exporter(dir, cluster.config(), &cluster.config_path(), &bin_dir)?;
+    crate::services::ensure_backups(dir, cluster.config(), &cluster.config_path(), &bin_dir)?;
     let st = cluster.status().await?;
     print!("{}", pgha_replication::table::render(cluster.config(), &st));
     println!(
@@ -208,8 +214,14 @@ async fn up(
         cluster.config_path().display()
     );
     println!(
-        "Then: {}/pgha list   (status, check replication, switchover --to node2, pause, ...)",
+        "Then: {}/pgha list   (verify, status, check replication, switchover --to node2, pause, ...)",
         bin_dir.display()
+    );
+    println!(
+        "Exporter: http://{exporter}/metrics; WAL archive and base backups in {}/backups \
+         (daily at 02:00; logs in {}/services/)",
+        dir.display(),
+        dir.display()
     );
     if pgbouncer {
         crate::pgbouncer::up(&cluster).await?;
@@ -281,6 +293,7 @@ async fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::pgbouncer::down(dir)?;
+    crate::services::stop_all(dir);
     agents::stop_all(dir);
     // Works on incomplete clusters too: every node the config names is stopped if running.
     let loaded = pgha_config::load(ConfigSource::Flag(path))?;

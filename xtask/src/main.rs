@@ -7,7 +7,29 @@ mod cluster;
 mod deps;
 mod drill;
 mod pgbouncer;
+mod services;
 mod test;
+
+/// `cargo` for a nested build. `cargo run` gives xtask the variables of its own package
+/// (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...); passed on, they trip build scripts that rerun when
+/// such variables change, and the nested build recompiles half the dependency tree.
+pub fn cargo() -> std::process::Command {
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || k.starts_with("CARGO_CRATE_")
+            || k.starts_with("CARGO_PRIMARY_")
+            || k == "CARGO_MANIFEST_DIR"
+            || k == "CARGO_MANIFEST_PATH"
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd
+}
 
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one test command (README, CI). Installs what the tests need, then runs
 //! every test of the workspace with cargo-nextest (cargo test when nextest is absent).
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context;
 
@@ -18,13 +18,12 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
     deps::ensure_moto()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let nextest = Command::new(&cargo)
+    let nextest = crate::cargo()
         .args(["nextest", "--version"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = crate::cargo();
     if nextest {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {

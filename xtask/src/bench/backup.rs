@@ -118,10 +118,9 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     crate::deps::ensure_postgres()?;
     crate::deps::ensure_pgbackrest()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("bench backup: building pgha-backup ({profile})");
     sh(
-        Command::new(&cargo).args(["build", "--profile", &profile, "-p", "pgha-backup"]),
+        crate::cargo().args(["build", "--profile", &profile, "-p", "pgha-backup"]),
         "cargo build -p pgha-backup",
     )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -86,7 +86,7 @@ struct Figures {
 
 fn build_release() -> anyhow::Result<PathBuf> {
     eprintln!("xtask: building pgha-exporter (release)");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let st = crate::cargo()
         .args(["build", "--release", "-p", "pgha-exporter"])
         .status()
         .context("run cargo build")?;

@@ -47,8 +47,7 @@ pub fn median(v: &mut [f64]) -> f64 {
 /// is linked into xtask itself), and returns its exit status.
 fn rerun_optimized() -> anyhow::Result<ExitCode> {
     eprintln!("xtask: this benchmark measures code linked into xtask; building xtask --release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = std::process::Command::new(cargo)
+    let st = crate::cargo()
         .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
         .args(std::env::args_os().skip(1))
         .status()
