@@ -10,6 +10,7 @@ mod error;
 mod load;
 mod model;
 mod net;
+pub mod reference;
 mod router;
 mod secret;
 mod tls;

@@ -176,6 +176,7 @@ impl std::fmt::Display for ReplicationMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationSection {
+    /// async: commits return before a standby has the WAL; sync: they wait for `sync_standbys`.
     pub mode: ReplicationMode,
     /// Number of standbys a commit waits for in sync mode.
     pub sync_standbys: u32,
@@ -187,10 +188,13 @@ pub struct ReplicationSection {
     pub slots: bool,
     /// Networks allowed to connect (pg_hba.conf `host` entries, scram-sha-256 only).
     pub allowed_networks: Vec<IpNet>,
+    /// max_wal_senders on every node (replicas, pg_basebackup and pg_rewind each use one).
     pub max_wal_senders: u32,
+    /// max_replication_slots on every node.
     pub max_replication_slots: u32,
     /// WAL kept for replicas without a slot (wal_keep_size).
     pub wal_keep_size: ByteSize,
+    /// Replicas tell the primary which rows their queries still need (fewer query cancellations, some bloat).
     pub hot_standby_feedback: bool,
 }
 
@@ -222,8 +226,10 @@ pub struct NodeConfig {
     pub name: String,
     /// Address others reach this node at (also listen_addresses).
     pub host: String,
+    /// PostgreSQL port (default 5432).
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Data directory (PGDATA), owned by the server OS user.
     pub data_dir: PathBuf,
     /// Overrides `postgres.os_user` for this node.
     #[serde(default)]
