@@ -172,3 +172,97 @@ async fn with_tls_the_agent_api_is_https_and_the_router_connects_with_verify_ful
     router.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_token_guards_mutations_and_restricted_reads_and_never_reaches_the_log(
+) -> anyhow::Result<()> {
+    const TOKEN: &str = "agent-Api-Token-5150";
+    let secrets = tempfile::tempdir()?;
+    let token_file = secrets.path().join("api.token");
+    std::fs::write(&token_file, TOKEN)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let toml = format!(
+        "{TEST_FAILOVER_TOML}api_token = {{ file = \"{}\" }}\napi_restrict_reads = true\n",
+        token_file.display()
+    );
+    let h = HaCluster::start(bin(), TestCluster::builder().replicas(1), &toml).await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    let agent = h
+        .cluster
+        .config()
+        .node("node1")
+        .unwrap()
+        .agent_address
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let code = |r: reqwest::Response| r.status().as_u16();
+
+    // Health checks stay open for load balancers (200 once the agent sees itself leading);
+    // informational reads need the token.
+    let deadline = Instant::now() + T;
+    while code(http.get(format!("http://{agent}/primary")).send().await?) != 200 {
+        anyhow::ensure!(Instant::now() < deadline, "/primary never answered 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        code(http.get(format!("http://{agent}/cluster")).send().await?),
+        401
+    );
+    let ok = http
+        .get(format!("http://{agent}/cluster"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(code(ok), 200);
+    // Discovery from the config presents the token.
+    assert_eq!(
+        AgentMembers::from_config(h.cluster.config(), None)?
+            .members()
+            .await?
+            .len(),
+        2
+    );
+
+    // Mutations: no token and a wrong one (same length, last byte differs) are refused.
+    let pause = format!("http://{agent}/pause");
+    assert_eq!(code(http.post(&pause).send().await?), 401);
+    let wrong = format!("{}X", &TOKEN[..TOKEN.len() - 1]);
+    assert_eq!(
+        code(http.post(&pause).bearer_auth(&wrong).send().await?),
+        401
+    );
+    assert_eq!(
+        code(http.post(&pause).bearer_auth(TOKEN).send().await?),
+        200
+    );
+    // The agent's view catches up within a loop.
+    let deadline = Instant::now() + T;
+    loop {
+        let body: serde_json::Value = http
+            .get(format!("http://{agent}/cluster"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if body["view"]["config"]["paused"] == true {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not paused: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Refusals were logged, the token never was.
+    let log = std::fs::read_to_string(h.agent_log("node1"))?;
+    assert!(log.contains("refused unauthenticated"), "{log}");
+    assert!(
+        !log.contains(TOKEN) && !log.contains(&wrong),
+        "the agent log holds the token"
+    );
+    Ok(())
+}

@@ -91,6 +91,10 @@ pub struct FailoverSection {
     pub sync_strict: bool,
     /// Token required by mutating agent API calls (switchover, failover, pause, resume, failsafe).
     pub api_token: Option<SecretSource>,
+    /// Also require the token on the agent API's informational reads (`/`, `/cluster`,
+    /// `/metrics`); the health checks (`/primary`, `/replica`, `/read-only`, `/health`) stay
+    /// open for load balancers.
+    pub api_restrict_reads: bool,
 }
 
 impl Default for FailoverSection {
@@ -104,6 +108,7 @@ impl Default for FailoverSection {
             postgres_restart_timeout: Duration::from_secs(3),
             sync_strict: false,
             api_token: None,
+            api_restrict_reads: false,
         }
     }
 }

@@ -290,6 +290,12 @@ impl PghaConfig {
             );
         }
         check_secret(errs, "failover.api_token", f.api_token.as_ref());
+        if f.api_restrict_reads && f.api_token.is_none() {
+            errs.push(
+                "failover.api_restrict_reads",
+                "needs failover.api_token (the token reads must present)",
+            );
+        }
         if let Some(d) = &self.dcs {
             if d.etcd.is_empty() {
                 errs.push(

@@ -4,7 +4,8 @@
 //! `GET /replica[?lag=10MB]`: 200 on a streaming replica within the lag; `GET /read-only`: 200 on
 //! any running node; `GET /health`: 200 when PostgreSQL runs; `GET /cluster`: JSON topology;
 //! `GET /metrics`: Prometheus text. `POST /switchover|/failover|/pause|/resume|/failsafe` need
-//! `Authorization: Bearer <failover.api_token>`.
+//! `Authorization: Bearer <failover.api_token>`; with `failover.api_restrict_reads` so do
+//! `GET /`, `/cluster` and `/metrics`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,8 +97,24 @@ fn status_body(s: &ApiState) -> serde_json::Value {
     })
 }
 
-async fn status(State(s): State<Arc<ApiState>>) -> Response {
+async fn status(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = read_allowed(&s, &headers, "GET /") {
+        return r;
+    }
     (StatusCode::OK, Json(status_body(&s))).into_response()
+}
+
+/// With `failover.api_restrict_reads`, informational reads need the token too.
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is sent as-is; boxing buys nothing here"
+)]
+fn read_allowed(s: &ApiState, headers: &HeaderMap, what: &str) -> Result<(), Response> {
+    if s.config.failover.api_restrict_reads {
+        authorized(s, headers, what)
+    } else {
+        Ok(())
+    }
 }
 
 async fn primary(State(s): State<Arc<ApiState>>) -> Response {
@@ -150,12 +167,18 @@ async fn health(State(s): State<Arc<ApiState>>) -> Response {
     read_only(State(s)).await
 }
 
-async fn cluster(State(s): State<Arc<ApiState>>) -> Response {
+async fn cluster(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = read_allowed(&s, &headers, "GET /cluster") {
+        return r;
+    }
     let snap = s.shared.snapshot();
     (StatusCode::OK, Json(serde_json::json!({ "reported_by": snap.name, "dcs_reachable": snap.dcs_reachable, "view": snap.view }))).into_response()
 }
 
-async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = read_allowed(&s, &headers, "GET /metrics") {
+        return r;
+    }
     let snap = s.shared.snapshot();
     let name = &snap.name;
     let b = |v: bool| if v { 1 } else { 0 };
