@@ -90,6 +90,7 @@ async fn tls_cluster_replicates_over_tls_and_refuses_plain_or_untrusted_clients(
     );
 
     // verify-full also checks the name: the right CA but a host the certificate does not name.
+    // `localhost` reaches the same listener; the certificate names 127.0.0.1 alone.
     let wrong_name = base
         .clone()
         .host("localhost")
