@@ -44,7 +44,8 @@ fn pid_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
+/// The pid in `path` when that process is alive.
+pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path)
         .ok()?
         .trim()

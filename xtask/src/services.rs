@@ -13,6 +13,8 @@ use pgha_config::PghaConfig;
 use pgha_local_cluster::{stop_pid, ClusterSpec, PortReservation};
 use pgha_postgres::OsUser;
 
+use crate::agents::read_pid;
+
 fn services(root: &Path) -> PathBuf {
     root.join("services")
 }
@@ -58,13 +60,6 @@ pub fn install_archive_bin(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(bin_dir.join("pgha-backup")).context("read pgha-backup")?;
     pgha_postgres::files::write_atomic(&to, &bytes, 0o755, None)?;
     Ok(())
-}
-
-fn read_pid(path: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-        .is_ok()
-        .then_some(pid)
 }
 
 fn spawn(root: &Path, name: &str, bin: &Path, args: &[&str]) -> anyhow::Result<()> {

@@ -4,7 +4,11 @@
 //! read-write entry to a promoted replica, and bad input gets a clear error.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{create_app, pool_config};
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,39 +39,12 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// The cluster's pgha.toml plus a `[pooling]` section on `port`, as `<root>/pgha-pool.toml`.
-fn pool_config(c: &TestCluster, port: u16, extra: &str) -> PathBuf {
-    let base = std::fs::read_to_string(c.config_path()).unwrap();
-    let dir = c.root().join("pgbouncer");
-    let section = format!(
-        "\n[pooling]\nlisten_port = {port}\ndatabases = [\"app\"]\nusers = [\"app\"]\n\
-         ini_path = \"{d}/pgbouncer.ini\"\nuserlist_path = \"{d}/userlist.txt\"\n{extra}\n",
-        d = dir.display()
-    );
-    let path = c.root().join("pgha-pool.toml");
-    std::fs::write(&path, base + &section).unwrap();
-    path
-}
-
 fn pooling(path: &Path) -> pgha_config::PoolingSection {
     pgha_config::load(ConfigSource::Flag(path.to_owned()))
         .unwrap()
         .config
         .pooling
         .unwrap()
-}
-
-/// Role `app` (password set as a SCRAM verifier) owning database `app`.
-async fn create_app(c: &TestCluster, primary: &str) -> anyhow::Result<()> {
-    let mut p = c.conn(primary).await?;
-    let v = pgha_postgres::scram::verifier(&Secret::new(APP_PASSWORD));
-    sqlx::query(&format!("CREATE ROLE app LOGIN PASSWORD '{v}'"))
-        .execute(&mut p)
-        .await?;
-    sqlx::query("CREATE DATABASE app OWNER app")
-        .execute(&mut p)
-        .await?;
-    Ok(())
 }
 
 /// A client through PgBouncer. Queries go as simple-protocol `raw_sql`: in transaction pooling
@@ -129,7 +106,7 @@ async fn routes_writes_to_primary_reads_to_replica_and_checks_passwords() -> any
         text(&o)
     );
 
-    create_app(&c, "node1").await?;
+    create_app(&c, "node1", APP_PASSWORD).await?;
     let o = bin(&cfg, &["render"]);
     assert!(o.status.success(), "{}", text(&o));
     let pool = pooling(&cfg);
@@ -283,7 +260,7 @@ impl Drop for KillOnDrop {
 async fn follow_moves_the_read_write_entry_to_the_promoted_replica() -> anyhow::Result<()> {
     let c = TestCluster::start(1).await?;
     let port = free_port("127.0.0.1")?;
-    create_app(&c, "node1").await?;
+    create_app(&c, "node1", APP_PASSWORD).await?;
     let cfg = pool_config(
         &c,
         port.port,
@@ -389,7 +366,7 @@ async fn follow_moves_the_read_write_entry_to_the_promoted_replica() -> anyhow::
 async fn planned_switchover_under_pause_makes_clients_wait_not_fail() -> anyhow::Result<()> {
     let c = TestCluster::start(1).await?;
     let port = free_port("127.0.0.1")?;
-    create_app(&c, "node1").await?;
+    create_app(&c, "node1", APP_PASSWORD).await?;
     let cfg = pool_config(&c, port.port, "");
     let o = bin(&cfg, &["render"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -447,7 +424,7 @@ async fn planned_switchover_under_pause_makes_clients_wait_not_fail() -> anyhow:
 async fn read_only_entry_round_robins_over_replicas_sharing_a_port() -> anyhow::Result<()> {
     let c = TestCluster::start(2).await?;
     let port = free_port("127.0.0.1")?;
-    create_app(&c, "node1").await?;
+    create_app(&c, "node1", APP_PASSWORD).await?;
     // PgBouncer 1.18 takes one port per entry: move node3 to 127.0.0.2 on node2's port, as two
     // replicas on two hosts would be. postgresql.auto.conf is read after pgha-node.conf.
     let node2 = c.config().node("node2").unwrap().port;

@@ -3,11 +3,15 @@
 //! verify-full.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{create_app, pool_config};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pgha_config::{ConfigSource, Secret};
+use pgha_config::ConfigSource;
 use pgha_pooling_config::PgBouncerProcess;
 use pgha_test_support::{free_port, TestCluster};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
@@ -20,29 +24,12 @@ async fn pgbouncer_requires_tls_from_clients_and_verifies_postgres() -> anyhow::
     let c = TestCluster::builder().replicas(1).tls().start().await?;
     let port = free_port("127.0.0.1")?;
     let dir = c.root().join("pgbouncer");
-    let cfg = c.root().join("pgha-pool.toml");
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(c.config_path())?
-            + &format!(
-                "\n[pooling]\nlisten_port = {}\ndatabases = [\"app\"]\nusers = [\"app\"]\n\
-                 ini_path = \"{d}/pgbouncer.ini\"\nuserlist_path = \"{d}/userlist.txt\"\n",
-                port.port,
-                d = dir.display()
-            ),
-    )?;
+    let cfg = pool_config(&c, port.port, "");
     let config = pgha_config::load(ConfigSource::Flag(cfg.clone()))?.config;
     // PgBouncer's own certificate, beside the cluster's (kept).
     pgha_tls::init(&config, &pgha_tls::InitOptions::default())?;
 
-    let mut p = c.conn("node1").await?;
-    let v = pgha_postgres::scram::verifier(&Secret::new(PASSWORD));
-    sqlx::query(&format!("CREATE ROLE app LOGIN PASSWORD '{v}'"))
-        .execute(&mut p)
-        .await?;
-    sqlx::query("CREATE DATABASE app OWNER app")
-        .execute(&mut p)
-        .await?;
+    create_app(&c, "node1", PASSWORD).await?;
 
     let out = Command::new(env!("CARGO_BIN_EXE_pgha-pgbouncer"))
         .arg("render")
@@ -86,7 +73,10 @@ async fn pgbouncer_requires_tls_from_clients_and_verifies_postgres() -> anyhow::
     let e = plain
         .expect_err("PgBouncer accepted a client without TLS")
         .to_string();
-    assert!(e.contains("SSL required"), "refused for another reason: {e}");
+    assert!(
+        e.contains("SSL required"),
+        "refused for another reason: {e}"
+    );
     assert_no_secret_in(&dir, PASSWORD);
     Ok(())
 }

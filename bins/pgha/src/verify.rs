@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgha_config::{PghaConfig, ReplicationMode};
-use pgha_postgres::{connect_params, ConnectParams};
+use pgha_postgres::connect_params;
 use pgha_replication::status::{ClusterStatus, Role};
 use pgha_replication::table::human_bytes;
 use serde::Serialize;
@@ -157,36 +157,37 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
             return out;
         }
     };
-    nodes(config, &status, &mut out);
+    nodes(&status, &mut out);
     let primary = status
         .writable
         .first()
         .cloned()
         .filter(|_| status.writable.len() == 1);
     replicas(config, &status, primary.as_deref(), &mut out);
-    match primary.as_deref().and_then(|p| config.node(p)) {
-        Some(p) => match connect_params(config, p) {
-            Ok(params) => {
-                out.push(marker(config, &params, &status, args.marker_timeout).await);
-                primary_checks(config, &params, &status, args, &mut out).await;
-            }
-            Err(e) => out.push(check("marker", Verdict::Fail, "-", "-", e.to_string())),
-        },
-        None => out.push(check(
-            "marker",
-            Verdict::Fail,
-            "-",
-            "-",
-            "no single writable primary to write the marker on",
-        )),
+    // One connection to the primary serves the marker and every primary-side check.
+    let conn = match primary.as_deref().and_then(|p| config.node(p)) {
+        Some(p) => async { anyhow::Ok(connect_params(config, p)?.connect().await?) }
+            .await
+            .map_err(|e| crate::error_chain(&e)),
+        None => Err("no single writable primary to write the marker on".to_owned()),
+    };
+    match conn {
+        Ok(mut c) => {
+            out.push(marker(config, &mut c, &status, args.marker_timeout).await);
+            out.push(connections(&mut c, args.max_connections_ratio).await);
+            out.push(cache_hit(&mut c, args.min_cache_hit).await);
+            out.push(tls(config, &mut c).await);
+            out.push(backup(config, &mut c, args).await);
+        }
+        Err(why) => out.push(check("marker row", Verdict::Fail, "-", "-", why)),
     }
     out.push(dcs(config, primary.as_deref()).await);
     out.push(exporter(config, &status).await);
-    out.push(pgbouncer(config, &status, primary.as_deref()).await);
+    out.push(pgbouncer(config, primary.as_deref()).await);
     out
 }
 
-fn nodes(config: &PghaConfig, status: &ClusterStatus, out: &mut Vec<Check>) {
+fn nodes(status: &ClusterStatus, out: &mut Vec<Check>) {
     for n in &status.nodes {
         let name = format!("node {}", n.name);
         out.push(match (n.reachable, n.role) {
@@ -237,7 +238,6 @@ fn nodes(config: &PghaConfig, status: &ClusterStatus, out: &mut Vec<Check>) {
             "split brain: several nodes accept writes",
         ),
     });
-    let _ = config;
 }
 
 fn replicas(
@@ -335,15 +335,14 @@ fn replicas(
 /// Writes a marker row on the primary and waits until every streaming replica shows it.
 async fn marker(
     config: &PghaConfig,
-    params: &ConnectParams,
+    p: &mut PgConnection,
     status: &ClusterStatus,
     timeout: Duration,
 ) -> Check {
     let threshold = format!("<= {:.1}s", timeout.as_secs_f64());
     let run = async {
-        let mut p = params.connect().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS pgha_verify_marker (id text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
-            .execute(&mut p)
+            .execute(&mut *p)
             .await?;
         let id = format!(
             "{}-{}",
@@ -355,7 +354,7 @@ async fn marker(
         );
         sqlx::query("INSERT INTO pgha_verify_marker (id) VALUES ($1)")
             .bind(&id)
-            .execute(&mut p)
+            .execute(&mut *p)
             .await?;
         let started = Instant::now();
         let mut slowest = Duration::ZERO;
@@ -389,7 +388,7 @@ async fn marker(
         }
         sqlx::query("DELETE FROM pgha_verify_marker WHERE id = $1")
             .bind(&id)
-            .execute(&mut p)
+            .execute(&mut *p)
             .await?;
         anyhow::Ok((slowest, missing))
     };
@@ -419,26 +418,6 @@ async fn marker(
             crate::error_chain(&e),
         ),
     }
-}
-
-async fn primary_checks(
-    config: &PghaConfig,
-    params: &ConnectParams,
-    status: &ClusterStatus,
-    args: &VerifyArgs,
-    out: &mut Vec<Check>,
-) {
-    let mut c = match params.connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(check("connections", Verdict::Fail, "-", "-", e.to_string()));
-            return;
-        }
-    };
-    out.push(connections(&mut c, args.max_connections_ratio).await);
-    out.push(cache_hit(&mut c, args.min_cache_hit).await);
-    out.push(tls(config, &mut c, status).await);
-    out.push(backup(config, &mut c, args).await);
 }
 
 async fn connections(c: &mut PgConnection, ratio: f64) -> Check {
@@ -499,7 +478,7 @@ async fn cache_hit(c: &mut PgConnection, min: f64) -> Check {
     }
 }
 
-async fn tls(config: &PghaConfig, c: &mut PgConnection, status: &ClusterStatus) -> Check {
+async fn tls(config: &PghaConfig, c: &mut PgConnection) -> Check {
     if config.tls.is_none() {
         return skip("tls", "no [tls] section");
     }
@@ -510,7 +489,6 @@ async fn tls(config: &PghaConfig, c: &mut PgConnection, status: &ClusterStatus) 
     )
     .fetch_one(&mut *c)
     .await;
-    let _ = status;
     match r {
         Ok((mine, repl, repl_tls)) if mine && repl == repl_tls => check(
             "tls",
@@ -747,21 +725,17 @@ async fn exporter(config: &PghaConfig, status: &ClusterStatus) -> Check {
     }
 }
 
-async fn pgbouncer(config: &PghaConfig, status: &ClusterStatus, primary: Option<&str>) -> Check {
+async fn pgbouncer(config: &PghaConfig, primary: Option<&str>) -> Check {
     let Some(pool) = &config.pooling else {
         return skip("pgbouncer", "no [pooling] section");
     };
     let Some(db) = pool.databases.first() else {
         return skip("pgbouncer", "pooling.databases is empty");
     };
-    let host = match pool.listen_addr.as_str() {
-        "*" | "0.0.0.0" => "127.0.0.1",
-        a => a.split(',').next().unwrap_or(a).trim(),
-    };
     let r = async {
         let params = connect_params(config, &config.nodes[0])?;
         let mut p = params.clone();
-        p.host = host.to_owned();
+        p.host = pool.client_host();
         p.port = pool.listen_port;
         p.database = db.clone();
         p.statement_timeout = None;
@@ -775,7 +749,6 @@ async fn pgbouncer(config: &PghaConfig, status: &ClusterStatus, primary: Option<
     let want = primary
         .and_then(|p| config.node(p))
         .map(|n| i32::from(n.port));
-    let _ = status;
     match (r.await, want) {
         (Ok(port), Some(w)) if port == w => check(
             "pgbouncer",

@@ -27,5 +27,5 @@ pub use model::{
 pub use net::IpNet;
 pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};
 pub use secret::{Secret, SecretError, SecretSource};
-pub use tls::TlsSection;
+pub use tls::{TlsSection, TLS_INSTALLED_CA, TLS_INSTALLED_CERT, TLS_INSTALLED_KEY};
 pub use units::ByteSize;

@@ -399,6 +399,18 @@ pub struct PoolingSection {
     pub userlist_refresh: Duration,
 }
 
+impl PoolingSection {
+    /// The address a local client dials to reach PgBouncer: the first `listen_addr`, with a
+    /// wildcard (`*`, `0.0.0.0`, `::`) mapped to loopback.
+    pub fn client_host(&self) -> String {
+        match self.listen_addr.as_str() {
+            "*" | "0.0.0.0" => "127.0.0.1".to_owned(),
+            "::" => "::1".to_owned(),
+            other => other.split(',').next().unwrap_or(other).trim().to_owned(),
+        }
+    }
+}
+
 impl Default for PoolingSection {
     fn default() -> Self {
         PoolingSection {

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeConfig;
 
+/// Names of the copies in a node's `tls_install_dir` (owned by the server's OS user): its
+/// certificate, its key, and the CA the WAL receiver and the server tools verify with.
+pub const TLS_INSTALLED_CERT: &str = "server.crt";
+pub const TLS_INSTALLED_KEY: &str = "server.key";
+pub const TLS_INSTALLED_CA: &str = "root.crt";
+
 /// `[tls]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -29,13 +29,8 @@ impl ConsoleTarget {
     /// The console of the PgBouncer `[pooling]` describes, as `postgres.superuser`.
     pub fn from_config(config: &PghaConfig) -> Result<Self> {
         let pool = crate::section(config)?;
-        let host = match pool.listen_addr.as_str() {
-            "*" | "0.0.0.0" => "127.0.0.1".to_owned(),
-            "::" => "::1".to_owned(),
-            other => other.split(',').next().unwrap_or(other).trim().to_owned(),
-        };
         Ok(ConsoleTarget {
-            host,
+            host: pool.client_host(),
             port: pool.listen_port,
             user: config.postgres.superuser.clone(),
             password: config
@@ -78,11 +73,7 @@ impl AdminConsole {
         if let Some(p) = &target.password {
             o = o.password(p.expose());
         }
-        if let Some(ca) = &target.ssl_root_cert {
-            o = o
-                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
-                .ssl_root_cert(ca);
-        }
+        o = pgha_postgres::verify_full(o, target.ssl_root_cert.as_deref());
         let conn = match tokio::time::timeout(target.timeout, o.connect()).await {
             Ok(Ok(c)) => c,
             Ok(Err(source)) => {

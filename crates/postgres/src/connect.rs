@@ -25,6 +25,17 @@ pub struct ConnectParams {
     pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
+/// `sslmode=verify-full` against `ca` when there is one (`[tls]`), else `o` unchanged: the one
+/// place every sqlx client of ours (tools, router, PgBouncer console) turns TLS on.
+pub fn verify_full(o: PgConnectOptions, ca: Option<&std::path::Path>) -> PgConnectOptions {
+    match ca {
+        Some(ca) => o
+            .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+            .ssl_root_cert(ca),
+        None => o,
+    }
+}
+
 impl ConnectParams {
     /// `host:port` for messages.
     pub fn target(&self) -> String {
@@ -45,12 +56,7 @@ impl ConnectParams {
         if let Some(t) = self.statement_timeout {
             o = o.options([("statement_timeout", format!("{}", t.as_millis()))]);
         }
-        if let Some(ca) = &self.ssl_root_cert {
-            o = o
-                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
-                .ssl_root_cert(ca);
-        }
-        o
+        verify_full(o, self.ssl_root_cert.as_deref())
     }
 
     /// libpq environment for a child tool (pg_dump, psql, pgbench) connecting with these

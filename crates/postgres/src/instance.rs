@@ -75,7 +75,8 @@ impl LocalInstance {
         if config.tls.is_some() {
             // The tools (pg_basebackup, pg_rewind, psql) run as the server's OS user and
             // verify servers with the CA copy installed beside the data dir for that user.
-            inst.tool_ssl_root_cert = Some(node.tls_install_dir().join("root.crt"));
+            inst.tool_ssl_root_cert =
+                Some(node.tls_install_dir().join(pgha_config::TLS_INSTALLED_CA));
         }
         Ok(inst)
     }

@@ -19,7 +19,7 @@ pub mod sql;
 mod supervised;
 
 pub use binaries::PgBinaries;
-pub use connect::ConnectParams;
+pub use connect::{verify_full, ConnectParams};
 pub use control::{PgControl, ProcessState, StopMode};
 pub use controldata::{control_data, ControlData};
 pub use error::{PgError, Result};

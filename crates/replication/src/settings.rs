@@ -126,9 +126,9 @@ pub fn render_node_conf(
 }
 
 /// Names of the files install_tls_files puts in a node's `tls_install_dir`.
-pub const TLS_CERT: &str = "server.crt";
-pub const TLS_KEY: &str = "server.key";
-pub const TLS_CA: &str = "root.crt";
+pub use pgha_config::{
+    TLS_INSTALLED_CA as TLS_CA, TLS_INSTALLED_CERT as TLS_CERT, TLS_INSTALLED_KEY as TLS_KEY,
+};
 
 /// pg_hba.conf: peer on the local socket, scram-sha-256 over TCP from the configured networks
 /// only; never `trust` or `password` over TCP. With `[tls]`, TCP entries are `hostssl`, and

@@ -64,6 +64,23 @@ impl AgentMembers {
         agents: impl IntoIterator<Item = impl Into<String>>,
         template: PgConnectOptions,
     ) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Self::DEFAULT_TIMEOUT)
+            .build()
+            .map_err(|e| RouterError::InvalidOption {
+                option: "agents",
+                problem: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Self::with_client(agents, template, client, "http")
+    }
+
+    /// Addresses without a scheme get `scheme://`.
+    fn with_client(
+        agents: impl IntoIterator<Item = impl Into<String>>,
+        template: PgConnectOptions,
+        client: reqwest::Client,
+        scheme: &str,
+    ) -> Result<Self> {
         let agents: Vec<String> = agents
             .into_iter()
             .map(|a| {
@@ -72,7 +89,7 @@ impl AgentMembers {
                 if a.contains("://") {
                     a.to_owned()
                 } else {
-                    format!("http://{a}")
+                    format!("{scheme}://{a}")
                 }
             })
             .collect();
@@ -83,13 +100,6 @@ impl AgentMembers {
                     .into(),
             });
         }
-        let client = reqwest::Client::builder()
-            .timeout(Self::DEFAULT_TIMEOUT)
-            .build()
-            .map_err(|e| RouterError::InvalidOption {
-                option: "agents",
-                problem: format!("cannot build the HTTP client: {e}"),
-            })?;
         Ok(AgentMembers {
             agents,
             template,
@@ -116,19 +126,19 @@ impl AgentMembers {
                 ),
             });
         }
-        let mut m = AgentMembers::new(agents, creds.options("localhost", 5432))?;
+        // HTTPS with the cluster CA when the agents serve it ([tls] agent_api).
         let api = pgha_tls::AgentApiClient::new(config, Self::DEFAULT_TIMEOUT).map_err(|e| {
             RouterError::InvalidOption {
                 option: "agents",
                 problem: e.to_string(),
             }
         })?;
-        m.client = api.client;
-        m.agents = m
-            .agents
-            .iter()
-            .map(|a| a.replacen("http://", &format!("{}://", api.scheme), 1))
-            .collect();
+        let mut m = AgentMembers::with_client(
+            agents,
+            creds.options("localhost", 5432),
+            api.client,
+            api.scheme,
+        )?;
         m.token = config
             .failover
             .api_token

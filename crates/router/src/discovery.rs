@@ -199,16 +199,12 @@ impl ConfigCredentials {
     }
 
     pub(crate) fn options(&self, host: &str, port: u16) -> PgConnectOptions {
-        let mut o = PgConnectOptions::new()
+        let o = PgConnectOptions::new()
             .host(host)
             .port(port)
             .username(&self.user)
             .database(&self.database);
-        if let Some(ca) = &self.ssl_root_cert {
-            o = o
-                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
-                .ssl_root_cert(ca);
-        }
+        let o = pgha_postgres::verify_full(o, self.ssl_root_cert.as_deref());
         match &self.password {
             Some(p) => o.password(p.expose()),
             None => o,

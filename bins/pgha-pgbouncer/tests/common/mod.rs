@@ -1,0 +1,34 @@
+//! Helpers shared by the PgBouncer test files.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::PathBuf;
+
+use pgha_config::Secret;
+use pgha_test_support::TestCluster;
+
+/// The cluster's pgha.toml plus a `[pooling]` section on `port`, as `<root>/pgha-pool.toml`.
+pub fn pool_config(c: &TestCluster, port: u16, extra: &str) -> PathBuf {
+    let base = std::fs::read_to_string(c.config_path()).unwrap();
+    let dir = c.root().join("pgbouncer");
+    let section = format!(
+        "\n[pooling]\nlisten_port = {port}\ndatabases = [\"app\"]\nusers = [\"app\"]\n\
+         ini_path = \"{d}/pgbouncer.ini\"\nuserlist_path = \"{d}/userlist.txt\"\n{extra}\n",
+        d = dir.display()
+    );
+    let path = c.root().join("pgha-pool.toml");
+    std::fs::write(&path, base + &section).unwrap();
+    path
+}
+
+/// Role `app` with `password` (set as a SCRAM verifier) owning database `app`.
+pub async fn create_app(c: &TestCluster, primary: &str, password: &str) -> anyhow::Result<()> {
+    let mut p = c.conn(primary).await?;
+    let v = pgha_postgres::scram::verifier(&Secret::new(password));
+    sqlx::query(&format!("CREATE ROLE app LOGIN PASSWORD '{v}'"))
+        .execute(&mut p)
+        .await?;
+    sqlx::query("CREATE DATABASE app OWNER app")
+        .execute(&mut p)
+        .await?;
+    Ok(())
+}
