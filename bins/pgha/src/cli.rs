@@ -63,6 +63,16 @@ pub enum Command {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// Make this standby cluster (`[standby_cluster]`) the primary site: its standby leader
+    /// promotes and the site takes writes. Fence the old primary site first (docs/RUNBOOK.md).
+    PromoteCluster {
+        /// Return once the request is in the DCS, without waiting for a writable leader.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the leader to become writable.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// The whole cluster end to end: nodes and roles, one primary, replicas streaming with
     /// active slots and bounded lag, a marker row replicated, sync standby, DCS leader, newest
     /// backup and WAL archive, exporter, PgBouncer, TLS, connections, cache hit ratio. Exit

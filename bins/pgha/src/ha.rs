@@ -28,6 +28,11 @@ pub async fn list(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
         }
     }
     let paused = if view.config.paused { ", PAUSED" } else { "" };
+    let paused = match (&config.standby_cluster, view.config.standby_promoted) {
+        (Some(s), false) => format!("{paused}, STANDBY CLUSTER of {}", s.primary_hosts.join(",")),
+        (Some(_), true) => format!("{paused}, promoted from standby cluster"),
+        (None, _) => paused.to_owned(),
+    };
     println!(
         "Cluster {} (leader {}{paused})",
         config.cluster.name,
@@ -127,4 +132,51 @@ pub async fn pause(config: &PghaConfig, paused: bool) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// `pgha promote-cluster`: the standby site becomes the primary site.
+pub async fn promote_cluster(
+    config: &PghaConfig,
+    no_wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let d = dcs(config).await?;
+    let t = Instant::now();
+    ops::promote_cluster(&d, config).await?;
+    println!(
+        "cluster {}: promotion to primary site requested",
+        config.cluster.name
+    );
+    if no_wait {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        for node in &config.nodes {
+            let Ok(params) = pgha_postgres::connect_params(config, node) else {
+                continue;
+            };
+            let Ok(mut c) = params.connect().await else {
+                continue;
+            };
+            let writable: Result<(bool, String), _> =
+                sqlx::query_as("SELECT NOT pg_is_in_recovery(), pg_current_wal_lsn()::text")
+                    .fetch_one(&mut c)
+                    .await;
+            if let Ok((true, lsn)) = writable {
+                println!(
+                    "{} is writable at {lsn} ({:.2} s); remove [standby_cluster] from pgha.toml at the next change",
+                    node.name,
+                    t.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no node became writable within {timeout:?}; see `pgha list` and the agents' logs"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

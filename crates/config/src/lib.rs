@@ -13,6 +13,7 @@ mod net;
 pub mod reference;
 mod router;
 mod secret;
+mod standby;
 mod tls;
 mod units;
 mod validate;
@@ -27,5 +28,6 @@ pub use model::{
 pub use net::IpNet;
 pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};
 pub use secret::{Secret, SecretError, SecretSource};
+pub use standby::StandbyClusterSection;
 pub use tls::{TlsSection, TLS_INSTALLED_CA, TLS_INSTALLED_CERT, TLS_INSTALLED_KEY};
 pub use units::ByteSize;

@@ -40,6 +40,9 @@ pub struct PghaConfig {
     /// `[tls]`: TLS on every connection; absent = plain TCP (scram-sha-256 still required).
     #[serde(default)]
     pub tls: Option<crate::TlsSection>,
+    /// `[standby_cluster]`: this cluster is a standby site of another pgha cluster.
+    #[serde(default)]
+    pub standby_cluster: Option<crate::StandbyClusterSection>,
 }
 
 /// `[dcs]`: where the leader lease and member states live.
@@ -201,6 +204,10 @@ pub struct ReplicationSection {
     pub wal_keep_size: ByteSize,
     /// Replicas tell the primary which rows their queries still need (fewer query cancellations, some bloat).
     pub hot_standby_feedback: bool,
+    /// Slots the leader keeps besides one per node, e.g. the one a standby site streams
+    /// through (`standby_cluster.primary_slot_name` there). Never dropped by pgha: a slot
+    /// nobody reads keeps WAL, so bound it with `max_slot_wal_keep_size`.
+    pub permanent_slots: Vec<String>,
 }
 
 impl Default for ReplicationSection {
@@ -219,6 +226,7 @@ impl Default for ReplicationSection {
             max_replication_slots: 10,
             wal_keep_size: ByteSize(512 << 20),
             hot_standby_feedback: true,
+            permanent_slots: Vec::new(),
         }
     }
 }
@@ -257,6 +265,11 @@ pub struct NodeConfig {
     /// Server private key (PEM) when `[tls]` is on; default `<tls.dir>/<name>.key`.
     #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
+    /// Cascading: stream from this other node (a replica) instead of the leader, e.g. so a
+    /// remote site pulls one stream across the WAN. The agent falls back to the leader while
+    /// that node is not a running replica, and returns to it when it is again.
+    #[serde(default)]
+    pub replicate_from: Option<String>,
 }
 
 fn default_port() -> u16 {

@@ -11,6 +11,7 @@ const SOURCES: &[&str] = &[
     include_str!("backup.rs"),
     include_str!("router.rs"),
     include_str!("tls.rs"),
+    include_str!("standby.rs"),
 ];
 
 /// One struct: its doc and its fields (name, type, doc).

@@ -18,6 +18,7 @@ impl PghaConfig {
         self.validate_failover(&mut errs);
         self.validate_pooling(&mut errs);
         self.validate_monitoring(&mut errs);
+        self.validate_standby(&mut errs);
         if let Some(r) = &self.router {
             r.validate(&mut errs);
         }
@@ -372,6 +373,57 @@ impl PghaConfig {
         }
     }
 
+    fn validate_standby(&self, errs: &mut ValidationErrors) {
+        for (i, slot) in self.replication.permanent_slots.iter().enumerate() {
+            let at = format!("replication.permanent_slots[{i}]");
+            if !is_slot_name(slot) {
+                errs.push(
+                    at,
+                    format!("`{slot}` is not a valid slot name: expected a-z, 0-9, `_`"),
+                );
+            } else if self.node(slot).is_some() {
+                errs.push(
+                    at,
+                    format!("`{slot}` is a node's own slot name; pick another"),
+                );
+            }
+        }
+        let Some(s) = &self.standby_cluster else {
+            return;
+        };
+        if s.primary_hosts.is_empty() {
+            errs.push(
+                "standby_cluster.primary_hosts",
+                "is empty: list the primary site's nodes, e.g. [\"10.1.0.1:5432\"]",
+            );
+        } else if s.hosts_and_ports().is_none() {
+            errs.push(
+                "standby_cluster.primary_hosts",
+                format!(
+                    "{:?}: expected `host:port` entries, e.g. \"10.1.0.1:5432\"",
+                    s.primary_hosts
+                ),
+            );
+        }
+        if let Some(slot) = &s.primary_slot_name {
+            if !is_slot_name(slot) {
+                errs.push(
+                    "standby_cluster.primary_slot_name",
+                    format!("`{slot}` is not a valid slot name: expected a-z, 0-9, `_`"),
+                );
+            }
+        }
+        if s.restore_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            errs.push(
+                "standby_cluster.restore_command",
+                "is empty: remove it or give a command",
+            );
+        }
+    }
+
     fn validate_nodes(&self, errs: &mut ValidationErrors) {
         if self.nodes.is_empty() {
             errs.push("nodes", "no node defined: add at least one [[nodes]] table");
@@ -433,6 +485,24 @@ impl PghaConfig {
                     );
                 }
             }
+            if let Some(up) = &n.replicate_from {
+                if up == &n.name {
+                    errs.push(at("replicate_from"), "names the node itself");
+                } else if self.node(up).is_none() {
+                    errs.push(
+                        at("replicate_from"),
+                        format!("`{up}` is not a node in [[nodes]]"),
+                    );
+                } else if self.cascade_loops(&n.name) {
+                    errs.push(
+                        at("replicate_from"),
+                        format!(
+                            "`{up}` leads back to `{}`: replicate_from must not form a loop",
+                            n.name
+                        ),
+                    );
+                }
+            }
             if let Some(d) = &n.socket_dir {
                 // sun_path is 108 bytes; the socket file name adds ".s.PGSQL.NNNNN".
                 if d.as_os_str().len() > 90 {
@@ -447,6 +517,28 @@ impl PghaConfig {
             }
         }
     }
+}
+
+impl PghaConfig {
+    /// Following `replicate_from` from `start` comes back to `start`.
+    fn cascade_loops(&self, start: &str) -> bool {
+        let mut at = start;
+        for _ in 0..=self.nodes.len() {
+            match self.node(at).and_then(|n| n.replicate_from.as_deref()) {
+                Some(next) if next == start => return true,
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+fn is_slot_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_IDENT
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn addr_matches_host(a: &std::net::SocketAddr, host: &str) -> bool {
@@ -563,6 +655,59 @@ data_dir = "/var/lib/pgha/node2"
             err.contains("monitoring.alerts.connections_ratio: 1.5"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cascade_and_standby_cluster_checks() {
+        let ok = GOOD.replace(
+            "data_dir = \"/var/lib/pgha/node2\"",
+            "data_dir = \"/var/lib/pgha/node2\"\nreplicate_from = \"node1\"",
+        );
+        assert!(load_from_str(&ok, "ok.toml").is_ok());
+        let looped = ok.replace(
+            "data_dir = \"/var/lib/pgha/node1\"",
+            "data_dir = \"/var/lib/pgha/node1\"\nreplicate_from = \"node2\"",
+        );
+        let err = load_from_str(&looped, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("nodes[0].replicate_from: `node2` leads back"),
+            "{err}"
+        );
+        let unknown = GOOD.replace(
+            "data_dir = \"/var/lib/pgha/node2\"",
+            "data_dir = \"/var/lib/pgha/node2\"\nreplicate_from = \"node9\"",
+        );
+        let err = load_from_str(&unknown, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("nodes[1].replicate_from: `node9` is not a node"),
+            "{err}"
+        );
+        let standby = format!(
+            "{GOOD}\n[standby_cluster]\nprimary_hosts = [\"10.0.0.1\"]\nprimary_slot_name = \"Site-B\"\n"
+        )
+        .replace("[[nodes]]\nname = \"node1\"", "[replication.x]\n[[nodes]]\nname = \"node1\"")
+        .replace("[replication.x]\n", "");
+        let err = load_from_str(&standby, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("standby_cluster.primary_hosts: [\"10.0.0.1\"]: expected `host:port`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("standby_cluster.primary_slot_name: `Site-B`"),
+            "{err}"
+        );
+        let permanent = GOOD.replace(
+            "password = { env = \"REPL_PW\" }",
+            "password = { env = \"REPL_PW\" }\npermanent_slots = [\"node1\", \"site_b\"]",
+        );
+        let err = load_from_str(&permanent, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replication.permanent_slots[0]: `node1` is a node's own slot"),
+            "{err}"
+        );
+        assert!(!err.contains("permanent_slots[1]"), "{err}");
     }
 
     #[test]

@@ -17,16 +17,18 @@ use sqlx::PgConnection;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use pgha_config::{NodeConfig, PghaConfig, ReplicationMode, Secret};
+use pgha_config::{NodeConfig, PghaConfig, ReplicationMode, Secret, StandbyClusterSection};
 use pgha_postgres::sql::{pgpass_field, quote_ident, quote_literal};
 use pgha_postgres::{
     connect_params, control_data, files, LocalInstance, Lsn, PgControl, StopMode,
     SupervisedInstance,
 };
 use pgha_replication::{
-    bootstrap_replica, create_slot, install_settings, render_node_conf, NodeRole, NODE_CONF,
+    bootstrap_replica, bootstrap_standby_leader, create_slot, drop_slot, install_settings,
+    render_node_conf_for, NodeRole, NODE_CONF,
 };
 
+use crate::cascade;
 use crate::dcs::{
     ClusterView, Dcs, LeaderInfo, LeaderStatus, MemberRole, MemberState, PgState, RequestKind,
     Session, SwitchoverRequest, SyncState,
@@ -87,6 +89,10 @@ pub struct Agent {
     not_streaming_since: Option<Instant>,
     needs_rewind: bool,
     slots_ready: bool,
+    /// Last time the slots on our PostgreSQL were compared with what should be there.
+    slots_checked: Option<Instant>,
+    /// Slots named after one of our nodes that nobody should read from us, since when.
+    unwanted_slots: std::collections::HashMap<String, Instant>,
     pending_sync: Option<PendingSync>,
     last_dcs_error: Option<Instant>,
     failed_starts: u32,
@@ -128,6 +134,8 @@ impl Agent {
             not_streaming_since: None,
             needs_rewind: false,
             slots_ready: false,
+            slots_checked: None,
+            unwanted_slots: std::collections::HashMap::new(),
             pending_sync: None,
             last_dcs_error: None,
             failed_starts: 0,
@@ -312,6 +320,10 @@ impl Agent {
             return;
         }
         self.pg_down_since = None;
+        if let Some(source) = self.standby_source(view) {
+            self.lead_standby(obs, view, &source).await;
+            return;
+        }
         if obs.in_recovery() {
             self.promote(view).await;
             return;
@@ -325,9 +337,11 @@ impl Agent {
             };
             let _ = self.dcs.put_status(&st).await;
         }
-        if !self.slots_ready {
-            self.slots_ready = self.ensure_slots().await.is_ok();
-        }
+        let me = self.node.name.clone();
+        self.slots_ready = self
+            .manage_slots(view, &me, !self.slots_ready)
+            .await
+            .is_ok();
         if self.cfg.replication.mode == ReplicationMode::Sync {
             if let Err(e) = self.manage_sync(view).await {
                 tracing::warn!("sync standby management: {e}");
@@ -387,7 +401,8 @@ impl Agent {
             Ok(()) => {
                 self.shared.promotions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(node = %self.node.name, elapsed_ms = t.elapsed().as_millis() as u64, "promoted");
-                self.slots_ready = self.ensure_slots().await.is_ok();
+                let me = self.node.name.clone();
+                self.slots_ready = self.manage_slots(view, &me, true).await.is_ok();
                 if view
                     .switchover
                     .as_ref()
@@ -409,17 +424,112 @@ impl Agent {
             .collect()
     }
 
-    /// A slot for every other node, so they can stream from us after a failover.
-    async fn ensure_slots(&mut self) -> Result<()> {
-        if !self.cfg.replication.slots {
+    /// `[standby_cluster]` while `pgha promote-cluster` has not made this site the primary one.
+    fn standby_source(&self, view: &ClusterView) -> Option<StandbyClusterSection> {
+        self.cfg
+            .standby_cluster
+            .clone()
+            .filter(|_| !view.config.standby_promoted)
+    }
+
+    /// Leader of a standby cluster: stays in recovery streaming from the primary site (its
+    /// restore_command fills gaps from the shared repository), never promotes on its own.
+    async fn lead_standby(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        source: &StandbyClusterSection,
+    ) {
+        if !obs.in_recovery() {
+            // A writable node in the standby site would fork the data from the primary site.
+            self.release(
+                "standby cluster: our PostgreSQL is a primary; only `pgha promote-cluster` may make this site writable",
+            )
+            .await;
+            return;
+        }
+        if let Err(e) = self
+            .point_at_role(NodeRole::StandbyLeader { source }, "the primary site")
+            .await
+        {
+            tracing::warn!("point the standby leader at the primary site: {e}");
+        }
+        if let (Some(lsn), Some(tl)) = (obs.lsn, obs.timeline) {
+            let st = LeaderStatus {
+                leader: self.node.name.clone(),
+                lsn,
+                timeline: tl,
+                updated_ms: now_ms(),
+            };
+            let _ = self.dcs.put_status(&st).await;
+        }
+        let me = self.node.name.clone();
+        self.slots_ready = self
+            .manage_slots(view, &me, !self.slots_ready)
+            .await
+            .is_ok();
+    }
+
+    /// Makes the slots on our PostgreSQL match who streams from us ([`cascade::wanted_slots`],
+    /// plus `replication.permanent_slots` on a primary): creates missing ones; drops a slot named
+    /// after one of our nodes that should not read from us once it stayed inactive for a TTL
+    /// (an unread slot keeps WAL forever). Checked every few seconds, or now with `force`.
+    async fn manage_slots(&mut self, view: &ClusterView, leader: &str, force: bool) -> Result<()> {
+        const EVERY: Duration = Duration::from_secs(2);
+        if !self.cfg.replication.slots
+            || (!force && self.slots_checked.is_some_and(|t| t.elapsed() < EVERY))
+        {
             return Ok(());
         }
-        let mut c = self.pg.connect().await?;
-        for n in self.other_nodes() {
-            create_slot(&mut c, &self.node.name, &n).await?;
+        self.slots_checked = Some(Instant::now());
+        let me = self.node.name.clone();
+        let mut wanted = cascade::wanted_slots(&self.cfg, view, &me, leader);
+        let acting_primary = leader == me && self.standby_source(view).is_none();
+        let permanent: Vec<String> = if acting_primary {
+            self.cfg.replication.permanent_slots.clone()
+        } else {
+            Vec::new()
+        };
+        let grace = self.cfg.failover.ttl;
+        let mut own = match self.conn.take() {
+            Some(c) => c,
+            None => self.pg.connect().await?,
+        };
+        let r: Result<()> = async {
+            let slots: Vec<(String, bool)> = sqlx::query_as(
+                "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+            )
+            .fetch_all(&mut own)
+            .await
+            .map_err(query_err("pg_replication_slots"))?;
+            wanted.extend(permanent);
+            for w in &wanted {
+                if !slots.iter().any(|(n, _)| n == w) {
+                    create_slot(&mut own, &me, w).await?;
+                    tracing::info!(node = %me, slot = %w, "replication slot created");
+                }
+            }
+            for (name, active) in &slots {
+                let ours = self.cfg.node(name).is_some();
+                if !ours || wanted.contains(name) || *active {
+                    self.unwanted_slots.remove(name);
+                    continue;
+                }
+                let since = *self
+                    .unwanted_slots
+                    .entry(name.clone())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() >= grace {
+                    drop_slot(&mut own, &me, name).await?;
+                    self.unwanted_slots.remove(name);
+                    tracing::info!(node = %me, slot = %name, "dropped an unused replication slot (its node streams from elsewhere)");
+                }
+            }
+            Ok(())
         }
-        // Our own slot may exist from when we were a replica's upstream long ago; harmless.
-        Ok(())
+        .await;
+        self.conn = Some(own);
+        r
     }
 
     /// Keeps `sync_standbys` streaming standbys synchronous and /sync naming only standbys that
@@ -620,10 +730,26 @@ impl Agent {
             self.fence("another node holds the leader key").await;
             return;
         }
-        let Some(up) = self.cfg.node(&leader.name).cloned() else {
+        if self.cfg.node(&leader.name).is_none() {
             tracing::warn!(leader = %leader.name, "leader is not in our config");
             return;
+        }
+        let me = self.node.name.clone();
+        let Some(up) = cascade::upstream_for(&self.cfg, view, &me, &leader.name).cloned() else {
+            return;
         };
+        if self
+            .cfg
+            .nodes
+            .iter()
+            .any(|n| n.replicate_from.as_deref() == Some(me.as_str()))
+            && obs.pg_state == PgState::Running
+            && obs.reachable
+        {
+            if let Err(e) = self.manage_slots(view, &leader.name, false).await {
+                tracing::debug!("slots for cascading replicas: {e}");
+            }
+        }
         match (obs.pg_state, obs.role) {
             (PgState::Running, MemberRole::Primary) if obs.reachable => {
                 self.fence(&format!(
@@ -656,6 +782,16 @@ impl Agent {
                 }
             }
             (PgState::Stopped, _) => {
+                // pg_rewind and a first copy take the leader as source; a cascading node
+                // re-points at its own upstream once it runs.
+                let from = if obs.role == MemberRole::Uninitialized && up.name != leader.name {
+                    up.clone()
+                } else if obs.role == MemberRole::Primary || self.needs_rewind {
+                    self.cfg.node(&leader.name).cloned().unwrap_or(up.clone())
+                } else {
+                    up.clone()
+                };
+                let up = from;
                 if let Err(e) = self.start_as_replica(obs, &up).await {
                     tracing::warn!(node = %self.node.name, "start as replica of {}: {e}", up.name);
                 }
@@ -664,21 +800,41 @@ impl Agent {
         self.detect_dead_leader(view, leader).await;
     }
 
-    /// Rewrites pgha-node.conf to stream from `up` and reloads, when it points elsewhere.
+    /// Rewrites pgha-node.conf to stream from `up` and reloads, when it points elsewhere. The
+    /// slot on the new upstream is made first, so the WAL receiver finds it at once.
     async fn point_at(&mut self, up: &NodeConfig) -> Result<()> {
-        let want = render_node_conf(&self.cfg, &self.node, Some(up));
-        let path = self.local().data_dir().join(NODE_CONF);
-        if std::fs::read_to_string(&path).ok().as_deref() == Some(want.as_str()) {
+        let role = NodeRole::Replica { upstream: up };
+        if !self.points_elsewhere(role) {
             return Ok(());
         }
-        install_settings(
-            &self.cfg,
-            &self.node,
-            NodeRole::Replica { upstream: up },
-            self.local(),
-        )?;
+        if self.cfg.replication.slots {
+            let made = async {
+                let mut c = connect_params(&self.cfg, up)?.connect().await?;
+                create_slot(&mut c, &up.name, &self.node.name).await?;
+                Ok::<_, FailoverError>(())
+            }
+            .await;
+            if let Err(e) = made {
+                tracing::warn!(upstream = %up.name, "create our slot on the new upstream: {e}");
+            }
+        }
+        self.point_at_role(role, &up.name).await
+    }
+
+    fn points_elsewhere(&self, role: NodeRole<'_>) -> bool {
+        let want = render_node_conf_for(&self.cfg, &self.node, role);
+        let path = self.local().data_dir().join(NODE_CONF);
+        std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str())
+    }
+
+    /// Installs the settings of `role` and reloads, when pgha-node.conf differs.
+    async fn point_at_role(&mut self, role: NodeRole<'_>, upstream: &str) -> Result<()> {
+        if !self.points_elsewhere(role) {
+            return Ok(());
+        }
+        install_settings(&self.cfg, &self.node, role, self.local())?;
         self.pg.reload().await?;
-        tracing::info!(node = %self.node.name, upstream = %up.name, "following new upstream");
+        tracing::info!(node = %self.node.name, upstream = %upstream, "following new upstream");
         Ok(())
     }
 
@@ -862,16 +1018,27 @@ impl Agent {
             status: view.status.as_ref(),
             sync: view.sync.as_ref(),
             request: fresh_request,
+            standby_cluster: self.standby_source(view).is_some(),
         };
         let mut members = view.members.clone();
         members.insert(self.node.name.clone(), self.member_state(obs));
         // Published positions can be a loop old; the last WAL the dead primary sent may have
         // reached one replica after it published. Rank on positions read live from each replica.
         self.refresh_positions(&mut members).await;
-        let Some(best) = election::best(members.values(), &rules) else {
-            return;
-        };
-        if best.name != self.node.name {
+        let standby = self.standby_source(view);
+        let best = election::best(members.values(), &rules).map(|b| b.name.clone());
+        let first_copy = standby.is_some()
+            && best.is_none()
+            && members
+                .values()
+                .all(|m| m.role == MemberRole::Uninitialized)
+            && self
+                .cfg
+                .nodes
+                .iter()
+                .find(|n| !n.nofailover)
+                .is_some_and(|n| n.name == self.node.name);
+        if best.as_deref() != Some(self.node.name.as_str()) && !first_copy {
             return;
         }
         match self.dcs.try_acquire_leader().await {
@@ -884,6 +1051,13 @@ impl Agent {
         }
         self.is_leader = true;
         tracing::info!(node = %self.node.name, lsn = ?obs.lsn, timeline = ?obs.timeline, "acquired the leader lease");
+        if let Some(source) = standby {
+            if let Err(e) = self.become_standby_leader(obs, &source).await {
+                self.release(&format!("could not start as the standby leader: {e}"))
+                    .await;
+            }
+            return;
+        }
         match (obs.pg_state, obs.role) {
             (PgState::Running, MemberRole::Replica) => self.promote(view).await,
             (PgState::Running, _) => {}
@@ -904,6 +1078,37 @@ impl Agent {
                     self.release(&format!("could not start: {e}")).await;
                 }
             }
+        }
+    }
+
+    /// Just took the lease of a standby cluster: stream from the primary site (a first copy of it
+    /// when this site has no data yet). A primary's data dir is refused: it could not follow.
+    async fn become_standby_leader(
+        &mut self,
+        obs: &Observation,
+        source: &StandbyClusterSection,
+    ) -> Result<()> {
+        let role = NodeRole::StandbyLeader { source };
+        match (obs.pg_state, obs.role) {
+            (PgState::Running, MemberRole::Replica) => {
+                self.point_at_role(role, "the primary site").await
+            }
+            (_, MemberRole::Primary) => Err(FailoverError::refused(
+                "standby leader",
+                "our data dir is a primary's; move it aside so the standby leader copies the primary site afresh",
+            )),
+            (PgState::Stopped, MemberRole::Uninitialized) => {
+                tracing::info!(node = %self.node.name, hosts = ?source.primary_hosts, "standby cluster without data: copying the primary site");
+                bootstrap_standby_leader(&self.cfg, &self.node, source, self.local()).await?;
+                self.pg.start().await?;
+                Ok(())
+            }
+            (PgState::Stopped, _) => {
+                install_settings(&self.cfg, &self.node, role, self.local())?;
+                self.pg.start().await?;
+                Ok(())
+            }
+            (PgState::Running, MemberRole::Uninitialized) => Ok(()),
         }
     }
 

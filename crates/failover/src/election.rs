@@ -16,6 +16,9 @@ pub struct Rules<'a> {
     pub sync: Option<&'a SyncState>,
     /// A pending switchover/failover: only its target may win.
     pub request: Option<&'a SwitchoverRequest>,
+    /// Electing the leader of a standby cluster: it stays a standby, so a stopped replica may
+    /// win (it starts and streams from the primary site; nothing is promoted).
+    pub standby_cluster: bool,
 }
 
 /// Why `m` may not be promoted, or Ok.
@@ -30,7 +33,7 @@ pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
     }
     match (m.pg_state, m.role) {
         (_, MemberRole::Uninitialized) => return Err("no data directory yet".into()),
-        (PgState::Stopped, MemberRole::Replica) => {
+        (PgState::Stopped, MemberRole::Replica) if !rules.standby_cluster => {
             return Err("its PostgreSQL is not running".into())
         }
         _ => {}
@@ -123,6 +126,7 @@ mod tests {
             status,
             sync,
             request: None,
+            standby_cluster: false,
         }
     }
 

@@ -3,12 +3,14 @@
 //! - [`dcs`]: what the agents need from a distributed configuration store (a leader key under a
 //!   lease, compare-and-swap, member keys, watch), with etcd v3 as the implementation.
 //! - [`election`]: pure rules: who may be promoted, who is best.
+//! - [`cascade`]: who streams from whom (`replicate_from`) and which slots each node keeps.
 //! - [`agent`]: the per-node loop that holds or follows the leader, promotes, fences, rejoins.
 //! - [`api`]: the agent's HTTP API (Patroni-compatible health endpoints for HAProxy).
 //! - [`ops`]: operator actions (switchover, failover, pause) shared by the CLI and the API.
 
 pub mod agent;
 pub mod api;
+pub mod cascade;
 pub mod dcs;
 pub mod election;
 mod error;

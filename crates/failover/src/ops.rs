@@ -112,7 +112,46 @@ pub async fn request(
 
 /// Pause (no automatic failover) or resume.
 pub async fn set_paused(dcs: &dyn Dcs, paused: bool) -> Result<()> {
-    dcs.set_paused(paused).await
+    let mut config = dcs.view().await?.config;
+    config.paused = paused;
+    dcs.put_config(&config).await
+}
+
+/// `pgha promote-cluster`: this standby cluster becomes the primary site. Its standby leader
+/// promotes at its next loop; the other site must be fenced first (docs/RUNBOOK.md).
+pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
+    let action = "promote-cluster";
+    if config.standby_cluster.is_none() {
+        return Err(FailoverError::refused(
+            action,
+            format!(
+                "cluster {} has no [standby_cluster] section: it is a primary site already",
+                config.cluster.name
+            ),
+        ));
+    }
+    let view = dcs.view().await?;
+    if view.config.standby_promoted {
+        return Err(FailoverError::refused(
+            action,
+            "already promoted: this site is the primary site (remove [standby_cluster] from pgha.toml)",
+        ));
+    }
+    if view.config.paused {
+        return Err(FailoverError::refused(
+            action,
+            "the cluster is paused; `pgha resume` first",
+        ));
+    }
+    if view.leader.is_none() {
+        return Err(FailoverError::refused(
+            action,
+            "no standby leader holds the lease: nothing to promote",
+        ));
+    }
+    let mut dynamic = view.config;
+    dynamic.standby_promoted = true;
+    dcs.put_config(&dynamic).await
 }
 
 /// Rows of `pgha list`: one per configured node, with what its agent published.

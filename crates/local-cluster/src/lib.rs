@@ -15,4 +15,4 @@ pub use agents::{stop_pid, AgentProcess};
 pub use error::{LocalClusterError, Result};
 pub use etcd::{etcd_binary, EtcdServer};
 pub use ports::{free_port, PortReservation};
-pub use provision::{ClusterSpec, LocalCluster, COMPLETE_MARKER, CONFIG_FILE};
+pub use provision::{ClusterSpec, LocalCluster, StandbySpec, COMPLETE_MARKER, CONFIG_FILE};

@@ -40,6 +40,23 @@ pub struct ClusterSpec {
     pub extra_toml: String,
     /// TLS everywhere: a `[tls]` section (required) and certificates from `pgha tls init`.
     pub tls: bool,
+    /// `replication.permanent_slots`, e.g. the slot a standby site streams through.
+    pub permanent_slots: Vec<String>,
+    /// Build a standby cluster of another local cluster instead of a new one.
+    pub standby: Option<StandbySpec>,
+    /// `replicate_from` per node name (cascading replicas).
+    pub replicate_from: BTreeMap<String, String>,
+}
+
+/// A standby site: a copy of the local cluster in `primary_root` (same secrets) with a
+/// `[standby_cluster]` section pointing at its nodes.
+#[derive(Debug, Clone)]
+pub struct StandbySpec {
+    pub primary_root: PathBuf,
+    /// `standby_cluster.primary_slot_name` (list it in the primary's `permanent_slots`).
+    pub slot: Option<String>,
+    /// `standby_cluster.restore_command`.
+    pub restore_command: Option<String>,
 }
 
 impl ClusterSpec {
@@ -57,6 +74,9 @@ impl ClusterSpec {
             parameters: BTreeMap::new(),
             extra_toml: String::new(),
             tls: false,
+            permanent_slots: Vec::new(),
+            standby: None,
+            replicate_from: BTreeMap::new(),
         }
     }
 }
@@ -110,6 +130,19 @@ impl LocalCluster {
             .map_err(LocalClusterError::io("create", root.join("nodes")))?;
         set_mode(&root.join("nodes"), 0o711)?;
         set_mode(&root.join("secrets"), 0o700)?;
+        if let Some(standby) = &spec.standby {
+            // A physical copy carries the primary site's roles: same passwords.
+            for f in ["superuser.password", "replication.password"] {
+                let from = standby.primary_root.join("secrets").join(f);
+                let bytes = std::fs::read(&from).map_err(LocalClusterError::io("read", &from))?;
+                pgha_postgres::files::write_atomic(
+                    &root.join("secrets").join(f),
+                    &bytes,
+                    0o600,
+                    None,
+                )?;
+            }
+        }
         ensure_secret_file(&root.join("secrets/superuser.password"))?;
         ensure_secret_file(&root.join("secrets/replication.password"))?;
 
@@ -117,7 +150,10 @@ impl LocalCluster {
         for _ in 0..(spec.replicas + 1) * 2 {
             ports.push(free_port(&spec.host)?);
         }
-        let text = render_config(spec, &ports.iter().map(|p| p.port).collect::<Vec<_>>());
+        let mut text = render_config(spec, &ports.iter().map(|p| p.port).collect::<Vec<_>>());
+        if let Some(standby) = &spec.standby {
+            text.push_str(&render_standby_section(standby)?);
+        }
         pgha_postgres::files::write_atomic(&root.join(CONFIG_FILE), text.as_bytes(), 0o644, None)?;
         let loaded = pgha_config::load(ConfigSource::Flag(root.join(CONFIG_FILE)))?;
         if loaded.config.tls.is_some() {
@@ -135,6 +171,9 @@ impl LocalCluster {
     }
 
     async fn build(&self) -> Result<()> {
+        if let Some(source) = &self.config.standby_cluster {
+            return self.build_standby(source).await;
+        }
         let config = &self.config;
         let primary = &config.nodes[0];
         let pi = self.instance(&primary.name)?;
@@ -172,6 +211,21 @@ impl LocalCluster {
             bootstrap_replica(config, node, primary, &ri, pi.connect_params()).await?;
             ri.start().await?;
             tracing::info!(node = %node.name, elapsed_ms = t.elapsed().as_millis() as u64, "replica started");
+        }
+        self.wait_streaming(Duration::from_secs(60)).await
+    }
+
+    /// A standby site: the first node copies the primary site, the others copy it.
+    async fn build_standby(&self, source: &pgha_config::StandbyClusterSection) -> Result<()> {
+        let config = &self.config;
+        let leader = &config.nodes[0];
+        let li = self.instance(&leader.name)?;
+        pgha_replication::bootstrap_standby_leader(config, leader, source, &li).await?;
+        li.start().await?;
+        for node in &config.nodes[1..] {
+            let ri = self.instance(&node.name)?;
+            bootstrap_replica(config, node, leader, &ri, li.connect_params()).await?;
+            ri.start().await?;
         }
         self.wait_streaming(Duration::from_secs(60)).await
     }
@@ -254,10 +308,16 @@ impl LocalCluster {
                 .nodes
                 .iter()
                 .filter(|n| Some(&n.name) != st.primary.as_ref())
+                // A new standby site's first node may have only the archive to follow.
+                .filter(|n| {
+                    self.config.standby_cluster.is_none() || n.name != self.config.nodes[0].name
+                })
                 .filter(|n| st.node(&n.name).and_then(|s| s.streaming) != Some(true))
                 .map(|n| n.name.clone())
                 .collect();
-            if st.primary.is_some() && missing.is_empty() {
+            // A standby site has no primary: its leader streams from the other site.
+            let standby = self.config.standby_cluster.is_some();
+            if (st.primary.is_some() || standby) && missing.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -334,6 +394,10 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
         "password = {{ file = \"secrets/replication.password\" }}"
     );
     let _ = writeln!(s, "slots = {}", spec.slots);
+    if !spec.permanent_slots.is_empty() {
+        let list: Vec<String> = spec.permanent_slots.iter().map(|x| toml_str(x)).collect();
+        let _ = writeln!(s, "permanent_slots = [{}]", list.join(", "));
+    }
     let _ = writeln!(s, "allowed_networks = [\"127.0.0.1/32\"]");
     if let Some(mb) = spec.wal_keep_size_mb {
         let _ = writeln!(s, "wal_keep_size = \"{mb}MB\"");
@@ -357,6 +421,9 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
             toml_str(&socket_dir(&dir).display().to_string())
         );
         let _ = writeln!(s, "agent_address = \"{}:{}\"", spec.host, ports[i * 2 + 1]);
+        if let Some(up) = spec.replicate_from.get(&name) {
+            let _ = writeln!(s, "replicate_from = {}", toml_str(up));
+        }
     }
     if spec.tls {
         let _ = writeln!(
@@ -368,6 +435,28 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
         let _ = writeln!(s, "\n{}", spec.extra_toml);
     }
     s
+}
+
+/// `[standby_cluster]` pointing at every node of the local cluster in `standby.primary_root`.
+fn render_standby_section(standby: &StandbySpec) -> Result<String> {
+    let path = standby.primary_root.join(CONFIG_FILE);
+    let primary = pgha_config::load(ConfigSource::Flag(path))?.config;
+    let hosts: Vec<String> = primary
+        .nodes
+        .iter()
+        .map(|n| toml_str(&n.address()))
+        .collect();
+    let mut s = format!(
+        "\n[standby_cluster]\nprimary_hosts = [{}]\n",
+        hosts.join(", ")
+    );
+    if let Some(slot) = &standby.slot {
+        let _ = writeln!(s, "primary_slot_name = {}", toml_str(slot));
+    }
+    if let Some(cmd) = &standby.restore_command {
+        let _ = writeln!(s, "restore_command = {}", toml_str(cmd));
+    }
+    Ok(s)
 }
 
 /// The node dir itself when short enough for a unix socket path, else a short dir under /tmp.

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use pgha_config::{NodeConfig, PghaConfig};
-use pgha_postgres::sql::pgpass_field;
+use pgha_config::{NodeConfig, PghaConfig, StandbyClusterSection};
+use pgha_postgres::sql::{conninfo_value, pgpass_field};
 use pgha_postgres::{files, ConnectParams, LocalInstance, OsUser, PgError};
 
 use crate::{create_slot, install_settings, NodeRole, ReplicationError, Result};
@@ -47,6 +47,68 @@ pub async fn bootstrap_replica(
     instance: &LocalInstance,
     upstream_conn: &ConnectParams,
 ) -> Result<()> {
+    ensure_empty(instance)?;
+    instance.prepare_dirs()?;
+    write_passfile(config, replica, instance.run_as())?;
+    if config.replication.slots {
+        let mut conn = upstream_conn.connect().await?;
+        create_slot(&mut conn, &upstream.name, &replica.name).await?;
+    }
+    let conninfo = format!(
+        "host={} port={}",
+        conninfo_value(&upstream.host),
+        upstream.port
+    );
+    let slot = config.replication.slots.then_some(replica.name.as_str());
+    base_backup(
+        config,
+        replica,
+        instance,
+        &conninfo,
+        slot,
+        &upstream.address(),
+    )
+    .await?;
+    install_settings(config, replica, NodeRole::Replica { upstream }, instance)
+}
+
+/// Creates the leader of a standby cluster as a copy of the primary site's writable node
+/// (`standby_cluster.primary_hosts`), with its standby-leader settings. Does not start it.
+/// The slot it will stream through (`primary_slot_name`) is the primary site's to keep
+/// (`replication.permanent_slots` there); the copy itself streams WAL through a temporary one.
+pub async fn bootstrap_standby_leader(
+    config: &PghaConfig,
+    node: &NodeConfig,
+    source: &StandbyClusterSection,
+    instance: &LocalInstance,
+) -> Result<()> {
+    ensure_empty(instance)?;
+    instance.prepare_dirs()?;
+    write_passfile(config, node, instance.run_as())?;
+    let (hosts, ports): (Vec<_>, Vec<_>) = source
+        .hosts_and_ports()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(h, p)| (h, p.to_string()))
+        .unzip();
+    let conninfo = format!(
+        "host={} port={} target_session_attrs=primary",
+        conninfo_value(&hosts.join(",")),
+        ports.join(",")
+    );
+    base_backup(
+        config,
+        node,
+        instance,
+        &conninfo,
+        None,
+        &source.primary_hosts.join(","),
+    )
+    .await?;
+    install_settings(config, node, NodeRole::StandbyLeader { source }, instance)
+}
+
+fn ensure_empty(instance: &LocalInstance) -> Result<()> {
     let data = instance.data_dir();
     if data.exists()
         && std::fs::read_dir(data)
@@ -55,25 +117,33 @@ pub async fn bootstrap_replica(
     {
         return Err(ReplicationError::TargetNotEmpty(data.to_owned()));
     }
-    instance.prepare_dirs()?;
-    write_passfile(config, replica, instance.run_as())?;
-    if config.replication.slots {
-        let mut conn = upstream_conn.connect().await?;
-        create_slot(&mut conn, &upstream.name, &replica.name).await?;
-    }
+    Ok(())
+}
+
+/// pg_basebackup from `conninfo` (host/port only: the user and passfile come from the config)
+/// into the node's data dir, WAL streamed, through `slot` when given.
+async fn base_backup(
+    config: &PghaConfig,
+    node: &NodeConfig,
+    instance: &LocalInstance,
+    conninfo: &str,
+    slot: Option<&str>,
+    from: &str,
+) -> Result<()> {
+    let data = instance.data_dir();
     // pg_basebackup verifies the upstream's certificate with the installed CA copy.
-    crate::install_tls_files(config, replica, instance.run_as())?;
+    crate::install_tls_files(config, node, instance.run_as())?;
     let started = Instant::now();
     let mut cmd = instance.command("pg_basebackup");
-    cmd.args(["-h", &upstream.host, "-p", &upstream.port.to_string()])
+    cmd.args(["-d", conninfo])
         .args(["-U", &config.replication.user])
         .arg("-D")
         .arg(data)
         .args(["-X", "stream", "-c", "fast", "-w"])
-        .env("PGPASSFILE", replica.passfile())
-        .env("PGAPPNAME", &replica.name);
-    if config.replication.slots {
-        cmd.args(["-S", &replica.name]);
+        .env("PGPASSFILE", node.passfile())
+        .env("PGAPPNAME", &node.name);
+    if let Some(slot) = slot {
+        cmd.args(["-S", slot]);
     }
     let out = cmd.output().await.map_err(|source| PgError::Spawn {
         program: "pg_basebackup".into(),
@@ -82,17 +152,17 @@ pub async fn bootstrap_replica(
     if !out.status.success() {
         return Err(PgError::CommandFailed {
             program: "pg_basebackup".into(),
-            action: format!("from {} into {}", upstream.address(), data.display()),
+            action: format!("from {from} into {}", data.display()),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         }
         .into());
     }
     tracing::info!(
-        replica = %replica.name,
-        upstream = %upstream.name,
+        node = %node.name,
+        source = %from,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "base backup copied"
     );
-    install_settings(config, replica, NodeRole::Replica { upstream }, instance)
+    Ok(())
 }

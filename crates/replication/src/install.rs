@@ -1,6 +1,6 @@
 //! Putting rendered settings into a data dir and making postgresql.conf include them.
 
-use pgha_config::{NodeConfig, PghaConfig};
+use pgha_config::{NodeConfig, PghaConfig, StandbyClusterSection};
 use pgha_postgres::{files, LocalInstance, OsUser, PgError};
 
 use crate::settings::{TLS_CA, TLS_CERT, TLS_KEY};
@@ -21,6 +21,10 @@ pub enum NodeRole<'a> {
     Replica {
         upstream: &'a NodeConfig,
     },
+    /// The leader of a standby cluster: a standby streaming from the primary site.
+    StandbyLeader {
+        source: &'a StandbyClusterSection,
+    },
 }
 
 /// Writes pgha.conf, pgha-node.conf, pg_hba.conf (and standby.signal for a replica) into the
@@ -32,18 +36,16 @@ pub fn install_settings(
     role: NodeRole<'_>,
     instance: &LocalInstance,
 ) -> Result<()> {
-    let upstream = match role {
-        NodeRole::Primary => None,
-        NodeRole::Replica { upstream } => Some(upstream),
-    };
-    let rendered = RenderedNode::render(config, node, upstream);
+    let rendered = RenderedNode::render_role(config, node, role);
     instance.write_data_file(CLUSTER_CONF, &rendered.cluster_conf)?;
     instance.write_data_file(NODE_CONF, &rendered.node_conf)?;
     instance.write_data_file("pg_hba.conf", &rendered.hba)?;
     ensure_includes(instance)?;
     let signal = instance.data_dir().join("standby.signal");
     match role {
-        NodeRole::Replica { .. } => instance.write_data_file("standby.signal", "")?,
+        NodeRole::Replica { .. } | NodeRole::StandbyLeader { .. } => {
+            instance.write_data_file("standby.signal", "")?
+        }
         NodeRole::Primary => {
             if signal.exists() {
                 std::fs::remove_file(&signal).map_err(|source| PgError::Io {

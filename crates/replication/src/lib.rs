@@ -16,7 +16,7 @@ mod slots;
 pub mod status;
 pub mod table;
 
-pub use bootstrap::{bootstrap_replica, write_passfile};
+pub use bootstrap::{bootstrap_replica, bootstrap_standby_leader, write_passfile};
 pub use error::{ReplicationError, Result};
 pub use install::{
     install_settings, install_tls_files, NodeRole, CLUSTER_CONF, INCLUDE_MARKER, NODE_CONF,
@@ -25,7 +25,8 @@ pub use mode::{set_mode, synchronous_standby_names};
 pub use pgha_postgres::Lsn;
 pub use roles::ensure_replication_role;
 pub use settings::{
-    render_cluster_conf, render_hba, render_node_conf, RenderedNode, TLS_CA, TLS_CERT, TLS_KEY,
+    render_cluster_conf, render_hba, render_node_conf, render_node_conf_for, RenderedNode, TLS_CA,
+    TLS_CERT, TLS_KEY,
 };
 pub use slots::{create_slot, drop_slot, list_slots, SlotStatus};
 pub use status::{ClusterStatus, NodeStatus, Role};

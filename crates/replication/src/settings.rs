@@ -3,10 +3,11 @@
 
 use std::fmt::Write;
 
-use pgha_config::{NodeConfig, PghaConfig, ReplicationMode};
+use pgha_config::{NodeConfig, PghaConfig, ReplicationMode, StandbyClusterSection};
 use pgha_postgres::sql::{conninfo_value, quote_literal};
 
 use crate::mode::synchronous_standby_names;
+use crate::NodeRole;
 
 /// The three files of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,15 @@ impl RenderedNode {
         RenderedNode {
             cluster_conf: render_cluster_conf(config),
             node_conf: render_node_conf(config, node, upstream),
+            hba: render_hba(config),
+        }
+    }
+
+    /// Renders `node` for `role`.
+    pub fn render_role(config: &PghaConfig, node: &NodeConfig, role: NodeRole<'_>) -> Self {
+        RenderedNode {
+            cluster_conf: render_cluster_conf(config),
+            node_conf: render_node_conf_for(config, node, role),
             hba: render_hba(config),
         }
     }
@@ -70,6 +80,15 @@ pub fn render_node_conf(
     node: &NodeConfig,
     upstream: Option<&NodeConfig>,
 ) -> String {
+    let role = match upstream {
+        Some(upstream) => NodeRole::Replica { upstream },
+        None => NodeRole::Primary,
+    };
+    render_node_conf_for(config, node, role)
+}
+
+/// pgha-node.conf of `node` in `role`.
+pub fn render_node_conf_for(config: &PghaConfig, node: &NodeConfig, role: NodeRole<'_>) -> String {
     let mut s = String::from(HEADER);
     let _ = writeln!(s, "# node {}", node.name);
     let _ = writeln!(s, "port = {}", node.port);
@@ -96,15 +115,40 @@ pub fn render_node_conf(
         let _ = writeln!(s, "ssl_key_file = {}", quote_literal(&tls_file(TLS_KEY)));
         let _ = writeln!(s, "ssl_min_protocol_version = 'TLSv1.2'");
     }
-    if let Some(up) = upstream {
+    let source = match role {
+        NodeRole::Primary => None,
+        NodeRole::Replica { upstream: up } => Some((
+            conninfo_value(&up.host),
+            up.port.to_string(),
+            node.name.clone(),
+            config.replication.slots.then(|| node.name.clone()),
+            String::new(),
+        )),
+        NodeRole::StandbyLeader { source } => {
+            let (hosts, ports): (Vec<_>, Vec<_>) = source
+                .hosts_and_ports()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(h, p)| (h, p.to_string()))
+                .unzip();
+            // The primary site's nodes see us as `<cluster>-<node>`, never as one of their own
+            // node names (their sync standby management matches on application_name).
+            Some((
+                conninfo_value(&hosts.join(",")),
+                ports.join(","),
+                format!("{}-{}", config.cluster.name, node.name),
+                source.primary_slot_name.clone(),
+                " target_session_attrs=primary".to_owned(),
+            ))
+        }
+    };
+    if let Some((host, port, app, slot, extra)) = source {
         // The password is in the passfile, never in a setting visible through pg_settings.
         let mut conninfo = format!(
-            "host={} port={} user={} passfile={} application_name={} connect_timeout=5 keepalives_idle=10 keepalives_interval=5 keepalives_count=3",
-            conninfo_value(&up.host),
-            up.port,
+            "host={host} port={port} user={} passfile={} application_name={} connect_timeout=5 keepalives_idle=10 keepalives_interval=5 keepalives_count=3{extra}",
             conninfo_value(&config.replication.user),
             conninfo_value(&node.passfile().display().to_string()),
-            conninfo_value(&node.name),
+            conninfo_value(&app),
         );
         if config.tls.is_some() {
             conninfo.push_str(&format!(
@@ -113,14 +157,24 @@ pub fn render_node_conf(
             ));
         }
         let _ = writeln!(s, "primary_conninfo = {}", quote_literal(&conninfo));
-        if config.replication.slots {
-            let _ = writeln!(s, "primary_slot_name = {}", quote_literal(&node.name));
-        } else {
-            let _ = writeln!(s, "primary_slot_name = ''");
-        }
+        let _ = writeln!(
+            s,
+            "primary_slot_name = {}",
+            quote_literal(slot.as_deref().unwrap_or(""))
+        );
     } else {
         let _ = writeln!(s, "primary_conninfo = ''");
         let _ = writeln!(s, "primary_slot_name = ''");
+    }
+    if let NodeRole::StandbyLeader {
+        source:
+            StandbyClusterSection {
+                restore_command: Some(cmd),
+                ..
+            },
+    } = role
+    {
+        let _ = writeln!(s, "restore_command = {}", quote_literal(cmd));
     }
     s
 }
@@ -241,6 +295,27 @@ data_dir = "/d/n2"
         );
         assert!(s.contains("primary_slot_name = 'n2'"), "{s}");
         assert!(!s.contains("password="), "{s}");
+    }
+
+    #[test]
+    fn standby_leader_streams_from_the_writable_primary_site_node() {
+        let c = config("async");
+        let source = pgha_config::StandbyClusterSection {
+            primary_hosts: vec!["10.1.0.1:5432".into(), "10.1.0.2:5433".into()],
+            primary_slot_name: Some("site_b".into()),
+            restore_command: Some("fetch %f %p".into()),
+        };
+        let s = render_node_conf_for(&c, &c.nodes[0], NodeRole::StandbyLeader { source: &source });
+        assert!(
+            s.contains("host=''10.1.0.1,10.1.0.2'' port=5432,5433"),
+            "{s}"
+        );
+        assert!(s.contains("application_name=''demo-n1''"), "{s}");
+        assert!(s.contains("target_session_attrs=primary"), "{s}");
+        assert!(s.contains("primary_slot_name = 'site_b'"), "{s}");
+        assert!(s.contains("restore_command = 'fetch %f %p'"), "{s}");
+        let replica = render_node_conf(&c, &c.nodes[1], Some(&c.nodes[0]));
+        assert!(!replica.contains("restore_command"), "{replica}");
     }
 
     #[test]

@@ -39,12 +39,45 @@ pub struct TestClusterBuilder {
     parameters: Vec<(String, String)>,
     extra_toml: String,
     tls: bool,
+    name: String,
+    replicate_from: Vec<(String, String)>,
+    permanent_slots: Vec<String>,
+    standby: Option<pgha_local_cluster::StandbySpec>,
 }
 
 impl TestClusterBuilder {
     /// TLS everywhere (`[tls]` required, certificates issued by `pgha tls init`).
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+    /// Cluster name (its DCS scope); default `test`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+    /// `node` is a cascading replica streaming from `upstream`.
+    pub fn replicate_from(mut self, node: &str, upstream: &str) -> Self {
+        self.replicate_from.push((node.into(), upstream.into()));
+        self
+    }
+    /// A slot the leader keeps for a standby site.
+    pub fn permanent_slot(mut self, slot: &str) -> Self {
+        self.permanent_slots.push(slot.into());
+        self
+    }
+    /// A standby cluster of the cluster in `primary_root`, streaming through `slot`.
+    pub fn standby_of(
+        mut self,
+        primary_root: &Path,
+        slot: Option<&str>,
+        restore_command: Option<&str>,
+    ) -> Self {
+        self.standby = Some(pgha_local_cluster::StandbySpec {
+            primary_root: primary_root.to_owned(),
+            slot: slot.map(str::to_owned),
+            restore_command: restore_command.map(str::to_owned),
+        });
         self
     }
     pub fn replicas(mut self, n: usize) -> Self {
@@ -85,7 +118,10 @@ impl TestClusterBuilder {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
         }
-        let mut spec = ClusterSpec::new("test", dir.path());
+        let mut spec = ClusterSpec::new(&self.name, dir.path());
+        spec.permanent_slots = self.permanent_slots;
+        spec.standby = self.standby;
+        spec.replicate_from = self.replicate_from.into_iter().collect();
         spec.replicas = self.spec_replicas;
         spec.mode = self.mode;
         spec.slots = self.slots;
@@ -134,6 +170,10 @@ impl TestCluster {
             parameters: Vec::new(),
             extra_toml: String::new(),
             tls: false,
+            name: "test".into(),
+            replicate_from: Vec::new(),
+            permanent_slots: Vec::new(),
+            standby: None,
         }
     }
 

@@ -295,14 +295,8 @@ impl Dcs for EtcdDcs {
         self.put_json("put status", "status", status, None).await
     }
 
-    async fn set_paused(&self, paused: bool) -> Result<()> {
-        self.put_json(
-            "set pause",
-            "config",
-            &super::DynamicConfig { paused },
-            None,
-        )
-        .await
+    async fn put_config(&self, config: &super::DynamicConfig) -> Result<()> {
+        self.put_json("put config", "config", config, None).await
     }
 
     async fn put_switchover(&self, request: &SwitchoverRequest) -> Result<()> {

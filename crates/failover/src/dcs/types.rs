@@ -65,9 +65,13 @@ pub struct LeaderStatus {
 
 /// Cluster-wide switches set by operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DynamicConfig {
     /// No automatic action (no promotion, no fencing, no restarts) while set.
     pub paused: bool,
+    /// Set by `pgha promote-cluster`: this standby cluster (`[standby_cluster]`) is now the
+    /// primary site; its leader promotes and it no longer follows the other site.
+    pub standby_promoted: bool,
 }
 
 /// Planned switchover (the leader hands over) or manual failover (to a chosen node).
