@@ -29,6 +29,11 @@ pub enum ClusterCommand {
         /// hostssl-only pg_hba, replication and every client with verify-full, HTTPS agent API.
         #[arg(long)]
         tls: bool,
+        /// 2: also a second site in <state>/site-b: a standby cluster (own etcd) whose standby
+        /// leader streams from this one and falls back to its WAL archive; see
+        /// `pgha promote-cluster` and `cargo xtask drill dr`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        sites: u8,
         #[command(flatten)]
         state: StateDirArg,
     },
@@ -116,8 +121,9 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             sync,
             pgbouncer,
             tls,
+            sites,
             state,
-        } => up(&state_dir(&state), replicas, sync, pgbouncer, tls).await,
+        } => up(&state_dir(&state), replicas, sync, pgbouncer, tls, sites).await,
         ClusterCommand::Status { json, state } => status(&state_dir(&state), json).await,
         ClusterCommand::Psql { node, args, state } => psql(&state_dir(&state), &node, &args),
         ClusterCommand::Down { purge, state } => down(&state_dir(&state), purge).await,
@@ -130,7 +136,13 @@ async fn up(
     sync: bool,
     pgbouncer: bool,
     tls: bool,
+    sites: u8,
 ) -> anyhow::Result<ExitCode> {
+    if sites == 2 && tls {
+        anyhow::bail!(
+            "--sites 2 with --tls is not supported yet: site B would need site A's CA to verify it"
+        );
+    }
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
     eprintln!("xtask: building pgha-agent, pgha, pgha-exporter and pgha-backup");
@@ -171,6 +183,9 @@ async fn up(
         spec.replicas = replicas;
         spec.mode = mode;
         spec.tls = tls;
+        if sites == 2 {
+            spec.permanent_slots = vec![crate::sites::SITE_B_SLOT.to_owned()];
+        }
         spec.extra_toml = format!(
             "[dcs]\netcd = [\"{etcd_url}\"]\n\n[failover]\n# the defaults; see docs/FAILOVER.md\nttl = \"8s\"\nloop_wait = \"500ms\"\n"
         );
@@ -226,6 +241,18 @@ async fn up(
     if pgbouncer {
         crate::pgbouncer::up(&cluster).await?;
     }
+    if sites == 2 || crate::sites::site_b_dir(dir).join(CONFIG_FILE).exists() {
+        let b = crate::sites::up(&cluster, &bin_dir).await?;
+        let st = b.status().await?;
+        println!("\nSite B (standby cluster of site A, own etcd):");
+        print!("{}", pgha_replication::table::render(b.config(), &st));
+        println!(
+            "Site B's config: {}\nMake it the primary site: {}/pgha --config {} promote-cluster",
+            b.config_path().display(),
+            bin_dir.display(),
+            b.config_path().display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -243,6 +270,13 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
         print!("{}", pgha_replication::table::render(cluster.config(), &st));
+    }
+    let b_dir = crate::sites::site_b_dir(dir);
+    if !json && b_dir.join(CONFIG_FILE).exists() {
+        let b = LocalCluster::open(&b_dir)?;
+        let st = b.status().await?;
+        println!("\nSite B ({}):", b_dir.display());
+        print!("{}", pgha_replication::table::render(b.config(), &st));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -284,6 +318,11 @@ fn psql(dir: &Path, node: &str, args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 async fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
+    let b_dir = crate::sites::site_b_dir(dir);
+    if b_dir.join(CONFIG_FILE).exists() {
+        eprintln!("xtask: site B");
+        Box::pin(down(&b_dir, purge)).await?;
+    }
     let path = dir.join(CONFIG_FILE);
     if !path.exists() {
         if purge && dir.exists() {

@@ -49,6 +49,8 @@ pub enum DrillCommand {
     Failover(DrillArgs),
     /// Planned switchover per trial.
     Switchover(DrillArgs),
+    /// Lose the primary site; `pgha promote-cluster` on the standby site (a second cluster).
+    Dr(crate::drill_dr::DrArgs),
 }
 
 pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
@@ -58,6 +60,7 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     let (args, switchover) = match cmd {
         DrillCommand::Failover(a) => (a, false),
         DrillCommand::Switchover(a) => (a, true),
+        DrillCommand::Dr(a) => return crate::drill_dr::run(&a, &bin_dir).await,
     };
     let root = std::env::temp_dir().join(format!("pgha-drill-{}", std::process::id()));
     let result = drill(&root, &bin_dir, &args, switchover).await;

@@ -6,8 +6,10 @@ mod bench;
 mod cluster;
 mod deps;
 mod drill;
+mod drill_dr;
 mod pgbouncer;
 mod services;
+mod sites;
 mod test;
 
 /// `cargo` for a nested build. `cargo run` gives xtask the variables of its own package

@@ -1,7 +1,7 @@
 //! A standby cluster (second site) with real agents, PostgreSQL and two etcd servers (one DCS
 //! scope per site): site B follows site A, also across a failover in A; it never promotes on
 //! its own when A is lost; after `promote-cluster` it is writable with every row up to the
-//! LSN it had replayed.
+//! LSN it had replayed; the old site then comes back as the new one's standby.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -32,6 +32,24 @@ async fn wait_count(h: &HaCluster, node: &str, want: i64) -> anyhow::Result<()> 
     })
     .await
     .map_err(|e| e.context(h.tail_agent_log(node, 20)))
+}
+
+/// `pgha verify`'s verdicts by check name.
+async fn verify(
+    h: &HaCluster,
+) -> std::collections::BTreeMap<String, (pgha::verify::Verdict, String)> {
+    let args = pgha::cli::VerifyArgs {
+        json: false,
+        marker_timeout: Duration::from_secs(5),
+        max_connections_ratio: 0.8,
+        min_cache_hit: 0.0,
+        max_backup_age: None,
+    };
+    pgha::verify::verify(h.cluster.config(), &args)
+        .await
+        .into_iter()
+        .map(|c| (c.name, (c.verdict, format!("{} {}", c.value, c.detail))))
+        .collect()
 }
 
 async fn leader(d: &EtcdDcs) -> anyhow::Result<Option<String>> {
@@ -135,6 +153,27 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
         assert!(apps.contains(&format!("site_b-{b_leader}")), "{apps:?}");
     }
 
+    let v = verify(&b).await;
+    use pgha::verify::Verdict;
+    for name in [
+        "no writable node",
+        "standby leader",
+        "node node1",
+        "node node2",
+    ] {
+        assert_eq!(
+            v.get(name).map(|x| x.0),
+            Some(Verdict::Pass),
+            "{name}: {v:?}"
+        );
+    }
+    assert_eq!(
+        v.get(&format!("replica {b_other}")).map(|x| x.0),
+        Some(Verdict::Pass),
+        "{v:?}"
+    );
+    assert!(!v.contains_key("single primary"), "{v:?}");
+
     // A fails over: B's standby leader follows A's new primary.
     a.kill_node("node1")?;
     let a_new = a.wait_single_primary(T, Some("node1")).await?;
@@ -213,8 +252,53 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
         .await?;
     b.wait_streaming_replica(b_other, T).await?;
     wait_count(&b, b_other, after + 1).await?;
+    let v = verify(&b).await;
+    assert_eq!(
+        v.get("single primary").map(|x| x.0),
+        Some(pgha::verify::Verdict::Pass),
+        "after promote-cluster site B is checked as a primary site: {v:?}"
+    );
     let refused_again = ops::promote_cluster(&bd, b.cluster.config()).await;
     assert!(refused_again.is_err_and(|e| e.to_string().contains("already promoted")));
+    let demote = ops::demote_cluster(&bd, b.cluster.config()).await;
+    assert!(
+        demote.is_err_and(|e| e.to_string().contains("takes writes")),
+        "a writable site is not demoted"
+    );
+
+    // The old site comes back as the new one's standby (docs/RUNBOOK.md): its data dirs moved
+    // aside, [standby_cluster] pointing at B; its standby leader copies B, the others copy it.
+    for n in a.cluster.node_names() {
+        let d = a.cluster.instance(&n)?.data_dir().to_owned();
+        std::fs::rename(&d, d.with_extension("diverged"))?;
+    }
+    let b_hosts: Vec<String> = b
+        .cluster
+        .config()
+        .nodes
+        .iter()
+        .map(|n| format!("\"{}\"", n.address()))
+        .collect();
+    let mut toml = std::fs::read_to_string(a.cluster.config_path())?;
+    toml.push_str(&format!(
+        "\n[standby_cluster]\nprimary_hosts = [{}]\n",
+        b_hosts.join(", ")
+    ));
+    std::fs::write(a.cluster.config_path(), toml)?;
+    for n in a.cluster.node_names() {
+        a.start_agent(&n)?;
+    }
+    sqlx::query("INSERT INTO t VALUES (-2)")
+        .execute(&mut c)
+        .await?;
+    for n in a.cluster.node_names() {
+        a.wait_streaming_replica(&n, T).await?;
+        wait_count(&a, &n, after + 2).await?;
+    }
+    assert!(
+        a.writable_nodes().await.is_empty(),
+        "the old site is a standby now"
+    );
     assert!(b.cluster.panics_in_logs().is_empty());
     Ok(())
 }

@@ -73,6 +73,9 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Undo `promote-cluster` on a site that is to follow the other one again
+    /// (`[standby_cluster]` in pgha.toml). Refused while any of its nodes takes writes.
+    DemoteCluster,
     /// The whole cluster end to end: nodes and roles, one primary, replicas streaming with
     /// active slots and bounded lag, a marker row replicated, sync standby, DCS leader, newest
     /// backup and WAL archive, exporter, PgBouncer, TLS, connections, cache hit ratio. Exit

@@ -180,3 +180,14 @@ pub async fn promote_cluster(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `pgha demote-cluster`: this site follows the other one again.
+pub async fn demote_cluster(config: &PghaConfig) -> anyhow::Result<()> {
+    let d = dcs(config).await?;
+    ops::demote_cluster(&d, config).await?;
+    println!(
+        "cluster {}: a standby cluster again; start its agents: the standby leader copies the primary site",
+        config.cluster.name
+    );
+    Ok(())
+}

@@ -157,6 +157,13 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
             return out;
         }
     };
+    if let Some(source) = &config.standby_cluster {
+        if !standby_promoted(config).await {
+            standby_site(config, source, &status, &mut out).await;
+            out.push(exporter(config, &status).await);
+            return out;
+        }
+    }
     nodes(&status, &mut out);
     let primary = status
         .writable
@@ -185,6 +192,179 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
     out.push(exporter(config, &status).await);
     out.push(pgbouncer(config, primary.as_deref()).await);
     out
+}
+
+/// `pgha promote-cluster` has made this standby cluster the primary site (DCS flag); an
+/// unreachable DCS counts as not promoted.
+async fn standby_promoted(config: &PghaConfig) -> bool {
+    use pgha_failover::dcs::Dcs;
+    if config.dcs.is_none() {
+        return false;
+    }
+    let r = async {
+        let dcs = pgha_failover::dcs::EtcdDcs::from_config(config, "pgha-verify").await?;
+        anyhow::Ok(dcs.view().await?.config.standby_promoted)
+    };
+    r.await.unwrap_or(false)
+}
+
+/// A standby site: every node reachable as a replica, none writable, the DCS leader streaming
+/// from one of the primary site's nodes, every other node streaming from the leader, and the
+/// leader's replay recent.
+async fn standby_site(
+    config: &PghaConfig,
+    source: &pgha_config::StandbyClusterSection,
+    status: &ClusterStatus,
+    out: &mut Vec<Check>,
+) {
+    for n in &status.nodes {
+        let name = format!("node {}", n.name);
+        out.push(match (n.reachable, n.role) {
+            (true, Some(Role::Replica)) => check(
+                name,
+                Verdict::Pass,
+                "replica",
+                "reachable replica",
+                n.address.clone(),
+            ),
+            (true, Some(Role::Primary)) => check(
+                name,
+                Verdict::Fail,
+                "primary",
+                "reachable replica",
+                "a standby site takes no writes until `pgha promote-cluster`",
+            ),
+            _ => check(
+                name,
+                Verdict::Fail,
+                "unreachable",
+                "reachable replica",
+                n.error.clone().unwrap_or_default(),
+            ),
+        });
+    }
+    out.push(if status.writable.is_empty() {
+        check(
+            "no writable node",
+            Verdict::Pass,
+            "none",
+            "0 writable",
+            "standby cluster",
+        )
+    } else {
+        check(
+            "no writable node",
+            Verdict::Fail,
+            status.writable.join(","),
+            "0 writable",
+            "the standby site accepts writes: split brain with the primary site?",
+        )
+    });
+    let leader = async {
+        use pgha_failover::dcs::Dcs;
+        let dcs = pgha_failover::dcs::EtcdDcs::from_config(config, "pgha-verify").await?;
+        anyhow::Ok(dcs.view().await?.leader.map(|l| l.name))
+    }
+    .await;
+    let leader = match leader {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            out.push(check(
+                "standby leader",
+                Verdict::Fail,
+                "none",
+                "a DCS leader",
+                "no leader key",
+            ));
+            return;
+        }
+        Err(e) => {
+            out.push(check(
+                "standby leader",
+                Verdict::Fail,
+                "unreachable",
+                "reachable DCS",
+                crate::error_chain(&e),
+            ));
+            return;
+        }
+    };
+    let hosts = source.hosts_and_ports().unwrap_or_default();
+    let streams_from = |n: &str| {
+        status
+            .node(n)
+            .and_then(|s| s.receiver.as_ref())
+            .filter(|r| r.receiver_status.as_deref() == Some("streaming"))
+            .and_then(|r| Some((r.upstream_host.clone()?, r.upstream_port? as u16)))
+    };
+    out.push(match streams_from(&leader) {
+        Some((h, p)) if hosts.iter().any(|(hh, pp)| *hh == h && *pp == p) => check(
+            "standby leader",
+            Verdict::Pass,
+            format!("{leader} <- {h}:{p}"),
+            "streams from the primary site",
+            "",
+        ),
+        Some((h, p)) => check(
+            "standby leader",
+            Verdict::Fail,
+            format!("{leader} <- {h}:{p}"),
+            "streams from the primary site",
+            format!("not one of {}", source.primary_hosts.join(",")),
+        ),
+        None => check(
+            "standby leader",
+            Verdict::Warn,
+            format!("{leader} not streaming"),
+            "streams from the primary site",
+            if source.restore_command.is_some() {
+                "following the archive (restore_command) only, or reconnecting"
+            } else {
+                "no restore_command to fall back on"
+            },
+        ),
+    });
+    let leader_addr = config.node(&leader).map(|n| (n.host.clone(), n.port));
+    for n in config.nodes.iter().filter(|n| n.name != leader) {
+        let got = streams_from(&n.name);
+        let ok = got.is_some() && got == leader_addr;
+        out.push(check(
+            format!("replica {}", n.name),
+            if ok { Verdict::Pass } else { Verdict::Fail },
+            got.map(|(h, p)| format!("<- {h}:{p}"))
+                .unwrap_or_else(|| "not streaming".into()),
+            format!("streams from {leader}"),
+            "",
+        ));
+    }
+    let age = status
+        .node(&leader)
+        .and_then(|s| s.receiver.as_ref())
+        .and_then(|r| r.last_replay_age_seconds);
+    let max = config.monitoring.alerts.lag_seconds;
+    out.push(match age {
+        Some(a) if a <= max => check(
+            "standby replay",
+            Verdict::Pass,
+            format!("{a:.1} s"),
+            format!("<= {max} s"),
+            "since the last replayed commit",
+        ),
+        Some(a) => check(
+            "standby replay",
+            Verdict::Warn,
+            format!("{a:.1} s"),
+            format!("<= {max} s"),
+            "no commit replayed lately (idle primary site, or falling behind)",
+        ),
+        None => check(
+            "standby replay",
+            Verdict::Warn,
+            "-",
+            format!("<= {max} s"),
+            "nothing replayed yet",
+        ),
+    });
 }
 
 fn nodes(status: &ClusterStatus, out: &mut Vec<Check>) {

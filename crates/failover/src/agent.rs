@@ -784,14 +784,11 @@ impl Agent {
             (PgState::Stopped, _) => {
                 // pg_rewind and a first copy take the leader as source; a cascading node
                 // re-points at its own upstream once it runs.
-                let from = if obs.role == MemberRole::Uninitialized && up.name != leader.name {
-                    up.clone()
-                } else if obs.role == MemberRole::Primary || self.needs_rewind {
-                    self.cfg.node(&leader.name).cloned().unwrap_or(up.clone())
+                let up = if obs.role == MemberRole::Primary || self.needs_rewind {
+                    self.cfg.node(&leader.name).cloned().unwrap_or(up)
                 } else {
-                    up.clone()
+                    up
                 };
-                let up = from;
                 if let Err(e) = self.start_as_replica(obs, &up).await {
                     tracing::warn!(node = %self.node.name, "start as replica of {}: {e}", up.name);
                 }

@@ -154,6 +154,52 @@ pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
     dcs.put_config(&dynamic).await
 }
 
+/// `pgha demote-cluster`: a site that `promote-cluster` made the primary one becomes a standby
+/// cluster again (of the site its `[standby_cluster]` names). Refused while any of its nodes
+/// takes writes: stop its agents and move its data dirs aside first; the standby leader then
+/// copies the other site afresh.
+pub async fn demote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
+    let action = "demote-cluster";
+    if config.standby_cluster.is_none() {
+        return Err(FailoverError::refused(
+            action,
+            "add a [standby_cluster] section naming the site to follow first",
+        ));
+    }
+    let view = dcs.view().await?;
+    if !view.config.standby_promoted {
+        return Err(FailoverError::refused(
+            action,
+            "this site is not promoted: it is a standby cluster already",
+        ));
+    }
+    for node in &config.nodes {
+        let Ok(mut params) = pgha_postgres::connect_params(config, node) else {
+            continue;
+        };
+        params.connect_timeout = std::time::Duration::from_secs(1);
+        let Ok(mut c) = params.connect().await else {
+            continue;
+        };
+        let writable: std::result::Result<bool, _> =
+            sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
+                .fetch_one(&mut c)
+                .await;
+        if writable.unwrap_or(false) {
+            return Err(FailoverError::refused(
+                action,
+                format!(
+                    "{} takes writes: stop this site's agents and move its data dirs aside first",
+                    node.name
+                ),
+            ));
+        }
+    }
+    let mut dynamic = view.config;
+    dynamic.standby_promoted = false;
+    dcs.put_config(&dynamic).await
+}
+
 /// Rows of `pgha list`: one per configured node, with what its agent published.
 pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 8]> {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
