@@ -244,7 +244,10 @@ async fn up(
     if sites == 2 || crate::sites::site_b_dir(dir).join(CONFIG_FILE).exists() {
         let b = crate::sites::up(&cluster, &bin_dir).await?;
         let st = b.status().await?;
-        println!("\nSite B (standby cluster of site A, own etcd):");
+        println!(
+            "\nSite B (standby cluster of site A, own etcd; exporter http://{}/metrics):",
+            b.config().monitoring.listen
+        );
         print!("{}", pgha_replication::table::render(b.config(), &st));
         println!(
             "Site B's config: {}\nMake it the primary site: {}/pgha --config {} promote-cluster",

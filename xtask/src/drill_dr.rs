@@ -250,6 +250,7 @@ async fn trial(dir: &Path, bin_dir: &Path, args: &DrArgs) -> anyhow::Result<Tria
         &etcd_b.client_url,
         1,
         FAILOVER_TOML,
+        None,
     );
     let mut b = Site::start(spec_b, etcd_b, bin_dir).await?;
     b.cluster.wait_streaming(Duration::from_secs(60)).await?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pgha_local_cluster::{ClusterSpec, LocalCluster, StandbySpec, CONFIG_FILE};
+use pgha_local_cluster::{ClusterSpec, LocalCluster, PortReservation, StandbySpec, CONFIG_FILE};
 use pgha_postgres::StopMode;
 
 use crate::agents;
@@ -37,6 +37,7 @@ pub fn standby_spec(
     etcd_url: &str,
     replicas: usize,
     failover_toml: &str,
+    exporter: Option<&PortReservation>,
 ) -> ClusterSpec {
     let mut spec = ClusterSpec::new(name, dir);
     spec.replicas = replicas;
@@ -62,6 +63,12 @@ pub fn standby_spec(
             .map(|_| restore_command(site_a.root())),
     });
     spec.extra_toml = format!("[dcs]\netcd = [\"{etcd_url}\"]\n\n[failover]\n{failover_toml}");
+    if let Some(p) = exporter {
+        spec.extra_toml.push_str(&format!(
+            "\n[monitoring]\nlisten = \"127.0.0.1:{}\"\n",
+            p.port
+        ));
+    }
     spec
 }
 
@@ -92,6 +99,7 @@ pub async fn up(site_a: &LocalCluster, bin_dir: &Path) -> anyhow::Result<LocalCl
         {
             eprintln!("xtask: site A keeps no `{SITE_B_SLOT}` slot (created without --sites 2): site B streams without one and bridges gaps from the archive");
         }
+        let exporter = pgha_local_cluster::free_port("127.0.0.1")?;
         let spec = standby_spec(
             "local_b",
             &dir,
@@ -99,6 +107,7 @@ pub async fn up(site_a: &LocalCluster, bin_dir: &Path) -> anyhow::Result<LocalCl
             &etcd_url,
             1,
             "ttl = \"8s\"\nloop_wait = \"500ms\"\n",
+            Some(&exporter),
         );
         let c = LocalCluster::create(&spec).await.with_context(|| {
             format!(
@@ -125,5 +134,6 @@ pub async fn up(site_a: &LocalCluster, bin_dir: &Path) -> anyhow::Result<LocalCl
                 dir.display()
             )
         })?;
+    crate::services::ensure_exporter(&dir, cluster.config(), &cluster.config_path(), bin_dir)?;
     Ok(cluster)
 }

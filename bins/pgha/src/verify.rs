@@ -337,34 +337,71 @@ async fn standby_site(
             "",
         ));
     }
-    let age = status
+    let replayed = status
         .node(&leader)
         .and_then(|s| s.receiver.as_ref())
-        .and_then(|r| r.last_replay_age_seconds);
-    let max = config.monitoring.alerts.lag_seconds;
-    out.push(match age {
-        Some(a) if a <= max => check(
-            "standby replay",
-            Verdict::Pass,
-            format!("{a:.1} s"),
-            format!("<= {max} s"),
-            "since the last replayed commit",
-        ),
-        Some(a) => check(
-            "standby replay",
-            Verdict::Warn,
-            format!("{a:.1} s"),
-            format!("<= {max} s"),
-            "no commit replayed lately (idle primary site, or falling behind)",
-        ),
-        None => check(
-            "standby replay",
+        .and_then(|r| r.replay_lsn);
+    out.push(standby_lag(config, &hosts, replayed).await);
+}
+
+/// The standby leader's replay position against the primary site's current WAL position
+/// (the primary site's writable node, reached with this config's superuser credentials).
+async fn standby_lag(
+    config: &PghaConfig,
+    hosts: &[(String, u16)],
+    replayed: Option<pgha_postgres::Lsn>,
+) -> Check {
+    let max = config.monitoring.alerts.lag_bytes.bytes();
+    let threshold = format!("<= {max} B");
+    let Some(replayed) = replayed else {
+        return check(
+            "standby lag",
             Verdict::Warn,
             "-",
-            format!("<= {max} s"),
-            "nothing replayed yet",
-        ),
-    });
+            threshold,
+            "the standby leader reports no replay position",
+        );
+    };
+    let Some(template) = config.nodes.first() else {
+        return skip("standby lag", "no nodes");
+    };
+    for (host, port) in hosts {
+        let mut node = template.clone();
+        node.host = host.clone();
+        node.port = *port;
+        let Ok(mut params) = connect_params(config, &node) else {
+            continue;
+        };
+        params.connect_timeout = Duration::from_secs(2);
+        let Ok(mut c) = params.connect().await else {
+            continue;
+        };
+        let row: Result<(bool, pgha_postgres::Lsn), _> =
+            sqlx::query_as("SELECT pg_is_in_recovery(), pg_current_wal_lsn()")
+                .fetch_one(&mut c)
+                .await;
+        if let Ok((false, current)) = row {
+            let lag = current.bytes_since(replayed);
+            return check(
+                "standby lag",
+                if lag <= max {
+                    Verdict::Pass
+                } else {
+                    Verdict::Warn
+                },
+                format!("{lag} B"),
+                threshold,
+                format!("primary site {host}:{port} at {current}, replayed {replayed}"),
+            );
+        }
+    }
+    check(
+        "standby lag",
+        Verdict::Warn,
+        "primary site unreachable",
+        threshold,
+        "no writable node among standby_cluster.primary_hosts: lost? (docs/RUNBOOK.md, site disaster)",
+    )
 }
 
 fn nodes(status: &ClusterStatus, out: &mut Vec<Check>) {
