@@ -31,6 +31,10 @@ pub struct DrArgs {
     /// Seconds of writes before site A is lost.
     #[arg(long, default_value_t = 3)]
     load_seconds: u64,
+    /// One-way latency between the sites (a delaying TCP proxy in front of each site A node);
+    /// 0s for plain loopback.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    wan_delay: Duration,
 }
 
 const FAILOVER_TOML: &str = "ttl = \"8s\"\nloop_wait = \"500ms\"\n";
@@ -151,8 +155,8 @@ struct Trial {
 pub async fn run(args: &DrArgs, bin_dir: &Path) -> anyhow::Result<std::process::ExitCode> {
     let root = std::env::temp_dir().join(format!("pgha-drill-dr-{}", std::process::id()));
     eprintln!(
-        "drill dr: {} trial(s), {} writer(s), {} s of load; sites on loopback (no added latency)",
-        args.trials, args.writers, args.load_seconds
+        "drill dr: {} trial(s), {} writer(s), {} s of load; sites on loopback, {:?} one way between them",
+        args.trials, args.writers, args.load_seconds, args.wan_delay
     );
     let mut trials = Vec::new();
     let mut failed = false;
@@ -212,7 +216,10 @@ pub async fn run(args: &DrArgs, bin_dir: &Path) -> anyhow::Result<std::process::
     println!(
         "  acknowledged writes lost: {lost} of {acked} (asynchronous across sites: what had not reached site B)"
     );
-    println!("  (an operator's decision time comes on top: site B never promotes by itself)");
+    println!(
+        "  one-way latency between the sites {:?}; an operator's decision time comes on top (site B never promotes by itself)",
+        args.wan_delay
+    );
     Ok(if failed {
         std::process::ExitCode::FAILURE
     } else {
@@ -243,7 +250,15 @@ async fn trial(dir: &Path, bin_dir: &Path, args: &DrArgs) -> anyhow::Result<Tria
 
     // Site B: a standby cluster of A.
     let etcd_b = EtcdServer::start(&b_dir.join("etcd"))?;
-    let spec_b = crate::sites::standby_spec(
+    let targets: Vec<String> = a
+        .cluster
+        .config()
+        .nodes
+        .iter()
+        .map(|n| n.address())
+        .collect();
+    let wan = crate::wan::WanLink::start(&targets, args.wan_delay).await?;
+    let mut spec_b = crate::sites::standby_spec(
         "drill_b",
         &b_dir,
         &a.cluster,
@@ -252,11 +267,15 @@ async fn trial(dir: &Path, bin_dir: &Path, args: &DrArgs) -> anyhow::Result<Tria
         FAILOVER_TOML,
         None,
     );
+    if let Some(standby) = spec_b.standby.as_mut() {
+        standby.primary_hosts = Some(wan.addresses.clone());
+    }
     let mut b = Site::start(spec_b, etcd_b, bin_dir).await?;
     b.cluster.wait_streaming(Duration::from_secs(60)).await?;
     let r = measure(&mut a, &mut b, &a_primary, bin_dir, args).await;
     a.stop();
     b.stop();
+    drop(wan);
     r
 }
 

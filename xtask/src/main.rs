@@ -11,6 +11,7 @@ mod pgbouncer;
 mod services;
 mod sites;
 mod test;
+mod wan;
 
 /// `cargo` for a nested build. `cargo run` gives xtask the variables of its own package
 /// (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...); passed on, they trip build scripts that rerun when

@@ -61,6 +61,7 @@ pub fn standby_spec(
             .backup
             .as_ref()
             .map(|_| restore_command(site_a.root())),
+        primary_hosts: None,
     });
     spec.extra_toml = format!("[dcs]\netcd = [\"{etcd_url}\"]\n\n[failover]\n{failover_toml}");
     if let Some(p) = exporter {

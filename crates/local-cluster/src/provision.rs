@@ -57,6 +57,9 @@ pub struct StandbySpec {
     pub slot: Option<String>,
     /// `standby_cluster.restore_command`.
     pub restore_command: Option<String>,
+    /// `host:port` the standby site reaches the primary site's nodes at (e.g. a WAN
+    /// simulation's proxies); default: the nodes' own addresses.
+    pub primary_hosts: Option<Vec<String>>,
 }
 
 impl ClusterSpec {
@@ -441,11 +444,14 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
 fn render_standby_section(standby: &StandbySpec) -> Result<String> {
     let path = standby.primary_root.join(CONFIG_FILE);
     let primary = pgha_config::load(ConfigSource::Flag(path))?.config;
-    let hosts: Vec<String> = primary
-        .nodes
-        .iter()
-        .map(|n| toml_str(&n.address()))
-        .collect();
+    let hosts: Vec<String> = match &standby.primary_hosts {
+        Some(h) => h.iter().map(|a| toml_str(a)).collect(),
+        None => primary
+            .nodes
+            .iter()
+            .map(|n| toml_str(&n.address()))
+            .collect(),
+    };
     let mut s = format!(
         "\n[standby_cluster]\nprimary_hosts = [{}]\n",
         hosts.join(", ")

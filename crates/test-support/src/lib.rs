@@ -77,6 +77,7 @@ impl TestClusterBuilder {
             primary_root: primary_root.to_owned(),
             slot: slot.map(str::to_owned),
             restore_command: restore_command.map(str::to_owned),
+            primary_hosts: None,
         });
         self
     }
