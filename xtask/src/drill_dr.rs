@@ -4,10 +4,12 @@
 //! Per trial, on this machine's loopback: site A (etcd, a primary, 2 replicas, their agents,
 //! WAL archiving into a repository) and site B (a standby cluster of A with its own etcd, a
 //! standby leader and a replica). Writers commit rows on A; then every process of site A
-//! (agents, postmasters, etcd) is SIGKILLed at once and `pgha promote-cluster` runs against
-//! site B. Reported: time from the loss to the first write acknowledged by site B, the
+//! (agents, postmasters, etcd) is SIGKILLed at once; site B is watched (`--watch`: it must
+//! stay read-only, it never promotes by itself), then `pgha promote-cluster` runs against it.
+//! Reported: time from `promote-cluster` to the first write acknowledged by site B, the
 //! acknowledged writes site B does not have (replication across sites is asynchronous: some
 //! may be lost, and they are counted, not hidden), and site B's replication lag at the loss.
+//! Site B reaches site A through [`crate::wan::WanLink`] (`--wan-delay` one way).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,6 +37,10 @@ pub struct DrArgs {
     /// 0s for plain loopback.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     wan_delay: Duration,
+    /// After the loss, watch site B this long (it must stay read-only: it never promotes by
+    /// itself) before running `promote-cluster`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    watch: Duration,
 }
 
 const FAILOVER_TOML: &str = "ttl = \"8s\"\nloop_wait = \"500ms\"\n";
@@ -144,11 +150,13 @@ impl Site {
 
 #[derive(Debug)]
 struct Trial {
+    /// `promote-cluster` run to the first write acknowledged by site B.
     seconds: f64,
     promote_cmd_seconds: f64,
     acked: usize,
     lost: usize,
     lag_bytes: Option<i64>,
+    /// Site B accepted writes during the watch, before `promote-cluster`.
     b_writable_before: bool,
 }
 
@@ -165,7 +173,7 @@ pub async fn run(args: &DrArgs, bin_dir: &Path) -> anyhow::Result<std::process::
         match trial(&dir, bin_dir, args).await {
             Ok(tr) => {
                 eprintln!(
-                    "trial {t}: loss -> first write on site B {:.3} s (promote-cluster {:.3} s)  acked {}  lost {}  lag at loss {}",
+                    "trial {t}: promote-cluster -> first write on site B {:.3} s (the command {:.3} s)  acked {}  lost {}  lag at loss {}",
                     tr.seconds,
                     tr.promote_cmd_seconds,
                     tr.acked,
@@ -208,7 +216,7 @@ pub async fn run(args: &DrArgs, bin_dir: &Path) -> anyhow::Result<std::process::
         trials.len()
     );
     println!(
-        "  loss to first acknowledged write on site B: min {:.3} s   median {:.3} s   max {:.3} s",
+        "  promote-cluster to first acknowledged write on site B: min {:.3} s   median {:.3} s   max {:.3} s",
         sorted[0],
         median(&mut secs),
         sorted[sorted.len() - 1]
@@ -217,9 +225,12 @@ pub async fn run(args: &DrArgs, bin_dir: &Path) -> anyhow::Result<std::process::
         "  acknowledged writes lost: {lost} of {acked} (asynchronous across sites: what had not reached site B)"
     );
     println!(
-        "  one-way latency between the sites {:?}; an operator's decision time comes on top (site B never promotes by itself)",
-        args.wan_delay
+        "  one-way latency between the sites {:?}; site B stayed read-only for the {:?} watch after the loss in every trial: {}",
+        args.wan_delay,
+        args.watch,
+        if trials.iter().any(|t| t.b_writable_before) { "NO" } else { "yes" }
     );
+    println!("  (the operator's decision time comes on top: site B never promotes by itself)");
     Ok(if failed {
         std::process::ExitCode::FAILURE
     } else {
@@ -356,22 +367,28 @@ async fn measure(
         .flatten()
     }
     .await;
-    let t0 = Instant::now();
     a.lose();
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         let _ = w.await;
     }
     let acked: Vec<i64> = acked.lock().map(|a| a.clone()).unwrap_or_default();
-    let b_writable_before = !b.writable().await.is_empty();
+    let watch_end = Instant::now() + args.watch;
+    let mut b_writable_before = false;
+    while Instant::now() < watch_end {
+        b_writable_before |= !b.writable().await.is_empty();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The operator's action.
-    let t_cmd = Instant::now();
-    let out = std::process::Command::new(bin_dir.join("pgha"))
+    let t0 = Instant::now();
+    let t_cmd = t0;
+    let out = tokio::process::Command::new(bin_dir.join("pgha"))
         .arg("--config")
         .arg(b.cluster.config_path())
         .args(["promote-cluster", "--no-wait"])
         .output()
+        .await
         .context("run pgha promote-cluster")?;
     let promote_cmd_seconds = t_cmd.elapsed().as_secs_f64();
     if !out.status.success() {

@@ -1,6 +1,7 @@
 //! Cascading replicas (`replicate_from`) with real agents, PostgreSQL and etcd: node3 streams
 //! from node2, keeps doing so after node2 restarts, and is re-pointed at the leader when node2
-//! is gone. The leader keeps no slot for node3 while node3 reads from node2.
+//! is gone, returns to node2 when it is back, and replicates on after a leader failover. The
+//! leader keeps no slot for node3 while node3 reads from node2.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -134,6 +135,24 @@ async fn cascading_replica_streams_from_its_upstream_survives_its_restart_and_fa
         on1.contains(&("node3".into(), true)),
         "node3 streams through its slot on node1: {on1:?}"
     );
+
+    // node2 comes back: node3 returns to it once it streams again.
+    h.start_agent("node2")?;
+    h.wait_streaming_replica("node2", T).await?;
+    wait_upstream(&h, "node3", "node2").await?;
+
+    // The leader fails while node3 cascades: whoever is elected, the survivors replicate.
+    h.kill_node("node1")?;
+    let p = h.wait_single_primary(T, Some("node1")).await?;
+    let other = if p == "node2" { "node3" } else { "node2" };
+    h.wait_streaming_replica(other, T).await?;
+    {
+        let mut c = h.cluster.conn(&p).await?;
+        sqlx::query("INSERT INTO t VALUES (4)")
+            .execute(&mut c)
+            .await?;
+    }
+    wait_row(&h, other, 4).await?;
     assert!(h.cluster.panics_in_logs().is_empty());
     Ok(())
 }

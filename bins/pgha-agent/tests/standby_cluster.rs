@@ -118,7 +118,7 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
         .name("site_b")
         .replicas(1)
         .standby_of(a.cluster.root(), Some("site_b"), None);
-    let b = HaCluster::start(bin(), b_builder, TEST_FAILOVER_TOML).await?;
+    let mut b = HaCluster::start(bin(), b_builder, TEST_FAILOVER_TOML).await?;
     let bd = EtcdDcs::from_config(b.cluster.config(), "test").await?;
     let b_leader = TestCluster::eventually(T, "a standby leader in site B", || async {
         leader(&bd).await
@@ -174,6 +174,12 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
     );
     assert!(!v.contains_key("single primary"), "{v:?}");
 
+    let alive = ops::promote_cluster(&bd, b.cluster.config(), false).await;
+    assert!(
+        alive.is_err_and(|e| e.to_string().contains("still takes writes")),
+        "promote-cluster is refused while the primary site takes writes"
+    );
+
     // A fails over: B's standby leader follows A's new primary.
     a.kill_node("node1")?;
     let a_new = a.wait_single_primary(T, Some("node1")).await?;
@@ -196,13 +202,26 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
     let acked = w.await?;
     assert!(acked.len() > 10, "the writer wrote: {}", acked.len());
 
-    // B stays a standby on its own (3 × the lease TTL).
+    // B stays a standby on its own (3 × the lease TTL), also through an election in B.
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(
         b.writable_nodes().await.is_empty(),
         "site B promoted itself"
     );
-    let b_leader = leader(&bd).await?.expect("site B keeps its standby leader");
+    let old_b_leader = leader(&bd).await?.expect("site B keeps its standby leader");
+    b.kill_node(&old_b_leader)?;
+    let b_leader = TestCluster::eventually(T, "a new standby leader in site B", || async {
+        Ok(leader(&bd).await?.filter(|l| *l != old_b_leader))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        b.writable_nodes().await.is_empty(),
+        "site B's new leader promoted itself"
+    );
+    b.start_agent(&old_b_leader)?;
+    b.wait_streaming_replica(&old_b_leader, T).await?;
+    let b_other = old_b_leader.as_str();
     let (replayed, before): (String, i64) = {
         let mut c = b.cluster.conn(&b_leader).await?;
         sqlx::query_as("SELECT pg_last_wal_replay_lsn()::text, (SELECT count(*) FROM t)")
@@ -211,12 +230,12 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
     };
 
     // promote-cluster: B becomes the primary site.
-    let refused = ops::promote_cluster(&bd, a.cluster.config()).await;
+    let refused = ops::promote_cluster(&bd, a.cluster.config(), false).await;
     assert!(
         refused.is_err_and(|e| e.to_string().contains("no [standby_cluster]")),
         "a primary site's config is refused"
     );
-    ops::promote_cluster(&bd, b.cluster.config()).await?;
+    ops::promote_cluster(&bd, b.cluster.config(), false).await?;
     let p = b.wait_single_primary(T, None).await?;
     assert_eq!(p, b_leader, "the standby leader is promoted");
     let ids: Vec<i32> = acked.iter().map(|(i, _)| *i).collect();
@@ -258,9 +277,9 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
         Some(pgha::verify::Verdict::Pass),
         "after promote-cluster site B is checked as a primary site: {v:?}"
     );
-    let refused_again = ops::promote_cluster(&bd, b.cluster.config()).await;
+    let refused_again = ops::promote_cluster(&bd, b.cluster.config(), false).await;
     assert!(refused_again.is_err_and(|e| e.to_string().contains("already promoted")));
-    let demote = ops::demote_cluster(&bd, b.cluster.config()).await;
+    let demote = ops::demote_cluster(&bd, b.cluster.config(), false).await;
     assert!(
         demote.is_err_and(|e| e.to_string().contains("takes writes")),
         "a writable site is not demoted"

@@ -69,13 +69,21 @@ pub enum Command {
         /// Return once the request is in the DCS, without waiting for a writable leader.
         #[arg(long)]
         no_wait: bool,
+        /// Promote even though a node of the primary site still answers as writable (both
+        /// sites then take writes: only when that site is fenced by other means).
+        #[arg(long)]
+        force: bool,
         /// How long to wait for the leader to become writable.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
     /// Undo `promote-cluster` on a site that is to follow the other one again
     /// (`[standby_cluster]` in pgha.toml). Refused while any of its nodes takes writes.
-    DemoteCluster,
+    DemoteCluster {
+        /// Go on when one of this site's nodes could not be checked.
+        #[arg(long)]
+        force: bool,
+    },
     /// The whole cluster end to end: nodes and roles, one primary, replicas streaming with
     /// active slots and bounded lag, a marker row replicated, sync standby, DCS leader, newest
     /// backup and WAL archive, exporter, PgBouncer, TLS, connections, cache hit ratio. Exit

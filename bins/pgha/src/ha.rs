@@ -138,11 +138,12 @@ pub async fn pause(config: &PghaConfig, paused: bool) -> anyhow::Result<()> {
 pub async fn promote_cluster(
     config: &PghaConfig,
     no_wait: bool,
+    force: bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let d = dcs(config).await?;
     let t = Instant::now();
-    ops::promote_cluster(&d, config).await?;
+    ops::promote_cluster(&d, config, force).await?;
     println!(
         "cluster {}: promotion to primary site requested",
         config.cluster.name
@@ -182,9 +183,9 @@ pub async fn promote_cluster(
 }
 
 /// `pgha demote-cluster`: this site follows the other one again.
-pub async fn demote_cluster(config: &PghaConfig) -> anyhow::Result<()> {
+pub async fn demote_cluster(config: &PghaConfig, force: bool) -> anyhow::Result<()> {
     let d = dcs(config).await?;
-    ops::demote_cluster(&d, config).await?;
+    ops::demote_cluster(&d, config, force).await?;
     println!(
         "cluster {}: a standby cluster again; start its agents: the standby leader copies the primary site",
         config.cluster.name

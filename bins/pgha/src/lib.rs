@@ -96,10 +96,12 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
         Command::Tls { what } => tls::run(&loaded.config, what).await?,
         Command::Pause => ha::pause(&loaded.config, true).await?,
         Command::Resume => ha::pause(&loaded.config, false).await?,
-        Command::DemoteCluster => ha::demote_cluster(&loaded.config).await?,
-        Command::PromoteCluster { no_wait, timeout } => {
-            ha::promote_cluster(&loaded.config, *no_wait, *timeout).await?
-        }
+        Command::DemoteCluster { force } => ha::demote_cluster(&loaded.config, *force).await?,
+        Command::PromoteCluster {
+            no_wait,
+            force,
+            timeout,
+        } => ha::promote_cluster(&loaded.config, *no_wait, *force, *timeout).await?,
         Command::Check { .. } | Command::Verify(_) => unreachable!("handled in run"),
     }
     Ok(())

@@ -158,10 +158,23 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
         }
     };
     if let Some(source) = &config.standby_cluster {
-        if !standby_promoted(config).await {
-            standby_site(config, source, &status, &mut out).await;
-            out.push(exporter(config, &status).await);
-            return out;
+        match standby_promoted(config).await {
+            Ok(true) => {}
+            Ok(false) => {
+                standby_site(config, source, &status, &mut out).await;
+                out.push(exporter(config, &status).await);
+                return out;
+            }
+            Err(e) => {
+                out.push(check(
+                    "dcs leader",
+                    Verdict::Fail,
+                    "unreachable",
+                    "reachable",
+                    format!("cannot tell whether this standby cluster was promoted: {e}"),
+                ));
+                return out;
+            }
         }
     }
     nodes(&status, &mut out);
@@ -194,18 +207,17 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
     out
 }
 
-/// `pgha promote-cluster` has made this standby cluster the primary site (DCS flag); an
-/// unreachable DCS counts as not promoted.
-async fn standby_promoted(config: &PghaConfig) -> bool {
+/// `pgha promote-cluster` has made this standby cluster the primary site (DCS flag).
+async fn standby_promoted(config: &PghaConfig) -> Result<bool, String> {
     use pgha_failover::dcs::Dcs;
     if config.dcs.is_none() {
-        return false;
+        return Ok(false);
     }
     let r = async {
         let dcs = pgha_failover::dcs::EtcdDcs::from_config(config, "pgha-verify").await?;
         anyhow::Ok(dcs.view().await?.config.standby_promoted)
     };
-    r.await.unwrap_or(false)
+    r.await.map_err(|e| crate::error_chain(&e))
 }
 
 /// A standby site: every node reachable as a replica, none writable, the DCS leader streaming

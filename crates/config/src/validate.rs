@@ -388,9 +388,40 @@ impl PghaConfig {
                 );
             }
         }
+        let r = &self.replication;
+        if !r.permanent_slots.is_empty() && !r.slots {
+            errs.push(
+                "replication.permanent_slots",
+                "needs replication.slots = true (slots are off)",
+            );
+        }
+        let needed = self.nodes.len().saturating_sub(1) + r.permanent_slots.len();
+        if r.slots && !r.permanent_slots.is_empty() && (r.max_replication_slots as usize) < needed {
+            errs.push(
+                "replication.max_replication_slots",
+                format!(
+                    "{} is fewer than the {needed} slots needed (one per other node plus permanent_slots)",
+                    r.max_replication_slots
+                ),
+            );
+        }
         let Some(s) = &self.standby_cluster else {
             return;
         };
+        if let Some(own) = s
+            .hosts_and_ports()
+            .unwrap_or_default()
+            .iter()
+            .find(|(h, p)| self.nodes.iter().any(|n| n.host == *h && n.port == *p))
+        {
+            errs.push(
+                "standby_cluster.primary_hosts",
+                format!(
+                    "{}:{} is one of this cluster's own nodes: list the other site's",
+                    own.0, own.1
+                ),
+            );
+        }
         if s.primary_hosts.is_empty() {
             errs.push(
                 "standby_cluster.primary_hosts",
@@ -708,6 +739,23 @@ data_dir = "/var/lib/pgha/node2"
             "{err}"
         );
         assert!(!err.contains("permanent_slots[1]"), "{err}");
+        let slots_off = GOOD.replace(
+            "password = { env = \"REPL_PW\" }",
+            "password = { env = \"REPL_PW\" }\nslots = false\npermanent_slots = [\"site_b\"]",
+        );
+        let err = load_from_str(&slots_off, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replication.permanent_slots: needs replication.slots = true"),
+            "{err}"
+        );
+        let own = format!("{GOOD}\n[standby_cluster]\nprimary_hosts = [\"127.0.0.1:5433\"]\n");
+        let err = load_from_str(&own, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("127.0.0.1:5433 is one of this cluster's own nodes"),
+            "{err}"
+        );
     }
 
     #[test]

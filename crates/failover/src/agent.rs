@@ -93,6 +93,14 @@ pub struct Agent {
     slots_checked: Option<Instant>,
     /// Slots named after one of our nodes that nobody should read from us, since when.
     unwanted_slots: std::collections::HashMap<String, Instant>,
+    /// The node pgha-node.conf points us at (as far as this process knows).
+    current_upstream: Option<String>,
+    /// Since when our `replicate_from` node has looked usable without a break.
+    cascade_usable_since: Option<Instant>,
+    /// Until then we follow the leader: we could not stream from our `replicate_from` node.
+    cascade_backoff_until: Option<Instant>,
+    /// Last time we re-made our slot on the upstream while not streaming.
+    slot_retry_at: Option<Instant>,
     pending_sync: Option<PendingSync>,
     last_dcs_error: Option<Instant>,
     failed_starts: u32,
@@ -136,6 +144,10 @@ impl Agent {
             slots_ready: false,
             slots_checked: None,
             unwanted_slots: std::collections::HashMap::new(),
+            current_upstream: None,
+            cascade_usable_since: None,
+            cascade_backoff_until: None,
+            slot_retry_at: None,
             pending_sync: None,
             last_dcs_error: None,
             failed_starts: 0,
@@ -481,6 +493,11 @@ impl Agent {
         {
             return Ok(());
         }
+        // A drop needs the slot seen unwanted and inactive on checks no further apart than
+        // this: after a gap (PostgreSQL unreachable, another role) the timers start again.
+        if self.slots_checked.is_none_or(|t| t.elapsed() > EVERY * 3) {
+            self.unwanted_slots.clear();
+        }
         self.slots_checked = Some(Instant::now());
         let me = self.node.name.clone();
         let mut wanted = cascade::wanted_slots(&self.cfg, view, &me, leader);
@@ -503,6 +520,8 @@ impl Agent {
             .await
             .map_err(query_err("pg_replication_slots"))?;
             wanted.extend(permanent);
+            self.unwanted_slots
+                .retain(|name, _| slots.iter().any(|(n, _)| n == name));
             for w in &wanted {
                 if !slots.iter().any(|(n, _)| n == w) {
                     create_slot(&mut own, &me, w).await?;
@@ -528,7 +547,10 @@ impl Agent {
             Ok(())
         }
         .await;
-        self.conn = Some(own);
+        // A failed query may have broken the connection: observe opens a new one.
+        if r.is_ok() {
+            self.conn = Some(own);
+        }
         r
     }
 
@@ -735,7 +757,7 @@ impl Agent {
             return;
         }
         let me = self.node.name.clone();
-        let Some(up) = cascade::upstream_for(&self.cfg, view, &me, &leader.name).cloned() else {
+        let Some(up) = self.choose_upstream(obs, view, &leader.name) else {
             return;
         };
         if self
@@ -746,7 +768,10 @@ impl Agent {
             && obs.pg_state == PgState::Running
             && obs.reachable
         {
-            if let Err(e) = self.manage_slots(view, &leader.name, false).await {
+            // Judge our own streaming from this loop's observation, not last loop's publication.
+            let mut fresh = view.clone();
+            fresh.members.insert(me.clone(), self.member_state(obs));
+            if let Err(e) = self.manage_slots(&fresh, &leader.name, false).await {
                 tracing::debug!("slots for cascading replicas: {e}");
             }
         }
@@ -769,6 +794,7 @@ impl Agent {
                     self.not_streaming_since = None;
                 } else {
                     let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
+                    self.retry_slot_on(&up, since).await;
                     let leader_tl = view.members.get(&up.name).and_then(|m| m.timeline);
                     if since.elapsed() > Duration::from_secs(5) && leader_tl > obs.timeline {
                         tracing::warn!(
@@ -782,8 +808,8 @@ impl Agent {
                 }
             }
             (PgState::Stopped, _) => {
-                // pg_rewind and a first copy take the leader as source; a cascading node
-                // re-points at its own upstream once it runs.
+                // pg_rewind takes the leader as source (a first copy comes from the chosen
+                // upstream); a cascading node re-points at its own upstream once it runs.
                 let up = if obs.role == MemberRole::Primary || self.needs_rewind {
                     self.cfg.node(&leader.name).cloned().unwrap_or(up)
                 } else {
@@ -797,13 +823,84 @@ impl Agent {
         self.detect_dead_leader(view, leader).await;
     }
 
+    /// Our upstream: [`cascade::upstream_for`] with two guards of our own. We return to our
+    /// `replicate_from` node only once it looked usable for a few seconds (no flapping on a
+    /// blip in its published state), and we follow the leader for a while when we could not
+    /// stream from that node for two TTLs although it looked usable (its pg_hba, the network,
+    /// its max_wal_senders).
+    fn choose_upstream(
+        &mut self,
+        obs: &Observation,
+        view: &ClusterView,
+        leader: &str,
+    ) -> Option<NodeConfig> {
+        const SETTLE: Duration = Duration::from_secs(3);
+        const BACKOFF: Duration = Duration::from_secs(60);
+        let me = self.node.name.clone();
+        let pick = cascade::upstream_for(&self.cfg, view, &me, leader)?.clone();
+        let to_leader = self.cfg.node(leader).cloned();
+        if pick.name == leader {
+            self.cascade_usable_since = None;
+            return Some(pick);
+        }
+        let now = Instant::now();
+        let usable_since = *self.cascade_usable_since.get_or_insert(now);
+        if self.cascade_backoff_until.is_some_and(|t| now < t) {
+            return to_leader;
+        }
+        let on_pick = self.current_upstream.as_deref() == Some(pick.name.as_str());
+        if !on_pick && self.current_upstream.is_some() && usable_since.elapsed() < SETTLE {
+            return to_leader;
+        }
+        let stuck = self
+            .not_streaming_since
+            .is_some_and(|t| t.elapsed() > self.cfg.failover.ttl * 2);
+        if on_pick && !obs.streaming && stuck {
+            tracing::warn!(
+                node = %me,
+                upstream = %pick.name,
+                "cannot stream from our replicate_from node although it streams: following the leader for {BACKOFF:?}"
+            );
+            self.cascade_backoff_until = Some(now + BACKOFF);
+            return to_leader;
+        }
+        Some(pick)
+    }
+
+    /// Not streaming: our slot on the upstream may be gone (dropped while we were elsewhere):
+    /// make it again (idempotent), every 2 s at most.
+    async fn retry_slot_on(&mut self, up: &NodeConfig, not_streaming_since: Instant) {
+        if !self.cfg.replication.slots
+            || not_streaming_since.elapsed() < Duration::from_secs(2)
+            || self
+                .slot_retry_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.slot_retry_at = Some(Instant::now());
+        let made = async {
+            let mut params = connect_params(&self.cfg, up)?;
+            params.connect_timeout = Duration::from_secs(1);
+            let mut c = params.connect().await?;
+            create_slot(&mut c, &up.name, &self.node.name).await?;
+            Ok::<_, FailoverError>(())
+        }
+        .await;
+        if let Err(e) = made {
+            tracing::debug!(upstream = %up.name, "re-make our slot: {e}");
+        }
+    }
+
     /// Rewrites pgha-node.conf to stream from `up` and reloads, when it points elsewhere. The
     /// slot on the new upstream is made first, so the WAL receiver finds it at once.
     async fn point_at(&mut self, up: &NodeConfig) -> Result<()> {
         let role = NodeRole::Replica { upstream: up };
         if !self.points_elsewhere(role) {
+            self.current_upstream = Some(up.name.clone());
             return Ok(());
         }
+        self.not_streaming_since = None;
         if self.cfg.replication.slots {
             let made = async {
                 let mut c = connect_params(&self.cfg, up)?.connect().await?;
@@ -815,7 +912,9 @@ impl Agent {
                 tracing::warn!(upstream = %up.name, "create our slot on the new upstream: {e}");
             }
         }
-        self.point_at_role(role, &up.name).await
+        self.point_at_role(role, &up.name).await?;
+        self.current_upstream = Some(up.name.clone());
+        Ok(())
     }
 
     fn points_elsewhere(&self, role: NodeRole<'_>) -> bool {
@@ -862,6 +961,7 @@ impl Agent {
         self.failed_starts = 0;
         self.needs_rewind = false;
         self.not_streaming_since = None;
+        self.current_upstream = Some(up.name.clone());
         tracing::info!(node = %self.node.name, upstream = %up.name, "started as replica");
         Ok(())
     }

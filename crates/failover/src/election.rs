@@ -36,6 +36,9 @@ pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
         (PgState::Stopped, MemberRole::Replica) if !rules.standby_cluster => {
             return Err("its PostgreSQL is not running".into())
         }
+        (_, MemberRole::Primary) if rules.standby_cluster => {
+            return Err("a primary's data dir cannot lead a standby cluster".into())
+        }
         _ => {}
     }
     let Some(lsn) = m.lsn else {
@@ -136,6 +139,23 @@ mod tests {
         let b = m("b", 900, MemberRole::Replica);
         let c = m("c", 700, MemberRole::Replica);
         assert_eq!(best([&a, &b, &c], &rules(None, None)).unwrap().name, "b");
+    }
+
+    #[test]
+    fn a_standby_cluster_may_elect_a_stopped_replica_never_a_primary_data_dir() {
+        let mut stopped = m("a", 900, MemberRole::Replica);
+        stopped.pg_state = PgState::Stopped;
+        let primary = m("b", 950, MemberRole::Primary);
+        let normal = rules(None, None);
+        assert!(eligibility(&stopped, &normal).is_err());
+        let standby = Rules {
+            standby_cluster: true,
+            ..normal
+        };
+        assert!(eligibility(&primary, &standby)
+            .unwrap_err()
+            .contains("cannot lead a standby cluster"));
+        assert_eq!(best([&stopped, &primary], &standby).unwrap().name, "a");
     }
 
     #[test]

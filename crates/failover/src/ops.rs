@@ -99,6 +99,12 @@ pub async fn request(
             "the cluster is paused; `pgha resume` first",
         ));
     }
+    if config.standby_cluster.is_some() && !view.config.standby_promoted {
+        return Err(FailoverError::refused(
+            action,
+            "a standby cluster's leader follows the other site and hands nothing over; `pgha promote-cluster` first",
+        ));
+    }
     let req = SwitchoverRequest {
         kind,
         from: leader,
@@ -112,16 +118,40 @@ pub async fn request(
 
 /// Pause (no automatic failover) or resume.
 pub async fn set_paused(dcs: &dyn Dcs, paused: bool) -> Result<()> {
-    let mut config = dcs.view().await?.config;
-    config.paused = paused;
-    dcs.put_config(&config).await
+    update_config(dcs, "pause", |c| {
+        c.paused = paused;
+        Ok(())
+    })
+    .await
+}
+
+/// Read-modify-write of the `config` key with compare-and-swap, so concurrent operators
+/// (pause and promote-cluster) never overwrite each other's switch.
+async fn update_config(
+    dcs: &dyn Dcs,
+    action: &'static str,
+    change: impl Fn(&mut crate::dcs::DynamicConfig) -> Result<()>,
+) -> Result<()> {
+    for _ in 0..10 {
+        let view = dcs.view().await?;
+        let mut config = view.config;
+        change(&mut config)?;
+        if dcs.put_config(&config, view.config_revision).await? {
+            return Ok(());
+        }
+    }
+    Err(FailoverError::refused(
+        action,
+        "the DCS config key kept changing under us; retry",
+    ))
 }
 
 /// `pgha promote-cluster`: this standby cluster becomes the primary site. Its standby leader
-/// promotes at its next loop; the other site must be fenced first (docs/RUNBOOK.md).
-pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
+/// promotes at its next loop. Refused while a node of the primary site (`primary_hosts`)
+/// answers as writable, unless `force`: two writable sites would fork the data.
+pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig, force: bool) -> Result<()> {
     let action = "promote-cluster";
-    if config.standby_cluster.is_none() {
+    let Some(source) = &config.standby_cluster else {
         return Err(FailoverError::refused(
             action,
             format!(
@@ -129,7 +159,7 @@ pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
                 config.cluster.name
             ),
         ));
-    }
+    };
     let view = dcs.view().await?;
     if view.config.standby_promoted {
         return Err(FailoverError::refused(
@@ -149,16 +179,58 @@ pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
             "no standby leader holds the lease: nothing to promote",
         ));
     }
-    let mut dynamic = view.config;
-    dynamic.standby_promoted = true;
-    dcs.put_config(&dynamic).await
+    if !force {
+        let hosts = source.hosts_and_ports().unwrap_or_default();
+        if let Some(w) = first_writable(config, &hosts).await {
+            return Err(FailoverError::refused(
+                action,
+                format!(
+                    "{w} of the primary site still takes writes: fence that site first (docs/RUNBOOK.md, site disaster), or --force"
+                ),
+            ));
+        }
+    }
+    update_config(dcs, action, |c| {
+        if c.standby_promoted {
+            return Err(FailoverError::refused(action, "already promoted"));
+        }
+        c.standby_promoted = true;
+        Ok(())
+    })
+    .await
+}
+
+/// The first of `hosts` that accepts a connection with this config's superuser and is not in
+/// recovery (short timeouts: a lost site must not make the operator wait).
+async fn first_writable(config: &PghaConfig, hosts: &[(String, u16)]) -> Option<String> {
+    let template = config.nodes.first()?;
+    for (host, port) in hosts {
+        let mut node = template.clone();
+        node.host = host.clone();
+        node.port = *port;
+        let Ok(mut params) = pgha_postgres::connect_params(config, &node) else {
+            continue;
+        };
+        params.connect_timeout = std::time::Duration::from_secs(2);
+        let Ok(mut c) = params.connect().await else {
+            continue;
+        };
+        let writable: std::result::Result<bool, _> =
+            sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
+                .fetch_one(&mut c)
+                .await;
+        if writable.unwrap_or(false) {
+            return Some(format!("{host}:{port}"));
+        }
+    }
+    None
 }
 
 /// `pgha demote-cluster`: a site that `promote-cluster` made the primary one becomes a standby
 /// cluster again (of the site its `[standby_cluster]` names). Refused while any of its nodes
 /// takes writes: stop its agents and move its data dirs aside first; the standby leader then
 /// copies the other site afresh.
-pub async fn demote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
+pub async fn demote_cluster(dcs: &dyn Dcs, config: &PghaConfig, force: bool) -> Result<()> {
     let action = "demote-cluster";
     if config.standby_cluster.is_none() {
         return Err(FailoverError::refused(
@@ -174,30 +246,47 @@ pub async fn demote_cluster(dcs: &dyn Dcs, config: &PghaConfig) -> Result<()> {
         ));
     }
     for node in &config.nodes {
-        let Ok(mut params) = pgha_postgres::connect_params(config, node) else {
-            continue;
-        };
-        params.connect_timeout = std::time::Duration::from_secs(1);
-        let Ok(mut c) = params.connect().await else {
-            continue;
-        };
-        let writable: std::result::Result<bool, _> =
-            sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
+        let checked = async {
+            let mut params = pgha_postgres::connect_params(config, node)?;
+            params.connect_timeout = std::time::Duration::from_secs(1);
+            let mut c = params.connect().await?;
+            let writable: bool = sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
                 .fetch_one(&mut c)
-                .await;
-        if writable.unwrap_or(false) {
-            return Err(FailoverError::refused(
-                action,
-                format!(
+                .await
+                .map_err(|source| pgha_postgres::PgError::Query {
+                    target: node.name.clone(),
+                    source,
+                })?;
+            Ok::<_, FailoverError>(writable)
+        }
+        .await;
+        match checked {
+            Ok(true) => {
+                return Err(FailoverError::refused(
+                    action,
+                    format!(
                     "{} takes writes: stop this site's agents and move its data dirs aside first",
                     node.name
                 ),
-            ));
+                ))
+            }
+            Ok(false) => {}
+            // A stopped node refuses connections: that is the expected state here.
+            Err(FailoverError::Postgres(pgha_postgres::PgError::Connect { .. })) => {}
+            Err(e) if !force => {
+                return Err(FailoverError::refused(
+                    action,
+                    format!("could not check {}: {e} (--force to go on)", node.name),
+                ))
+            }
+            Err(_) => {}
         }
     }
-    let mut dynamic = view.config;
-    dynamic.standby_promoted = false;
-    dcs.put_config(&dynamic).await
+    update_config(dcs, action, |c| {
+        c.standby_promoted = false;
+        Ok(())
+    })
+    .await
 }
 
 /// Rows of `pgha list`: one per configured node, with what its agent published.

@@ -211,7 +211,20 @@ impl Dcs for EtcdDcs {
                     })
                 }
                 "status" => view.status = decode(full, kv.value()).ok(),
-                "config" => view.config = decode(full, kv.value()).unwrap_or_default(),
+                "config" => {
+                    view.config_revision = kv.mod_revision();
+                    view.config = decode(full, kv.value()).unwrap_or_else(|e| {
+                        // Neither a lost `paused` nor a lost `standby_promoted` may act:
+                        // an unreadable key stops every automatic action until it is rewritten.
+                        tracing::error!(
+                            "{e}; acting as paused until `pgha pause`/`resume` rewrites it"
+                        );
+                        super::DynamicConfig {
+                            paused: true,
+                            standby_promoted: false,
+                        }
+                    })
+                }
                 "switchover" => view.switchover = decode(full, kv.value()).ok(),
                 "sync" => view.sync = decode(full, kv.value()).ok(),
                 k if k.starts_with("members/") => {
@@ -295,8 +308,21 @@ impl Dcs for EtcdDcs {
         self.put_json("put status", "status", status, None).await
     }
 
-    async fn put_config(&self, config: &super::DynamicConfig) -> Result<()> {
-        self.put_json("put config", "config", config, None).await
+    async fn put_config(&self, config: &super::DynamicConfig, revision: i64) -> Result<bool> {
+        let key = self.key("config");
+        let value = serde_json::to_vec(config).map_err(|source| FailoverError::Decode {
+            key: "config".into(),
+            source,
+        })?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        Ok(self.bounded("put config", c.txn(txn)).await?.succeeded())
     }
 
     async fn put_switchover(&self, request: &SwitchoverRequest) -> Result<()> {

@@ -42,8 +42,9 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     /// Revokes the lease of a leader confirmed dead, if it still holds the key at `leader.revision`.
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool>;
     async fn put_status(&self, status: &LeaderStatus) -> Result<()>;
-    /// Replaces the operators' switches (read them from `view()` first to change one).
-    async fn put_config(&self, config: &DynamicConfig) -> Result<()>;
+    /// Replaces the operators' switches if the key is still at `revision`
+    /// (`ClusterView::config_revision`); false when someone changed it in between.
+    async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool>;
     async fn put_switchover(&self, request: &SwitchoverRequest) -> Result<()>;
     async fn clear_switchover(&self) -> Result<()>;
     async fn put_sync(&self, sync: &SyncState) -> Result<()>;

@@ -107,6 +107,9 @@ pub struct ClusterView {
     pub members: BTreeMap<String, MemberState>,
     pub status: Option<LeaderStatus>,
     pub config: DynamicConfig,
+    /// mod_revision of the `config` key (0: absent), for compare-and-swap updates.
+    #[serde(default)]
+    pub config_revision: i64,
     pub switchover: Option<SwitchoverRequest>,
     pub sync: Option<SyncState>,
 }
