@@ -212,7 +212,7 @@ pub async fn run(args: &DrArgs, bin_dir: &Path) -> anyhow::Result<std::process::
     let mut sorted = secs.clone();
     sorted.sort_by(f64::total_cmp);
     println!(
-        "\nDR drill (site A lost, `pgha promote-cluster` on site B at once), {} trial(s):",
+        "\nDR drill (site A lost, site B watched, then `pgha promote-cluster` on site B), {} trial(s):",
         trials.len()
     );
     println!(
