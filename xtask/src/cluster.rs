@@ -138,11 +138,6 @@ async fn up(
     tls: bool,
     sites: u8,
 ) -> anyhow::Result<ExitCode> {
-    if sites == 2 && tls {
-        anyhow::bail!(
-            "--sites 2 with --tls is not supported yet: site B would need site A's CA to verify it"
-        );
-    }
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
     eprintln!("xtask: building pgha-agent, pgha, pgha-exporter and pgha-backup");

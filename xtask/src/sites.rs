@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use pgha_local_cluster::{ClusterSpec, LocalCluster, PortReservation, StandbySpec, CONFIG_FILE};
 use pgha_postgres::StopMode;
 
@@ -41,6 +41,8 @@ pub fn standby_spec(
 ) -> ClusterSpec {
     let mut spec = ClusterSpec::new(name, dir);
     spec.replicas = replicas;
+    // With TLS, site B's certificates come from site A's CA (copied at creation).
+    spec.tls = site_a.config().tls.is_some();
     spec.parameters = site_a.config().postgres.parameters.clone();
     // Site B does not archive into site A's repository before it is promoted (a standby does
     // not archive), and nothing configures its own archive yet.
@@ -75,11 +77,6 @@ pub fn standby_spec(
 
 /// Creates (first time) or starts site B beside the running site A.
 pub async fn up(site_a: &LocalCluster, bin_dir: &Path) -> anyhow::Result<LocalCluster> {
-    if site_a.config().tls.is_some() {
-        bail!(
-            "--sites 2 with --tls is not supported yet: site B would need site A's CA to verify it"
-        );
-    }
     let dir = site_b_dir(site_a.root());
     let cluster = if dir.join(CONFIG_FILE).exists() {
         agents::ensure_etcd(&dir)?;

@@ -159,6 +159,24 @@ impl LocalCluster {
         }
         pgha_postgres::files::write_atomic(&root.join(CONFIG_FILE), text.as_bytes(), 0o644, None)?;
         let loaded = pgha_config::load(ConfigSource::Flag(root.join(CONFIG_FILE)))?;
+        if let (Some(tls), Some(standby)) = (&loaded.config.tls, &spec.standby) {
+            // One CA for both sites: each side verifies the other's certificates.
+            let primary =
+                pgha_config::load(ConfigSource::Flag(standby.primary_root.join(CONFIG_FILE)))?
+                    .config;
+            if let Some(ptls) = &primary.tls {
+                std::fs::create_dir_all(&tls.dir)
+                    .map_err(LocalClusterError::io("create", &tls.dir))?;
+                for (from, to, mode) in [
+                    (ptls.ca_file(), tls.ca_file(), 0o644),
+                    (ptls.ca_key_file(), tls.ca_key_file(), 0o600),
+                ] {
+                    let bytes =
+                        std::fs::read(&from).map_err(LocalClusterError::io("read", &from))?;
+                    pgha_postgres::files::write_atomic(&to, &bytes, mode, None)?;
+                }
+            }
+        }
         if loaded.config.tls.is_some() {
             let report = pgha_tls::init(&loaded.config, &pgha_tls::InitOptions::default())?;
             tracing::info!(files = report.files.len(), "TLS certificates issued");
