@@ -95,6 +95,8 @@ pub struct Agent {
     unwanted_slots: std::collections::HashMap<String, Instant>,
     /// The node pgha-node.conf points us at (as far as this process knows).
     current_upstream: Option<String>,
+    /// We lead a standby cluster (as of the last loop with the DCS).
+    standby_leader: bool,
     /// Since when our `replicate_from` node has looked usable without a break.
     cascade_usable_since: Option<Instant>,
     /// Until then we follow the leader: we could not stream from our `replicate_from` node.
@@ -145,6 +147,7 @@ impl Agent {
             slots_checked: None,
             unwanted_slots: std::collections::HashMap::new(),
             current_upstream: None,
+            standby_leader: false,
             cascade_usable_since: None,
             cascade_backoff_until: None,
             slot_retry_at: None,
@@ -279,6 +282,8 @@ impl Agent {
             self.is_leader = view.leader.as_ref().is_some_and(|l| l.name == me);
             return;
         }
+        self.standby_leader = view.leader.as_ref().is_some_and(|l| l.name == me)
+            && self.standby_source(&view).is_some();
         match view.leader.clone() {
             Some(l) if l.name == me => self.lead(&obs, &view).await,
             Some(l) => self.follow(&obs, &view, &l).await,
@@ -1129,12 +1134,14 @@ impl Agent {
             && members
                 .values()
                 .all(|m| m.role == MemberRole::Uninitialized)
-            && self
-                .cfg
-                .nodes
-                .iter()
-                .find(|n| !n.nofailover)
-                .is_some_and(|n| n.name == self.node.name);
+            // The lowest-named member that published and may lead makes the first copy (a
+            // node that is down does not hold the site back).
+            && members
+                .values()
+                .filter(|m| !m.nofailover)
+                .map(|m| m.name.as_str())
+                .min()
+                == Some(self.node.name.as_str());
         if best.as_deref() != Some(self.node.name.as_str()) && !first_copy {
             return;
         }
@@ -1245,6 +1252,12 @@ impl Agent {
         self.publish_snapshot(&obs, None, false);
         if !self.is_leader {
             return; // no DCS, no promotion
+        }
+        if self.standby_leader && obs.in_recovery() {
+            // A standby leader takes no writes: nothing to fence. It keeps streaming from the
+            // other site and competes for the lease again when the DCS is back.
+            self.is_leader = false;
+            return;
         }
         let f = &self.cfg.failover;
         let timeout = self
