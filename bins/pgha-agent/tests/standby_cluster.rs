@@ -323,7 +323,8 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
 }
 
 /// Streaming from the primary site is impossible (B's slot does not exist there): the standby
-/// leader keeps up through `restore_command` from the archive the primary site writes.
+/// leader keeps up through `restore_command` from the archive the primary site writes, also
+/// when its own DCS is gone (a standby leader is not fenced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_leader_falls_back_to_restore_command_when_it_cannot_stream() -> anyhow::Result<()>
 {
@@ -355,7 +356,9 @@ async fn standby_leader_falls_back_to_restore_command_when_it_cannot_stream() ->
             Some(&format!("cp {dir}/%f %p")),
         );
     // The copy streams through a temporary slot; afterwards streaming fails for the slot.
-    let b = match HaCluster::start(bin(), b_builder, TEST_FAILOVER_TOML).await {
+    // Without failsafe a leader that loses its DCS fences itself; a standby leader must not.
+    let b_failover = format!("{TEST_FAILOVER_TOML}failsafe = false\n");
+    let mut b = match HaCluster::start(bin(), b_builder, &b_failover).await {
         Ok(b) => b,
         Err(e) => return Err(e.context("site B")),
     };
@@ -383,6 +386,22 @@ async fn standby_leader_falls_back_to_restore_command_when_it_cannot_stream() ->
         Some("streaming"),
         "site B cannot stream without its slot"
     );
+    assert!(b.writable_nodes().await.is_empty());
+
+    // Site B loses its DCS: its standby leader takes no writes, so it is not fenced and keeps
+    // following the primary site (here through the archive).
+    b.etcd.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    {
+        let mut c = a.cluster.conn("node1").await?;
+        sqlx::query("INSERT INTO t SELECT generate_series(51, 60)")
+            .execute(&mut c)
+            .await?;
+        sqlx::query("SELECT pg_switch_wal()")
+            .execute(&mut c)
+            .await?;
+    }
+    wait_count(&b, "node1", 60).await?;
     assert!(b.writable_nodes().await.is_empty());
     Ok(())
 }
