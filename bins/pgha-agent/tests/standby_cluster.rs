@@ -173,6 +173,32 @@ async fn standby_cluster_follows_the_primary_site_never_promotes_alone_and_promo
         "{v:?}"
     );
     assert!(!v.contains_key("single primary"), "{v:?}");
+    // The standby leader's agent answers the standby-leader health check, not the primary one.
+    let api = |node: &str, path: &str| {
+        let addr = b
+            .cluster
+            .config()
+            .node(node)
+            .unwrap()
+            .agent_address
+            .unwrap();
+        format!("http://{addr}{path}")
+    };
+    let http = reqwest::Client::new();
+    for (node, path, want) in [
+        (b_leader.as_str(), "/standby-leader", 200),
+        (b_leader.as_str(), "/primary", 503),
+        (b_other, "/standby-leader", 503),
+        (b_other, "/replica", 200),
+    ] {
+        // The agents publish what they observed at their last loop: poll.
+        let (http, url) = (&http, api(node, path));
+        TestCluster::eventually(T, &format!("{node} {path} answers {want}"), || {
+            let url = url.clone();
+            async move { Ok((http.get(url).send().await?.status().as_u16() == want).then_some(())) }
+        })
+        .await?;
+    }
 
     let alive = ops::promote_cluster(&bd, b.cluster.config(), false).await;
     assert!(

@@ -43,6 +43,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/master", get(primary))
         .route("/read-write", get(primary))
         .route("/replica", get(replica))
+        .route("/standby-leader", get(standby_leader))
         .route("/read-only", get(read_only))
         .route("/health", get(health))
         .route("/cluster", get(cluster))
@@ -124,6 +125,18 @@ async fn primary(State(s): State<Arc<ApiState>>) -> Response {
             .member
             .as_ref()
             .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Primary);
+    (code(ok), Json(status_body(&s))).into_response()
+}
+
+/// 200 on the leader of a standby cluster (holds the site's lease, streams from the other
+/// site); what a load balancer in the standby site points its "replication entry" at.
+async fn standby_leader(State(s): State<Arc<ApiState>>) -> Response {
+    let snap = s.shared.snapshot();
+    let ok = snap.is_leader
+        && snap
+            .member
+            .as_ref()
+            .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Replica);
     (code(ok), Json(status_body(&s))).into_response()
 }
 

@@ -300,6 +300,11 @@ pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 8]> {
     for n in &config.nodes {
         let m = view.members.get(&n.name);
         let role = match (leader == Some(n.name.as_str()), m.map(|m| m.role)) {
+            (true, Some(MemberRole::Replica))
+                if config.standby_cluster.is_some() && !view.config.standby_promoted =>
+            {
+                "Standby Leader".to_string()
+            }
             (true, _) => "Leader".to_string(),
             (false, Some(MemberRole::Replica)) => {
                 if view
