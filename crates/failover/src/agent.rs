@@ -106,6 +106,8 @@ pub struct Agent {
     pending_sync: Option<PendingSync>,
     last_dcs_error: Option<Instant>,
     failed_starts: u32,
+    /// Cancelled when the agent is stopping: it must not take the lease any more.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Agent {
@@ -154,6 +156,7 @@ impl Agent {
             pending_sync: None,
             last_dcs_error: None,
             failed_starts: 0,
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -163,6 +166,7 @@ impl Agent {
 
     /// Runs until `cancel`, then stops PostgreSQL and releases the lease.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        self.stopping = cancel.clone();
         let loop_wait = self.cfg.failover.loop_wait;
         let mut watch: Option<mpsc::Receiver<()>> = None;
         let shared = self.shared.clone();
@@ -1144,6 +1148,9 @@ impl Agent {
                 == Some(self.node.name.as_str());
         if best.as_deref() != Some(self.node.name.as_str()) && !first_copy {
             return;
+        }
+        if self.stopping.is_cancelled() {
+            return; // a stopping agent would release the lease again at once
         }
         match self.dcs.try_acquire_leader().await {
             Ok(true) => {}
