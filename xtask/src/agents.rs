@@ -75,23 +75,30 @@ pub fn ensure_etcd(root: &Path) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// Starts the agent of every node whose pid file does not name a live process.
-pub fn ensure_agents(
+/// Starts the agent of every node whose pid file does not name a live process, then waits
+/// until the agents have every node streaming (a standby site: every node but its first).
+pub async fn ensure_agents(
     root: &Path,
-    config_path: &Path,
-    nodes: &[String],
+    cluster: &pgha_local_cluster::LocalCluster,
     bin_dir: &Path,
 ) -> anyhow::Result<()> {
+    let config_path = cluster.config_path();
+    let nodes: Vec<String> = cluster
+        .config()
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
     let dir = root.join("agents");
     std::fs::create_dir_all(&dir)?;
-    for n in nodes {
+    for n in &nodes {
         let pid_file = dir.join(format!("{n}.pid"));
         if read_pid(&pid_file).is_some() {
             continue;
         }
         let a = AgentProcess::spawn(
             &bin_dir.join("pgha-agent"),
-            config_path,
+            &config_path,
             n,
             &dir.join(format!("{n}.log")),
         )?;
@@ -99,7 +106,16 @@ pub fn ensure_agents(
             std::fs::write(&pid_file, pid.to_string())?;
         }
     }
-    Ok(())
+    cluster
+        .wait_streaming(Duration::from_secs(90))
+        .await
+        .with_context(|| {
+            format!(
+                "the agents did not bring the cluster in {} up; see {}/*.log",
+                root.display(),
+                dir.display()
+            )
+        })
 }
 
 /// Stops agents (each stops its PostgreSQL) and etcd.

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -193,22 +193,7 @@ async fn up(
         c.stop_all(StopMode::Fast).await?;
         c
     };
-    let names: Vec<String> = cluster
-        .config()
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
-    agents::ensure_agents(dir, &cluster.config_path(), &names, &bin_dir)?;
-    cluster
-        .wait_streaming(Duration::from_secs(90))
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(e).context(format!(
-                "the agents did not bring the cluster up; see {}/agents/*.log",
-                dir.display()
-            ))
-        })?;
+    agents::ensure_agents(dir, &cluster, &bin_dir).await?;
     eprintln!("xtask: cluster up in {:.1} s", t.elapsed().as_secs_f64());
     let exporter =
         crate::services::ensure_exporter(dir, cluster.config(), &cluster.config_path(), &bin_dir)?;

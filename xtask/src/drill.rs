@@ -85,21 +85,7 @@ struct Harness {
 
 impl Harness {
     fn params(&self) -> Vec<(String, ConnectParams)> {
-        self.cluster
-            .config()
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let mut p = self
-                    .cluster
-                    .instance(&n.name)
-                    .ok()?
-                    .connect_params()
-                    .clone();
-                p.connect_timeout = Duration::from_millis(300);
-                Some((n.name.clone(), p))
-            })
-            .collect()
+        node_params(&self.cluster)
     }
 
     fn agent_index(&self, node: &str) -> Option<usize> {
@@ -122,7 +108,36 @@ impl Harness {
     }
 }
 
-async fn writable(p: &ConnectParams) -> bool {
+/// Each node's connection parameters, with a short connect timeout (a dead node must not slow
+/// a sampler down).
+pub(crate) fn node_params(cluster: &LocalCluster) -> Vec<(String, ConnectParams)> {
+    cluster
+        .config()
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let mut p = cluster.instance(&n.name).ok()?.connect_params().clone();
+            p.connect_timeout = Duration::from_millis(300);
+            Some((n.name.clone(), p))
+        })
+        .collect()
+}
+
+/// SIGKILL of `node`'s postmaster (its agent is the caller's to kill).
+pub(crate) fn kill_postmaster(cluster: &LocalCluster, node: &str) {
+    let running = cluster
+        .instance(node)
+        .ok()
+        .and_then(|i| i.process_state().ok());
+    if let Some(pgha_postgres::ProcessState::Running { pid }) = running {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+pub(crate) async fn writable(p: &ConnectParams) -> bool {
     match p.connect().await {
         Ok(mut c) => matches!(
             sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
@@ -396,19 +411,10 @@ async fn run_trial(
             );
         }
     } else {
-        let inst = h.cluster.instance(old)?;
-        let pid = std::fs::read_to_string(inst.data_dir().join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
         if let Some(i) = h.agent_index(old) {
             h.agents[i].kill();
         }
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        kill_postmaster(&h.cluster, old);
     }
     // Wait for a write acknowledged by another node.
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgha_local_cluster::{AgentProcess, ClusterSpec, EtcdServer, LocalCluster};
-use pgha_postgres::{ConnectParams, StopMode};
+use pgha_postgres::StopMode;
 
 use crate::bench::median;
+use crate::drill::{kill_postmaster, node_params, writable};
 
 #[derive(Debug, clap::Args)]
 pub struct DrArgs {
@@ -75,35 +76,12 @@ impl Site {
         })
     }
 
-    fn params(&self) -> Vec<(String, ConnectParams)> {
-        self.cluster
-            .config()
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let mut p = self
-                    .cluster
-                    .instance(&n.name)
-                    .ok()?
-                    .connect_params()
-                    .clone();
-                p.connect_timeout = Duration::from_millis(300);
-                Some((n.name.clone(), p))
-            })
-            .collect()
-    }
-
     /// Writable nodes right now.
     async fn writable(&self) -> Vec<String> {
         let mut w = Vec::new();
-        for (n, p) in self.params() {
-            if let Ok(mut c) = p.connect().await {
-                if let Ok(false) = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-                    .fetch_one(&mut c)
-                    .await
-                {
-                    w.push(n);
-                }
+        for (n, p) in node_params(&self.cluster) {
+            if writable(&p).await {
+                w.push(n);
             }
         }
         w
@@ -111,30 +89,11 @@ impl Site {
 
     /// SIGKILL of every agent, postmaster and the etcd of the site: the site is gone.
     fn lose(&mut self) {
-        let pids: Vec<i32> = self
-            .cluster
-            .config()
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let inst = self.cluster.instance(&n.name).ok()?;
-                std::fs::read_to_string(inst.data_dir().join("postmaster.pid"))
-                    .ok()?
-                    .lines()
-                    .next()?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .collect();
         for a in &mut self.agents {
             a.kill();
         }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for n in &self.cluster.config().nodes {
+            kill_postmaster(&self.cluster, &n.name);
         }
         self.etcd.kill();
     }
@@ -400,7 +359,7 @@ async fn measure(
     // First write acknowledged by site B.
     let deadline = Instant::now() + Duration::from_secs(90);
     let (new, seconds) = 'found: loop {
-        for (n, p) in b.params() {
+        for (n, p) in node_params(&b.cluster) {
             if let Ok(mut c) = p.connect().await {
                 if sqlx::query("INSERT INTO drill (id) VALUES (-1)")
                     .execute(&mut c)

@@ -4,7 +4,6 @@
 //! (`pgha-backup wal-fetch`). Both sites share this machine's loopback: no added latency.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use pgha_local_cluster::{ClusterSpec, LocalCluster, PortReservation, StandbySpec, CONFIG_FILE};
@@ -116,22 +115,7 @@ pub async fn up(site_a: &LocalCluster, bin_dir: &Path) -> anyhow::Result<LocalCl
         c.stop_all(StopMode::Fast).await?;
         c
     };
-    let names: Vec<String> = cluster
-        .config()
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
-    agents::ensure_agents(&dir, &cluster.config_path(), &names, bin_dir)?;
-    cluster
-        .wait_streaming(Duration::from_secs(90))
-        .await
-        .with_context(|| {
-            format!(
-                "site B's agents did not bring it up; see {}/agents/*.log",
-                dir.display()
-            )
-        })?;
+    agents::ensure_agents(&dir, &cluster, bin_dir).await?;
     crate::services::ensure_exporter(&dir, cluster.config(), &cluster.config_path(), bin_dir)?;
     Ok(cluster)
 }

@@ -153,25 +153,15 @@ pub async fn promote_cluster(
     }
     let deadline = Instant::now() + timeout;
     loop {
-        for node in &config.nodes {
-            let Ok(params) = pgha_postgres::connect_params(config, node) else {
-                continue;
-            };
-            let Ok(mut c) = params.connect().await else {
-                continue;
-            };
-            let writable: Result<(bool, String), _> =
-                sqlx::query_as("SELECT NOT pg_is_in_recovery(), pg_current_wal_lsn()::text")
-                    .fetch_one(&mut c)
-                    .await;
-            if let Ok((true, lsn)) = writable {
-                println!(
-                    "{} is writable at {lsn} ({:.2} s); remove [standby_cluster] from pgha.toml at the next change",
-                    node.name,
-                    t.elapsed().as_secs_f64()
-                );
-                return Ok(());
-            }
+        let st = pgha_replication::ClusterStatus::collect(config).await?;
+        if let Some(w) = st.writable.first() {
+            let lsn = st.node(w).and_then(|n| n.lsn);
+            println!(
+                "{w} is writable at {} ({:.2} s); remove [standby_cluster] from pgha.toml at the next change",
+                lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                t.elapsed().as_secs_f64()
+            );
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(

@@ -158,10 +158,11 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
         }
     };
     if let Some(source) = &config.standby_cluster {
-        match standby_promoted(config).await {
-            Ok(true) => {}
-            Ok(false) => {
-                standby_site(config, source, &status, &mut out).await;
+        match dcs_view(config).await {
+            Ok(view) if view.config.standby_promoted => {}
+            Ok(view) => {
+                let leader = view.leader.map(|l| l.name);
+                standby_site(config, source, &status, leader, &mut out).await;
                 out.push(exporter(config, &status).await);
                 return out;
             }
@@ -207,15 +208,16 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
     out
 }
 
-/// `pgha promote-cluster` has made this standby cluster the primary site (DCS flag).
-async fn standby_promoted(config: &PghaConfig) -> Result<bool, String> {
+/// What the agents keep in the DCS (for a standby cluster: whether `pgha promote-cluster` made
+/// it the primary site, and its standby leader).
+async fn dcs_view(config: &PghaConfig) -> Result<pgha_failover::dcs::ClusterView, String> {
     use pgha_failover::dcs::Dcs;
     if config.dcs.is_none() {
-        return Ok(false);
+        return Err("no [dcs] section: a standby cluster needs its agents' DCS".into());
     }
     let r = async {
         let dcs = pgha_failover::dcs::EtcdDcs::from_config(config, "pgha-verify").await?;
-        anyhow::Ok(dcs.view().await?.config.standby_promoted)
+        anyhow::Ok(dcs.view().await?)
     };
     r.await.map_err(|e| crate::error_chain(&e))
 }
@@ -227,6 +229,7 @@ async fn standby_site(
     config: &PghaConfig,
     source: &pgha_config::StandbyClusterSection,
     status: &ClusterStatus,
+    leader: Option<String>,
     out: &mut Vec<Check>,
 ) {
     for n in &status.nodes {
@@ -272,34 +275,15 @@ async fn standby_site(
             "the standby site accepts writes: split brain with the primary site?",
         )
     });
-    let leader = async {
-        use pgha_failover::dcs::Dcs;
-        let dcs = pgha_failover::dcs::EtcdDcs::from_config(config, "pgha-verify").await?;
-        anyhow::Ok(dcs.view().await?.leader.map(|l| l.name))
-    }
-    .await;
-    let leader = match leader {
-        Ok(Some(l)) => l,
-        Ok(None) => {
-            out.push(check(
-                "standby leader",
-                Verdict::Fail,
-                "none",
-                "a DCS leader",
-                "no leader key",
-            ));
-            return;
-        }
-        Err(e) => {
-            out.push(check(
-                "standby leader",
-                Verdict::Fail,
-                "unreachable",
-                "reachable DCS",
-                crate::error_chain(&e),
-            ));
-            return;
-        }
+    let Some(leader) = leader else {
+        out.push(check(
+            "standby leader",
+            Verdict::Fail,
+            "none",
+            "a DCS leader",
+            "no leader key",
+        ));
+        return;
     };
     let hosts = source.hosts_and_ports().unwrap_or_default();
     let streams_from = |n: &str| {
@@ -353,14 +337,14 @@ async fn standby_site(
         .node(&leader)
         .and_then(|s| s.receiver.as_ref())
         .and_then(|r| r.replay_lsn);
-    out.push(standby_lag(config, &hosts, replayed).await);
+    out.push(standby_lag(config, source, replayed).await);
 }
 
 /// The standby leader's replay position against the primary site's current WAL position
 /// (the primary site's writable node, reached with this config's superuser credentials).
 async fn standby_lag(
     config: &PghaConfig,
-    hosts: &[(String, u16)],
+    source: &pgha_config::StandbyClusterSection,
     replayed: Option<pgha_postgres::Lsn>,
 ) -> Check {
     let max = config.monitoring.alerts.lag_bytes.bytes();
@@ -374,38 +358,20 @@ async fn standby_lag(
             "the standby leader reports no replay position",
         );
     };
-    let Some(template) = config.nodes.first() else {
-        return skip("standby lag", "no nodes");
-    };
-    for (host, port) in hosts {
-        let mut node = template.clone();
-        node.host = host.clone();
-        node.port = *port;
-        let Ok(mut params) = connect_params(config, &node) else {
-            continue;
+    if let Some((at, current)) = pgha_failover::ops::primary_site_position(config, source).await {
+        let lag = current.bytes_since(replayed);
+        let verdict = if lag <= max {
+            Verdict::Pass
+        } else {
+            Verdict::Warn
         };
-        params.connect_timeout = Duration::from_secs(2);
-        let Ok(mut c) = params.connect().await else {
-            continue;
-        };
-        let row: Result<(bool, pgha_postgres::Lsn), _> =
-            sqlx::query_as("SELECT pg_is_in_recovery(), pg_current_wal_lsn()")
-                .fetch_one(&mut c)
-                .await;
-        if let Ok((false, current)) = row {
-            let lag = current.bytes_since(replayed);
-            return check(
-                "standby lag",
-                if lag <= max {
-                    Verdict::Pass
-                } else {
-                    Verdict::Warn
-                },
-                format!("{lag} B"),
-                threshold,
-                format!("primary site {host}:{port} at {current}, replayed {replayed}"),
-            );
-        }
+        return check(
+            "standby lag",
+            verdict,
+            format!("{lag} B"),
+            threshold,
+            format!("primary site {at} at {current}, replayed {replayed}"),
+        );
     }
     check(
         "standby lag",

@@ -349,20 +349,7 @@ impl Agent {
             self.promote(view).await;
             return;
         }
-        if let (Some(lsn), Some(tl)) = (obs.lsn, obs.timeline) {
-            let st = LeaderStatus {
-                leader: self.node.name.clone(),
-                lsn,
-                timeline: tl,
-                updated_ms: now_ms(),
-            };
-            let _ = self.dcs.put_status(&st).await;
-        }
-        let me = self.node.name.clone();
-        self.slots_ready = self
-            .manage_slots(view, &me, !self.slots_ready)
-            .await
-            .is_ok();
+        self.publish_status_and_slots(obs, view).await;
         if self.cfg.replication.mode == ReplicationMode::Sync {
             if let Err(e) = self.manage_sync(view).await {
                 tracing::warn!("sync standby management: {e}");
@@ -445,6 +432,25 @@ impl Agent {
             .collect()
     }
 
+    /// Every leader's loop work: its position in `status` (the lag reference after it dies) and
+    /// the slots of the nodes streaming from it.
+    async fn publish_status_and_slots(&mut self, obs: &Observation, view: &ClusterView) {
+        if let (Some(lsn), Some(tl)) = (obs.lsn, obs.timeline) {
+            let st = LeaderStatus {
+                leader: self.node.name.clone(),
+                lsn,
+                timeline: tl,
+                updated_ms: now_ms(),
+            };
+            let _ = self.dcs.put_status(&st).await;
+        }
+        let me = self.node.name.clone();
+        self.slots_ready = self
+            .manage_slots(view, &me, !self.slots_ready)
+            .await
+            .is_ok();
+    }
+
     /// `[standby_cluster]` while `pgha promote-cluster` has not made this site the primary one.
     fn standby_source(&self, view: &ClusterView) -> Option<StandbyClusterSection> {
         self.cfg
@@ -475,20 +481,7 @@ impl Agent {
         {
             tracing::warn!("point the standby leader at the primary site: {e}");
         }
-        if let (Some(lsn), Some(tl)) = (obs.lsn, obs.timeline) {
-            let st = LeaderStatus {
-                leader: self.node.name.clone(),
-                lsn,
-                timeline: tl,
-                updated_ms: now_ms(),
-            };
-            let _ = self.dcs.put_status(&st).await;
-        }
-        let me = self.node.name.clone();
-        self.slots_ready = self
-            .manage_slots(view, &me, !self.slots_ready)
-            .await
-            .is_ok();
+        self.publish_status_and_slots(obs, view).await;
     }
 
     /// Makes the slots on our PostgreSQL match who streams from us ([`cascade::wanted_slots`],
@@ -510,12 +503,9 @@ impl Agent {
         self.slots_checked = Some(Instant::now());
         let me = self.node.name.clone();
         let mut wanted = cascade::wanted_slots(&self.cfg, view, &me, leader);
-        let acting_primary = leader == me && self.standby_source(view).is_none();
-        let permanent: Vec<String> = if acting_primary {
-            self.cfg.replication.permanent_slots.clone()
-        } else {
-            Vec::new()
-        };
+        if leader == me && self.standby_source(view).is_none() {
+            wanted.extend(self.cfg.replication.permanent_slots.iter().cloned());
+        }
         let grace = self.cfg.failover.ttl;
         let mut own = match self.conn.take() {
             Some(c) => c,
@@ -528,7 +518,6 @@ impl Agent {
             .fetch_all(&mut own)
             .await
             .map_err(query_err("pg_replication_slots"))?;
-            wanted.extend(permanent);
             self.unwanted_slots
                 .retain(|name, _| slots.iter().any(|(n, _)| n == name));
             for w in &wanted {

@@ -119,24 +119,24 @@ fn read_allowed(s: &ApiState, headers: &HeaderMap, what: &str) -> Result<(), Res
 }
 
 async fn primary(State(s): State<Arc<ApiState>>) -> Response {
+    let ok = leads_as(&s, MemberRole::Primary);
+    (code(ok), Json(status_body(&s))).into_response()
+}
+
+/// This agent holds the lease and its PostgreSQL runs in `role` (a standby leader is a replica).
+fn leads_as(s: &ApiState, role: MemberRole) -> bool {
     let snap = s.shared.snapshot();
-    let ok = snap.is_leader
+    snap.is_leader
         && snap
             .member
             .as_ref()
-            .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Primary);
-    (code(ok), Json(status_body(&s))).into_response()
+            .is_some_and(|m| m.pg_state == PgState::Running && m.role == role)
 }
 
 /// 200 on the leader of a standby cluster (holds the site's lease, streams from the other
 /// site); what a load balancer in the standby site points its "replication entry" at.
 async fn standby_leader(State(s): State<Arc<ApiState>>) -> Response {
-    let snap = s.shared.snapshot();
-    let ok = snap.is_leader
-        && snap
-            .member
-            .as_ref()
-            .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Replica);
+    let ok = leads_as(&s, MemberRole::Replica);
     (code(ok), Json(status_body(&s))).into_response()
 }
 

@@ -1,7 +1,7 @@
 //! Operator actions through the DCS, shared by the `pgha` CLI and the agent API: switchover,
 //! manual failover, pause/resume, and the member list.
 
-use pgha_config::{PghaConfig, ReplicationMode};
+use pgha_config::{PghaConfig, ReplicationMode, StandbyClusterSection};
 
 use crate::dcs::{ClusterView, Dcs, MemberRole, PgState, RequestKind, SwitchoverRequest};
 use crate::{now_ms, FailoverError, Result};
@@ -180,8 +180,7 @@ pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig, force: bool) ->
         ));
     }
     if !force {
-        let hosts = source.hosts_and_ports().unwrap_or_default();
-        if let Some(w) = first_writable(config, &hosts).await {
+        if let Some((w, _)) = primary_site_position(config, source).await {
             return Err(FailoverError::refused(
                 action,
                 format!(
@@ -200,14 +199,18 @@ pub async fn promote_cluster(dcs: &dyn Dcs, config: &PghaConfig, force: bool) ->
     .await
 }
 
-/// The first of `hosts` that accepts a connection with this config's superuser and is not in
-/// recovery (short timeouts: a lost site must not make the operator wait).
-async fn first_writable(config: &PghaConfig, hosts: &[(String, u16)]) -> Option<String> {
+/// The primary site's writable node (`standby_cluster.primary_hosts`, reached with this
+/// config's superuser) and its current WAL position; None when none answers as writable.
+/// Short timeouts: a lost site must not make the operator wait.
+pub async fn primary_site_position(
+    config: &PghaConfig,
+    source: &StandbyClusterSection,
+) -> Option<(String, pgha_postgres::Lsn)> {
     let template = config.nodes.first()?;
-    for (host, port) in hosts {
+    for (host, port) in source.hosts_and_ports().unwrap_or_default() {
         let mut node = template.clone();
         node.host = host.clone();
-        node.port = *port;
+        node.port = port;
         let Ok(mut params) = pgha_postgres::connect_params(config, &node) else {
             continue;
         };
@@ -215,12 +218,12 @@ async fn first_writable(config: &PghaConfig, hosts: &[(String, u16)]) -> Option<
         let Ok(mut c) = params.connect().await else {
             continue;
         };
-        let writable: std::result::Result<bool, _> =
-            sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
+        let row: std::result::Result<(bool, pgha_postgres::Lsn), _> =
+            sqlx::query_as("SELECT pg_is_in_recovery(), pg_current_wal_lsn()")
                 .fetch_one(&mut c)
                 .await;
-        if writable.unwrap_or(false) {
-            return Some(format!("{host}:{port}"));
+        if let Ok((false, lsn)) = row {
+            return Some((format!("{host}:{port}"), lsn));
         }
     }
     None

@@ -154,28 +154,21 @@ impl LocalCluster {
             ports.push(free_port(&spec.host)?);
         }
         let mut text = render_config(spec, &ports.iter().map(|p| p.port).collect::<Vec<_>>());
-        if let Some(standby) = &spec.standby {
-            text.push_str(&render_standby_section(standby)?);
-        }
+        // A standby site: the primary site's config names its nodes and its CA.
+        let primary_site = match &spec.standby {
+            Some(standby) => {
+                let path = standby.primary_root.join(CONFIG_FILE);
+                let primary = pgha_config::load(ConfigSource::Flag(path))?.config;
+                text.push_str(&render_standby_section(standby, &primary));
+                Some(primary)
+            }
+            None => None,
+        };
         pgha_postgres::files::write_atomic(&root.join(CONFIG_FILE), text.as_bytes(), 0o644, None)?;
         let loaded = pgha_config::load(ConfigSource::Flag(root.join(CONFIG_FILE)))?;
-        if let (Some(tls), Some(standby)) = (&loaded.config.tls, &spec.standby) {
-            // One CA for both sites: each side verifies the other's certificates.
-            let primary =
-                pgha_config::load(ConfigSource::Flag(standby.primary_root.join(CONFIG_FILE)))?
-                    .config;
-            if let Some(ptls) = &primary.tls {
-                std::fs::create_dir_all(&tls.dir)
-                    .map_err(LocalClusterError::io("create", &tls.dir))?;
-                for (from, to, mode) in [
-                    (ptls.ca_file(), tls.ca_file(), 0o644),
-                    (ptls.ca_key_file(), tls.ca_key_file(), 0o600),
-                ] {
-                    let bytes =
-                        std::fs::read(&from).map_err(LocalClusterError::io("read", &from))?;
-                    pgha_postgres::files::write_atomic(&to, &bytes, mode, None)?;
-                }
-            }
+        let primary_tls = primary_site.as_ref().and_then(|p| p.tls.as_ref());
+        if let (Some(tls), Some(ptls)) = (&loaded.config.tls, primary_tls) {
+            share_ca(ptls, tls)?;
         }
         if loaded.config.tls.is_some() {
             let report = pgha_tls::init(&loaded.config, &pgha_tls::InitOptions::default())?;
@@ -458,10 +451,22 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
     s
 }
 
-/// `[standby_cluster]` pointing at every node of the local cluster in `standby.primary_root`.
-fn render_standby_section(standby: &StandbySpec) -> Result<String> {
-    let path = standby.primary_root.join(CONFIG_FILE);
-    let primary = pgha_config::load(ConfigSource::Flag(path))?.config;
+/// One CA for both sites (each side verifies the other's certificates): copies the primary
+/// site's CA certificate and key where `pgha tls init` then finds and keeps them.
+fn share_ca(from: &pgha_config::TlsSection, to: &pgha_config::TlsSection) -> Result<()> {
+    std::fs::create_dir_all(&to.dir).map_err(LocalClusterError::io("create", &to.dir))?;
+    for (src, dst, mode) in [
+        (from.ca_file(), to.ca_file(), 0o644),
+        (from.ca_key_file(), to.ca_key_file(), 0o600),
+    ] {
+        let bytes = std::fs::read(&src).map_err(LocalClusterError::io("read", &src))?;
+        pgha_postgres::files::write_atomic(&dst, &bytes, mode, None)?;
+    }
+    Ok(())
+}
+
+/// `[standby_cluster]` pointing at every node of the primary site (or `standby.primary_hosts`).
+fn render_standby_section(standby: &StandbySpec, primary: &PghaConfig) -> String {
     let hosts: Vec<String> = match &standby.primary_hosts {
         Some(h) => h.iter().map(|a| toml_str(a)).collect(),
         None => primary
@@ -480,7 +485,7 @@ fn render_standby_section(standby: &StandbySpec) -> Result<String> {
     if let Some(cmd) = &standby.restore_command {
         let _ = writeln!(s, "restore_command = {}", toml_str(cmd));
     }
-    Ok(s)
+    s
 }
 
 /// The node dir itself when short enough for a unix socket path, else a short dir under /tmp.

@@ -85,17 +85,7 @@ pub async fn bootstrap_standby_leader(
     ensure_empty(instance)?;
     instance.prepare_dirs()?;
     write_passfile(config, node, instance.run_as())?;
-    let (hosts, ports): (Vec<_>, Vec<_>) = source
-        .hosts_and_ports()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(h, p)| (h, p.to_string()))
-        .unzip();
-    let conninfo = format!(
-        "host={} port={} target_session_attrs=primary",
-        conninfo_value(&hosts.join(",")),
-        ports.join(",")
-    );
+    let conninfo = crate::settings::primary_site_endpoint(source);
     base_backup(
         config,
         node,

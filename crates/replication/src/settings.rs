@@ -118,34 +118,22 @@ pub fn render_node_conf_for(config: &PghaConfig, node: &NodeConfig, role: NodeRo
     let source = match role {
         NodeRole::Primary => None,
         NodeRole::Replica { upstream: up } => Some((
-            conninfo_value(&up.host),
-            up.port.to_string(),
+            format!("host={} port={}", conninfo_value(&up.host), up.port),
             node.name.clone(),
             config.replication.slots.then(|| node.name.clone()),
-            String::new(),
         )),
-        NodeRole::StandbyLeader { source } => {
-            let (hosts, ports): (Vec<_>, Vec<_>) = source
-                .hosts_and_ports()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(h, p)| (h, p.to_string()))
-                .unzip();
-            // The primary site's nodes see us as `<cluster>-<node>`, never as one of their own
-            // node names (their sync standby management matches on application_name).
-            Some((
-                conninfo_value(&hosts.join(",")),
-                ports.join(","),
-                format!("{}-{}", config.cluster.name, node.name),
-                source.primary_slot_name.clone(),
-                " target_session_attrs=primary".to_owned(),
-            ))
-        }
+        // The primary site's nodes see us as `<cluster>-<node>`, never as one of their own
+        // node names (their sync standby management matches on application_name).
+        NodeRole::StandbyLeader { source } => Some((
+            primary_site_endpoint(source),
+            format!("{}-{}", config.cluster.name, node.name),
+            source.primary_slot_name.clone(),
+        )),
     };
-    if let Some((host, port, app, slot, extra)) = source {
+    if let Some((endpoint, app, slot)) = source {
         // The password is in the passfile, never in a setting visible through pg_settings.
         let mut conninfo = format!(
-            "host={host} port={port} user={} passfile={} application_name={} connect_timeout=5 keepalives_idle=10 keepalives_interval=5 keepalives_count=3{extra}",
+            "{endpoint} user={} passfile={} application_name={} connect_timeout=5 keepalives_idle=10 keepalives_interval=5 keepalives_count=3",
             conninfo_value(&config.replication.user),
             conninfo_value(&node.passfile().display().to_string()),
             conninfo_value(&app),
@@ -177,6 +165,22 @@ pub fn render_node_conf_for(config: &PghaConfig, node: &NodeConfig, role: NodeRo
         let _ = writeln!(s, "restore_command = {}", quote_literal(cmd));
     }
     s
+}
+
+/// libpq `host=… port=…` listing every node of the primary site (`standby_cluster.primary_hosts`),
+/// with `target_session_attrs=primary` so the connection lands on the writable one.
+pub(crate) fn primary_site_endpoint(source: &StandbyClusterSection) -> String {
+    let (hosts, ports): (Vec<_>, Vec<_>) = source
+        .hosts_and_ports()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(h, p)| (h, p.to_string()))
+        .unzip();
+    format!(
+        "host={} port={} target_session_attrs=primary",
+        conninfo_value(&hosts.join(",")),
+        ports.join(",")
+    )
 }
 
 /// Names of the files install_tls_files puts in a node's `tls_install_dir`.

@@ -74,12 +74,9 @@ impl HaCluster {
 
     /// SIGKILL of the agent and of its postmaster, together (the drill's fault).
     pub fn kill_node(&mut self, node: &str) -> anyhow::Result<()> {
-        let inst = self.cluster.instance(node)?;
-        let pid = std::fs::read_to_string(inst.data_dir().join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        let running = self.cluster.instance(node)?.process_state()?;
         self.kill_agent(node);
-        if let Some(pid) = pid {
+        if let pgha_postgres::ProcessState::Running { pid } = running {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
