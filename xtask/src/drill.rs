@@ -28,19 +28,36 @@ pub enum Profile {
     Fast,
 }
 
+impl Profile {
+    /// (ttl, loop_wait) as pgha.toml spells them.
+    pub(crate) fn timings(self) -> (&'static str, &'static str) {
+        match self {
+            Profile::Default => ("8s", "500ms"),
+            Profile::Fast => ("3s", "200ms"),
+        }
+    }
+
+    pub(crate) fn ttl(self) -> Duration {
+        match self {
+            Profile::Default => Duration::from_secs(8),
+            Profile::Fast => Duration::from_secs(3),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DrillArgs {
     #[arg(long, default_value_t = 5)]
-    trials: usize,
+    pub(crate) trials: usize,
     /// Synchronous replication.
     #[arg(long)]
-    sync: bool,
+    pub(crate) sync: bool,
     #[arg(long, value_enum, default_value_t = Profile::Default)]
-    profile: Profile,
+    pub(crate) profile: Profile,
     /// Disable the confirmed-dead fast path: wait for the lease to expire (what a vanished host
     /// costs).
     #[arg(long)]
-    no_fast_path: bool,
+    pub(crate) no_fast_path: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +68,8 @@ pub enum DrillCommand {
     Switchover(DrillArgs),
     /// Lose the primary site; `pgha promote-cluster` on the standby site (a second cluster).
     Dr(crate::drill_dr::DrArgs),
+    /// Freeze (SIGSTOP) the primary's agent for 3 x TTL under a direct writer, then thaw it.
+    FrozenAgent(crate::drill_frozen::FrozenArgs),
 }
 
 pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
@@ -61,6 +80,7 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
         DrillCommand::Failover(a) => (a, false),
         DrillCommand::Switchover(a) => (a, true),
         DrillCommand::Dr(a) => return crate::drill_dr::run(&a, &bin_dir).await,
+        DrillCommand::FrozenAgent(a) => return crate::drill_frozen::run(&a, &bin_dir).await,
     };
     let root = std::env::temp_dir().join(format!("pgha-drill-{}", std::process::id()));
     let result = drill(&root, &bin_dir, &args, switchover).await;
@@ -76,23 +96,23 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     result
 }
 
-struct Harness {
-    cluster: LocalCluster,
-    agents: Vec<AgentProcess>,
+pub(crate) struct Harness {
+    pub(crate) cluster: LocalCluster,
+    pub(crate) agents: Vec<AgentProcess>,
     _etcd: EtcdServer,
     bin_dir: std::path::PathBuf,
 }
 
 impl Harness {
-    fn params(&self) -> Vec<(String, ConnectParams)> {
+    pub(crate) fn params(&self) -> Vec<(String, ConnectParams)> {
         node_params(&self.cluster)
     }
 
-    fn agent_index(&self, node: &str) -> Option<usize> {
+    pub(crate) fn agent_index(&self, node: &str) -> Option<usize> {
         self.agents.iter().position(|a| a.node == node)
     }
 
-    fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
+    pub(crate) fn restart_agent(&mut self, node: &str) -> anyhow::Result<()> {
         let log = self.cluster.root().join(format!("{node}-agent.log"));
         let a = AgentProcess::spawn(
             &self.bin_dir.join("pgha-agent"),
@@ -149,7 +169,7 @@ pub(crate) async fn writable(p: &ConnectParams) -> bool {
     }
 }
 
-async fn primary(h: &Harness, timeout: Duration) -> anyhow::Result<String> {
+pub(crate) async fn primary(h: &Harness, timeout: Duration) -> anyhow::Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut w = Vec::new();
@@ -178,18 +198,17 @@ struct Trial {
     split_brain: bool,
 }
 
-async fn drill(
+/// Etcd, a primary and 2 replicas with their agents, in `root`; returns the harness, the
+/// primary, and the cluster's spec. The table `drill (id bigint primary key, at timestamptz)`
+/// exists on the primary.
+pub(crate) async fn harness(
     root: &std::path::Path,
     bin_dir: &std::path::Path,
     args: &DrillArgs,
-    switchover: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(Harness, String, ClusterSpec)> {
     std::fs::create_dir_all(root)?;
     let etcd = EtcdServer::start(&root.join("etcd"))?;
-    let (ttl, loop_wait) = match args.profile {
-        Profile::Default => ("8s", "500ms"),
-        Profile::Fast => ("3s", "200ms"),
-    };
+    let (ttl, loop_wait) = args.profile.timings();
     let mut spec = ClusterSpec::new("drill", root);
     spec.mode = if args.sync {
         ReplicationMode::Sync
@@ -222,7 +241,7 @@ async fn drill(
     {
         h.restart_agent(&n)?;
     }
-    let mut current = primary(&h, Duration::from_secs(60)).await?;
+    let current = primary(&h, Duration::from_secs(60)).await?;
     h.cluster.wait_streaming(Duration::from_secs(60)).await?;
     {
         let p = h.cluster.instance(&current)?;
@@ -233,6 +252,16 @@ async fn drill(
         .execute(&mut c)
         .await?;
     }
+    Ok((h, current, spec))
+}
+
+async fn drill(
+    root: &std::path::Path,
+    bin_dir: &std::path::Path,
+    args: &DrillArgs,
+    switchover: bool,
+) -> anyhow::Result<ExitCode> {
+    let (mut h, mut current, spec) = harness(root, bin_dir, args).await?;
     eprintln!(
         "drill {}: profile {:?}, {} mode, fast path {}, {} trial(s)",
         if switchover { "switchover" } else { "failover" },

@@ -7,6 +7,7 @@ mod cluster;
 mod deps;
 mod drill;
 mod drill_dr;
+mod drill_frozen;
 mod pgbouncer;
 mod services;
 mod sites;
