@@ -10,6 +10,7 @@ mod drill_dr;
 mod drill_frozen;
 mod pgbouncer;
 mod services;
+mod simulate;
 mod sites;
 mod test;
 mod wan;
@@ -66,6 +67,8 @@ enum Command {
         #[command(subcommand)]
         command: drill::DrillCommand,
     },
+    /// The agents' deterministic simulation over many seeds (faults, virtual time, invariants).
+    Simulate(simulate::SimulateArgs),
     /// Install what the tests need (on Debian as root), then run the whole test suite.
     Test(test::TestArgs),
     /// Install the system packages pgha's tests and local cluster need (Debian, as root).
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Bench { command } => bench::run(command).await,
             Command::Drill { command } => drill::run(command).await,
             Command::Test(args) => test::run(args),
+            Command::Simulate(args) => simulate::run(&args),
             Command::InstallDeps => deps::ensure_all(),
         }
     });

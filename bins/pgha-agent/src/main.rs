@@ -9,7 +9,6 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use pgha_config::ConfigSource;
-use pgha_failover::agent::{Agent, Shared};
 use pgha_failover::api::{self, ApiState};
 use pgha_failover::dcs::{Dcs, EtcdDcs};
 
@@ -64,7 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .context("connect to etcd")?,
     );
-    let shared = Arc::new(Shared::default());
+    let (agent, shared) = pgha_failover::agent::build(config.clone(), &node.name, dcs.clone())?;
     let cancel = CancellationToken::new();
     let token = config
         .failover
@@ -101,7 +100,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let agent = Agent::new(config.clone(), &node.name, dcs, shared)?;
     let c = cancel.clone();
     tokio::spawn(async move {
         let mut term =
@@ -117,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         c.cancel();
     });
     tracing::info!(node = %node.name, "agent started");
-    agent.run(cancel.clone()).await?;
+    agent.run(cancel.clone()).await;
     cancel.cancel();
     if let Some(t) = api_task {
         let _ = t.await;

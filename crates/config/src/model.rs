@@ -86,6 +86,11 @@ pub struct FailoverSection {
     /// When the leader's PostgreSQL port and agent port both refuse connections (the processes
     /// are gone while their host answers), revoke its lease at once instead of waiting the TTL.
     pub fast_dead_detection: bool,
+    /// The supervisor that owns PostgreSQL kills it this long before the leader lease could
+    /// expire for the other nodes, when the agent stopped renewing the lease (frozen, wedged,
+    /// stalled). Covers the kill itself and clock-rate differences between hosts.
+    #[serde(with = "humantime_serde")]
+    pub safety_margin: Duration,
     /// How long the primary's agent tries to restart a crashed PostgreSQL before releasing the lease.
     #[serde(with = "humantime_serde")]
     pub postgres_restart_timeout: Duration,
@@ -108,6 +113,7 @@ impl Default for FailoverSection {
             maximum_lag_on_failover: ByteSize(1 << 20),
             failsafe: true,
             fast_dead_detection: true,
+            safety_margin: Duration::from_secs(1),
             postgres_restart_timeout: Duration::from_secs(3),
             sync_strict: false,
             api_token: None,

@@ -280,6 +280,16 @@ impl PghaConfig {
                 ),
             );
         }
+        if f.safety_margin < std::time::Duration::from_millis(100) || f.safety_margin * 2 > ttl {
+            errs.push(
+                "failover.safety_margin",
+                format!(
+                    "{:?} is not usable: between 100ms and half of failover.ttl ({ttl:?}), so \
+                     PostgreSQL is killed before the lease can expire and not long before",
+                    f.safety_margin
+                ),
+            );
+        }
         if f.postgres_restart_timeout + f.loop_wait >= ttl {
             errs.push(
                 "failover.postgres_restart_timeout",

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -351,17 +350,9 @@ async fn failsafe(
     if let Err(r) = authorized(&s, &headers, "failsafe") {
         return r;
     }
-    let snap = s.shared.snapshot();
-    if snap.dcs_reachable || snap.is_leader {
-        return (
-            StatusCode::CONFLICT,
-            "this node reaches the DCS: no failsafe\n",
-        )
-            .into_response();
+    match s.shared.confirm_failsafe(&body.leader) {
+        Ok(()) => {}
+        Err(why) => return (StatusCode::CONFLICT, format!("{why}\n")).into_response(),
     }
-    if let Ok(mut q) = s.shared.quarantine_until.lock() {
-        *q = Some(Instant::now() + s.config.failover.ttl + Duration::from_secs(1));
-    }
-    tracing::info!(leader = %body.leader, "confirmed failsafe: DCS unreachable here too");
     (StatusCode::OK, "ok\n").into_response()
 }

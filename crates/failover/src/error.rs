@@ -6,20 +6,9 @@ pub type Result<T, E = FailoverError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FailoverError {
-    #[error("etcd {op}: {source}")]
-    Etcd {
-        op: &'static str,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("DCS request {op} timed out after {ms} ms")]
-    DcsTimeout { op: &'static str, ms: u64 },
-    #[error("DCS value at {key} is not valid: {source}")]
-    Decode {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    /// The DCS, the agent core, PostgreSQL control or a peer (the core's error).
+    #[error(transparent)]
+    Core(#[from] pgha_agent_core::CoreError),
     #[error("no [dcs] section in the config: the agent needs etcd endpoints")]
     NoDcs,
     #[error("node `{0}` is not in the config")]
@@ -40,10 +29,6 @@ pub enum FailoverError {
 }
 
 impl FailoverError {
-    pub(crate) fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> Self {
-        move |source| FailoverError::Etcd { op, source }
-    }
-
     pub(crate) fn refused(action: &'static str, reason: impl Into<String>) -> Self {
         FailoverError::Refused {
             action,

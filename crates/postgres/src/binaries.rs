@@ -7,7 +7,7 @@ use crate::{PgError, Result};
 /// Directory holding `postgres`, `pg_ctl`, `initdb`, `pg_basebackup`, `pg_rewind`, `psql`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgBinaries {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 const REQUIRED: [&str; 3] = ["postgres", "pg_ctl", "initdb"];

@@ -60,6 +60,13 @@ pub enum PgError {
         timeout: Duration,
         last: Option<String>,
     },
+    #[error("SIGKILL of {node}'s process {pid}: {source}")]
+    Kill {
+        node: String,
+        pid: i32,
+        #[source]
+        source: nix::errno::Errno,
+    },
     #[error("connect to {target}: {source}")]
     Connect {
         target: String,

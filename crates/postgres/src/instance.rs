@@ -118,6 +118,13 @@ impl LocalInstance {
         // The caller's cwd may be unreadable for the server user (e.g. /root): postgres
         // refuses to start when it cannot resolve it.
         cmd.current_dir("/");
+        // libpq tools read PGHOST, PGPASSWORD, ... before a passfile: an operator's variables
+        // must not redirect or re-authenticate what we run. Only what we set below counts.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.env("LC_ALL", "C.UTF-8");
         cmd.stdin(std::process::Stdio::null());
         if let Some(ca) = &self.tool_ssl_root_cert {
@@ -271,6 +278,42 @@ impl LocalInstance {
         );
         std::fs::remove_file(&pid_file).map_err(PgError::io("remove stale", pid_file))?;
         Ok(ProcessState::Stopped)
+    }
+
+    /// SIGKILL of the postmaster and of every process it started (the fence of last resort),
+    /// then waits until it is gone (at most 2 s).
+    pub async fn kill(&self) -> Result<()> {
+        let ProcessState::Running { pid } = self.process_state()? else {
+            return Ok(());
+        };
+        let mut victims = vec![pid];
+        victims.extend(children_of(pid));
+        for p in &victims {
+            if let Err(e) = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            ) {
+                if e != nix::errno::Errno::ESRCH {
+                    return Err(PgError::Kill {
+                        node: self.name.clone(),
+                        pid: *p,
+                        source: e,
+                    });
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.process_state()? != ProcessState::Stopped {
+            if Instant::now() > deadline {
+                return Err(PgError::Timeout {
+                    what: format!("{} to die after SIGKILL", self.name),
+                    timeout: Duration::from_secs(2),
+                    last: None,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     /// Fails with a clear message when something else listens on the instance's port.
@@ -432,6 +475,25 @@ pub fn connect_params(config: &PghaConfig, node: &NodeConfig) -> Result<ConnectP
     })
 }
 
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    // `pid (comm) state ppid ...`; comm may contain spaces and parentheses.
+                    let rest = st.rsplit_once(") ")?.1;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// Runs `cmd`, returning its output, or `CommandFailed` with its stderr when it exits non-zero.
 pub(crate) async fn run(
     mut cmd: tokio::process::Command,
@@ -455,5 +517,45 @@ pub(crate) async fn run(
             status: out.status.to_string(),
             stderr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn server_tools_never_inherit_the_callers_libpq_variables() {
+        // An operator's PGPASSWORD or PGHOST would override the passfile and the host we pass.
+        std::env::set_var("PGPASSWORD", "wrong");
+        std::env::set_var("PGHOST", "elsewhere.invalid");
+        let bins = PgBinaries {
+            dir: PathBuf::from("/nonexistent"),
+        };
+        let params = ConnectParams {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            database: "postgres".into(),
+            application_name: "t".into(),
+            connect_timeout: Duration::from_secs(1),
+            statement_timeout: None,
+            ssl_root_cert: None,
+        };
+        let inst = LocalInstance::new("n1", "/tmp/d", "/tmp/d.log", bins, None, params);
+        let cmd = inst.std_command("pg_rewind");
+        let envs: Vec<(String, Option<String>)> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert!(envs.contains(&("PGPASSWORD".into(), None)), "{envs:?}");
+        assert!(envs.contains(&("PGHOST".into(), None)), "{envs:?}");
     }
 }

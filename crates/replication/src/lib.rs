@@ -1,5 +1,5 @@
 //! Streaming replication: the settings each node runs with, the replication role and slots,
-//! bootstrapping a replica, switching async/sync, and the live status of the whole cluster.
+//! bootstrapping a replica, rewinding one, switching async/sync, and the live status of the whole cluster.
 //!
 //! Settings are split in three files inside each data dir, included from postgresql.conf:
 //! `pgha.conf` (identical on every node, so pg_basebackup/pg_rewind copying it is harmless),
@@ -10,6 +10,7 @@ mod bootstrap;
 mod error;
 mod install;
 mod mode;
+mod rewind;
 mod roles;
 mod settings;
 mod slots;
@@ -23,6 +24,7 @@ pub use install::{
 };
 pub use mode::{set_mode, synchronous_standby_names};
 pub use pgha_postgres::Lsn;
+pub use rewind::rewind;
 pub use roles::ensure_replication_role;
 pub use settings::{
     render_cluster_conf, render_hba, render_node_conf, render_node_conf_for, RenderedNode, TLS_CA,

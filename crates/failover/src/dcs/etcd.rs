@@ -12,25 +12,37 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 
-use super::{
-    ClusterView, Dcs, LeaderInfo, LeaderStatus, MemberState, Session, SwitchoverRequest, SyncState,
+use pgha_agent_core::dcs::{
+    ClusterView, Dcs, DynamicConfig, LeaderInfo, LeaderStatus, LeaseId, MemberState,
+    SwitchoverRequest, SyncState,
 };
-use crate::{FailoverError, Result};
+use pgha_agent_core::{CoreError, Result};
 
-#[derive(Default)]
-struct LeaseState {
-    id: Option<i64>,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+use crate::FailoverError;
+
+/// The keep-alive stream of one lease.
+struct Keeper {
+    lease: LeaseId,
+    stream: (LeaseKeeper, LeaseKeepAliveStream),
 }
 
 /// etcd-backed [`Dcs`] for one agent (`me`) or for an operator command (`me` unused).
+///
+/// etcd-client does not re-establish a gRPC channel or a keep-alive stream that broke in a
+/// partition (etcdv3/etcd-client#54: "you should reconnect by yourself"): after a failed
+/// request the next session grant connects afresh, so an agent whose lease expired while it
+/// was cut off gets a new session as soon as etcd answers again.
 pub struct EtcdDcs {
-    client: Client,
+    client: std::sync::RwLock<Client>,
+    endpoints: Vec<String>,
+    opts: ConnectOptions,
     prefix: String,
     me: String,
     ttl_secs: i64,
     timeout: Duration,
-    lease: Mutex<LeaseState>,
+    keeper: Mutex<Option<Keeper>>,
+    /// A request failed since the last (re)connection.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdDcs {
@@ -56,27 +68,64 @@ impl EtcdDcs {
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(2), timeout);
-        let client = tokio::time::timeout(timeout * 3, Client::connect(endpoints, Some(opts)))
-            .await
-            .map_err(|_| FailoverError::DcsTimeout {
-                op: "connect",
-                ms: (timeout * 3).as_millis() as u64,
-            })?
-            .map_err(FailoverError::etcd("connect"))?;
+        let client = Self::dial(endpoints, &opts, timeout).await?;
         Ok(EtcdDcs {
-            client,
+            client: std::sync::RwLock::new(client),
+            endpoints: endpoints.to_vec(),
+            opts,
             prefix: format!("{}/{}/", namespace.trim_end_matches('/'), cluster),
             me: me.into(),
             ttl_secs: ttl.as_secs().max(1) as i64,
             timeout,
-            lease: Mutex::new(LeaseState::default()),
+            keeper: Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
+    async fn dial(
+        endpoints: &[String],
+        opts: &ConnectOptions,
+        timeout: Duration,
+    ) -> Result<Client> {
+        tokio::time::timeout(timeout * 3, Client::connect(endpoints, Some(opts.clone())))
+            .await
+            .map_err(|_| CoreError::DcsTimeout {
+                op: "connect",
+                ms: (timeout * 3).as_millis() as u64,
+            })?
+            .map_err(etcd_err("connect"))
+    }
+
+    fn client(&self) -> Client {
+        match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// After a failure: a new channel (a broken one is never repaired by the client).
+    async fn reconnect_if_failed(&self) -> Result<()> {
+        if !self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let c = Self::dial(&self.endpoints, &self.opts, self.timeout).await?;
+        match self.client.write() {
+            Ok(mut w) => *w = c,
+            Err(p) => *p.into_inner() = c,
+        }
+        self.failed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(node = %self.me, "reconnected to etcd");
+        Ok(())
+    }
+
     /// From the config's `[dcs]` and `[failover]` sections.
-    pub async fn from_config(config: &pgha_config::PghaConfig, me: &str) -> Result<Self> {
+    pub async fn from_config(
+        config: &pgha_config::PghaConfig,
+        me: &str,
+    ) -> Result<Self, FailoverError> {
         let d = config.dcs.as_ref().ok_or(FailoverError::NoDcs)?;
-        Self::connect(
+        Ok(Self::connect(
             &d.etcd,
             &d.namespace,
             &config.cluster.name,
@@ -84,7 +133,7 @@ impl EtcdDcs {
             config.failover.ttl,
             d.request_timeout,
         )
-        .await
+        .await?)
     }
 
     fn key(&self, k: &str) -> String {
@@ -96,13 +145,18 @@ impl EtcdDcs {
         op: &'static str,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(FailoverError::etcd(op)),
-            Err(_) => Err(FailoverError::DcsTimeout {
+        let r = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(etcd_err(op)),
+            Err(_) => Err(CoreError::DcsTimeout {
                 op,
                 ms: self.timeout.as_millis() as u64,
             }),
+        };
+        if r.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        r
     }
 
     async fn put_json<T: Serialize>(
@@ -112,40 +166,26 @@ impl EtcdDcs {
         value: &T,
         lease: Option<i64>,
     ) -> Result<()> {
-        let body = serde_json::to_vec(value).map_err(|source| FailoverError::Decode {
+        let body = serde_json::to_vec(value).map_err(|source| CoreError::Decode {
             key: key.into(),
             source,
         })?;
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let mut c = self.client.clone();
+        let mut c = self.client();
         self.bounded(op, c.put(self.key(key), body, opts)).await?;
-        Ok(())
-    }
-
-    async fn lease_id(&self) -> Result<i64> {
-        if let Some(id) = self.lease.lock().await.id {
-            return Ok(id);
-        }
-        self.keep_alive().await?;
-        self.lease.lock().await.id.ok_or(FailoverError::DcsTimeout {
-            op: "lease grant",
-            ms: 0,
-        })
-    }
-
-    async fn grant(&self, st: &mut LeaseState) -> Result<()> {
-        let mut c = self.client.clone();
-        let granted = self
-            .bounded("lease grant", c.lease_grant(self.ttl_secs, None))
-            .await?;
-        st.id = Some(granted.id());
-        st.keeper = None;
         Ok(())
     }
 }
 
+fn etcd_err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> CoreError {
+    move |e| CoreError::Dcs {
+        op,
+        source: Box::new(e),
+    }
+}
+
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| FailoverError::Decode {
+    serde_json::from_slice(bytes).map_err(|source| CoreError::Decode {
         key: key.into(),
         source,
     })
@@ -153,45 +193,49 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 
 #[async_trait]
 impl Dcs for EtcdDcs {
-    async fn keep_alive(&self) -> Result<Session> {
-        let mut st = self.lease.lock().await;
-        let Some(id) = st.id else {
-            self.grant(&mut st).await?;
-            return Ok(Session::Replaced);
-        };
-        if st.keeper.is_none() {
-            let mut c = self.client.clone();
-            st.keeper = Some(
-                self.bounded("lease keep-alive", c.lease_keep_alive(id))
-                    .await?,
-            );
+    async fn grant_session(&self) -> Result<LeaseId> {
+        self.reconnect_if_failed().await?;
+        let mut c = self.client();
+        let granted = self
+            .bounded("lease grant", c.lease_grant(self.ttl_secs, None))
+            .await?;
+        *self.keeper.lock().await = None;
+        Ok(granted.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool> {
+        let mut k = self.keeper.lock().await;
+        if k.as_ref().is_none_or(|k| k.lease != lease) {
+            let mut c = self.client();
+            let stream = self
+                .bounded("lease keep-alive", c.lease_keep_alive(lease))
+                .await?;
+            *k = Some(Keeper { lease, stream });
         }
-        let result = match st.keeper.as_mut() {
-            Some((keeper, stream)) => {
-                let fut = async {
-                    keeper.keep_alive().await?;
-                    stream.message().await
-                };
-                self.bounded("lease keep-alive", fut).await
-            }
-            None => return Ok(Session::Kept),
+        let Some(keeper) = k.as_mut() else {
+            return Ok(true);
         };
-        match result {
-            Ok(Some(resp)) if resp.ttl() > 0 => Ok(Session::Kept),
+        let (tx, rx) = &mut keeper.stream;
+        let fut = async {
+            tx.keep_alive().await?;
+            rx.message().await
+        };
+        match self.bounded("lease keep-alive", fut).await {
+            Ok(Some(resp)) if resp.ttl() > 0 => Ok(true),
+            // ttl 0: the lease expired or was revoked, and every key on it is gone.
             Ok(_) => {
-                // ttl 0: the lease expired or was revoked, and every key on it is gone.
-                self.grant(&mut st).await?;
-                Ok(Session::Replaced)
+                *k = None;
+                Ok(false)
             }
             Err(e) => {
-                st.keeper = None;
+                *k = None;
                 Err(e)
             }
         }
     }
 
     async fn view(&self) -> Result<ClusterView> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .bounded(
                 "get cluster",
@@ -219,7 +263,7 @@ impl Dcs for EtcdDcs {
                         tracing::error!(
                             "{e}; acting as paused until `pgha pause`/`resume` rewrites it"
                         );
-                        super::DynamicConfig {
+                        DynamicConfig {
                             paused: true,
                             standby_promoted: false,
                         }
@@ -238,8 +282,7 @@ impl Dcs for EtcdDcs {
         Ok(view)
     }
 
-    async fn publish_member(&self, member: &MemberState) -> Result<()> {
-        let lease = self.lease_id().await?;
+    async fn publish_member(&self, lease: LeaseId, member: &MemberState) -> Result<()> {
         self.put_json(
             "publish member",
             &format!("members/{}", member.name),
@@ -249,8 +292,7 @@ impl Dcs for EtcdDcs {
         .await
     }
 
-    async fn try_acquire_leader(&self) -> Result<bool> {
-        let lease = self.lease_id().await?;
+    async fn try_acquire_leader(&self, lease: LeaseId) -> Result<bool> {
         let key = self.key("leader");
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -259,25 +301,42 @@ impl Dcs for EtcdDcs {
                 self.me.clone(),
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         Ok(self
             .bounded("acquire leader", c.txn(txn))
             .await?
             .succeeded())
     }
 
-    async fn release_leader(&self) -> Result<()> {
+    async fn take_over_leader(&self, lease: LeaseId, revision: i64) -> Result<bool> {
         let key = self.key("leader");
         let txn = Txn::new()
-            .when([Compare::value(
-                key.clone(),
-                CompareOp::Equal,
+            .when([
+                Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+                Compare::value(key.clone(), CompareOp::Equal, self.me.clone()),
+            ])
+            .and_then([TxnOp::put(
+                key,
                 self.me.clone(),
-            )])
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut c = self.client();
+        Ok(self
+            .bounded("take over leader", c.txn(txn))
+            .await?
+            .succeeded())
+    }
+
+    async fn release_leader(&self, lease: LeaseId) -> Result<bool> {
+        let key = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
-        self.bounded("release leader", c.txn(txn)).await?;
-        Ok(())
+        let mut c = self.client();
+        Ok(self
+            .bounded("release leader", c.txn(txn))
+            .await?
+            .succeeded())
     }
 
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool> {
@@ -290,16 +349,19 @@ impl Dcs for EtcdDcs {
                 leader.revision,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let deleted = self
             .bounded("delete dead leader", c.txn(txn))
             .await?
             .succeeded();
         if deleted && leader.lease != 0 {
             // Its member key goes with its lease; a lease already gone is fine.
-            let _ = self
+            if let Err(e) = self
                 .bounded("revoke dead leader lease", c.lease_revoke(leader.lease))
-                .await;
+                .await
+            {
+                tracing::debug!("revoke the dead leader's lease: {e}");
+            }
         }
         Ok(deleted)
     }
@@ -308,9 +370,9 @@ impl Dcs for EtcdDcs {
         self.put_json("put status", "status", status, None).await
     }
 
-    async fn put_config(&self, config: &super::DynamicConfig, revision: i64) -> Result<bool> {
+    async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool> {
         let key = self.key("config");
-        let value = serde_json::to_vec(config).map_err(|source| FailoverError::Decode {
+        let value = serde_json::to_vec(config).map_err(|source| CoreError::Decode {
             key: "config".into(),
             source,
         })?;
@@ -321,7 +383,7 @@ impl Dcs for EtcdDcs {
                 revision,
             )])
             .and_then([TxnOp::put(key, value, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         Ok(self.bounded("put config", c.txn(txn)).await?.succeeded())
     }
 
@@ -331,7 +393,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn clear_switchover(&self) -> Result<()> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         self.bounded(
             "clear switchover",
             c.delete(self.key("switchover"), None::<DeleteOptions>),
@@ -345,7 +407,7 @@ impl Dcs for EtcdDcs {
     }
 
     async fn watch(&self) -> Result<mpsc::Receiver<()>> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let mut stream = self
             .bounded(
                 "watch",

@@ -2,7 +2,7 @@
 
 use pgha_config::ReplicationMode;
 
-use crate::dcs::{
+use crate::types::{
     LeaderStatus, MemberRole, MemberState, PgState, RequestKind, SwitchoverRequest, SyncState,
 };
 
@@ -115,6 +115,7 @@ mod tests {
             upstream: None,
             nofailover: false,
             updated_ms: 0,
+            checkpoint_timeline: None,
         }
     }
 

@@ -42,6 +42,11 @@ pub struct MemberState {
     pub upstream: Option<String>,
     pub nofailover: bool,
     pub updated_ms: u64,
+    /// Primary: the timeline of its last checkpoint (`pg_control_checkpoint()`). Equal to
+    /// `timeline` once the checkpoint after a promotion is done: before that, pg_rewind from
+    /// this node would read the old timeline from its control file.
+    #[serde(default)]
+    pub checkpoint_timeline: Option<i64>,
 }
 
 /// Who holds the leader key.

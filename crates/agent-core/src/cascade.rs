@@ -3,7 +3,7 @@
 
 use pgha_config::{NodeConfig, PghaConfig};
 
-use crate::dcs::{ClusterView, MemberRole, PgState};
+use crate::types::{ClusterView, MemberRole, PgState};
 
 /// The node `node` streams from while `leader` holds the lease: its `replicate_from` while
 /// that node is a running replica whose own WAL receiver streams, else the leader.
@@ -44,7 +44,7 @@ pub fn wanted_slots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dcs::MemberState;
+    use crate::types::MemberState;
 
     fn config() -> PghaConfig {
         pgha_config::load_from_str(
@@ -89,6 +89,7 @@ replicate_from = "n2"
             upstream: None,
             nofailover: false,
             updated_ms: 0,
+            checkpoint_timeline: None,
         }
     }
 

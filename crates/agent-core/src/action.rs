@@ -1,0 +1,133 @@
+//! What `decide` asks the executor to do.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::dcs::{LeaderInfo, LeaderStatus, LeaseId, MemberState, SyncState};
+
+/// One effect. Short ones run inline in the executor (each bounded by a timeout); long ones
+/// are [`Job`]s that run in the background while the loop keeps renewing the lease.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    GrantSession,
+    PublishMember {
+        lease: LeaseId,
+        member: MemberState,
+    },
+    /// Take the leader key if nobody holds it.
+    AcquireLeader {
+        lease: LeaseId,
+    },
+    /// The leader key names us but sits on a predecessor's lease: replace it by ours.
+    TakeOverLeader {
+        lease: LeaseId,
+        revision: i64,
+    },
+    /// Delete the leader key if it is ours. Skipped when a fence earlier in the same tick
+    /// failed: a PostgreSQL that may still take writes keeps the lease.
+    ReleaseLeader {
+        lease: LeaseId,
+    },
+    /// Delete a dead leader's key (at its revision) and revoke its lease.
+    RevokeLeader(LeaderInfo),
+    PutStatus(LeaderStatus),
+    PutSync(SyncState),
+    ClearSwitchover,
+    /// Stop PostgreSQL at once (immediate shutdown; SIGKILL of the postmaster and its
+    /// children when that fails), and make sure it is down.
+    Fence {
+        why: String,
+    },
+    /// Cancel the running background job (its effects stay; a fence follows when needed).
+    AbortJob,
+    Spawn {
+        id: u64,
+        job: Job,
+    },
+    /// pgha-node.conf streams from `upstream` (a node name); made and reloaded when it differs.
+    /// The slot on the upstream is made first.
+    PointAt {
+        upstream: String,
+    },
+    /// pgha-node.conf streams from the primary site (standby leader).
+    PointAtPrimarySite,
+    SetSyncNames {
+        value: String,
+    },
+    CreateSlot {
+        name: String,
+    },
+    DropSlot {
+        name: String,
+    },
+    /// Make our slot on `node` (idempotent).
+    CreateSlotOn {
+        node: String,
+        slot: String,
+    },
+    /// Ask every other agent whether it cannot reach the DCS either.
+    AskFailsafe,
+    /// The supervisor kills PostgreSQL at `deadline` unless told a later one; None: no
+    /// deadline (this node cannot take writes).
+    Watchdog {
+        deadline: Option<Instant>,
+    },
+}
+
+/// Long work, run in the background; its end is an [`crate::inputs::Outcome::JobDone`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Sync mode first writes an empty /sync and sets `sync_names`; then pg_promote and wait
+    /// until PostgreSQL leaves recovery.
+    Promote {
+        sync_names: Option<String>,
+        checkpoint: bool,
+    },
+    /// Install the primary's settings and start.
+    StartPrimary,
+    /// Start whatever is on disk with its own settings (a leader's crashed primary).
+    Restart,
+    /// Clone (empty data dir) or rewind (it was a primary, or diverged) from `upstream`, then
+    /// start streaming from it.
+    StartReplica {
+        upstream: String,
+        rewind: bool,
+        clone: bool,
+    },
+    /// Move the data dir aside and clone it from `upstream`: the last resort.
+    Reclone { upstream: String },
+    /// Start as the leader of a standby cluster (a first copy of the primary site when empty).
+    StartStandbyLeader { clone: bool },
+    /// Start read-only with no upstream (no leader yet): the node becomes electable.
+    StartReadOnly,
+    /// Fast shutdown (fallback: immediate); then wait until `to` received the final
+    /// checkpoint (at most `wait`).
+    HandOver { to: String, wait: Duration },
+    /// Fast stop of a replica before a rewind.
+    StopForRewind,
+}
+
+impl Job {
+    /// A short name for logs and traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Job::Promote { .. } => "promote",
+            Job::StartPrimary => "start as primary",
+            Job::Restart => "restart",
+            Job::StartReplica { clone: true, .. } => "clone and start as replica",
+            Job::StartReplica { rewind: true, .. } => "rewind and start as replica",
+            Job::StartReplica { .. } => "start as replica",
+            Job::Reclone { .. } => "re-clone",
+            Job::StartStandbyLeader { .. } => "start as standby leader",
+            Job::StartReadOnly => "start read-only",
+            Job::HandOver { .. } => "hand over",
+            Job::StopForRewind => "stop for rewind",
+        }
+    }
+
+    /// Jobs after which PostgreSQL may accept writes: the watchdog is armed before they start.
+    pub fn may_make_writable(&self) -> bool {
+        matches!(self, Job::Promote { .. } | Job::StartPrimary | Job::Restart)
+    }
+}

@@ -1,0 +1,53 @@
+//! The DCS seam: the few operations the agents and operator commands need.
+//!
+//! Keys under `<namespace>/<cluster>/`: `leader` (attached to the holder's session lease),
+//! `members/<name>` (each agent's state, on its own lease, so it vanishes with the agent),
+//! `status` (the leader's last WAL position, kept after it dies for the lag check),
+//! `config` (pause), `switchover` (a pending switchover/failover request), `sync` (the
+//! synchronous standbys a failover may promote).
+//!
+//! Sessions are explicit: an agent holds a lease id it got from [`Dcs::grant_session`] and
+//! renews it with [`Dcs::keep_alive`]; when to grant a new one is the decision core's call
+//! (an expired lease is never silently replaced behind its back).
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+pub use crate::types::*;
+use crate::Result;
+
+/// A session lease in the DCS (etcd's lease id).
+pub type LeaseId = i64;
+
+/// A distributed configuration store holding the cluster's leader lease and member states. One
+/// value per agent (it knows the agent's node name) or per operator command.
+#[async_trait]
+pub trait Dcs: Send + Sync + std::fmt::Debug {
+    /// Grants a new session lease of the configured TTL.
+    async fn grant_session(&self) -> Result<LeaseId>;
+    /// Renews `lease`. `Ok(false)`: the lease no longer exists (expired or revoked; every key
+    /// on it is gone).
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool>;
+    /// Everything under the cluster's prefix, in one read.
+    async fn view(&self) -> Result<ClusterView>;
+    /// Writes this agent's member key on `lease`.
+    async fn publish_member(&self, lease: LeaseId, member: &MemberState) -> Result<()>;
+    /// Takes the leader key on `lease` if nobody holds it (compare-and-swap on its absence).
+    async fn try_acquire_leader(&self, lease: LeaseId) -> Result<bool>;
+    /// Replaces the leader key, still at `revision` (it names this agent's node but sits on an
+    /// older lease, a predecessor's), with one on `lease` (compare-and-swap on the revision).
+    async fn take_over_leader(&self, lease: LeaseId, revision: i64) -> Result<bool>;
+    /// Deletes the leader key if it is on `lease`; false when it was not ours (any more).
+    async fn release_leader(&self, lease: LeaseId) -> Result<bool>;
+    /// Deletes the leader key if it is still at `leader.revision`, and revokes its lease.
+    async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool>;
+    async fn put_status(&self, status: &LeaderStatus) -> Result<()>;
+    /// Replaces the operators' switches if the key is still at `revision`
+    /// (`ClusterView::config_revision`); false when someone changed it in between.
+    async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool>;
+    async fn put_switchover(&self, request: &SwitchoverRequest) -> Result<()>;
+    async fn clear_switchover(&self) -> Result<()>;
+    async fn put_sync(&self, sync: &SyncState) -> Result<()>;
+    /// A channel that receives a unit each time a key decisions depend on changes.
+    async fn watch(&self) -> Result<mpsc::Receiver<()>>;
+}

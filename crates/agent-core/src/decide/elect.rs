@@ -1,0 +1,84 @@
+//! Nobody holds the leader key: every agent ranks the members by the same rules; only the
+//! best one tries to take the key (compare-and-swap), then leads at its next tick.
+
+use super::{Ctx, Decision};
+use crate::action::Action;
+use crate::dcs::{ClusterView, MemberRole};
+use crate::election::{self, Rules};
+use crate::inputs::Inputs;
+use crate::memory::Role;
+
+pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
+    let now = inp.now;
+    let me = ctx.name().to_string();
+    if d.next.role.holds_lease() {
+        // The key is gone (expired, revoked, or deleted by an operator) while our session lives.
+        d.next.role = Role::NoLeader;
+    } else if !matches!(d.next.role, Role::Fenced { .. }) {
+        d.next.role = Role::NoLeader;
+    }
+    if d.next.job.is_some() {
+        d.because("no leader: a job is in progress");
+        return;
+    }
+    let started = d.next.timers.started.unwrap_or(now);
+    if now.duration_since(started) < ctx.t.settle_at_start {
+        d.because("no leader: letting every member publish once first");
+        return;
+    }
+    if d.next.timers.quarantine_until.is_some_and(|u| now < u) {
+        d.because("no leader: we confirmed failsafe to the old leader; not taking the lease yet");
+        return;
+    }
+    let fresh_request = view.switchover.as_ref().filter(|r| {
+        inp.wall_ms
+            .saturating_sub(r.at_ms.unwrap_or(r.requested_ms).max(r.requested_ms))
+            < ctx.t.request_fresh.as_millis() as u64
+    });
+    let standby = ctx.standby_source(view).is_some();
+    let rules = Rules {
+        mode: ctx.cfg.replication.mode,
+        max_lag_bytes: ctx.cfg.failover.maximum_lag_on_failover.bytes(),
+        status: view.status.as_ref(),
+        sync: view.sync.as_ref(),
+        request: fresh_request,
+        standby_cluster: standby,
+    };
+    let mut members = view.members.clone();
+    members.insert(me.clone(), ctx.member(inp));
+    // Published positions can be a tick old; the last WAL the dead primary sent may have
+    // reached one replica after it published. Rank on positions read live.
+    for (name, lsn) in &inp.probes.positions {
+        if let Some(m) = members.get_mut(name) {
+            m.lsn = Some(m.lsn.map_or(*lsn, |old| old.max(*lsn)));
+        }
+    }
+    let best = election::best(members.values(), &rules).map(|b| b.name.clone());
+    let first_copy = standby
+        && best.is_none()
+        && members
+            .values()
+            .all(|m| m.role == MemberRole::Uninitialized)
+        // The lowest-named member that published and may lead makes the first copy.
+        && members
+            .values()
+            .filter(|m| !m.nofailover)
+            .map(|m| m.name.as_str())
+            .min()
+            == Some(me.as_str());
+    if best.as_deref() != Some(me.as_str()) && !first_copy {
+        d.because(match best {
+            Some(b) => format!("no leader: {b} is the best candidate"),
+            None => "no leader: no member is eligible".to_string(),
+        });
+        return;
+    }
+    if inp.stopping {
+        d.because("no leader: stopping, not taking the lease");
+        return;
+    }
+    let Some(s) = d.next.session else { return };
+    d.act(Action::AcquireLeader { lease: s.lease });
+    d.again = true;
+    d.because("no leader: we are the best candidate: taking the leader key");
+}

@@ -1,0 +1,166 @@
+//! We hold the leader key: run PostgreSQL as the primary (or, in a standby cluster, as the
+//! standby leader), publish the position, keep slots and synchronous standbys, hand over.
+
+use pgha_config::ReplicationMode;
+
+use super::{plan, Ctx, Decision};
+use crate::action::{Action, Job};
+use crate::dcs::{ClusterView, LeaderStatus, MemberRole, PgState, SwitchoverRequest, SyncState};
+use crate::inputs::Inputs;
+use crate::memory::Role;
+
+pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
+    let obs = &inp.local;
+    let now = inp.now;
+    let fresh = !d.next.role.holds_lease();
+    let standby = ctx.standby_source(view).is_some();
+    d.next.role = if standby {
+        Role::StandbyLeader
+    } else {
+        Role::Leader
+    };
+    if let Some(j) = &d.next.job {
+        d.because(format!("leader: {} in progress", j.job.name()));
+        return;
+    }
+    if obs.pg_state == PgState::Stopped || !obs.reachable {
+        let since = *d.next.timers.pg_down_since.get_or_insert(now);
+        if now.duration_since(since) >= ctx.t.postgres_restart_timeout && !fresh {
+            d.release(format!(
+                "PostgreSQL not back within {:?}",
+                ctx.t.postgres_restart_timeout
+            ));
+            return;
+        }
+        if obs.pg_state == PgState::Stopped {
+            let job = match (standby, obs.role) {
+                (true, MemberRole::Uninitialized) => Job::StartStandbyLeader { clone: true },
+                (true, _) => Job::StartStandbyLeader { clone: false },
+                (false, MemberRole::Primary) if fresh => Job::StartPrimary,
+                (false, _) => Job::Restart,
+            };
+            d.because(format!("leader: PostgreSQL is down: {}", job.name()));
+            d.spawn(ctx, now, job);
+        } else {
+            d.because("leader: PostgreSQL runs but does not answer yet");
+        }
+        return;
+    }
+    d.next.timers.pg_down_since = None;
+    if standby {
+        lead_standby(ctx, d, inp, view);
+        return;
+    }
+    if obs.in_recovery() {
+        promote(ctx, d, inp);
+        return;
+    }
+    status_and_slots(ctx, d, inp, view);
+    if ctx.cfg.replication.mode == ReplicationMode::Sync {
+        plan::sync(ctx, d, inp, view);
+    }
+    d.because("leader: primary running");
+    if let Some(req) = view.switchover.clone() {
+        hand_over(ctx, d, inp, view, &req);
+    }
+}
+
+fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
+    let mut sync_names = None;
+    if ctx.cfg.replication.mode == ReplicationMode::Sync {
+        // No acknowledged commit can be lost: this node was a synchronous standby. Until a
+        // standby is synchronous again, /sync names none, so nobody else can be promoted.
+        d.act(Action::PutSync(SyncState {
+            leader: ctx.name().into(),
+            standbys: vec![],
+        }));
+        sync_names = Some(if ctx.cfg.failover.sync_strict {
+            plan::sync_names_for(1, &ctx.others())
+        } else {
+            String::new()
+        });
+    }
+    d.next.pending_sync = None;
+    d.because("leader: promoting (our PostgreSQL is in recovery)");
+    d.spawn(
+        ctx,
+        inp.now,
+        Job::Promote {
+            sync_names,
+            checkpoint: false,
+        },
+    );
+}
+
+/// The leader's loop work: its position in `status` (the lag reference after it dies) and
+/// the slots of the nodes streaming from it.
+fn status_and_slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
+    if let (Some(lsn), Some(tl)) = (inp.local.lsn, inp.local.timeline) {
+        d.act(Action::PutStatus(LeaderStatus {
+            leader: ctx.name().into(),
+            lsn,
+            timeline: tl,
+            updated_ms: inp.wall_ms,
+        }));
+    }
+    plan::slots(ctx, d, inp, view, ctx.name());
+}
+
+/// Leader of a standby cluster: stays in recovery streaming from the primary site, never
+/// promotes on its own.
+fn lead_standby(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
+    if !inp.local.in_recovery() {
+        // A writable node in the standby site would fork the data from the primary site.
+        d.release(
+            "standby cluster: our PostgreSQL is a primary; only `pgha promote-cluster` may make this site writable",
+        );
+        return;
+    }
+    d.act(Action::PointAtPrimarySite);
+    status_and_slots(ctx, d, inp, view);
+    d.because("standby leader: streaming from the primary site");
+}
+
+/// Planned switchover / manual failover away from this leader.
+fn hand_over(
+    ctx: &Ctx,
+    d: &mut Decision,
+    inp: &Inputs,
+    view: &ClusterView,
+    req: &SwitchoverRequest,
+) {
+    if req.to == ctx.name() {
+        d.act(Action::ClearSwitchover);
+        return;
+    }
+    if req.at_ms.is_some_and(|at| inp.wall_ms < at) {
+        d.because(format!("leader: switchover to {} scheduled", req.to));
+        return;
+    }
+    let target_ok = view
+        .members
+        .get(&req.to)
+        .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Replica);
+    if !target_ok || ctx.cfg.node(&req.to).is_none() {
+        d.act(Action::ClearSwitchover);
+        d.because(format!(
+            "leader: switchover target {} is not a running replica; request dropped",
+            req.to
+        ));
+        return;
+    }
+    let wait = match req.kind {
+        crate::dcs::RequestKind::Switchover => ctx.t.handover_wait_switchover,
+        crate::dcs::RequestKind::Failover => ctx.t.handover_wait_failover,
+    };
+    d.next.pending_sync = None;
+    d.because(format!("leader: handing over to {}", req.to));
+    d.spawn(
+        ctx,
+        inp.now,
+        Job::HandOver {
+            to: req.to.clone(),
+            wait,
+        },
+    );
+}

@@ -1,0 +1,332 @@
+//! `decide`: a pure function from what the agent remembers and what it sees this tick to what
+//! it remembers next, what it does, and why.
+//!
+//! - [`absorb`](self): fold last tick's outcomes and the API's events into memory;
+//! - with the DCS: session first (no session, no lease), then by who holds the leader key:
+//!   ourselves ([`leader`]), another node ([`follower`]), nobody ([`elect`]);
+//! - without the DCS: [`nodcs`] (a leader fences itself before its lease can expire);
+//! - last, the supervisor's deadline ([`watchdog`](self)).
+
+mod elect;
+mod follower;
+mod leader;
+mod nodcs;
+mod plan;
+
+use std::sync::Arc;
+
+use pgha_config::{NodeConfig, PghaConfig, StandbyClusterSection};
+use tokio::time::Instant;
+
+use crate::action::{Action, Job};
+use crate::dcs::{ClusterView, MemberState};
+use crate::inputs::{DcsRead, Event, Inputs, Outcome, SessionRead};
+use crate::memory::{Memory, Role, RunningJob, Session};
+use crate::timings::Timings;
+
+pub use plan::sync_names_for;
+
+/// What a tick decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub next: Memory,
+    pub actions: Vec<Action>,
+    /// Why, in one line (the tests assert on it, as Patroni's do on `run_cycle()`).
+    pub reason: String,
+    /// Tick again at once (a step whose result the next decision needs).
+    pub again: bool,
+}
+
+/// What does not change while the agent runs: the config, this node, the timings.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub cfg: Arc<PghaConfig>,
+    pub me: NodeConfig,
+    pub t: Timings,
+}
+
+impl Ctx {
+    pub fn new(cfg: Arc<PghaConfig>, node: &str) -> Option<Self> {
+        let me = cfg.node(node)?.clone();
+        let t = Timings::from_config(&cfg);
+        Some(Ctx { cfg, me, t })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.me.name
+    }
+
+    /// The other nodes' names.
+    pub fn others(&self) -> Vec<String> {
+        self.cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.me.name)
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// `[standby_cluster]` while `pgha promote-cluster` has not made this site the primary one.
+    pub fn standby_source(&self, view: &ClusterView) -> Option<&StandbyClusterSection> {
+        self.cfg
+            .standby_cluster
+            .as_ref()
+            .filter(|_| !view.config.standby_promoted)
+    }
+
+    /// Our member key, from this tick's observation.
+    pub fn member(&self, inp: &Inputs) -> MemberState {
+        let o = &inp.local;
+        MemberState {
+            name: self.me.name.clone(),
+            pg_address: self.me.address(),
+            api_address: self.me.agent_address.map(|a| a.to_string()),
+            pg_state: o.pg_state,
+            role: o.role,
+            timeline: o.timeline,
+            lsn: o.lsn,
+            replay_lsn: o.replay_lsn,
+            streaming: o.streaming,
+            upstream: o.upstream.clone(),
+            nofailover: self.me.nofailover,
+            updated_ms: inp.wall_ms,
+            checkpoint_timeline: o.checkpoint_timeline,
+        }
+    }
+}
+
+impl Decision {
+    fn because(&mut self, reason: impl Into<String>) {
+        self.reason = reason.into();
+    }
+
+    fn act(&mut self, a: Action) {
+        self.actions.push(a);
+    }
+
+    /// Starts `job` in the background (one at a time), not sooner than a loop after a job
+    /// failed (a failing step is retried once per loop, not in a spin).
+    fn spawn(&mut self, ctx: &Ctx, now: Instant, job: Job) {
+        if let Some(f) = self.next.timers.job_failed {
+            if now.duration_since(f) < ctx.t.loop_wait {
+                self.reason.push_str(" (retried next loop)");
+                return;
+            }
+        }
+        let id = self.next.next_job_id;
+        self.next.next_job_id += 1;
+        self.next.job = Some(RunningJob {
+            id,
+            job: job.clone(),
+            started: now,
+        });
+        self.act(Action::Spawn { id, job });
+    }
+
+    /// Stops PostgreSQL at once; the agent becomes `Fenced`.
+    fn fence(&mut self, why: impl Into<String>) {
+        let why = why.into();
+        if self.next.job.is_some() {
+            self.act(Action::AbortJob);
+            self.next.job = None;
+        }
+        self.act(Action::Fence { why: why.clone() });
+        self.next.role = Role::Fenced { why };
+        self.next.needs_rewind = true;
+        self.next.pending_sync = None;
+    }
+
+    /// Gives up the lease: PostgreSQL stops first, then the key is deleted.
+    fn release(&mut self, why: impl Into<String>) {
+        let why = why.into();
+        self.fence(why.clone());
+        if let Some(s) = self.next.session {
+            self.act(Action::ReleaseLeader { lease: s.lease });
+        }
+        self.because(format!("released the leader lease: {why}"));
+    }
+}
+
+/// One tick's decision.
+pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
+    let mut d = Decision {
+        next: mem.clone(),
+        actions: Vec::new(),
+        reason: String::new(),
+        again: false,
+    };
+    absorb(ctx, &mut d, inp);
+    match &inp.dcs {
+        DcsRead::Ok { session, view } => with_dcs(ctx, &mut d, inp, session, view),
+        DcsRead::Unreachable { since, session, .. } => {
+            d.next.timers.dcs_unreachable_since = Some(*since);
+            nodcs::without_dcs(ctx, &mut d, inp, session);
+        }
+    }
+    watchdog(ctx, &mut d, inp);
+    d
+}
+
+/// Folds the previous tick's outcomes and the API's events into memory.
+fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
+    for e in &inp.events {
+        match e {
+            Event::FailsafeConfirmed { at, .. } => {
+                let until = *at + ctx.t.failsafe_quarantine;
+                let q = &mut d.next.timers.quarantine_until;
+                *q = Some(q.map_or(until, |old| old.max(until)));
+            }
+        }
+    }
+    for o in &inp.outcomes {
+        match o {
+            Outcome::SessionGranted { lease, sent } => {
+                d.next.session = Some(Session {
+                    lease: *lease,
+                    renewed_at: *sent,
+                });
+            }
+            Outcome::JobDone { id, job, error } => {
+                if d.next.job.as_ref().is_some_and(|j| j.id == *id) {
+                    d.next.job = None;
+                }
+                d.next.timers.job_failed = error.as_ref().map(|_| inp.now);
+                job_done(ctx, d, job, error.as_deref());
+            }
+            Outcome::Failsafe { started, ok } => {
+                d.next.timers.failsafe_asked = None;
+                if *ok {
+                    d.next.timers.failsafe_ok = Some(*started);
+                }
+            }
+            Outcome::PointedAt { upstream } => {
+                if d.next.current_upstream.as_deref() != Some(upstream.as_str()) {
+                    d.next.timers.not_streaming_since = None;
+                }
+                d.next.current_upstream = Some(upstream.clone());
+            }
+            Outcome::SyncNamesSet { lsn, .. } => {
+                if let Some(p) = d.next.pending_sync.as_mut() {
+                    p.since_lsn.get_or_insert(*lsn);
+                }
+            }
+            Outcome::LeaderTaken { .. }
+            | Outcome::LeaderReleased
+            | Outcome::Fenced { .. }
+            | Outcome::SyncWritten { .. }
+            | Outcome::SlotRetried => {}
+        }
+    }
+    // The highest timeline the running server reported (a replica's falls back to its last
+    // checkpoint's when the receiver stops).
+    let o = &inp.local;
+    if o.pg_state == crate::dcs::PgState::Stopped {
+        d.next.seen_timeline = None;
+    } else if o.reachable {
+        d.next.seen_timeline = o.timeline.max(d.next.seen_timeline);
+    }
+}
+
+/// What a finished job changes.
+fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
+    match (job, error) {
+        (Job::StartReplica { upstream, .. }, None) => {
+            d.next.failed_starts = 0;
+            d.next.needs_rewind = false;
+            d.next.timers.not_streaming_since = None;
+            d.next.current_upstream = Some(upstream.clone());
+        }
+        (Job::StartReplica { .. }, Some(e)) if e.starts_with("start") => {
+            d.next.failed_starts += 1;
+        }
+        (Job::Reclone { upstream }, None) => {
+            d.next.failed_starts = 0;
+            d.next.needs_rewind = false;
+            d.next.current_upstream = Some(upstream.clone());
+        }
+        (Job::StopForRewind, _) => d.next.needs_rewind = true,
+        (Job::HandOver { .. }, _) => {
+            // PostgreSQL is stopped (or the fallback immediate stop ran): hand the key over.
+            if let Some(s) = d.next.session {
+                d.act(Action::ReleaseLeader { lease: s.lease });
+            }
+            d.next.role = Role::NoLeader;
+            d.next.needs_rewind = true;
+            d.next.pending_sync = None;
+            d.again = true;
+        }
+        (Job::StartPrimary | Job::StartStandbyLeader { .. }, Some(e))
+            if d.next.role.holds_lease() =>
+        {
+            d.release(format!("could not start ({e})"));
+        }
+        (Job::Promote { .. }, None) => d.again = true,
+        _ => {}
+    }
+    let _ = ctx;
+}
+
+fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, view: &ClusterView) {
+    d.next.timers.dcs_unreachable_since = None;
+    match session {
+        SessionRead::None => {
+            d.act(Action::GrantSession);
+            d.again = true;
+            d.because("no session: granting one");
+            return;
+        }
+        SessionRead::Gone { .. } => {
+            d.next.session = None;
+            if d.next.role.holds_lease() {
+                d.next.role = Role::NoLeader;
+                if view.leader.as_ref().is_some_and(|l| l.name != ctx.name()) {
+                    d.fence("lease lost and another node holds the leader key");
+                }
+            }
+            d.act(Action::GrantSession);
+            d.again = true;
+            if d.reason.is_empty() {
+                d.because("our session lease expired: granting a new one");
+            }
+            return;
+        }
+        SessionRead::Failed { .. } => {
+            // The renewal failed: as if the DCS could not be reached.
+            nodcs::without_dcs(ctx, d, inp, session);
+            return;
+        }
+        SessionRead::Renewed { lease, sent } => {
+            d.next.session = Some(Session {
+                lease: *lease,
+                renewed_at: *sent,
+            });
+        }
+    }
+    let Some(s) = d.next.session else { return };
+    d.act(Action::PublishMember {
+        lease: s.lease,
+        member: ctx.member(inp),
+    });
+    let me = ctx.name();
+    if view.config.paused {
+        let ours = view.leader.as_ref().is_some_and(|l| l.name == me);
+        if ours && !d.next.role.holds_lease() {
+            d.next.role = Role::Leader;
+        } else if !ours && d.next.role.holds_lease() {
+            d.next.role = Role::NoLeader;
+        }
+        d.because("paused: no automatic action");
+        return;
+    }
+    match view.leader.clone() {
+        Some(l) if l.name == me => leader::lead(ctx, d, inp, view),
+        Some(l) => follower::follow(ctx, d, inp, view, &l),
+        None => elect::elect(ctx, d, inp, view),
+    }
+}
+
+/// The supervisor's deadline. (Not armed yet.)
+fn watchdog(_ctx: &Ctx, _d: &mut Decision, _inp: &Inputs) {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,385 @@
+//! The executor: runs a decision's actions against the DCS, the local PostgreSQL, the peers
+//! and the supervisor. Every error it consumes is logged here, once; results reach the next
+//! tick as [`Outcome`]s. Long work runs as one background job at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgha_postgres::StopMode;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::action::{Action, Job};
+use crate::dcs::Dcs;
+use crate::decide::{Ctx, Decision};
+use crate::inputs::Outcome;
+use crate::ports::{Peers, PgNode, Target, WallClock, Watchdog};
+use crate::shared::Shared;
+
+/// The effects of one agent.
+#[derive(Debug, Clone)]
+pub struct Effects {
+    pub dcs: Arc<dyn Dcs>,
+    pub pg: Arc<dyn PgNode>,
+    pub peers: Arc<dyn Peers>,
+    pub watchdog: Arc<dyn Watchdog>,
+    pub clock: Arc<dyn WallClock>,
+}
+
+#[derive(Debug)]
+pub struct Executor {
+    ctx: Ctx,
+    fx: Effects,
+    shared: Arc<Shared>,
+    done_tx: mpsc::UnboundedSender<Outcome>,
+    running: Option<JoinHandle<()>>,
+    /// Run jobs to their end inside `act` (the loop blocks, as the agent did before jobs ran
+    /// in the background; kept only to show what the simulator finds then).
+    pub inline_jobs: bool,
+}
+
+impl Executor {
+    /// The executor and the channel on which finished jobs report.
+    pub fn new(
+        ctx: Ctx,
+        fx: Effects,
+        shared: Arc<Shared>,
+    ) -> (Self, mpsc::UnboundedReceiver<Outcome>) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        (
+            Executor {
+                ctx,
+                fx,
+                shared,
+                done_tx,
+                running: None,
+                inline_jobs: false,
+            },
+            done_rx,
+        )
+    }
+
+    pub fn effects(&self) -> &Effects {
+        &self.fx
+    }
+
+    /// Runs `d.actions` in order. A failed fence or /sync write skips the rest of the tick
+    /// but the watchdog and the member key: nothing may follow a step it depended on.
+    pub async fn act(&mut self, d: &Decision) -> Vec<Outcome> {
+        let node = self.ctx.name().to_string();
+        let mut out = Vec::new();
+        let mut blocked = false;
+        for a in &d.actions {
+            if blocked && !matches!(a, Action::Watchdog { .. } | Action::PublishMember { .. }) {
+                tracing::warn!(node = %node, "skipped after a failed step: {a:?}");
+                continue;
+            }
+            match self.run(a, &mut out).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(node = %node, action = action_name(a), "{e}");
+                    if matches!(a, Action::Fence { .. } | Action::PutSync(_)) {
+                        blocked = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn run(&mut self, a: &Action, out: &mut Vec<Outcome>) -> crate::Result<()> {
+        let fx = &self.fx;
+        match a {
+            Action::GrantSession => {
+                let sent = Instant::now();
+                let lease = fx.dcs.grant_session().await?;
+                out.push(Outcome::SessionGranted { lease, sent });
+            }
+            Action::PublishMember { lease, member } => {
+                fx.dcs.publish_member(*lease, member).await?
+            }
+            Action::AcquireLeader { lease } => {
+                if self.shared.promised(Instant::now()) {
+                    out.push(Outcome::LeaderTaken { ok: false });
+                    return Err(crate::CoreError::refused(
+                        "take the leader key",
+                        "we just confirmed failsafe to the old leader",
+                    ));
+                }
+                let ok = fx.dcs.try_acquire_leader(*lease).await?;
+                if ok {
+                    tracing::info!(node = %self.ctx.name(), "acquired the leader lease");
+                }
+                out.push(Outcome::LeaderTaken { ok });
+            }
+            Action::TakeOverLeader { lease, revision } => {
+                if self.shared.promised(Instant::now()) {
+                    out.push(Outcome::LeaderTaken { ok: false });
+                    return Ok(());
+                }
+                let ok = fx.dcs.take_over_leader(*lease, *revision).await?;
+                out.push(Outcome::LeaderTaken { ok });
+            }
+            Action::ReleaseLeader { lease } => {
+                fx.dcs.release_leader(*lease).await?;
+                tracing::info!(node = %self.ctx.name(), "released the leader lease");
+                out.push(Outcome::LeaderReleased);
+            }
+            Action::RevokeLeader(l) => {
+                if fx.dcs.revoke_leader(l).await? {
+                    tracing::warn!(node = %self.ctx.name(), leader = %l.name, "revoked the dead leader's lease");
+                }
+            }
+            Action::PutStatus(s) => fx.dcs.put_status(s).await?,
+            Action::PutSync(s) => {
+                fx.dcs.put_sync(s).await?;
+                tracing::info!(node = %self.ctx.name(), standbys = ?s.standbys, "synchronous standbys recorded");
+                out.push(Outcome::SyncWritten {
+                    standbys: s.standbys.clone(),
+                });
+            }
+            Action::ClearSwitchover => fx.dcs.clear_switchover().await?,
+            Action::Fence { why } => {
+                tracing::warn!(node = %self.ctx.name(), "fencing: {why}; stopping PostgreSQL at once");
+                self.shared.count_fencing();
+                let r = fx.pg.fence().await;
+                out.push(Outcome::Fenced { ok: r.is_ok() });
+                r?;
+            }
+            Action::AbortJob => {
+                if let Some(h) = self.running.take() {
+                    h.abort();
+                }
+            }
+            Action::Spawn { id, job } if self.inline_jobs => {
+                let r = run_job(&self.ctx, &self.fx, job).await;
+                if r.is_ok() && matches!(job, Job::Promote { .. }) {
+                    self.shared.count_promotion();
+                }
+                out.push(Outcome::JobDone {
+                    id: *id,
+                    job: job.clone(),
+                    error: r.err(),
+                });
+            }
+            Action::Spawn { id, job } => self.spawn(*id, job.clone()),
+            Action::PointAt { upstream } => {
+                if self.ctx.cfg.replication.slots {
+                    // The WAL receiver finds its slot at once on the new upstream.
+                    if let Err(e) = fx.peers.create_slot_on(upstream, self.ctx.name()).await {
+                        tracing::warn!(node = %self.ctx.name(), upstream = %upstream, "create our slot on the upstream: {e}");
+                    }
+                }
+                let target = Target::Replica {
+                    upstream: upstream.clone(),
+                };
+                if fx.pg.point_at(&target).await? {
+                    tracing::info!(node = %self.ctx.name(), upstream = %upstream, "following new upstream");
+                }
+                out.push(Outcome::PointedAt {
+                    upstream: upstream.clone(),
+                });
+            }
+            Action::PointAtPrimarySite => {
+                if fx.pg.point_at(&Target::StandbyLeader).await? {
+                    tracing::info!(node = %self.ctx.name(), "following the primary site");
+                }
+            }
+            Action::SetSyncNames { value } => {
+                let lsn = fx.pg.set_sync_names(value).await?;
+                tracing::info!(node = %self.ctx.name(), synchronous_standby_names = %value, "set");
+                out.push(Outcome::SyncNamesSet {
+                    value: value.clone(),
+                    lsn,
+                });
+            }
+            Action::CreateSlot { name } => {
+                fx.pg.create_slot(name).await?;
+                tracing::info!(node = %self.ctx.name(), slot = %name, "replication slot created");
+            }
+            Action::DropSlot { name } => {
+                fx.pg.drop_slot(name).await?;
+                tracing::info!(node = %self.ctx.name(), slot = %name, "dropped an unused replication slot (its node streams from elsewhere)");
+            }
+            Action::CreateSlotOn { node, slot } => {
+                fx.peers.create_slot_on(node, slot).await?;
+                out.push(Outcome::SlotRetried);
+            }
+            Action::AskFailsafe => {
+                let started = Instant::now();
+                let me = self.ctx.name().to_string();
+                let mut ok = true;
+                for n in self.ctx.others() {
+                    if let Err(e) = fx.peers.ask_failsafe(&n, &me).await {
+                        tracing::warn!(node = %me, peer = %n, "failsafe not confirmed: {e}");
+                        ok = false;
+                        break;
+                    }
+                }
+                out.push(Outcome::Failsafe { started, ok });
+            }
+            Action::Watchdog { deadline } => fx.watchdog.arm(*deadline)?,
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, id: u64, job: Job) {
+        let fx = self.fx.clone();
+        let ctx = self.ctx.clone();
+        let shared = self.shared.clone();
+        let tx = self.done_tx.clone();
+        tracing::info!(node = %ctx.name(), job = job.name(), "starting");
+        self.running = Some(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = run_job(&ctx, &fx, &job).await;
+            let ms = t.elapsed().as_millis() as u64;
+            match &r {
+                Ok(()) => {
+                    if matches!(job, Job::Promote { .. }) {
+                        shared.count_promotion();
+                    }
+                    tracing::info!(node = %ctx.name(), job = job.name(), elapsed_ms = ms, "done");
+                }
+                Err(e) => {
+                    tracing::warn!(node = %ctx.name(), job = job.name(), elapsed_ms = ms, "failed: {e}")
+                }
+            }
+            if tx
+                .send(Outcome::JobDone {
+                    id,
+                    job,
+                    error: r.err(),
+                })
+                .is_err()
+            {
+                tracing::debug!("agent loop gone before a job finished");
+            }
+        }));
+    }
+
+    /// Stops the background job (the agent is shutting down).
+    pub fn abort(&mut self) {
+        if let Some(h) = self.running.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A job's steps; the error names the step (`start: ...`, `rewind: ...`).
+async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
+    let step = |s: &'static str| move |e: crate::CoreError| format!("{s}: {e}");
+    let pg = &fx.pg;
+    match job {
+        Job::Promote {
+            sync_names,
+            checkpoint,
+        } => {
+            if let Some(v) = sync_names {
+                pg.set_sync_names(v).await.map_err(step("sync"))?;
+            }
+            pg.promote().await.map_err(step("promote"))?;
+            if *checkpoint {
+                pg.checkpoint().await.map_err(step("checkpoint"))?;
+            }
+        }
+        Job::StartPrimary => pg.start(&Target::Primary).await.map_err(step("start"))?,
+        Job::Restart | Job::StartReadOnly => pg.restart().await.map_err(step("start"))?,
+        Job::StartReplica {
+            upstream,
+            rewind,
+            clone,
+        } => {
+            if *clone {
+                pg.clone_replica(upstream, false)
+                    .await
+                    .map_err(step("clone"))?;
+            } else if *rewind {
+                pg.rewind(upstream).await.map_err(step("rewind"))?;
+            }
+            pg.start(&Target::Replica {
+                upstream: upstream.clone(),
+            })
+            .await
+            .map_err(step("start"))?;
+        }
+        Job::Reclone { upstream } => {
+            pg.clone_replica(upstream, true)
+                .await
+                .map_err(step("clone"))?;
+            pg.start(&Target::Replica {
+                upstream: upstream.clone(),
+            })
+            .await
+            .map_err(step("start"))?;
+        }
+        Job::StartStandbyLeader { clone } => {
+            if *clone {
+                pg.clone_standby_leader().await.map_err(step("clone"))?;
+            }
+            pg.start(&Target::StandbyLeader)
+                .await
+                .map_err(step("start"))?;
+        }
+        Job::HandOver { to, wait } => {
+            // A clean shutdown writes a final checkpoint and streams it to the standbys.
+            if let Err(e) = pg.stop(StopMode::Fast).await {
+                tracing::warn!(node = %ctx.name(), "fast stop for switchover failed ({e}); stopping immediately");
+                pg.fence().await.map_err(step("stop"))?;
+            }
+            let lsn = pg.checkpoint_lsn().await.map_err(step("pg_controldata"))?;
+            wait_received(fx, to, lsn, *wait).await?;
+        }
+        Job::StopForRewind => pg.stop(StopMode::Fast).await.map_err(step("stop"))?,
+    }
+    Ok(())
+}
+
+/// Waits until `to` received `lsn` (the final checkpoint of a switchover), at most `wait`.
+/// Not confirming is logged, not an error: the switchover goes on (the target may lag a
+/// little; pg_rewind reconciles the old primary).
+async fn wait_received(
+    fx: &Effects,
+    to: &str,
+    lsn: pgha_postgres::Lsn,
+    wait: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match fx.peers.received_lsn(to).await {
+            Ok(Some(got)) if got >= lsn => return Ok(()),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(target = %to, "received position: {e}"),
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(target = %to, "did not confirm the final WAL {lsn} within {wait:?}");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn action_name(a: &Action) -> &'static str {
+    match a {
+        Action::GrantSession => "grant session",
+        Action::PublishMember { .. } => "publish member",
+        Action::AcquireLeader { .. } => "acquire leader",
+        Action::TakeOverLeader { .. } => "take over leader key",
+        Action::ReleaseLeader { .. } => "release leader",
+        Action::RevokeLeader(_) => "revoke dead leader",
+        Action::PutStatus(_) => "put status",
+        Action::PutSync(_) => "put sync",
+        Action::ClearSwitchover => "clear switchover",
+        Action::Fence { .. } => "fence",
+        Action::AbortJob => "abort job",
+        Action::Spawn { .. } => "spawn job",
+        Action::PointAt { .. } => "point at upstream",
+        Action::PointAtPrimarySite => "point at the primary site",
+        Action::SetSyncNames { .. } => "set synchronous_standby_names",
+        Action::CreateSlot { .. } => "create slot",
+        Action::DropSlot { .. } => "drop slot",
+        Action::CreateSlotOn { .. } => "create our slot on the upstream",
+        Action::AskFailsafe => "ask failsafe",
+        Action::Watchdog { .. } => "watchdog",
+    }
+}

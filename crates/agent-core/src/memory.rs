@@ -1,0 +1,139 @@
+//! What the agent remembers between ticks: its role, its session, its running job, and named
+//! timers. `decide` reads one `Memory` and returns the next.
+
+use std::collections::BTreeMap;
+
+use pgha_postgres::Lsn;
+use tokio::time::Instant;
+
+use crate::action::Job;
+use crate::dcs::LeaseId;
+
+/// The agent's role, as its own decisions made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Just started: nothing decided yet.
+    Starting,
+    /// The DCS names no leader, and we did not take the key.
+    NoLeader,
+    /// `leader` holds the key; we run (or start) as its replica.
+    Follower { leader: String },
+    /// We hold the key on our session: PostgreSQL is (or becomes) the primary.
+    Leader,
+    /// We hold the key of a standby cluster: PostgreSQL streams from the primary site.
+    StandbyLeader,
+    /// We stopped PostgreSQL because we lost (or could not keep) the lease.
+    Fenced { why: String },
+}
+
+impl Role {
+    pub fn holds_lease(&self) -> bool {
+        matches!(self, Role::Leader | Role::StandbyLeader)
+    }
+}
+
+/// Our session lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub lease: LeaseId,
+    /// When the last successful renewal (or the grant) was sent: the lease lasts at least
+    /// `ttl` from then.
+    pub renewed_at: Instant,
+}
+
+/// A background job in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    pub id: u64,
+    pub job: Job,
+    pub started: Instant,
+}
+
+/// A change of synchronous standbys waiting for the new ones to catch up before /sync names
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSync {
+    pub standbys: Vec<String>,
+    /// synchronous_standby_names as set for this change, and the WAL position then.
+    pub since_lsn: Option<Lsn>,
+    pub since: Instant,
+}
+
+/// The fast dead-leader path's observations of one leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderWatch {
+    pub leader: String,
+    pub lease: LeaseId,
+    /// Consecutive ticks on which both its ports refused.
+    pub refused_hits: u32,
+    /// Its member key's last `updated_ms` and since when we saw that value unchanged.
+    pub member_stamp: Option<u64>,
+    pub stamp_since: Instant,
+}
+
+/// Named timers (all on the agent's monotonic clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timers {
+    pub started: Option<Instant>,
+    pub pg_down_since: Option<Instant>,
+    pub not_streaming_since: Option<Instant>,
+    pub slots_checked: Option<Instant>,
+    pub slot_retry: Option<Instant>,
+    pub cascade_usable_since: Option<Instant>,
+    pub cascade_backoff_until: Option<Instant>,
+    pub dcs_unreachable_since: Option<Instant>,
+    /// We confirmed failsafe to a leader: no lease for us until then.
+    pub quarantine_until: Option<Instant>,
+    /// Start of the newest failsafe round every other agent confirmed.
+    pub failsafe_ok: Option<Instant>,
+    /// The last background job failed then: the next one waits a loop.
+    pub job_failed: Option<Instant>,
+    /// A failsafe round is in flight since then.
+    pub failsafe_asked: Option<Instant>,
+}
+
+/// Everything the agent carries from one tick to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    pub role: Role,
+    pub session: Option<Session>,
+    pub job: Option<RunningJob>,
+    pub next_job_id: u64,
+    /// The data dir must be rewound from the leader before it can follow it.
+    pub needs_rewind: bool,
+    pub failed_starts: u32,
+    /// What pgha-node.conf points at, as far as this agent knows.
+    pub current_upstream: Option<String>,
+    /// Highest timeline our running PostgreSQL reported since it started.
+    pub seen_timeline: Option<i64>,
+    pub pending_sync: Option<PendingSync>,
+    /// Slots named after one of our nodes that nobody should read from us, since when.
+    pub unwanted_slots: BTreeMap<String, Instant>,
+    pub leader_watch: Option<LeaderWatch>,
+    pub timers: Timers,
+    /// The deadline last sent to the supervisor.
+    pub watchdog: Option<Instant>,
+}
+
+impl Memory {
+    pub fn new(now: Instant) -> Self {
+        Memory {
+            role: Role::Starting,
+            session: None,
+            job: None,
+            next_job_id: 1,
+            needs_rewind: false,
+            failed_starts: 0,
+            current_upstream: None,
+            seen_timeline: None,
+            pending_sync: None,
+            unwanted_slots: BTreeMap::new(),
+            leader_watch: None,
+            timers: Timers {
+                started: Some(now),
+                ..Timers::default()
+            },
+            watchdog: None,
+        }
+    }
+}

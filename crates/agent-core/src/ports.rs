@@ -1,0 +1,94 @@
+//! The seams the executor acts through: the local PostgreSQL, the other nodes, the supervisor.
+//! pgha-failover implements them with real processes; the simulator with fakes.
+
+use async_trait::async_trait;
+use pgha_postgres::{Lsn, StopMode};
+use tokio::time::Instant;
+
+use crate::inputs::Local;
+use crate::Result;
+
+/// What pgha-node.conf should make PostgreSQL do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+    /// Stream from this cluster node.
+    Replica {
+        upstream: String,
+    },
+    /// Stream from the primary site (`[standby_cluster]`).
+    StandbyLeader,
+}
+
+/// Control of the local PostgreSQL.
+#[async_trait]
+pub trait PgNode: Send + Sync + std::fmt::Debug {
+    /// One look at the instance; never fails (an unreachable server is an observation).
+    /// `details`: also read pg_stat_replication, synchronous_standby_names and slots.
+    async fn observe(&self, details: bool) -> Local;
+    /// Installs the settings of `target` (and standby.signal for a standby) and starts.
+    async fn start(&self, target: &Target) -> Result<()>;
+    /// Starts with what is on disk.
+    async fn restart(&self) -> Result<()>;
+    async fn stop(&self, mode: StopMode) -> Result<()>;
+    /// Stops at once and makes sure it is down: immediate shutdown, else SIGKILL of the
+    /// postmaster and its children.
+    async fn fence(&self) -> Result<()>;
+    /// pg_promote and wait until PostgreSQL leaves recovery.
+    async fn promote(&self) -> Result<()>;
+    /// CHECKPOINT (after a promotion: so pg_rewind from us reads the new timeline).
+    async fn checkpoint(&self) -> Result<()>;
+    /// `synchronous_standby_names` (ALTER SYSTEM + reload); returns the current WAL position.
+    async fn set_sync_names(&self, value: &str) -> Result<Lsn>;
+    /// Rewrites pgha-node.conf for `target` and reloads when it differs; true when it did.
+    async fn point_at(&self, target: &Target) -> Result<bool>;
+    /// pg_rewind from `source` (a node).
+    async fn rewind(&self, source: &str) -> Result<()>;
+    /// pg_basebackup from `source` into an empty data dir (`move_aside`: move the current one
+    /// aside first).
+    async fn clone_replica(&self, source: &str, move_aside: bool) -> Result<()>;
+    /// The first copy of a standby cluster's leader, from the primary site.
+    async fn clone_standby_leader(&self) -> Result<()>;
+    async fn create_slot(&self, name: &str) -> Result<()>;
+    async fn drop_slot(&self, name: &str) -> Result<()>;
+    /// The checkpoint LSN in pg_control (after a shutdown: the final one).
+    async fn checkpoint_lsn(&self) -> Result<Lsn>;
+}
+
+/// The other nodes, as seen from this one.
+#[async_trait]
+pub trait Peers: Send + Sync + std::fmt::Debug {
+    /// Both `node`'s PostgreSQL port and agent port refuse connections (reset), within the
+    /// probe timeout. A timeout is not a refusal.
+    async fn refused(&self, node: &str) -> bool;
+    /// `node`'s received (else replayed) WAL position, read live, when it is in recovery.
+    async fn position(&self, node: &str) -> Option<Lsn>;
+    /// Makes the slot `slot` on `node`.
+    async fn create_slot_on(&self, node: &str, slot: &str) -> Result<()>;
+    /// `node`'s last received WAL position.
+    async fn received_lsn(&self, node: &str) -> Result<Option<Lsn>>;
+    /// Asks `node`'s agent whether it cannot reach the DCS either (POST /failsafe).
+    async fn ask_failsafe(&self, node: &str, leader: &str) -> Result<()>;
+}
+
+/// The supervisor that owns the postmaster and kills it at a deadline.
+pub trait Watchdog: Send + Sync + std::fmt::Debug {
+    /// From now on PostgreSQL is killed at `deadline` (None: never) unless a later call
+    /// moves it.
+    fn arm(&self, deadline: Option<Instant>) -> Result<()>;
+}
+
+/// Wall-clock milliseconds since the Unix epoch (virtual in the simulator).
+pub trait WallClock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        crate::now_ms()
+    }
+}

@@ -1,0 +1,275 @@
+//! The agent loop: gather → decide → act, every `loop_wait` and at once when a key the
+//! decisions depend on changes, an API event arrives, or a background job ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgha_postgres::StopMode;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::action::Action;
+use crate::dcs::{ClusterView, MemberRole, PgState};
+use crate::decide::{decide, Ctx, Decision};
+use crate::exec::{Effects, Executor};
+use crate::inputs::{DcsRead, Event, Inputs, Outcome, Probes, SessionRead};
+use crate::memory::Memory;
+use crate::shared::{Shared, Snapshot};
+
+/// Immediate re-ticks in a row before the loop waits again (no spinning on a step that keeps
+/// asking for one).
+const MAX_AGAIN: u32 = 5;
+
+/// One node's agent over its effects.
+#[derive(Debug)]
+pub struct Agent {
+    ctx: Ctx,
+    exec: Executor,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<Event>,
+    done: mpsc::UnboundedReceiver<Outcome>,
+    mem: Memory,
+    last_reason: String,
+    /// Called with each tick's inputs and decision (the simulator's trace).
+    observer: Option<Observer>,
+}
+
+/// What an observer is called with.
+type ObserveFn = dyn FnMut(&Inputs, &Decision) + Send + Sync;
+
+/// A callback that sees every tick.
+struct Observer(Box<ObserveFn>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+impl Agent {
+    pub fn new(
+        ctx: Ctx,
+        fx: Effects,
+        shared: Arc<Shared>,
+        events: mpsc::UnboundedReceiver<Event>,
+    ) -> Self {
+        let (exec, done) = Executor::new(ctx.clone(), fx, shared.clone());
+        Agent {
+            ctx,
+            exec,
+            shared,
+            events,
+            done,
+            mem: Memory::new(Instant::now()),
+            last_reason: String::new(),
+            observer: None,
+        }
+    }
+
+    /// Every tick's inputs and decision go to `f` too.
+    pub fn observe_with(&mut self, f: impl FnMut(&Inputs, &Decision) + Send + Sync + 'static) {
+        self.observer = Some(Observer(Box::new(f)));
+    }
+
+    /// Jobs run inside the tick instead of the background (see [`Executor::inline_jobs`]).
+    pub fn inline_jobs(&mut self, on: bool) {
+        self.exec.inline_jobs = on;
+    }
+
+    /// Runs until `cancel`, then stops PostgreSQL and releases the lease.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let loop_wait = self.ctx.t.loop_wait;
+        let mut watch: Option<mpsc::Receiver<()>> = None;
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        let mut again = 0u32;
+        loop {
+            if watch.is_none() {
+                watch = self.exec.effects().dcs.watch().await.ok();
+            }
+            let t = Instant::now();
+            let inputs = self.gather(std::mem::take(&mut outcomes), &cancel).await;
+            let d = decide(&self.ctx, &self.mem, &inputs);
+            self.log(&inputs, &d);
+            if let Some(f) = self.observer.as_mut() {
+                (f.0)(&inputs, &d);
+            }
+            self.mem = d.next.clone();
+            outcomes = self.exec.act(&d).await;
+            self.publish(&inputs, &d);
+            if cancel.is_cancelled() {
+                break;
+            }
+            if d.again && again < MAX_AGAIN {
+                again += 1;
+                continue;
+            }
+            again = 0;
+            let sleep = loop_wait
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(10));
+            let watched = async {
+                match watch.as_mut() {
+                    Some(w) => w.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let shared = self.shared.clone();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                got = self.done.recv() => {
+                    if let Some(o) = got { outcomes.push(o); }
+                }
+                _ = shared.wake.notified() => {}
+                got = watched => {
+                    if got.is_none() { watch = None; }
+                    // Debounce: a burst of changes (leader deleted, then taken) costs one tick.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!(node = %self.ctx.name(), "agent stopping: stopping PostgreSQL");
+        self.exec.abort();
+        let fx = self.exec.effects().clone();
+        if let Err(e) = fx.pg.stop(StopMode::Fast).await {
+            tracing::warn!(node = %self.ctx.name(), "stop PostgreSQL: {e}; stopping it at once");
+            if let Err(e) = fx.pg.fence().await {
+                tracing::error!(node = %self.ctx.name(), "could not stop PostgreSQL: {e}");
+                return; // keep the lease: a PostgreSQL that may take writes must not lose it
+            }
+        }
+        if self.mem.role.holds_lease() {
+            if let Some(s) = self.mem.session {
+                if let Err(e) = fx.dcs.release_leader(s.lease).await {
+                    tracing::warn!(node = %self.ctx.name(), "release leader at shutdown: {e}");
+                }
+            }
+        }
+    }
+
+    /// One tick's inputs.
+    async fn gather(&mut self, mut outcomes: Vec<Outcome>, cancel: &CancellationToken) -> Inputs {
+        let fx = self.exec.effects().clone();
+        let now = Instant::now();
+        let local = fx.pg.observe(true).await;
+        let session = match self.mem.session {
+            None => SessionRead::None,
+            Some(s) => {
+                let sent = Instant::now();
+                match fx.dcs.keep_alive(s.lease).await {
+                    Ok(true) => SessionRead::Renewed {
+                        lease: s.lease,
+                        sent,
+                    },
+                    Ok(false) => SessionRead::Gone { lease: s.lease },
+                    Err(e) => SessionRead::Failed {
+                        lease: s.lease,
+                        error: e.to_string(),
+                    },
+                }
+            }
+        };
+        let dcs = match fx.dcs.view().await {
+            Ok(view) => DcsRead::Ok { session, view },
+            Err(e) => DcsRead::Unreachable {
+                since: self.mem.timers.dcs_unreachable_since.unwrap_or(now),
+                session,
+                error: e.to_string(),
+            },
+        };
+        let probes = match &dcs {
+            DcsRead::Ok { view, .. } => self.probe(&fx, view).await,
+            DcsRead::Unreachable { .. } => Probes::default(),
+        };
+        let mut events = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            events.push(e);
+        }
+        while let Ok(o) = self.done.try_recv() {
+            outcomes.push(o);
+        }
+        Inputs {
+            now,
+            wall_ms: fx.clock.now_ms(),
+            local,
+            dcs,
+            events,
+            outcomes,
+            probes,
+            stopping: cancel.is_cancelled(),
+        }
+    }
+
+    /// Reads of other nodes the view calls for: the leader's ports (fast dead-leader path)
+    /// while following; every running replica's live position while nobody leads.
+    async fn probe(&self, fx: &Effects, view: &ClusterView) -> Probes {
+        let me = self.ctx.name();
+        let mut p = Probes::default();
+        match &view.leader {
+            Some(l) if l.name != me => {
+                if self.ctx.cfg.failover.fast_dead_detection && view.members.contains_key(&l.name) {
+                    p.leader_refused = Some(fx.peers.refused(&l.name).await);
+                }
+            }
+            Some(_) => {}
+            None => {
+                for m in view.members.values() {
+                    if m.name != me
+                        && m.pg_state == PgState::Running
+                        && m.role == MemberRole::Replica
+                    {
+                        if let Some(lsn) = fx.peers.position(&m.name).await {
+                            p.positions.insert(m.name.clone(), lsn);
+                        }
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    fn log(&mut self, _inputs: &Inputs, d: &Decision) {
+        let notable = d.actions.iter().any(|a| {
+            !matches!(
+                a,
+                Action::PublishMember { .. }
+                    | Action::PutStatus(_)
+                    | Action::PointAt { .. }
+                    | Action::PointAtPrimarySite
+                    | Action::Watchdog { .. }
+            )
+        });
+        if d.reason != self.last_reason || notable {
+            tracing::info!(node = %self.ctx.name(), role = ?d.next.role, "{}", d.reason);
+            self.last_reason = d.reason.clone();
+        }
+    }
+
+    fn publish(&self, inputs: &Inputs, d: &Decision) {
+        let (reachable, view, paused) = match &inputs.dcs {
+            DcsRead::Ok { session, view } => (
+                matches!(session, SessionRead::Renewed { .. }),
+                Some(view.clone()),
+                view.config.paused,
+            ),
+            DcsRead::Unreachable { .. } => (false, None, self.shared.snapshot().paused),
+        };
+        let view = view.or_else(|| self.shared.snapshot().view);
+        self.shared.publish(Snapshot {
+            name: self.ctx.name().into(),
+            is_leader: d.next.role.holds_lease() && d.next.session.is_some(),
+            dcs_reachable: reachable,
+            paused,
+            role: format!("{:?}", d.next.role),
+            reason: d.reason.clone(),
+            member: Some(self.ctx.member(inputs)),
+            view,
+        });
+    }
+}

@@ -1,0 +1,118 @@
+//! What the agent loop shares with its HTTP API: a snapshot it publishes every tick, counters,
+//! and the channel through which the API's messages reach the loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::dcs::{ClusterView, MemberState};
+use crate::inputs::Event;
+
+/// What the API serves; replaced every tick.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub name: String,
+    /// This agent holds the leader key on its live session.
+    pub is_leader: bool,
+    pub dcs_reachable: bool,
+    pub paused: bool,
+    /// The agent's role and the reason of its last decision.
+    pub role: String,
+    pub reason: String,
+    pub member: Option<MemberState>,
+    pub view: Option<ClusterView>,
+}
+
+/// State shared between the loop and the HTTP API.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: RwLock<Snapshot>,
+    pub promotions: AtomicU64,
+    pub fencings: AtomicU64,
+    /// Wakes the loop early (API commands, events).
+    pub wake: Notify,
+    events: mpsc::UnboundedSender<Event>,
+    /// The latest failsafe promise (also sent as an event): the executor checks it right
+    /// before taking the key, so a promise made after this tick's gather still holds.
+    promised_until: Mutex<Option<Instant>>,
+    quarantine: std::time::Duration,
+}
+
+impl Shared {
+    /// The shared state and the receiving end of its events (the agent loop's).
+    pub fn new(
+        quarantine: std::time::Duration,
+    ) -> (std::sync::Arc<Self>, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            std::sync::Arc::new(Shared {
+                snapshot: RwLock::new(Snapshot::default()),
+                promotions: AtomicU64::new(0),
+                fencings: AtomicU64::new(0),
+                wake: Notify::new(),
+                events: tx,
+                promised_until: Mutex::new(None),
+                quarantine,
+            }),
+            rx,
+        )
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn publish(&self, snap: Snapshot) {
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = snap;
+        }
+    }
+
+    pub fn count_promotion(&self) {
+        self.promotions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_fencing(&self) {
+        self.fencings.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The leader, cut off from the DCS, asks whether it may keep serving (POST /failsafe).
+    /// Yes only while this agent cannot reach the DCS either and does not lead; then it
+    /// promises not to take the lease for `Timings::failsafe_quarantine`.
+    pub fn confirm_failsafe(&self, leader: &str) -> Result<(), &'static str> {
+        let snap = self.snapshot();
+        if snap.dcs_reachable || snap.is_leader {
+            return Err("this node reaches the DCS: no failsafe");
+        }
+        let at = Instant::now();
+        if let Ok(mut p) = self.promised_until.lock() {
+            let until = at + self.quarantine;
+            *p = Some(p.map_or(until, |old| old.max(until)));
+        }
+        if self
+            .events
+            .send(Event::FailsafeConfirmed {
+                leader: leader.into(),
+                at,
+            })
+            .is_err()
+        {
+            tracing::warn!("agent loop gone: failsafe confirmation not delivered");
+        }
+        self.wake.notify_one();
+        tracing::info!(leader = %leader, "confirmed failsafe: DCS unreachable here too");
+        Ok(())
+    }
+
+    /// A failsafe promise still holds now.
+    pub fn promised(&self, now: Instant) -> bool {
+        self.promised_until
+            .lock()
+            .ok()
+            .and_then(|p| *p)
+            .is_some_and(|until| now < until)
+    }
+}

@@ -1,0 +1,104 @@
+//! Every duration the decision core uses, derived once from the config. No literal durations
+//! live in the decision code: each rule names the field it waits for.
+
+use std::time::Duration;
+
+use pgha_config::PghaConfig;
+
+/// The agent's clocks and limits (docs/FAILOVER.md, "Timing budget").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// The leader lease (`failover.ttl`).
+    pub ttl: Duration,
+    /// Loop period (`failover.loop_wait`).
+    pub loop_wait: Duration,
+    /// Longest one DCS request may take (`dcs.request_timeout`).
+    pub dcs_timeout: Duration,
+    /// A leader that could not renew for this long stops PostgreSQL itself (unless failsafe
+    /// holds): `ttl - loop_wait - dcs_timeout - 0.5 s`, at least `loop_wait`.
+    pub fence_after: Duration,
+    /// The supervisor kills PostgreSQL this long after the start of the last lease renewal
+    /// the agent reported (`ttl - failover.safety_margin`): before the lease can expire.
+    pub watchdog_after: Duration,
+    /// A leader whose PostgreSQL does not come back within this releases the lease.
+    pub postgres_restart_timeout: Duration,
+    /// Nobody is elected before the agent ran this long (every member publishes once first).
+    pub settle_at_start: Duration,
+    /// A replica not streaming this long from a leader on a newer timeline is rewound.
+    pub rewind_after_not_streaming: Duration,
+    /// Slots are compared with what should exist at least this often; gaps of more than three
+    /// times this restart the drop timers.
+    pub slot_check_every: Duration,
+    /// A slot nobody should read from us is dropped after it stayed unwanted and inactive
+    /// this long.
+    pub slot_drop_grace: Duration,
+    /// A replica that does not stream re-makes its slot on the upstream this often, after
+    /// this long.
+    pub slot_retry_every: Duration,
+    /// A cascading replica returns to its `replicate_from` node after that node looked usable
+    /// this long.
+    pub cascade_settle: Duration,
+    /// ... and follows the leader this long after it could not stream from it.
+    pub cascade_backoff: Duration,
+    /// ... when it could not stream from it for this long.
+    pub cascade_stuck: Duration,
+    /// A node that confirmed failsafe to the leader does not take the lease for this long.
+    pub failsafe_quarantine: Duration,
+    /// A switchover or failover request restricts elections this long after it became due.
+    pub request_fresh: Duration,
+    /// Promotion (pg_promote until not in recovery).
+    pub promote_timeout: Duration,
+    /// The fast dead-leader path probes ports with this connect timeout.
+    pub dead_probe_timeout: Duration,
+    /// ... and needs the leader's member key unchanged for this long.
+    pub dead_leader_stale: Duration,
+    /// A planned switchover waits this long for the target to receive the final checkpoint.
+    pub handover_wait_switchover: Duration,
+    /// A manual failover away from a live leader waits this long.
+    pub handover_wait_failover: Duration,
+    /// Non-strict sync mode: a new synchronous standby that has not caught up within this is
+    /// dropped from synchronous_standby_names again (commits must not hang on it).
+    pub sync_catchup_timeout: Duration,
+    /// Starts that fail in a row after a rewind before the data dir is cloned afresh.
+    pub reclone_after_failed_starts: u32,
+}
+
+impl Timings {
+    pub fn from_config(cfg: &PghaConfig) -> Self {
+        let f = &cfg.failover;
+        let dcs_timeout = cfg
+            .dcs
+            .as_ref()
+            .map(|d| d.request_timeout)
+            .unwrap_or(Duration::from_secs(1));
+        let fence_after = f
+            .ttl
+            .saturating_sub(f.loop_wait + dcs_timeout + Duration::from_millis(500))
+            .max(f.loop_wait);
+        Timings {
+            ttl: f.ttl,
+            loop_wait: f.loop_wait,
+            dcs_timeout,
+            fence_after,
+            watchdog_after: f.ttl.saturating_sub(f.safety_margin),
+            postgres_restart_timeout: f.postgres_restart_timeout,
+            settle_at_start: f.loop_wait * 2,
+            rewind_after_not_streaming: Duration::from_secs(5),
+            slot_check_every: Duration::from_secs(2),
+            slot_drop_grace: f.ttl,
+            slot_retry_every: Duration::from_secs(2),
+            cascade_settle: Duration::from_secs(3),
+            cascade_backoff: Duration::from_secs(60),
+            cascade_stuck: f.ttl * 2,
+            failsafe_quarantine: f.ttl + Duration::from_secs(1),
+            request_fresh: Duration::from_secs(60),
+            promote_timeout: Duration::from_secs(60),
+            dead_probe_timeout: Duration::from_millis(300),
+            dead_leader_stale: f.loop_wait * 2 + dcs_timeout,
+            handover_wait_switchover: Duration::from_secs(10),
+            handover_wait_failover: Duration::from_secs(2),
+            sync_catchup_timeout: f.ttl * 2,
+            reclone_after_failed_starts: 3,
+        }
+    }
+}

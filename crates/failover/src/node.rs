@@ -1,0 +1,426 @@
+//! The local PostgreSQL behind the agent core's [`PgNode`] seam: observed with SQL, driven as
+//! the supervised child of this process, rewound and cloned with pgha-replication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use pgha_agent_core::inputs::{Local, StandbyRow};
+use pgha_agent_core::ports::{PgNode, Target};
+use pgha_agent_core::{CoreError, Result};
+use pgha_config::{NodeConfig, PghaConfig};
+use pgha_postgres::sql::quote_literal;
+use pgha_postgres::{
+    connect_params, control_data, LocalInstance, Lsn, PgControl, PgError, ProcessState, StopMode,
+    SupervisedInstance,
+};
+use pgha_replication::status::NodeStatus;
+use pgha_replication::{
+    bootstrap_replica, bootstrap_standby_leader, create_slot, drop_slot, install_settings,
+    render_node_conf_for, NodeRole, Role, NODE_CONF,
+};
+
+use crate::dcs::{MemberRole, PgState};
+
+/// How long an immediate shutdown may take before the fence falls back to SIGKILL.
+const FENCE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// This node's PostgreSQL.
+#[derive(Debug)]
+pub struct LocalNode {
+    cfg: Arc<PghaConfig>,
+    node: NodeConfig,
+    pg: SupervisedInstance,
+    /// One connection kept across ticks; dropped when it broke or the server stopped.
+    conn: Mutex<Option<PgConnection>>,
+    promote_timeout: Duration,
+}
+
+impl LocalNode {
+    pub fn new(cfg: Arc<PghaConfig>, node: NodeConfig, pg: SupervisedInstance) -> Self {
+        LocalNode {
+            cfg,
+            node,
+            pg,
+            conn: Mutex::new(None),
+            promote_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn local(&self) -> &LocalInstance {
+        self.pg.local()
+    }
+
+    fn role<'a>(&'a self, target: &Target) -> Result<NodeRole<'a>> {
+        Ok(match target {
+            Target::Primary => NodeRole::Primary,
+            Target::Replica { upstream } => NodeRole::Replica {
+                upstream: self.node_named(upstream)?,
+            },
+            Target::StandbyLeader => NodeRole::StandbyLeader {
+                source: self.cfg.standby_cluster.as_ref().ok_or_else(|| {
+                    CoreError::refused("standby leader", "no [standby_cluster] in the config")
+                })?,
+            },
+        })
+    }
+
+    fn node_named(&self, name: &str) -> Result<&NodeConfig> {
+        self.cfg.node(name).ok_or_else(|| {
+            CoreError::refused("follow", format!("node `{name}` is not in the config"))
+        })
+    }
+
+    /// A fresh connection, or the kept one.
+    async fn conn(&self) -> Result<tokio::sync::MappedMutexGuard<'_, PgConnection>> {
+        let mut g = self.conn.lock().await;
+        if g.is_none() {
+            *g = Some(self.pg.connect().await?);
+        }
+        Ok(tokio::sync::MutexGuard::map(g, |c| {
+            c.as_mut().expect("just set") // see above: Some on this path
+        }))
+    }
+
+    async fn forget_conn(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// Runs `f` on the kept connection; a failure drops it (it may be broken).
+    async fn with_conn<T>(
+        &self,
+        what: &'static str,
+        f: impl for<'c> FnOnce(
+            &'c mut PgConnection,
+        ) -> futures_util::future::BoxFuture<'c, Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        let r = {
+            let mut c = self.conn().await?;
+            f(&mut c).await
+        };
+        match r {
+            Ok(v) => Ok(v),
+            Err(source) => {
+                self.forget_conn().await;
+                Err(PgError::Query {
+                    target: what.into(),
+                    source,
+                }
+                .into())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl PgNode for LocalNode {
+    async fn observe(&self, details: bool) -> Local {
+        let inst = self.local();
+        let disk_role = if !inst.is_initialized() {
+            MemberRole::Uninitialized
+        } else if inst.data_dir().join("standby.signal").exists() {
+            MemberRole::Replica
+        } else {
+            MemberRole::Primary
+        };
+        let running = matches!(inst.process_state(), Ok(ProcessState::Running { .. }));
+        if !running {
+            self.forget_conn().await;
+            let mut o = Local::stopped(disk_role);
+            if disk_role != MemberRole::Uninitialized {
+                if let Ok(cd) = control_data(inst).await {
+                    o.timeline = Some(i64::from(cd.timeline));
+                    o.lsn = Some(cd.lsn());
+                }
+            }
+            return o;
+        }
+        let mut o = Local::stopped(disk_role);
+        o.pg_state = PgState::Running;
+        let st = {
+            match self.conn().await {
+                Ok(mut c) => NodeStatus::query_position(&mut c, inst.name(), String::new())
+                    .await
+                    .ok(),
+                Err(_) => None,
+            }
+        };
+        let Some(st) = st else {
+            self.forget_conn().await;
+            return o;
+        };
+        o.reachable = true;
+        match (st.role, &st.receiver) {
+            (Some(Role::Replica), Some(r)) => {
+                o.role = MemberRole::Replica;
+                o.lsn = r.receive_lsn.or(r.replay_lsn);
+                o.replay_lsn = r.replay_lsn;
+                o.streaming = st.streaming == Some(true);
+                o.upstream = match (&r.upstream_host, r.upstream_port) {
+                    (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+                    _ => None,
+                };
+            }
+            _ => {
+                o.role = MemberRole::Primary;
+                o.lsn = st.lsn;
+                o.replay_lsn = st.lsn;
+            }
+        }
+        o.timeline = st.timeline;
+        if !details {
+            return o;
+        }
+        if o.role == MemberRole::Primary {
+            let rows = self
+                .with_conn("pg_stat_replication", |c| {
+                    Box::pin(async move {
+                        sqlx::query_as::<_, (String, Option<String>, Option<Lsn>)>(
+                            "SELECT application_name, state, flush_lsn FROM pg_stat_replication",
+                        )
+                        .fetch_all(c)
+                        .await
+                    })
+                })
+                .await;
+            if let Ok(rows) = rows {
+                o.standbys = rows
+                    .into_iter()
+                    .map(|(name, state, flush_lsn)| StandbyRow {
+                        name,
+                        streaming: state.as_deref() == Some("streaming"),
+                        flush_lsn,
+                    })
+                    .collect();
+            }
+            let misc = self
+                .with_conn("synchronous_standby_names", |c| {
+                    Box::pin(async move {
+                        sqlx::query_as::<_, (String, i64)>(
+                            "SELECT current_setting('synchronous_standby_names'), \
+                               (SELECT timeline_id FROM pg_control_checkpoint())::bigint",
+                        )
+                        .fetch_one(c)
+                        .await
+                    })
+                })
+                .await;
+            if let Ok((ssn, ckpt)) = misc {
+                o.sync_names = Some(ssn);
+                o.checkpoint_timeline = Some(ckpt);
+            }
+        }
+        if self.cfg.replication.slots {
+            let slots = self
+                .with_conn("pg_replication_slots", |c| {
+                    Box::pin(async move {
+                        sqlx::query_as::<_, (String, bool)>(
+                            "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+                        )
+                        .fetch_all(c)
+                        .await
+                    })
+                })
+                .await;
+            o.slots = slots.ok();
+        }
+        o
+    }
+
+    async fn start(&self, target: &Target) -> Result<()> {
+        let role = self.role(target)?;
+        install_settings(&self.cfg, &self.node, role, self.local())?;
+        self.pg.start().await?;
+        Ok(())
+    }
+
+    async fn restart(&self) -> Result<()> {
+        self.pg.start().await?;
+        Ok(())
+    }
+
+    async fn stop(&self, mode: StopMode) -> Result<()> {
+        self.forget_conn().await;
+        self.pg.stop(mode).await?;
+        Ok(())
+    }
+
+    async fn fence(&self) -> Result<()> {
+        self.forget_conn().await;
+        match tokio::time::timeout(FENCE_STOP_TIMEOUT, self.pg.stop(StopMode::Immediate)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(node = %self.node.name, "immediate stop failed ({e}): SIGKILL of the postmaster and its children");
+                self.local().kill().await?;
+            }
+            Err(_) => {
+                tracing::error!(node = %self.node.name, "immediate stop did not finish within {FENCE_STOP_TIMEOUT:?}: SIGKILL of the postmaster and its children");
+                self.local().kill().await?;
+            }
+        }
+        match self.local().process_state()? {
+            ProcessState::Stopped => Ok(()),
+            ProcessState::Running { pid } => {
+                self.local().kill().await?;
+                match self.local().process_state()? {
+                    ProcessState::Stopped => Ok(()),
+                    ProcessState::Running { .. } => Err(CoreError::refused(
+                        "fence",
+                        format!("postmaster {pid} still runs after SIGKILL"),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn promote(&self) -> Result<()> {
+        self.with_conn("pg_promote", |c| {
+            Box::pin(async move {
+                sqlx::query("SELECT pg_promote(wait => false)")
+                    .execute(c)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .await?;
+        let deadline = Instant::now() + self.promote_timeout;
+        loop {
+            let rec = self
+                .with_conn("pg_is_in_recovery", |c| {
+                    Box::pin(async move {
+                        sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                            .fetch_one(c)
+                            .await
+                    })
+                })
+                .await?;
+            if !rec {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CoreError::Timeout {
+                    what: "promotion",
+                    ms: self.promote_timeout.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn checkpoint(&self) -> Result<()> {
+        self.with_conn("CHECKPOINT", |c| {
+            Box::pin(async move { sqlx::query("CHECKPOINT").execute(c).await.map(|_| ()) })
+        })
+        .await
+    }
+
+    async fn set_sync_names(&self, value: &str) -> Result<Lsn> {
+        let sql = format!(
+            "ALTER SYSTEM SET synchronous_standby_names = {}",
+            quote_literal(value)
+        );
+        self.with_conn("ALTER SYSTEM", move |c| {
+            Box::pin(async move { sqlx::query(&sql).execute(c).await.map(|_| ()) })
+        })
+        .await?;
+        self.with_conn("pg_reload_conf", |c| {
+            Box::pin(async move {
+                sqlx::query("SELECT pg_reload_conf()")
+                    .execute(c)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .await?;
+        self.with_conn("pg_current_wal_lsn", |c| {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, Lsn>(
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                       ELSE pg_current_wal_lsn() END",
+                )
+                .fetch_one(c)
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn point_at(&self, target: &Target) -> Result<bool> {
+        let role = self.role(target)?;
+        let want = render_node_conf_for(&self.cfg, &self.node, role);
+        let path = self.local().data_dir().join(NODE_CONF);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(want.as_str()) {
+            return Ok(false);
+        }
+        install_settings(&self.cfg, &self.node, self.role(target)?, self.local())?;
+        self.pg.reload().await?;
+        Ok(true)
+    }
+
+    async fn rewind(&self, source: &str) -> Result<()> {
+        let src = self.node_named(source)?;
+        pgha_replication::rewind(&self.cfg, &self.node, src, self.local()).await?;
+        Ok(())
+    }
+
+    async fn clone_replica(&self, source: &str, move_aside: bool) -> Result<()> {
+        let up = self.node_named(source)?;
+        if move_aside {
+            let data = self.local().data_dir().to_owned();
+            let aside = data.with_extension(format!("diverged-{}", crate::now_ms() / 1000));
+            tracing::warn!(
+                node = %self.node.name,
+                "keeping {} and cloning afresh from {source}",
+                aside.display()
+            );
+            std::fs::rename(&data, &aside).map_err(|e| PgError::Io {
+                action: "move aside",
+                path: data.clone(),
+                source: e,
+            })?;
+        }
+        let params = connect_params(&self.cfg, up)?;
+        bootstrap_replica(&self.cfg, &self.node, up, self.local(), &params).await?;
+        Ok(())
+    }
+
+    async fn clone_standby_leader(&self) -> Result<()> {
+        let source = self.cfg.standby_cluster.as_ref().ok_or_else(|| {
+            CoreError::refused("standby leader", "no [standby_cluster] in the config")
+        })?;
+        tracing::info!(node = %self.node.name, hosts = ?source.primary_hosts, "standby cluster without data: copying the primary site");
+        bootstrap_standby_leader(&self.cfg, &self.node, source, self.local()).await?;
+        Ok(())
+    }
+
+    async fn create_slot(&self, name: &str) -> Result<()> {
+        let me = self.node.name.clone();
+        let name = name.to_string();
+        let mut c = self.conn().await?;
+        let r = create_slot(&mut c, &me, &name).await;
+        drop(c);
+        if r.is_err() {
+            self.forget_conn().await;
+        }
+        Ok(r?)
+    }
+
+    async fn drop_slot(&self, name: &str) -> Result<()> {
+        let me = self.node.name.clone();
+        let mut c = self.conn().await?;
+        let r = drop_slot(&mut c, &me, name).await;
+        drop(c);
+        if r.is_err() {
+            self.forget_conn().await;
+        }
+        Ok(r?)
+    }
+
+    async fn checkpoint_lsn(&self) -> Result<Lsn> {
+        Ok(control_data(self.local()).await?.checkpoint_lsn)
+    }
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask simulate`: the agents' deterministic simulation over many seeds (the real
+//! decision core and executor over fakes, virtual time, seeded faults; see
+//! `pgha_agent_core::sim`). A failing seed prints its scenario, its violations and its trace;
+//! `--seed N --trace` replays one seed exactly.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use pgha_agent_core::sim::{self, SimOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// How many seeds, from --start.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// Run this one seed (and print its trace with --trace).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the whole trace of every failing seed (else its last 60 lines).
+    #[arg(long)]
+    trace: bool,
+    /// Only faults of this kind (freeze-agent, crash-agent, crash-pg, slow-promotion,
+    /// slow-start, dcs-cut, peers-cut, isolate, dcs-down, dcs-slow, refuse-to-primary,
+    /// receiver-cut).
+    #[arg(long)]
+    only: Option<String>,
+    /// Run background jobs inside the agent's tick, as the agent did before (shows what the
+    /// simulator finds then).
+    #[arg(long)]
+    inline_jobs: bool,
+    /// Worker threads (seeds are independent).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+}
+
+pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let opts = SimOptions {
+        inline_jobs: args.inline_jobs,
+        echo: false,
+        only: args.only.clone(),
+    };
+    let seeds: Vec<u64> = match args.seed {
+        Some(s) => vec![s],
+        None => (args.start..args.start + args.seeds).collect(),
+    };
+    let t = Instant::now();
+    let jobs = args.jobs.max(1);
+    let chunks: Vec<Vec<u64>> = (0..jobs)
+        .map(|j| seeds.iter().copied().skip(j).step_by(jobs).collect())
+        .collect();
+    let results: Vec<(Vec<sim::Report>, usize)> = std::thread::scope(|s| {
+        let hs: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                let o = opts.clone();
+                s.spawn(move || sim::run_many(c.into_iter(), &o))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), 0)))
+            .collect()
+    });
+    let n: usize = results.iter().map(|r| r.1).sum();
+    let mut failed: Vec<sim::Report> = results.into_iter().flat_map(|r| r.0).collect();
+    failed.sort_by_key(|r| r.scenario.seed);
+    let secs = t.elapsed().as_secs_f64();
+    if let (Some(_), Some(r)) = (
+        args.seed,
+        failed
+            .first()
+            .cloned()
+            .or_else(|| args.seed.map(|s| sim::run(s, &opts))),
+    ) {
+        if args.trace || !r.ok() {
+            println!("{}", r.scenario.describe());
+            for l in &r.trace {
+                println!("{l}");
+            }
+        }
+    }
+    for r in &failed {
+        println!("\nFAILED {}", r.scenario.describe());
+        for v in &r.violations {
+            println!("  {v}");
+        }
+        if args.seed.is_none() {
+            let tail = if args.trace {
+                0
+            } else {
+                r.trace.len().saturating_sub(60)
+            };
+            for l in &r.trace[tail..] {
+                println!("    {l}");
+            }
+        }
+    }
+    println!(
+        "\nsimulate: {n} seeds in {secs:.1} s ({:.0} seeds/minute), {} failed{}",
+        n as f64 / secs * 60.0,
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                failed
+                    .iter()
+                    .map(|r| r.scenario.seed.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
