@@ -25,6 +25,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // The supervisor of PostgreSQL is this executable too (no tokio, no logging setup).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|a| a.to_str()) == Some(pgha_postgres::supervisor::SUPERVISE_ARG) {
+        return pgha_postgres::supervisor::supervise_main(&args[2..]);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
@@ -63,7 +68,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .context("connect to etcd")?,
     );
-    let (agent, shared) = pgha_failover::agent::build(config.clone(), &node.name, dcs.clone())?;
+    let supervisor = std::env::current_exe().context("locate pgha-agent for its supervisor")?;
+    let (agent, shared) =
+        pgha_failover::agent::build(config.clone(), &node.name, dcs.clone(), Some(supervisor))?;
     let cancel = CancellationToken::new();
     let token = config
         .failover

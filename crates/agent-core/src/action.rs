@@ -82,6 +82,11 @@ pub enum Job {
     /// until PostgreSQL leaves recovery.
     Promote {
         sync_names: Option<String>,
+        /// The highest timeline any node used as far as the view shows (DCS `status` and
+        /// members) and our own: the promotion is allocated a higher one in the DCS
+        /// ([`crate::dcs::Dcs::allocate_timeline`]), never one another node wrote on.
+        timeline_floor: Option<i64>,
+        /// CHECKPOINT after promoting (pg_rewind from us reads the new timeline then).
         checkpoint: bool,
     },
     /// Install the primary's settings and start.
@@ -106,6 +111,9 @@ pub enum Job {
     HandOver { to: String, wait: Duration },
     /// Fast stop of a replica before a rewind.
     StopForRewind,
+    /// CHECKPOINT on the primary: its control file then names its timeline (pg_rewind from
+    /// it needs that).
+    Checkpoint,
 }
 
 impl Job {
@@ -123,6 +131,7 @@ impl Job {
             Job::StartReadOnly => "start read-only",
             Job::HandOver { .. } => "hand over",
             Job::StopForRewind => "stop for rewind",
+            Job::Checkpoint => "checkpoint",
         }
     }
 

@@ -90,6 +90,7 @@ replicate_from = "n2"
             nofailover: false,
             updated_ms: 0,
             checkpoint_timeline: None,
+            suspects: None,
         }
     }
 

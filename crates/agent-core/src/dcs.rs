@@ -41,13 +41,20 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     async fn release_leader(&self, lease: LeaseId) -> Result<bool>;
     /// Deletes the leader key if it is still at `leader.revision`, and revokes its lease.
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool>;
-    async fn put_status(&self, status: &LeaderStatus) -> Result<()>;
+    /// Writes `status` if the leader key is still on `lease` (a leader that lost the key
+    /// writes nothing); false when it was not.
+    async fn put_status(&self, lease: LeaseId, status: &LeaderStatus) -> Result<bool>;
     /// Replaces the operators' switches if the key is still at `revision`
     /// (`ClusterView::config_revision`); false when someone changed it in between.
     async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool>;
     async fn put_switchover(&self, request: &SwitchoverRequest) -> Result<()>;
     async fn clear_switchover(&self) -> Result<()>;
-    async fn put_sync(&self, sync: &SyncState) -> Result<()>;
+    /// Writes `sync` if the leader key is still on `lease`; false when it was not.
+    async fn put_sync(&self, lease: LeaseId, sync: &SyncState) -> Result<bool>;
+    /// Allocates the timeline of a promotion (compare-and-swap on the `timeline` key, the
+    /// highest timeline any promotion was given): a new one, at least `at_least` and above
+    /// every one given before, so no two promotions of the cluster share a timeline.
+    async fn allocate_timeline(&self, at_least: i64) -> Result<i64>;
     /// A channel that receives a unit each time a key decisions depend on changes.
     async fn watch(&self) -> Result<mpsc::Receiver<()>>;
 }

@@ -116,6 +116,7 @@ mod tests {
             nofailover: false,
             updated_ms: 0,
             checkpoint_timeline: None,
+            suspects: None,
         }
     }
 

@@ -34,9 +34,6 @@ pub struct Executor {
     shared: Arc<Shared>,
     done_tx: mpsc::UnboundedSender<Outcome>,
     running: Option<JoinHandle<()>>,
-    /// Run jobs to their end inside `act` (the loop blocks, as the agent did before jobs ran
-    /// in the background; kept only to show what the simulator finds then).
-    pub inline_jobs: bool,
 }
 
 impl Executor {
@@ -54,7 +51,6 @@ impl Executor {
                 shared,
                 done_tx,
                 running: None,
-                inline_jobs: false,
             },
             done_rx,
         )
@@ -70,12 +66,22 @@ impl Executor {
         let node = self.ctx.name().to_string();
         let mut out = Vec::new();
         let mut blocked = false;
+        // Leader-only keys are written on the condition that the key is still ours.
+        let lease = d.next.session.map(|s| s.lease);
         for a in &d.actions {
             if blocked && !matches!(a, Action::Watchdog { .. } | Action::PublishMember { .. }) {
                 tracing::warn!(node = %node, "skipped after a failed step: {a:?}");
+                if let Action::Spawn { id, job } = a {
+                    // The decision counted on this job: it ends here, not started.
+                    out.push(Outcome::JobDone {
+                        id: *id,
+                        job: job.clone(),
+                        error: Some("not started: an earlier step of the tick failed".into()),
+                    });
+                }
                 continue;
             }
-            match self.run(a, &mut out).await {
+            match self.run(a, lease, &mut out).await {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(node = %node, action = action_name(a), "{e}");
@@ -88,7 +94,12 @@ impl Executor {
         out
     }
 
-    async fn run(&mut self, a: &Action, out: &mut Vec<Outcome>) -> crate::Result<()> {
+    async fn run(
+        &mut self,
+        a: &Action,
+        lease: Option<crate::dcs::LeaseId>,
+        out: &mut Vec<Outcome>,
+    ) -> crate::Result<()> {
         let fx = &self.fx;
         match a {
             Action::GrantSession => {
@@ -131,9 +142,21 @@ impl Executor {
                     tracing::warn!(node = %self.ctx.name(), leader = %l.name, "revoked the dead leader's lease");
                 }
             }
-            Action::PutStatus(s) => fx.dcs.put_status(s).await?,
+            Action::PutStatus(s) => {
+                if let Some(lease) = lease {
+                    fx.dcs.put_status(lease, s).await?;
+                }
+            }
             Action::PutSync(s) => {
-                fx.dcs.put_sync(s).await?;
+                let Some(lease) = lease else {
+                    return Err(crate::CoreError::refused("write /sync", "no session"));
+                };
+                if !fx.dcs.put_sync(lease, s).await? {
+                    return Err(crate::CoreError::refused(
+                        "write /sync",
+                        "the leader key is not ours any more",
+                    ));
+                }
                 tracing::info!(node = %self.ctx.name(), standbys = ?s.standbys, "synchronous standbys recorded");
                 out.push(Outcome::SyncWritten {
                     standbys: s.standbys.clone(),
@@ -151,17 +174,6 @@ impl Executor {
                 if let Some(h) = self.running.take() {
                     h.abort();
                 }
-            }
-            Action::Spawn { id, job } if self.inline_jobs => {
-                let r = run_job(&self.ctx, &self.fx, job).await;
-                if r.is_ok() && matches!(job, Job::Promote { .. }) {
-                    self.shared.count_promotion();
-                }
-                out.push(Outcome::JobDone {
-                    id: *id,
-                    job: job.clone(),
-                    error: r.err(),
-                });
             }
             Action::Spawn { id, job } => self.spawn(*id, job.clone()),
             Action::PointAt { upstream } => {
@@ -209,12 +221,31 @@ impl Executor {
             Action::AskFailsafe => {
                 let started = Instant::now();
                 let me = self.ctx.name().to_string();
+                let asks: Vec<_> = self
+                    .ctx
+                    .others()
+                    .into_iter()
+                    .map(|n| {
+                        let peers = fx.peers.clone();
+                        let me = me.clone();
+                        tokio::spawn(async move {
+                            let r = peers.ask_failsafe(&n, &me).await;
+                            (n, r)
+                        })
+                    })
+                    .collect();
                 let mut ok = true;
-                for n in self.ctx.others() {
-                    if let Err(e) = fx.peers.ask_failsafe(&n, &me).await {
-                        tracing::warn!(node = %me, peer = %n, "failsafe not confirmed: {e}");
-                        ok = false;
-                        break;
+                for a in asks {
+                    match a.await {
+                        Ok((_, Ok(()))) => {}
+                        Ok((n, Err(e))) => {
+                            tracing::warn!(node = %me, peer = %n, "failsafe not confirmed: {e}");
+                            ok = false;
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %me, "failsafe question lost: {e}");
+                            ok = false;
+                        }
                     }
                 }
                 out.push(Outcome::Failsafe { started, ok });
@@ -273,12 +304,19 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
     match job {
         Job::Promote {
             sync_names,
+            timeline_floor,
             checkpoint,
         } => {
             if let Some(v) = sync_names {
                 pg.set_sync_names(v).await.map_err(step("sync"))?;
             }
-            pg.promote().await.map_err(step("promote"))?;
+            let at_least = timeline_floor.unwrap_or(1) + 1;
+            let tli = fx
+                .dcs
+                .allocate_timeline(at_least)
+                .await
+                .map_err(step("allocate a timeline"))?;
+            pg.promote(Some(tli - 1)).await.map_err(step("promote"))?;
             if *checkpoint {
                 pg.checkpoint().await.map_err(step("checkpoint"))?;
             }
@@ -331,6 +369,7 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             wait_received(fx, to, lsn, *wait).await?;
         }
         Job::StopForRewind => pg.stop(StopMode::Fast).await.map_err(step("stop"))?,
+        Job::Checkpoint => pg.checkpoint().await.map_err(step("checkpoint"))?,
     }
     Ok(())
 }

@@ -119,6 +119,8 @@ pub enum Event {
     /// We told `leader` we cannot reach the DCS either (at `at`): we promised not to take the
     /// lease for `Timings::failsafe_quarantine`.
     FailsafeConfirmed { leader: String, at: Instant },
+    /// A previous run of this agent promised not to take the lease until then.
+    PromiseInherited { until: Instant },
 }
 
 /// Peer reads the gather step made because the view called for them.

@@ -102,6 +102,8 @@ pub struct Memory {
     /// The data dir must be rewound from the leader before it can follow it.
     pub needs_rewind: bool,
     pub failed_starts: u32,
+    /// Rewinds tried because we could not stream (each doubles the wait for the next).
+    pub rewind_attempts: u32,
     /// What pgha-node.conf points at, as far as this agent knows.
     pub current_upstream: Option<String>,
     /// Highest timeline our running PostgreSQL reported since it started.
@@ -124,6 +126,7 @@ impl Memory {
             next_job_id: 1,
             needs_rewind: false,
             failed_starts: 0,
+            rewind_attempts: 0,
             current_upstream: None,
             seen_timeline: None,
             pending_sync: None,

@@ -34,8 +34,10 @@ pub trait PgNode: Send + Sync + std::fmt::Debug {
     /// Stops at once and makes sure it is down: immediate shutdown, else SIGKILL of the
     /// postmaster and its children.
     async fn fence(&self) -> Result<()>;
-    /// pg_promote and wait until PostgreSQL leaves recovery.
-    async fn promote(&self) -> Result<()>;
+    /// pg_promote and wait until PostgreSQL leaves recovery, on a timeline above
+    /// `timeline_floor` (PostgreSQL picks the next timeline without a history file in pg_wal:
+    /// placeholder history files up to the floor make it skip those another node used).
+    async fn promote(&self, timeline_floor: Option<i64>) -> Result<()>;
     /// CHECKPOINT (after a promotion: so pg_rewind from us reads the new timeline).
     async fn checkpoint(&self) -> Result<()>;
     /// `synchronous_standby_names` (ALTER SYSTEM + reload); returns the current WAL position.
@@ -76,6 +78,15 @@ pub trait Watchdog: Send + Sync + std::fmt::Debug {
     /// From now on PostgreSQL is killed at `deadline` (None: never) unless a later call
     /// moves it.
     fn arm(&self, deadline: Option<Instant>) -> Result<()>;
+}
+
+/// Where the failsafe promise is kept, so a restarted agent still honours it (the
+/// promise: "I will not take the lease until then", given to a leader cut off from the DCS).
+pub trait PromiseStore: Send + Sync + std::fmt::Debug {
+    /// Records the promise (wall-clock ms since the epoch); durable before it returns.
+    fn save(&self, until_ms: u64) -> Result<()>;
+    /// The latest promise recorded, if any.
+    fn load(&self) -> Option<u64>;
 }
 
 /// Wall-clock milliseconds since the Unix epoch (virtual in the simulator).

@@ -72,11 +72,6 @@ impl Agent {
         self.observer = Some(Observer(Box::new(f)));
     }
 
-    /// Jobs run inside the tick instead of the background (see [`Executor::inline_jobs`]).
-    pub fn inline_jobs(&mut self, on: bool) {
-        self.exec.inline_jobs = on;
-    }
-
     /// Runs until `cancel`, then stops PostgreSQL and releases the lease.
     pub async fn run(mut self, cancel: CancellationToken) {
         let loop_wait = self.ctx.t.loop_wait;
@@ -156,26 +151,32 @@ impl Agent {
     /// One tick's inputs.
     async fn gather(&mut self, mut outcomes: Vec<Outcome>, cancel: &CancellationToken) -> Inputs {
         let fx = self.exec.effects().clone();
-        let now = Instant::now();
         let local = fx.pg.observe(true).await;
-        let session = match self.mem.session {
-            None => SessionRead::None,
-            Some(s) => {
-                let sent = Instant::now();
-                match fx.dcs.keep_alive(s.lease).await {
-                    Ok(true) => SessionRead::Renewed {
-                        lease: s.lease,
-                        sent,
-                    },
-                    Ok(false) => SessionRead::Gone { lease: s.lease },
-                    Err(e) => SessionRead::Failed {
-                        lease: s.lease,
-                        error: e.to_string(),
-                    },
+        // Renewal and read in parallel: a tick that waits on the DCS costs one timeout.
+        let renew = async {
+            match self.mem.session {
+                None => SessionRead::None,
+                Some(s) => {
+                    let sent = Instant::now();
+                    match fx.dcs.keep_alive(s.lease).await {
+                        Ok(true) => SessionRead::Renewed {
+                            lease: s.lease,
+                            sent,
+                        },
+                        Ok(false) => SessionRead::Gone { lease: s.lease },
+                        Err(e) => SessionRead::Failed {
+                            lease: s.lease,
+                            error: e.to_string(),
+                        },
+                    }
                 }
             }
         };
-        let dcs = match fx.dcs.view().await {
+        let (session, view) = tokio::join!(renew, fx.dcs.view());
+        // Decisions about time (fence before the lease can expire) use the clock after the
+        // reads, not before: the reads may have waited for their timeouts.
+        let now = Instant::now();
+        let dcs = match view {
             Ok(view) => DcsRead::Ok { session, view },
             Err(e) => DcsRead::Unreachable {
                 since: self.mem.timers.dcs_unreachable_since.unwrap_or(now),
@@ -186,6 +187,11 @@ impl Agent {
         let probes = match &dcs {
             DcsRead::Ok { view, .. } => self.probe(&fx, view).await,
             DcsRead::Unreachable { .. } => Probes::default(),
+        };
+        let now = if probes == Probes::default() {
+            now
+        } else {
+            Instant::now()
         };
         let mut events = Vec::new();
         while let Ok(e) = self.events.try_recv() {

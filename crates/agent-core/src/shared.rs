@@ -2,7 +2,7 @@
 //! and the channel through which the API's messages reach the loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::dcs::{ClusterView, MemberState};
 use crate::inputs::Event;
+use crate::ports::{PromiseStore, WallClock};
 
 /// What the API serves; replaced every tick.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,23 +40,45 @@ pub struct Shared {
     /// before taking the key, so a promise made after this tick's gather still holds.
     promised_until: Mutex<Option<Instant>>,
     quarantine: std::time::Duration,
+    store: Arc<dyn PromiseStore>,
+    clock: Arc<dyn WallClock>,
 }
 
 impl Shared {
     /// The shared state and the receiving end of its events (the agent loop's).
+    /// A promise a previous run of this agent recorded in `store` still binds it: it arrives
+    /// as the first event.
     pub fn new(
         quarantine: std::time::Duration,
-    ) -> (std::sync::Arc<Self>, mpsc::UnboundedReceiver<Event>) {
+        store: Arc<dyn PromiseStore>,
+        clock: Arc<dyn WallClock>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let inherited = store.load().and_then(|until_ms| {
+            let left = until_ms.saturating_sub(clock.now_ms());
+            (left > 0).then(|| now + std::time::Duration::from_millis(left))
+        });
+        if let Some(until) = inherited {
+            tracing::info!(
+                "a failsafe promise of a previous run holds for {:?}: no lease before",
+                until.duration_since(now)
+            );
+            if tx.send(Event::PromiseInherited { until }).is_err() {
+                tracing::debug!("no receiver for the inherited failsafe promise");
+            }
+        }
         (
-            std::sync::Arc::new(Shared {
+            Arc::new(Shared {
                 snapshot: RwLock::new(Snapshot::default()),
                 promotions: AtomicU64::new(0),
                 fencings: AtomicU64::new(0),
                 wake: Notify::new(),
                 events: tx,
-                promised_until: Mutex::new(None),
+                promised_until: Mutex::new(inherited),
                 quarantine,
+                store,
+                clock,
             }),
             rx,
         )
@@ -88,6 +111,12 @@ impl Shared {
             return Err("this node reaches the DCS: no failsafe");
         }
         let at = Instant::now();
+        let until_ms = self.clock.now_ms() + self.quarantine.as_millis() as u64;
+        if let Err(e) = self.store.save(until_ms) {
+            // A promise that would not survive a restart of this agent is no promise.
+            tracing::warn!("failsafe promise not recorded ({e}): refused");
+            return Err("this node cannot record the failsafe promise");
+        }
         if let Ok(mut p) = self.promised_until.lock() {
             let until = at + self.quarantine;
             *p = Some(p.map_or(until, |old| old.max(until)));

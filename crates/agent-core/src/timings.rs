@@ -15,7 +15,8 @@ pub struct Timings {
     /// Longest one DCS request may take (`dcs.request_timeout`).
     pub dcs_timeout: Duration,
     /// A leader that could not renew for this long stops PostgreSQL itself (unless failsafe
-    /// holds): `ttl - loop_wait - dcs_timeout - 0.5 s`, at least `loop_wait`.
+    /// holds): `ttl - loop_wait - 2 x dcs_timeout - 0.5 s` (a tick that waits on the DCS takes
+    /// up to two request timeouts), at least `loop_wait`.
     pub fence_after: Duration,
     /// The supervisor kills PostgreSQL this long after the start of the last lease renewal
     /// the agent reported (`ttl - failover.safety_margin`): before the lease can expire.
@@ -50,7 +51,8 @@ pub struct Timings {
     pub promote_timeout: Duration,
     /// The fast dead-leader path probes ports with this connect timeout.
     pub dead_probe_timeout: Duration,
-    /// ... and needs the leader's member key unchanged for this long.
+    /// ... and needs the leader's member key unchanged for this long (a live agent
+    /// republishes it every tick), with another member reporting the same refusals.
     pub dead_leader_stale: Duration,
     /// A planned switchover waits this long for the target to receive the final checkpoint.
     pub handover_wait_switchover: Duration,
@@ -73,7 +75,7 @@ impl Timings {
             .unwrap_or(Duration::from_secs(1));
         let fence_after = f
             .ttl
-            .saturating_sub(f.loop_wait + dcs_timeout + Duration::from_millis(500))
+            .saturating_sub(f.loop_wait + dcs_timeout * 2 + Duration::from_millis(500))
             .max(f.loop_wait);
         Timings {
             ttl: f.ttl,
@@ -94,7 +96,7 @@ impl Timings {
             request_fresh: Duration::from_secs(60),
             promote_timeout: Duration::from_secs(60),
             dead_probe_timeout: Duration::from_millis(300),
-            dead_leader_stale: f.loop_wait * 2 + dcs_timeout,
+            dead_leader_stale: f.loop_wait * 2,
             handover_wait_switchover: Duration::from_secs(10),
             handover_wait_failover: Duration::from_secs(2),
             sync_catchup_timeout: f.ttl * 2,

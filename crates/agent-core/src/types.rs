@@ -47,6 +47,10 @@ pub struct MemberState {
     /// this node would read the old timeline from its control file.
     #[serde(default)]
     pub checkpoint_timeline: Option<i64>,
+    /// Follower: the leader lease whose PostgreSQL and agent ports refuse our connections
+    /// (the fast dead-leader path wants a second observer's word).
+    #[serde(default)]
+    pub suspects: Option<i64>,
 }
 
 /// Who holds the leader key.

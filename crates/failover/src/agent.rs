@@ -26,33 +26,86 @@ use crate::node::LocalNode;
 use crate::peers::NetPeers;
 use crate::{FailoverError, Result};
 
-/// No supervisor deadline (PostgreSQL dies with the agent only).
+/// The supervisor's deadline, moved by the decision core ([`Watchdog`]): the core's
+/// deadline (the agent's monotonic clock) becomes one on CLOCK_BOOTTIME, which counts a
+/// suspended machine too.
 #[derive(Debug)]
-pub struct NoWatchdog;
+pub struct SupervisorWatchdog {
+    pg: SupervisedInstance,
+}
 
-impl Watchdog for NoWatchdog {
-    fn arm(&self, _deadline: Option<tokio::time::Instant>) -> pgha_agent_core::Result<()> {
+impl Watchdog for SupervisorWatchdog {
+    fn arm(&self, deadline: Option<tokio::time::Instant>) -> pgha_agent_core::Result<()> {
+        let boot = deadline.map(|d| {
+            let left = d.saturating_duration_since(tokio::time::Instant::now());
+            pgha_postgres::supervisor::boottime() + left
+        });
+        self.pg.set_deadline(boot)?;
         Ok(())
     }
 }
 
-/// The agent of `node` and the state it shares with its API.
-pub fn build(cfg: Arc<PghaConfig>, node: &str, dcs: Arc<dyn Dcs>) -> Result<(Agent, Arc<Shared>)> {
+/// The failsafe promise in a file beside the data dir: a restarted agent keeps it.
+#[derive(Debug)]
+struct FilePromise {
+    path: std::path::PathBuf,
+}
+
+impl pgha_agent_core::ports::PromiseStore for FilePromise {
+    fn save(&self, until_ms: u64) -> pgha_agent_core::Result<()> {
+        pgha_postgres::files::write_atomic(
+            &self.path,
+            until_ms.to_string().as_bytes(),
+            0o600,
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn load(&self) -> Option<u64> {
+        std::fs::read_to_string(&self.path)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// The agent of `node` and the state it shares with its API. `supervisor`: the executable
+/// that runs the supervisor process (`pgha-agent` itself); without one PostgreSQL only dies
+/// with the agent and no deadline is enforced.
+pub fn build(
+    cfg: Arc<PghaConfig>,
+    node: &str,
+    dcs: Arc<dyn Dcs>,
+    supervisor: Option<std::path::PathBuf>,
+) -> Result<(Agent, Arc<Shared>)> {
     let ctx = Ctx::new(cfg.clone(), node).ok_or_else(|| FailoverError::UnknownNode(node.into()))?;
     let local = LocalInstance::from_config(&cfg, &ctx.me)?.with_timeout(Duration::from_secs(60));
-    let pg = Arc::new(LocalNode::new(
-        cfg.clone(),
-        ctx.me.clone(),
-        SupervisedInstance::new(local),
-    ));
+    let mut supervised = SupervisedInstance::new(local);
+    if let Some(s) = supervisor {
+        supervised = supervised.with_supervisor(s);
+    }
+    let watchdog = Arc::new(SupervisorWatchdog {
+        pg: supervised.clone(),
+    });
+    let pg = Arc::new(LocalNode::new(cfg.clone(), ctx.me.clone(), supervised));
     let peers = Arc::new(NetPeers::new(cfg.clone())?);
-    let (shared, events) = Shared::new(ctx.t.failsafe_quarantine);
+    let clock: Arc<dyn pgha_agent_core::ports::WallClock> =
+        Arc::new(pgha_agent_core::ports::SystemClock);
+    let promises = Arc::new(FilePromise {
+        path: ctx
+            .me
+            .run_dir()
+            .join(format!("{}.failsafe-promise", ctx.me.name)),
+    });
+    let (shared, events) = Shared::new(ctx.t.failsafe_quarantine, promises, clock.clone());
     let fx = Effects {
         dcs,
         pg,
         peers,
-        watchdog: Arc::new(NoWatchdog),
-        clock: Arc::new(pgha_agent_core::ports::SystemClock),
+        watchdog,
+        clock,
     };
     Ok((Agent::new(ctx, fx, shared.clone(), events), shared))
 }

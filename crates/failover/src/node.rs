@@ -29,6 +29,9 @@ use crate::dcs::{MemberRole, PgState};
 /// How long an immediate shutdown may take before the fence falls back to SIGKILL.
 const FENCE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// First line of the placeholder timeline history files a promotion writes.
+const PLACEHOLDER: &str = "# pgha placeholder:";
+
 /// This node's PostgreSQL.
 #[derive(Debug)]
 pub struct LocalNode {
@@ -84,6 +87,86 @@ impl LocalNode {
         Ok(tokio::sync::MutexGuard::map(g, |c| {
             c.as_mut().expect("just set") // see above: Some on this path
         }))
+    }
+
+    /// pg_promote and wait until PostgreSQL leaves recovery.
+    async fn promote_now(&self) -> Result<()> {
+        self.with_conn("pg_promote", |c| {
+            Box::pin(async move {
+                sqlx::query("SELECT pg_promote(wait => false)")
+                    .execute(c)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .await?;
+        let deadline = Instant::now() + self.promote_timeout;
+        loop {
+            let rec = self
+                .with_conn("pg_is_in_recovery", |c| {
+                    Box::pin(async move {
+                        sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                            .fetch_one(c)
+                            .await
+                    })
+                })
+                .await?;
+            if !rec {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CoreError::Timeout {
+                    what: "promotion",
+                    ms: self.promote_timeout.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn pg_wal(&self) -> std::path::PathBuf {
+        self.local().data_dir().join("pg_wal")
+    }
+
+    /// Makes PostgreSQL's promotion skip timelines up to `floor`: it takes the first timeline
+    /// with no history file in pg_wal, and a timeline another node used (its history did not
+    /// reach us) must never be used twice (pg_rewind would then see "the same timeline" and
+    /// leave a diverged node as it is). A history file holding only a comment names no
+    /// parent, so recovery never follows it.
+    fn placeholders(&self, floor: i64) -> Result<()> {
+        for tli in 2..=floor {
+            let path = self.pg_wal().join(format!("{tli:08X}.history"));
+            if path.exists() {
+                continue;
+            }
+            let text = format!(
+                "{PLACEHOLDER} timeline {tli} was used by another node of the cluster; its history is not here\n"
+            );
+            pgha_postgres::files::write_atomic(
+                &path,
+                text.as_bytes(),
+                0o600,
+                self.local().run_as(),
+            )?;
+            tracing::info!(node = %self.node.name, timeline = tli, "placeholder history file: the promotion takes a later timeline");
+        }
+        Ok(())
+    }
+
+    fn remove_placeholders(&self) {
+        let Ok(dir) = std::fs::read_dir(self.pg_wal()) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "history")
+                && std::fs::read_to_string(&p).is_ok_and(|t| t.starts_with(PLACEHOLDER))
+            {
+                if let Err(err) = std::fs::remove_file(&p) {
+                    tracing::warn!(node = %self.node.name, "remove placeholder {}: {err}", p.display());
+                }
+            }
+        }
     }
 
     async fn forget_conn(&self) {
@@ -232,6 +315,7 @@ impl PgNode for LocalNode {
     }
 
     async fn start(&self, target: &Target) -> Result<()> {
+        self.remove_placeholders();
         let role = self.role(target)?;
         install_settings(&self.cfg, &self.node, role, self.local())?;
         self.pg.start().await?;
@@ -239,6 +323,7 @@ impl PgNode for LocalNode {
     }
 
     async fn restart(&self) -> Result<()> {
+        self.remove_placeholders();
         self.pg.start().await?;
         Ok(())
     }
@@ -277,38 +362,16 @@ impl PgNode for LocalNode {
         }
     }
 
-    async fn promote(&self) -> Result<()> {
-        self.with_conn("pg_promote", |c| {
-            Box::pin(async move {
-                sqlx::query("SELECT pg_promote(wait => false)")
-                    .execute(c)
-                    .await
-                    .map(|_| ())
-            })
-        })
-        .await?;
-        let deadline = Instant::now() + self.promote_timeout;
-        loop {
-            let rec = self
-                .with_conn("pg_is_in_recovery", |c| {
-                    Box::pin(async move {
-                        sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-                            .fetch_one(c)
-                            .await
-                    })
-                })
-                .await?;
-            if !rec {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(CoreError::Timeout {
-                    what: "promotion",
-                    ms: self.promote_timeout.as_millis() as u64,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    async fn promote(&self, timeline_floor: Option<i64>) -> Result<()> {
+        if let Some(floor) = timeline_floor {
+            self.placeholders(floor)?;
         }
+        let r = self.promote_now().await;
+        if r.is_err() {
+            // Still a standby: a placeholder would make its next start aim at that timeline.
+            self.remove_placeholders();
+        }
+        r
     }
 
     async fn checkpoint(&self) -> Result<()> {

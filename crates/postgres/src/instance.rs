@@ -476,7 +476,7 @@ pub fn connect_params(config: &PghaConfig, node: &NodeConfig) -> Result<ConnectP
 }
 
 /// The processes whose parent is `pid` (from /proc).
-fn children_of(pid: i32) -> Vec<i32> {
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

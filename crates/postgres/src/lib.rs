@@ -17,6 +17,7 @@ mod os_user;
 pub mod scram;
 pub mod sql;
 mod supervised;
+pub mod supervisor;
 
 pub use binaries::PgBinaries;
 pub use connect::{verify_full, ConnectParams};

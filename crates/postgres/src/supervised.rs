@@ -1,24 +1,30 @@
-//! PostgreSQL as a child of the calling process that dies with it: the fencing that keeps an
-//! orphaned primary from taking writes when its agent is killed.
+//! PostgreSQL as a child of the calling process that dies with it, and (with a supervisor)
+//! that is killed at a deadline the caller keeps moving: the fencing that keeps an orphaned
+//! or unsupervised primary from taking writes when its agent is killed or frozen.
 //!
-//! The postmaster is started through `setpriv --pdeathsig KILL` (which also drops to the server
-//! user), so the kernel SIGKILLs it when its parent goes away; its backends then see the
-//! postmaster gone and end their sessions. Linux delivers the parent-death signal when the
-//! *thread* that forked exits, so every fork happens on one dedicated thread that lives as long
-//! as the process.
+//! The postmaster is started through `setpriv --pdeathsig KILL` (which also drops to the
+//! server user), so the kernel SIGKILLs it when its parent goes away; its backends then see
+//! the postmaster gone and end their sessions. Linux delivers the parent-death signal when
+//! the *thread* that forked exits, so every fork happens on one dedicated thread that lives as
+//! long as the process. With [`SupervisedInstance::with_supervisor`] the parent is the
+//! [supervisor](crate::supervisor), a process of its own that also enforces the deadline.
 
 use std::fs::OpenOptions;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
+use crate::supervisor::{deadline_line, SUPERVISE_ARG};
 use crate::{LocalInstance, PgControl, PgError, ProcessState, Result, StopMode};
 
-type SpawnRequest = (Command, mpsc::Sender<std::io::Result<u32>>);
+type Spawned = std::io::Result<(u32, Option<ChildStdin>)>;
+type SpawnRequest = (Command, mpsc::Sender<Spawned>);
 
 /// The forking thread: spawns on request, reaps exited children, never exits.
 fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
@@ -32,10 +38,11 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
                 loop {
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok((mut cmd, reply)) => {
-                            let r = cmd.spawn().map(|c| {
+                            let r = cmd.spawn().map(|mut c| {
                                 let pid = c.id();
+                                let stdin = c.stdin.take();
                                 children.push(c);
-                                pid
+                                (pid, stdin)
                             });
                             let _ = reply.send(r);
                         }
@@ -52,19 +59,70 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-/// A [`LocalInstance`] whose postmaster runs as our child and dies with us.
+/// The supervisor's control pipe and the deadline last given (on CLOCK_BOOTTIME).
+#[derive(Debug, Default)]
+struct Control {
+    stdin: Option<ChildStdin>,
+    deadline: Option<Duration>,
+}
+
+/// A [`LocalInstance`] whose postmaster runs as our child (or our supervisor's) and dies
+/// with us.
 #[derive(Debug, Clone)]
 pub struct SupervisedInstance {
     inner: LocalInstance,
+    /// The executable that runs the supervisor (`<it> __pgha-supervise ...`).
+    supervisor: Option<PathBuf>,
+    control: Arc<Mutex<Control>>,
 }
 
 impl SupervisedInstance {
     pub fn new(inner: LocalInstance) -> Self {
-        SupervisedInstance { inner }
+        SupervisedInstance {
+            inner,
+            supervisor: None,
+            control: Arc::default(),
+        }
+    }
+
+    /// Starts the postmaster under a supervisor run by `program` (an executable whose main
+    /// hands `__pgha-supervise` to [`crate::supervisor::supervise_main`]), which kills it at
+    /// the deadline set with [`Self::set_deadline`].
+    pub fn with_supervisor(mut self, program: PathBuf) -> Self {
+        self.supervisor = Some(program);
+        self
     }
 
     pub fn local(&self) -> &LocalInstance {
         &self.inner
+    }
+
+    /// From now on PostgreSQL is killed at `deadline` (CLOCK_BOOTTIME; None: never) unless a
+    /// later call moves it. Also given to the next supervisor started.
+    pub fn set_deadline(&self, deadline: Option<Duration>) -> Result<()> {
+        let mut c = self.control.lock().map_err(|_| PgError::Spawn {
+            program: "supervisor".into(),
+            source: std::io::Error::other("control lock poisoned"),
+        })?;
+        c.deadline = deadline;
+        if let Some(stdin) = c.stdin.as_mut() {
+            if let Err(e) = stdin
+                .write_all(deadline_line(deadline).as_bytes())
+                .and_then(|()| stdin.flush())
+            {
+                // The supervisor is gone (and PostgreSQL with it): the next start makes one.
+                c.stdin = None;
+                if self.supervisor.is_some()
+                    && matches!(self.inner.process_state(), Ok(ProcessState::Running { .. }))
+                {
+                    return Err(PgError::Spawn {
+                        program: "supervisor".into(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn postmaster_command(&self) -> Result<Command> {
@@ -77,7 +135,28 @@ impl SupervisedInstance {
         let log2 = log
             .try_clone()
             .map_err(PgError::io("open log", i.log_file()))?;
-        let mut cmd = Command::new("setpriv");
+        let mut cmd = match &self.supervisor {
+            Some(program) => {
+                let deadline = self.control.lock().ok().and_then(|c| c.deadline);
+                let mut c = Command::new(program);
+                c.arg(SUPERVISE_ARG)
+                    .arg("--deadline")
+                    .arg(
+                        deadline
+                            .map(|d| d.as_nanos().to_string())
+                            .unwrap_or_else(|| "none".into()),
+                    )
+                    .arg("--")
+                    .arg("setpriv")
+                    .stdin(Stdio::piped());
+                c
+            }
+            None => {
+                let mut c = Command::new("setpriv");
+                c.stdin(Stdio::null());
+                c
+            }
+        };
         cmd.args(["--pdeathsig", "KILL"]);
         if let Some(u) = i.run_as() {
             cmd.arg(format!("--reuid={}", u.uid))
@@ -86,13 +165,17 @@ impl SupervisedInstance {
                 .env("HOME", &u.home)
                 .env("USER", &u.name);
         }
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.arg("--")
             .arg(i.bins().tool("postgres"))
             .arg("-D")
             .arg(i.data_dir())
             .current_dir("/")
             .env("LC_ALL", "C.UTF-8")
-            .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
         Ok(cmd)
@@ -124,7 +207,7 @@ impl PgControl for SupervisedInstance {
                 program: "postgres".into(),
                 source: std::io::Error::other("spawner thread gone"),
             })?;
-        let pid = tokio::task::spawn_blocking(move || rx.recv())
+        let (pid, stdin) = tokio::task::spawn_blocking(move || rx.recv())
             .await
             .ok()
             .and_then(|r| r.ok())
@@ -136,6 +219,9 @@ impl PgControl for SupervisedInstance {
                 program: "setpriv/postgres".into(),
                 source,
             })?;
+        if let Ok(mut c) = self.control.lock() {
+            c.stdin = stdin;
+        }
         let deadline = Instant::now() + i.timeout();
         loop {
             if i.connect_params().connect().await.is_ok() {

@@ -30,13 +30,24 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         d.because("no leader: we confirmed failsafe to the old leader; not taking the lease yet");
         return;
     }
+    // A request restricts the election to its target only once it is due and while it is
+    // fresh; a switchover scheduled for later (`--at`) never keeps a dead primary unreplaced.
     let fresh_request = view.switchover.as_ref().filter(|r| {
-        inp.wall_ms
-            .saturating_sub(r.at_ms.unwrap_or(r.requested_ms).max(r.requested_ms))
-            < ctx.t.request_fresh.as_millis() as u64
+        let due = r.at_ms.unwrap_or(r.requested_ms).max(r.requested_ms);
+        inp.wall_ms >= due && inp.wall_ms - due < ctx.t.request_fresh.as_millis() as u64
     });
     let standby = ctx.standby_source(view).is_some();
-    let rules = Rules {
+    if !standby
+        && inp.local.pg_state == crate::dcs::PgState::Stopped
+        && inp.local.role == MemberRole::Replica
+    {
+        // A stopped replica is not electable: start it read-only first (with every replica
+        // stopped and no leader, nobody could ever be elected otherwise).
+        d.because("no leader: starting PostgreSQL read-only so this node can be elected");
+        d.spawn(ctx, now, crate::action::Job::StartReadOnly);
+        return;
+    }
+    let mut rules = Rules {
         mode: ctx.cfg.replication.mode,
         max_lag_bytes: ctx.cfg.failover.maximum_lag_on_failover.bytes(),
         status: view.status.as_ref(),
@@ -53,7 +64,12 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
             m.lsn = Some(m.lsn.map_or(*lsn, |old| old.max(*lsn)));
         }
     }
-    let best = election::best(members.values(), &rules).map(|b| b.name.clone());
+    let mut best = election::best(members.values(), &rules).map(|b| b.name.clone());
+    if best.is_none() && rules.request.is_some() {
+        // The request's target cannot be promoted (down, lagging): the best other node can.
+        rules.request = None;
+        best = election::best(members.values(), &rules).map(|b| b.name.clone());
+    }
     let first_copy = standby
         && best.is_none()
         && members

@@ -78,8 +78,19 @@ fn follow_leader(
                 leader.name
             ));
         }
+        (PgState::Running, MemberRole::Primary) => {
+            // A primary we cannot query (stuck, out of connections): it may take writes.
+            d.fence(format!(
+                "{} holds the leader key and our PostgreSQL, a primary on disk, does not answer",
+                leader.name
+            ));
+            d.because(format!(
+                "follower of {}: our unanswering PostgreSQL is a primary on disk: fenced",
+                leader.name
+            ));
+        }
         (PgState::Running, _) if !obs.reachable => {
-            // Starting up, in crash recovery, or a dying postmaster: look again next tick.
+            // Starting up or in crash recovery as a replica: look again next tick.
             d.because(format!(
                 "follower of {}: PostgreSQL does not answer yet",
                 leader.name
@@ -91,21 +102,39 @@ fn follow_leader(
             });
             if obs.streaming {
                 d.next.timers.not_streaming_since = None;
+                d.next.rewind_attempts = 0;
                 d.because(format!("follower of {}: streaming from {up}", leader.name));
                 return;
             }
             let since = *d.next.timers.not_streaming_since.get_or_insert(now);
             retry_slot_on(ctx, d, inp, &up, since);
-            let leader_tl = view.members.get(&up).and_then(|m| m.timeline);
-            if now.duration_since(since) > ctx.t.rewind_after_not_streaming
-                && leader_tl > obs.timeline
+            // A replica that cannot stream from a running leader for a while may have WAL the
+            // leader does not (it replayed a timeline that is gone: SQL cannot tell, the
+            // receiver's timeline is only visible while it streams; or the leader is a stopped
+            // old primary elected when the newer timeline's nodes were gone). pg_rewind finds
+            // out ("no rewind required" costs a restart): tried with a doubling wait.
+            let leader_up = view
+                .members
+                .get(&leader.name)
+                .is_some_and(|m| m.pg_state == PgState::Running && m.role == MemberRole::Primary);
+            let wait = ctx.t.rewind_after_not_streaming * (1u32 << d.next.rewind_attempts.min(6));
+            if now.duration_since(since) > wait
+                && up == leader.name
+                && leader_up
+                && inp.probes.leader_refused != Some(true)
             {
+                if let Some(why) = not_checkpointed(view, leader) {
+                    d.because(format!("follower of {}: {why}", leader.name));
+                    return;
+                }
                 d.because(format!(
-                    "follower of {}: not streaming from {up} for {:?} on an older timeline: rewinding",
-                    leader.name, ctx.t.rewind_after_not_streaming
+                    "follower of {}: not streaming from {up} for {wait:?}: rewinding",
+                    leader.name
                 ));
-                d.next.needs_rewind = true;
-                d.spawn(ctx, now, Job::StopForRewind);
+                if d.spawn(ctx, now, Job::StopForRewind) {
+                    d.next.needs_rewind = true;
+                    d.next.rewind_attempts += 1;
+                }
             } else {
                 d.because(format!(
                     "follower of {}: not streaming from {up} yet",
@@ -117,6 +146,12 @@ fn follow_leader(
             // pg_rewind takes the leader as source (a first copy comes from the chosen
             // upstream); a cascading node re-points at its own upstream once it runs.
             let rewind = role == MemberRole::Primary || d.next.needs_rewind;
+            if rewind && role != MemberRole::Uninitialized {
+                if let Some(why) = not_checkpointed(view, leader) {
+                    d.because(format!("follower of {}: {why}", leader.name));
+                    return;
+                }
+            }
             let source = if rewind { leader.name.clone() } else { up };
             let job = if role == MemberRole::Uninitialized {
                 Job::StartReplica {
@@ -127,7 +162,6 @@ fn follow_leader(
             } else if d.next.failed_starts >= ctx.t.reclone_after_failed_starts {
                 // pg_rewind could not make this data dir follow the leader's history: keep it
                 // aside and clone afresh.
-                d.next.failed_starts = 0;
                 Job::Reclone { upstream: source }
             } else {
                 Job::StartReplica {
@@ -137,8 +171,31 @@ fn follow_leader(
                 }
             };
             d.because(format!("follower of {}: {}", leader.name, job.name()));
-            d.spawn(ctx, now, job);
+            let reclone = matches!(job, Job::Reclone { .. });
+            if d.spawn(ctx, now, job) && reclone {
+                d.next.failed_starts = 0;
+            }
         }
+    }
+}
+
+/// pg_rewind reads the source's timeline from its control file, which a new primary updates
+/// only at its first checkpoint after the promotion: rewinding from it before that sees "the
+/// same timeline" and leaves a diverged data dir as it is (or one that cannot start). The
+/// leader checkpoints right after promoting and publishes the checkpoint's timeline.
+fn not_checkpointed(view: &ClusterView, leader: &LeaderInfo) -> Option<String> {
+    let m = view.members.get(&leader.name);
+    match m.map(|m| (m.pg_state, m.role, m.timeline, m.checkpoint_timeline)) {
+        Some((PgState::Running, MemberRole::Primary, Some(tl), Some(ck))) if ck >= tl => None,
+        Some((PgState::Running, MemberRole::Primary, Some(tl), ck)) => Some(format!(
+            "waiting for {}'s checkpoint after its promotion (timeline {tl}, checkpoint on {}) before pg_rewind",
+            leader.name,
+            ck.map_or("?".to_string(), |c| c.to_string())
+        )),
+        _ => Some(format!(
+            "waiting for {} to publish itself as a running primary before pg_rewind",
+            leader.name
+        )),
     }
 }
 
@@ -219,7 +276,12 @@ fn retry_slot_on(
 }
 
 /// The leader's PostgreSQL and agent ports both refuse connections on consecutive ticks: its
-/// processes are gone while its host answers. Revoke its lease instead of waiting the TTL.
+/// processes are gone while its host answers. Revoke its lease instead of waiting the TTL,
+/// but never on one observer's word (a firewall rule can reset one node's connections to a
+/// healthy leader, and a frozen leader agent also stops refreshing its key: seed 51): another
+/// member must report the same refusals, and the leader's member key must have stopped
+/// changing for `dead_leader_stale`. With one replica there is no second observer: the lease
+/// runs out instead.
 fn detect_dead_leader(
     ctx: &Ctx,
     d: &mut Decision,
@@ -228,6 +290,7 @@ fn detect_dead_leader(
     leader: &LeaderInfo,
 ) {
     let Some(refused) = inp.probes.leader_refused else {
+        d.next.leader_watch = None;
         return;
     };
     let Some(m) = view.members.get(&leader.name) else {
@@ -236,27 +299,35 @@ fn detect_dead_leader(
         d.next.leader_watch = None;
         return;
     };
-    let w = match d.next.leader_watch.take() {
+    let now = inp.now;
+    let mut w = match d.next.leader_watch.take() {
         Some(w) if w.leader == leader.name && w.lease == leader.lease => w,
         _ => LeaderWatch {
             leader: leader.name.clone(),
             lease: leader.lease,
             refused_hits: 0,
             member_stamp: Some(m.updated_ms),
-            stamp_since: inp.now,
+            stamp_since: now,
         },
     };
-    let mut w = w;
+    if w.member_stamp != Some(m.updated_ms) {
+        w.member_stamp = Some(m.updated_ms);
+        w.stamp_since = now;
+    }
     w.refused_hits = if refused { w.refused_hits + 1 } else { 0 };
-    if w.refused_hits >= 2 {
+    let stale = now.duration_since(w.stamp_since);
+    let seconded = view
+        .members
+        .values()
+        .any(|o| o.name != ctx.name() && o.name != leader.name && o.suspects == Some(leader.lease));
+    if w.refused_hits >= 2 && seconded && stale >= ctx.t.dead_leader_stale {
         w.refused_hits = 0;
         d.act(Action::RevokeLeader(leader.clone()));
         d.again = true;
         d.because(format!(
-            "{}'s PostgreSQL and agent ports refuse connections: revoking its lease",
+            "{}'s PostgreSQL and agent ports refuse connections (another member sees it too) and its member key is {stale:?} old: revoking its lease",
             leader.name
         ));
     }
-    let _ = ctx;
     d.next.leader_watch = Some(w);
 }

@@ -52,7 +52,7 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         return;
     }
     if obs.in_recovery() {
-        promote(ctx, d, inp);
+        promote(ctx, d, inp, view);
         return;
     }
     status_and_slots(ctx, d, inp, view);
@@ -60,12 +60,23 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         plan::sync(ctx, d, inp, view);
     }
     d.because("leader: primary running");
+    if let (Some(tl), Some(ck)) = (obs.timeline, obs.checkpoint_timeline) {
+        if ck < tl {
+            // The checkpoint after our promotion did not happen (the job was cut short):
+            // followers wait for it before they rewind from us.
+            d.because(format!(
+                "leader: checkpoint (pg_control is on timeline {ck}, we are on {tl})"
+            ));
+            d.spawn(ctx, now, Job::Checkpoint);
+            return;
+        }
+    }
     if let Some(req) = view.switchover.clone() {
         hand_over(ctx, d, inp, view, &req);
     }
 }
 
-fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
+fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
     let mut sync_names = None;
     if ctx.cfg.replication.mode == ReplicationMode::Sync {
         // No acknowledged commit can be lost: this node was a synchronous standby. Until a
@@ -81,13 +92,22 @@ fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
         });
     }
     d.next.pending_sync = None;
+    let floor = view
+        .members
+        .values()
+        .filter_map(|m| m.timeline)
+        .chain(view.status.as_ref().map(|s| s.timeline))
+        .chain(inp.local.timeline)
+        .chain(d.next.seen_timeline)
+        .max();
     d.because("leader: promoting (our PostgreSQL is in recovery)");
     d.spawn(
         ctx,
         inp.now,
         Job::Promote {
             sync_names,
-            checkpoint: false,
+            timeline_floor: floor,
+            checkpoint: true,
         },
     );
 }

@@ -76,6 +76,11 @@ impl Ctx {
 
     /// Our member key, from this tick's observation.
     pub fn member(&self, inp: &Inputs) -> MemberState {
+        self.member_with(inp, None)
+    }
+
+    /// Our member key, naming the leader lease we suspect dead.
+    pub fn member_with(&self, inp: &Inputs, suspects: Option<crate::dcs::LeaseId>) -> MemberState {
         let o = &inp.local;
         MemberState {
             name: self.me.name.clone(),
@@ -91,6 +96,7 @@ impl Ctx {
             nofailover: self.me.nofailover,
             updated_ms: inp.wall_ms,
             checkpoint_timeline: o.checkpoint_timeline,
+            suspects,
         }
     }
 }
@@ -106,11 +112,11 @@ impl Decision {
 
     /// Starts `job` in the background (one at a time), not sooner than a loop after a job
     /// failed (a failing step is retried once per loop, not in a spin).
-    fn spawn(&mut self, ctx: &Ctx, now: Instant, job: Job) {
+    fn spawn(&mut self, ctx: &Ctx, now: Instant, job: Job) -> bool {
         if let Some(f) = self.next.timers.job_failed {
             if now.duration_since(f) < ctx.t.loop_wait {
                 self.reason.push_str(" (retried next loop)");
-                return;
+                return false;
             }
         }
         let id = self.next.next_job_id;
@@ -121,6 +127,7 @@ impl Decision {
             started: now,
         });
         self.act(Action::Spawn { id, job });
+        true
     }
 
     /// Stops PostgreSQL at once; the agent becomes `Fenced`.
@@ -160,11 +167,54 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
         DcsRead::Ok { session, view } => with_dcs(ctx, &mut d, inp, session, view),
         DcsRead::Unreachable { since, session, .. } => {
             d.next.timers.dcs_unreachable_since = Some(*since);
+            expire_session(ctx, &mut d, inp, session);
             nodcs::without_dcs(ctx, &mut d, inp, session);
+        }
+    }
+    guard(&mut d);
+    if d.next.role != mem.role {
+        // A change of synchronous standbys belongs to the role that started it.
+        if !matches!(d.next.role, Role::Leader) {
+            d.next.pending_sync = None;
         }
     }
     watchdog(ctx, &mut d, inp);
     d
+}
+
+/// Our lease may have expired while the DCS could not confirm it: after a TTL without a
+/// successful renewal it certainly has. Then we hold nothing, and we need a new session (the
+/// old one is never renewed again).
+fn expire_session(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead) {
+    let SessionRead::Failed { .. } = session else {
+        return;
+    };
+    let Some(s) = d.next.session else { return };
+    if inp.now.duration_since(s.renewed_at) < ctx.t.ttl {
+        return;
+    }
+    d.next.session = None;
+    if d.next.role.holds_lease() {
+        d.next.role = Role::NoLeader;
+    }
+    d.act(Action::GrantSession);
+}
+
+/// Whatever the role logic decided: a job that may make PostgreSQL writable only runs while
+/// we hold the lease (a start or promotion that outlasted the lease is stopped, and
+/// PostgreSQL with it).
+fn guard(d: &mut Decision) {
+    let leased = d.next.role.holds_lease() && d.next.session.is_some();
+    let writable_job = d
+        .next
+        .job
+        .as_ref()
+        .filter(|j| j.job.may_make_writable())
+        .map(|j| j.job.name());
+    if let (false, Some(job)) = (leased, writable_job) {
+        d.fence(format!("{job} was running when we lost the lease"));
+        d.because(format!("lost the lease during {job}: fenced"));
+    }
 }
 
 /// Folds the previous tick's outcomes and the API's events into memory.
@@ -175,6 +225,10 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
                 let until = *at + ctx.t.failsafe_quarantine;
                 let q = &mut d.next.timers.quarantine_until;
                 *q = Some(q.map_or(until, |old| old.max(until)));
+            }
+            Event::PromiseInherited { until } => {
+                let q = &mut d.next.timers.quarantine_until;
+                *q = Some(q.map_or(*until, |old| old.max(*until)));
             }
         }
     }
@@ -291,7 +345,9 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
             return;
         }
         SessionRead::Failed { .. } => {
-            // The renewal failed: as if the DCS could not be reached.
+            // The renewal failed: as if the DCS could not be reached (and after a TTL, a new
+            // session: the old lease is gone for sure).
+            expire_session(ctx, d, inp, session);
             nodcs::without_dcs(ctx, d, inp, session);
             return;
         }
@@ -303,13 +359,22 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         }
     }
     let Some(s) = d.next.session else { return };
+    let suspects = d
+        .next
+        .leader_watch
+        .as_ref()
+        .filter(|w| w.refused_hits > 0)
+        .map(|w| w.lease);
     d.act(Action::PublishMember {
         lease: s.lease,
-        member: ctx.member(inp),
+        member: ctx.member_with(inp, suspects),
     });
     let me = ctx.name();
     if view.config.paused {
-        let ours = view.leader.as_ref().is_some_and(|l| l.name == me);
+        let ours = view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.name == me && l.lease == s.lease);
         if ours && !d.next.role.holds_lease() {
             d.next.role = Role::Leader;
         } else if !ours && d.next.role.holds_lease() {
@@ -319,14 +384,59 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         return;
     }
     match view.leader.clone() {
-        Some(l) if l.name == me => leader::lead(ctx, d, inp, view),
+        // Ours only when it sits on our own session: a key with our name on another lease
+        // was made by a predecessor (this agent restarted) and expires with it.
+        Some(l) if l.name == me && l.lease == s.lease => leader::lead(ctx, d, inp, view),
+        Some(l) if l.name == me => {
+            d.act(Action::TakeOverLeader {
+                lease: s.lease,
+                revision: l.revision,
+            });
+            d.again = true;
+            d.because(format!(
+                "the leader key names us but sits on lease {} (a predecessor's): taking it over with ours",
+                l.lease
+            ));
+        }
         Some(l) => follower::follow(ctx, d, inp, view, &l),
         None => elect::elect(ctx, d, inp, view),
     }
 }
 
-/// The supervisor's deadline. (Not armed yet.)
-fn watchdog(_ctx: &Ctx, _d: &mut Decision, _inp: &Inputs) {}
+/// The supervisor's deadline: PostgreSQL is killed unless the agent keeps proving, in time,
+/// that it may take writes. While we hold the lease the deadline is `watchdog_after` past the
+/// newest proof (the start of the last lease renewal, or of the last failsafe round every
+/// other agent confirmed); a frozen or wedged agent proves nothing more and PostgreSQL dies
+/// before the lease can expire for the others. A PostgreSQL that is (or may become) a
+/// primary without the lease keeps the deadline it had: never extended. A replica with no
+/// writable job needs none.
+fn watchdog(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
+    let local_primary = inp.local.pg_state == crate::dcs::PgState::Running
+        && inp.local.role != crate::dcs::MemberRole::Replica;
+    let writable_job = d
+        .next
+        .job
+        .as_ref()
+        .is_some_and(|j| j.job.may_make_writable());
+    let leased = d.next.role == Role::Leader;
+    let deadline = match (leased, d.next.session) {
+        (true, Some(s)) => {
+            let proof = d
+                .next
+                .timers
+                .failsafe_ok
+                .map_or(s.renewed_at, |f| f.max(s.renewed_at));
+            Some(proof + ctx.t.watchdog_after)
+        }
+        _ if local_primary || writable_job => Some(d.next.watchdog.unwrap_or(inp.now)),
+        _ => None,
+    };
+    if deadline != d.next.watchdog || deadline.is_some() {
+        d.next.watchdog = deadline;
+        // First: before a job that may make PostgreSQL writable starts.
+        d.actions.insert(0, Action::Watchdog { deadline });
+    }
+}
 
 #[cfg(test)]
 mod tests;

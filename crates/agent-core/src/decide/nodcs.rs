@@ -1,10 +1,16 @@
 //! The DCS cannot be read: nobody can take the key, so nothing is promoted; a leader stops
 //! PostgreSQL before its lease can expire for the others, unless failsafe holds.
+//!
+//! The leader's right to serve rests on a proof: the start of its last lease renewal, or of
+//! its last failsafe round that every other agent confirmed (each of them then promised not
+//! to take the lease for `failsafe_quarantine`, counted from its answer, which came after the
+//! round started). It serves until `fence_after` past the newest proof; the supervisor's
+//! deadline (`watchdog_after` past it) backs that up when this agent cannot act.
 
 use super::{Ctx, Decision};
 use crate::action::Action;
 use crate::dcs::PgState;
-use crate::inputs::{Inputs, Outcome, SessionRead};
+use crate::inputs::{Inputs, SessionRead};
 use crate::memory::Role;
 
 pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &SessionRead) {
@@ -21,41 +27,40 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         return;
     }
     let t = &ctx.t;
-    let since = d
-        .next
-        .session
-        .map(|s| now.duration_since(s.renewed_at))
-        .unwrap_or(std::time::Duration::MAX);
-    if since < t.fence_after {
-        d.because(format!(
-            "DCS unreachable for {since:?}: leader keeps serving"
-        ));
+    let Some(s) = d.next.session else {
+        d.fence("DCS unreachable and no session");
+        d.because("DCS unreachable without a session: fenced");
         return;
-    }
-    let failed_round = inp
-        .outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Failsafe { ok: false, .. }));
-    if ctx.cfg.failover.failsafe && inp.local.pg_state == PgState::Running {
-        if failed_round {
-            d.fence(format!(
-                "DCS unreachable for {since:?} and failsafe not confirmed by every other agent"
-            ));
-            d.because("DCS unreachable, failsafe not confirmed: fenced");
-            return;
-        }
-        if d.next.timers.failsafe_asked.is_none() {
-            d.next.timers.failsafe_asked = Some(now);
-            d.act(Action::AskFailsafe);
-            d.again = true;
-        }
-        d.because(format!(
-            "DCS unreachable for {since:?}: failsafe, asking every other agent"
-        ));
-    } else {
+    };
+    let proof = d
+        .next
+        .timers
+        .failsafe_ok
+        .map_or(s.renewed_at, |f| f.max(s.renewed_at));
+    let since = now.duration_since(proof);
+    if since >= t.fence_after {
         d.fence(format!(
-            "DCS unreachable for {since:?}; the lease may expire"
+            "DCS unreachable: no lease renewal{} for {since:?}; the lease may expire",
+            if ctx.cfg.failover.failsafe {
+                " nor failsafe confirmation by every other agent"
+            } else {
+                ""
+            }
         ));
         d.because("DCS unreachable: fenced before the lease can expire");
+        return;
     }
+    if ctx.cfg.failover.failsafe
+        && inp.local.pg_state == PgState::Running
+        && d.next.timers.failsafe_asked.is_none()
+    {
+        // A round every tick while the DCS is away, from the first failed read: by the time
+        // the lease could run out, the newest confirmation is at most a tick old.
+        d.next.timers.failsafe_asked = Some(now);
+        d.act(Action::AskFailsafe);
+    }
+    d.because(format!(
+        "DCS unreachable: leader keeps serving until {:?} past its last lease renewal or confirmed failsafe round",
+        t.fence_after
+    ));
 }

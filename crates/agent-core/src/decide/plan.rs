@@ -73,11 +73,18 @@ pub(super) fn slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
 }
 
 /// Keeps `sync_standbys` streaming standbys synchronous and /sync naming only standbys that
-/// hold every acknowledged commit: names are added to /sync only after the standby caught up
-/// past the LSN at which PostgreSQL started waiting for it, and removed from /sync before
-/// PostgreSQL stops waiting for them.
+/// hold every acknowledged commit. synchronous_standby_names is always `FIRST k (k names)`
+/// (every listed standby must confirm each commit), and /sync is always a subset of its names:
+/// - a standby is added to synchronous_standby_names first, and to /sync only once it
+///   flushed past the WAL position at which PostgreSQL started waiting for it;
+/// - a standby leaves /sync first, synchronous_standby_names after;
+/// - a change that adds and removes at once removes first (/sync becomes the intersection),
+///   then adds;
+/// - non-strict: a new standby that disconnects, or has not caught up within
+///   `sync_catchup_timeout`, leaves synchronous_standby_names again (commits must not hang).
 pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
     let me = ctx.name();
+    let now = inp.now;
     let others = ctx.others();
     let eligible =
         |n: &String| others.contains(n) && ctx.cfg.node(n).is_some_and(|c| !c.nofailover);
@@ -88,16 +95,27 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         .filter(|r| eligible(&r.name) && r.streaming)
         .map(|r| (r.name.clone(), r.flush_lsn.unwrap_or_default()))
         .collect();
-    let current: Vec<String> = view
+    let is_healthy = |n: &String| healthy.iter().any(|(h, _)| h == n);
+    let mut current: Vec<String> = view
         .sync
         .as_ref()
         .filter(|s| s.leader == me)
         .map(|s| s.standbys.clone())
         .unwrap_or_default();
+    current.sort();
     let want_n = ctx.cfg.replication.sync_standbys.max(1) as usize;
     let strict = ctx.cfg.failover.sync_strict;
+    let names_for = |names: &[String]| sync_names_for(names.len(), names);
 
     if let Some(p) = d.next.pending_sync.clone() {
+        let ssn_now = inp.local.sync_names.clone().unwrap_or_default();
+        if p.since_lsn.is_none() && ssn_now != names_for(&p.standbys) {
+            // The change did not reach PostgreSQL (a failed ALTER SYSTEM): again.
+            d.act(Action::SetSyncNames {
+                value: names_for(&p.standbys),
+            });
+        }
+        let added: Vec<&String> = p.standbys.iter().filter(|s| !current.contains(s)).collect();
         let caught_up = p.since_lsn.is_some_and(|since| {
             p.standbys
                 .iter()
@@ -109,15 +127,25 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
                 standbys: p.standbys.clone(),
             }));
             d.next.pending_sync = None;
+            return;
+        }
+        let gone = added.iter().any(|s| !is_healthy(s));
+        let slow = now.duration_since(p.since) > ctx.t.sync_catchup_timeout;
+        if !strict && (gone || slow) {
+            // Back to what /sync names: commits stop waiting for the newcomer.
+            d.act(Action::SetSyncNames {
+                value: names_for(&current),
+            });
+            d.next.pending_sync = None;
         }
         return;
     }
 
-    let mut desired: Vec<String> = current
-        .iter()
-        .filter(|s| healthy.iter().any(|(n, _)| n == *s))
-        .cloned()
-        .collect();
+    let mut desired: Vec<String> = current.iter().filter(|s| is_healthy(s)).cloned().collect();
+    if strict && desired.is_empty() {
+        // Strict: keep waiting for the old standbys; /sync keeps naming them.
+        desired = current.clone();
+    }
     let mut by_progress = healthy.clone();
     by_progress.sort_by_key(|x| std::cmp::Reverse(x.1));
     for (n, _) in by_progress {
@@ -129,38 +157,35 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         }
     }
     desired.sort();
-    let mut current_sorted = current.clone();
-    current_sorted.sort();
     let ssn_now = inp.local.sync_names.clone().unwrap_or_default();
-    let names_for = |names: &[String]| sync_names_for(names.len(), names);
-    if desired == current_sorted {
+    if desired == current {
         let want = names_for(&desired);
-        if ssn_now != want && !(desired.is_empty() && strict) {
+        if ssn_now != want {
             d.act(Action::SetSyncNames { value: want });
         }
         return;
     }
-    let added = desired.iter().any(|x| !current_sorted.contains(x));
-    if added {
-        // PostgreSQL first, /sync after the new standbys caught up.
-        d.act(Action::SetSyncNames {
-            value: names_for(&desired),
-        });
+    let keep: Vec<String> = current
+        .iter()
+        .filter(|s| desired.contains(s))
+        .cloned()
+        .collect();
+    if keep.len() < current.len() {
+        // Removals: /sync first, PostgreSQL after.
+        d.act(Action::PutSync(SyncState {
+            leader: me.into(),
+            standbys: keep.clone(),
+        }));
+    }
+    d.act(Action::SetSyncNames {
+        value: names_for(&desired),
+    });
+    if desired.len() > keep.len() {
+        // Additions: /sync names them once they caught up.
         d.next.pending_sync = Some(PendingSync {
             standbys: desired,
             since_lsn: None,
-            since: inp.now,
-        });
-    } else if desired.is_empty() && strict {
-        // Strict: keep waiting for the old standbys; /sync keeps naming them.
-    } else {
-        // Only removals: /sync first, PostgreSQL after.
-        d.act(Action::PutSync(SyncState {
-            leader: me.into(),
-            standbys: desired.clone(),
-        }));
-        d.act(Action::SetSyncNames {
-            value: names_for(&desired),
+            since: now,
         });
     }
 }

@@ -18,7 +18,7 @@ use crate::dcs::{
     PgState, SwitchoverRequest, SyncState,
 };
 use crate::inputs::{Local, StandbyRow};
-use crate::ports::{Peers, PgNode, Target, WallClock, Watchdog};
+use crate::ports::{Peers, PgNode, PromiseStore, Target, WallClock, Watchdog};
 use crate::{CoreError, Result};
 
 /// Where an agent process is: running, stopped (SIGSTOP), or gone.
@@ -271,6 +271,23 @@ impl Dcs for SimDcs {
                 w.dcs.revision += 1;
                 w.dcs.drop_lease(l.lease);
                 w.log(now, &me, format!("DCS: revoked {}'s lease", l.name));
+                if let Some(n) = w.nodes.get(&l.name).filter(|n| n.pg.running) {
+                    // The fast path's evidence (resets from every observer, a stale member
+                    // key) was wrong: a documented limitation, not a violation.
+                    let boot = n.pg.boot;
+                    w.checker.misjudged.insert((l.name.clone(), boot));
+                    w.log(
+                        now,
+                        "CHECK",
+                        format!(
+                            "LIMITATION: the fast path revoked {} while its PostgreSQL ran",
+                            l.name
+                        ),
+                    );
+                    w.checker
+                        .limitations
+                        .push(format!("fast path revoked live leader {}", l.name));
+                }
                 w.dcs.notify();
             }
             same
@@ -278,10 +295,16 @@ impl Dcs for SimDcs {
         .await
     }
 
-    async fn put_status(&self, status: &LeaderStatus) -> Result<()> {
+    async fn put_status(&self, lease: LeaseId, status: &LeaderStatus) -> Result<bool> {
         let s = status.clone();
-        self.op("put status", move |w, _| w.dcs.status = Some(s))
-            .await
+        self.op("put status", move |w, _| {
+            let ours = w.dcs.leader.as_ref().is_some_and(|(_, l, _)| *l == lease);
+            if ours {
+                w.dcs.status = Some(s);
+            }
+            ours
+        })
+        .await
     }
 
     async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool> {
@@ -313,13 +336,25 @@ impl Dcs for SimDcs {
             .await
     }
 
-    async fn put_sync(&self, sync: &SyncState) -> Result<()> {
+    async fn put_sync(&self, lease: LeaseId, sync: &SyncState) -> Result<bool> {
         let s = sync.clone();
         let me = self.h.me.clone();
         self.op("put sync", move |w, now| {
-            w.log(now, &me, format!("DCS: /sync = {:?}", s.standbys));
-            w.dcs.sync = Some(s);
-            w.dcs.notify();
+            let ours = w.dcs.leader.as_ref().is_some_and(|(_, l, _)| *l == lease);
+            if ours {
+                w.log(now, &me, format!("DCS: /sync = {:?}", s.standbys));
+                w.dcs.sync = Some(s);
+                w.dcs.notify();
+            }
+            ours
+        })
+        .await
+    }
+
+    async fn allocate_timeline(&self, at_least: i64) -> Result<i64> {
+        self.op("allocate timeline", move |w, _| {
+            w.dcs.timeline = (w.dcs.timeline + 1).max(at_least);
+            w.dcs.timeline
         })
         .await
     }
@@ -464,6 +499,10 @@ impl SimPg {
             ));
         }
         if !pg.in_recovery() {
+            // Crash recovery of a primary ends with a checkpoint.
+            if let Some(d) = pg.data.as_mut() {
+                d.control_tli = d.tli;
+            }
             w.became_writable(now, &me);
         }
         Ok(())
@@ -543,7 +582,7 @@ impl PgNode for SimPg {
         self.stop(StopMode::Immediate).await
     }
 
-    async fn promote(&self) -> Result<()> {
+    async fn promote(&self, timeline_floor: Option<i64>) -> Result<()> {
         self.h.latency(1, 3).await;
         let boot = {
             let mut w = self.h.lock();
@@ -560,6 +599,7 @@ impl PgNode for SimPg {
             }
             if pg.promote_at.is_none() {
                 pg.promote_at = Some(now + delay);
+                pg.timeline_floor = timeline_floor;
                 w.log(now, &me, format!("pg_promote (completes in {delay:?})"));
             }
             w.pg(&me).boot
@@ -662,7 +702,8 @@ impl PgNode for SimPg {
             return Err(CoreError::simulated("pg_rewind", "no data directory"));
         };
         if sd.control_tli == td.tli {
-            // pg_rewind reads the source's timeline from its control file.
+            // pg_rewind compares the source's control-file timeline with the target's (for a
+            // standby target: the timeline it replayed up to, minRecoveryPointTLI).
             w.log(
                 now,
                 &me,
@@ -671,7 +712,8 @@ impl PgNode for SimPg {
             return Ok(());
         }
         td.wal = sd.wal.clone();
-        td.tli = sd.tli;
+        // The target's control file gets the source's timeline as pg_rewind read it.
+        td.tli = sd.control_tli;
         td.control_tli = sd.control_tli;
         td.broken = (sd.control_tli != sd.tli).then(|| {
             format!(
@@ -873,11 +915,13 @@ impl Peers for SimPeers {
 #[derive(Debug, Clone)]
 pub struct SimWatchdog {
     pub h: Handle,
+    /// Never kill (a simulation without the supervisor's deadline).
+    pub ignore: bool,
 }
 
 impl Watchdog for SimWatchdog {
     fn arm(&self, deadline: Option<Instant>) -> Result<()> {
-        if self.h.gate.state() == AgentState::Dead {
+        if self.ignore || self.h.gate.state() == AgentState::Dead {
             return Ok(());
         }
         let me = self.h.me.clone();
@@ -886,6 +930,24 @@ impl Watchdog for SimWatchdog {
             n.watchdog = deadline;
         }
         Ok(())
+    }
+}
+
+/// The failsafe promise, kept in the world (as on the node's disk).
+#[derive(Debug, Clone)]
+pub struct SimPromises {
+    pub h: Handle,
+}
+
+impl PromiseStore for SimPromises {
+    fn save(&self, until_ms: u64) -> Result<()> {
+        let me = self.h.me.clone();
+        self.h.lock().promise_store.insert(me, until_ms);
+        Ok(())
+    }
+
+    fn load(&self) -> Option<u64> {
+        self.h.lock().promise_store.get(&self.h.me).copied()
     }
 }
 

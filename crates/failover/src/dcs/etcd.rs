@@ -177,6 +177,27 @@ impl EtcdDcs {
     }
 }
 
+impl EtcdDcs {
+    /// Puts `key` only while the leader key is on `lease` (one transaction).
+    async fn put_if_leader<T: Serialize>(
+        &self,
+        op: &'static str,
+        key: &str,
+        value: &T,
+        lease: LeaseId,
+    ) -> Result<bool> {
+        let body = serde_json::to_vec(value).map_err(|source| CoreError::Decode {
+            key: key.into(),
+            source,
+        })?;
+        let txn = Txn::new()
+            .when([Compare::lease(self.key("leader"), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(self.key(key), body, None)]);
+        let mut c = self.client();
+        Ok(self.bounded(op, c.txn(txn)).await?.succeeded())
+    }
+}
+
 fn etcd_err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> CoreError {
     move |e| CoreError::Dcs {
         op,
@@ -366,8 +387,9 @@ impl Dcs for EtcdDcs {
         Ok(deleted)
     }
 
-    async fn put_status(&self, status: &LeaderStatus) -> Result<()> {
-        self.put_json("put status", "status", status, None).await
+    async fn put_status(&self, lease: LeaseId, status: &LeaderStatus) -> Result<bool> {
+        self.put_if_leader("put status", "status", status, lease)
+            .await
     }
 
     async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool> {
@@ -402,8 +424,49 @@ impl Dcs for EtcdDcs {
         Ok(())
     }
 
-    async fn put_sync(&self, sync: &SyncState) -> Result<()> {
-        self.put_json("put sync", "sync", sync, None).await
+    async fn put_sync(&self, lease: LeaseId, sync: &SyncState) -> Result<bool> {
+        self.put_if_leader("put sync", "sync", sync, lease).await
+    }
+
+    async fn allocate_timeline(&self, at_least: i64) -> Result<i64> {
+        let key = self.key("timeline");
+        for _ in 0..10 {
+            let mut c = self.client();
+            let resp = self
+                .bounded("get timeline", c.get(key.clone(), None))
+                .await?;
+            let (stored, rev) = match resp.kvs().first() {
+                Some(kv) => (
+                    std::str::from_utf8(kv.value())
+                        .ok()
+                        .and_then(|v| v.trim().parse::<i64>().ok())
+                        .unwrap_or(0),
+                    kv.mod_revision(),
+                ),
+                None => (0, 0),
+            };
+            let next = (stored + 1).max(at_least);
+            let cmp = if rev == 0 {
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, rev)
+            };
+            let txn =
+                Txn::new()
+                    .when([cmp])
+                    .and_then([TxnOp::put(key.clone(), next.to_string(), None)]);
+            if self
+                .bounded("allocate timeline", c.txn(txn))
+                .await?
+                .succeeded()
+            {
+                return Ok(next);
+            }
+        }
+        Err(CoreError::refused(
+            "allocate a timeline",
+            "the timeline key kept changing under us",
+        ))
     }
 
     async fn watch(&self) -> Result<mpsc::Receiver<()>> {
