@@ -66,8 +66,6 @@ pub enum Action {
         node: String,
         slot: String,
     },
-    /// Ask every other agent whether it cannot reach the DCS either.
-    AskFailsafe,
     /// The supervisor kills PostgreSQL at `deadline` unless told a later one; None: no
     /// deadline (this node cannot take writes).
     Watchdog {

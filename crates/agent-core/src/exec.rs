@@ -218,38 +218,6 @@ impl Executor {
                 fx.peers.create_slot_on(node, slot).await?;
                 out.push(Outcome::SlotRetried);
             }
-            Action::AskFailsafe => {
-                let started = Instant::now();
-                let me = self.ctx.name().to_string();
-                let asks: Vec<_> = self
-                    .ctx
-                    .others()
-                    .into_iter()
-                    .map(|n| {
-                        let peers = fx.peers.clone();
-                        let me = me.clone();
-                        tokio::spawn(async move {
-                            let r = peers.ask_failsafe(&n, &me).await;
-                            (n, r)
-                        })
-                    })
-                    .collect();
-                let mut ok = true;
-                for a in asks {
-                    match a.await {
-                        Ok((_, Ok(()))) => {}
-                        Ok((n, Err(e))) => {
-                            tracing::warn!(node = %me, peer = %n, "failsafe not confirmed: {e}");
-                            ok = false;
-                        }
-                        Err(e) => {
-                            tracing::warn!(node = %me, "failsafe question lost: {e}");
-                            ok = false;
-                        }
-                    }
-                }
-                out.push(Outcome::Failsafe { started, ok });
-            }
             Action::Watchdog { deadline } => fx.watchdog.arm(*deadline)?,
         }
         Ok(())
@@ -418,7 +386,6 @@ fn action_name(a: &Action) -> &'static str {
         Action::CreateSlot { .. } => "create slot",
         Action::DropSlot { .. } => "drop slot",
         Action::CreateSlotOn { .. } => "create our slot on the upstream",
-        Action::AskFailsafe => "ask failsafe",
         Action::Watchdog { .. } => "watchdog",
     }
 }

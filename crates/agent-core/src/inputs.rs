@@ -130,6 +130,9 @@ pub struct Probes {
     pub leader_refused: Option<bool>,
     /// No leader: received (else replayed) WAL position read live from each running replica.
     pub positions: BTreeMap<String, Lsn>,
+    /// Leader, DCS unreachable on the last tick (failsafe on): every other agent promised not
+    /// to take the lease; Ok holds the earliest of the questions they answered yes to.
+    pub failsafe: Option<Result<Instant, String>>,
 }
 
 /// The result of an action, delivered to the next tick.
@@ -152,11 +155,6 @@ pub enum Outcome {
         id: u64,
         job: Job,
         error: Option<String>,
-    },
-    /// A failsafe round started at `started`: every other agent confirmed, or not.
-    Failsafe {
-        started: Instant,
-        ok: bool,
     },
     /// pgha-node.conf now points at `upstream` (a node, or the primary site).
     PointedAt {

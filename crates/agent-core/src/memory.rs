@@ -88,8 +88,6 @@ pub struct Timers {
     pub failsafe_ok: Option<Instant>,
     /// The last background job failed then: the next one waits a loop.
     pub job_failed: Option<Instant>,
-    /// A failsafe round is in flight since then.
-    pub failsafe_asked: Option<Instant>,
 }
 
 /// Everything the agent carries from one tick to the next.

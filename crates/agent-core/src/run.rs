@@ -17,6 +17,53 @@ use crate::inputs::{DcsRead, Event, Inputs, Outcome, Probes, SessionRead};
 use crate::memory::Memory;
 use crate::shared::{Shared, Snapshot};
 
+/// How often a failsafe question a peer refused is asked again within one round.
+const FAILSAFE_RETRY: Duration = Duration::from_millis(100);
+
+/// Asks every other agent (concurrently) whether it cannot reach the DCS either; one that
+/// says no (it has not noticed yet) is asked again until `within` has passed. Ok: every one
+/// confirmed, with the earliest moment one of the confirmed questions was sent (each promise
+/// runs from its answer, which came later).
+async fn failsafe_round(ctx: &Ctx, fx: &Effects, within: Duration) -> Result<Instant, String> {
+    let until = Instant::now() + within;
+    let me = ctx.name().to_string();
+    let asks: Vec<_> = ctx
+        .others()
+        .into_iter()
+        .map(|n| {
+            let peers = fx.peers.clone();
+            let me = me.clone();
+            tokio::spawn(async move {
+                loop {
+                    let sent = Instant::now();
+                    match peers.ask_failsafe(&n, &me).await {
+                        Ok(()) => return Ok(sent),
+                        Err(e) if Instant::now() + FAILSAFE_RETRY > until => {
+                            return Err(format!("{n}: {e}"))
+                        }
+                        Err(_) => tokio::time::sleep(FAILSAFE_RETRY).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut earliest: Option<Instant> = None;
+    let mut failed = Vec::new();
+    for a in asks {
+        match a.await {
+            Ok(Ok(sent)) => earliest = Some(earliest.map_or(sent, |e| e.min(sent))),
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(format!("question lost: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        tracing::warn!(node = %me, "failsafe not confirmed: {}", failed.join("; "));
+        return Err(failed.join("; "));
+    }
+    // No other node: nobody could take the lease.
+    Ok(earliest.unwrap_or(until - within))
+}
+
 /// Immediate re-ticks in a row before the loop waits again (no spinning on a step that keeps
 /// asking for one).
 const MAX_AGAIN: u32 = 5;
@@ -172,7 +219,18 @@ impl Agent {
                 }
             }
         };
-        let (session, view) = tokio::join!(renew, fx.dcs.view());
+        // A leader that could not reach the DCS last tick asks the others at the same time.
+        let ask = self.ctx.cfg.failover.failsafe
+            && self.mem.role == crate::memory::Role::Leader
+            && self.mem.timers.dcs_unreachable_since.is_some();
+        let round = async {
+            if ask {
+                Some(failsafe_round(&self.ctx, &fx, self.ctx.t.dcs_timeout).await)
+            } else {
+                None
+            }
+        };
+        let (session, view, failsafe) = tokio::join!(renew, fx.dcs.view(), round);
         // Decisions about time (fence before the lease can expire) use the clock after the
         // reads, not before: the reads may have waited for their timeouts.
         let now = Instant::now();
@@ -184,11 +242,12 @@ impl Agent {
                 error: e.to_string(),
             },
         };
-        let probes = match &dcs {
+        let mut probes = match &dcs {
             DcsRead::Ok { view, .. } => self.probe(&fx, view).await,
             DcsRead::Unreachable { .. } => Probes::default(),
         };
-        let now = if probes == Probes::default() {
+        probes.failsafe = failsafe;
+        let now = if probes.leader_refused.is_none() && probes.positions.is_empty() {
             now
         } else {
             Instant::now()

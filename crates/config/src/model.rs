@@ -98,7 +98,12 @@ pub struct FailoverSection {
     /// suspended and no failover is allowed until a standby is synchronous again).
     pub sync_strict: bool,
     /// Token required by mutating agent API calls (switchover, failover, pause, resume, failsafe).
+    /// Required when an agent listens on a non-loopback address (unless
+    /// `api_allow_unauthenticated`): `POST /failover` ignores the lag bound.
     pub api_token: Option<SecretSource>,
+    /// Accept unauthenticated mutating API calls on non-loopback agent addresses (not
+    /// recommended: anyone who reaches port 8008 can then fail the cluster over).
+    pub api_allow_unauthenticated: bool,
     /// Also require the token on the agent API's informational reads (`/`, `/cluster`,
     /// `/metrics`); the health checks (`/primary`, `/replica`, `/read-only`, `/health`) stay
     /// open for load balancers.
@@ -117,6 +122,7 @@ impl Default for FailoverSection {
             postgres_restart_timeout: Duration::from_secs(3),
             sync_strict: false,
             api_token: None,
+            api_allow_unauthenticated: false,
             api_restrict_reads: false,
         }
     }

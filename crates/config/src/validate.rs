@@ -301,6 +301,25 @@ impl PghaConfig {
             );
         }
         check_secret(errs, "failover.api_token", f.api_token.as_ref());
+        if f.api_token.is_none() && !f.api_allow_unauthenticated {
+            if let Some((i, n)) = self
+                .nodes
+                .iter()
+                .enumerate()
+                .find(|(_, n)| n.agent_address.is_some_and(|a| !a.ip().is_loopback()))
+            {
+                errs.push(
+                    "failover.api_token",
+                    format!(
+                        "required: nodes[{i}].agent_address ({}) is not a loopback address, and \
+                         without a token anyone who reaches it can fail the cluster over; set \
+                         failover.api_token = {{ file = \"...\" }} (or api_allow_unauthenticated \
+                         = true to accept that)",
+                        n.agent_address.map(|a| a.to_string()).unwrap_or_default()
+                    ),
+                );
+            }
+        }
         if f.api_restrict_reads && f.api_token.is_none() {
             errs.push(
                 "failover.api_restrict_reads",
@@ -809,6 +828,34 @@ data_dir = "/var/lib/pgha/node2"
             "{err}"
         );
         assert!(!err.contains("hunter2"), "secret echoed in error: {err}");
+    }
+
+    #[test]
+    fn a_non_loopback_agent_api_needs_a_token_by_default() {
+        let open = GOOD.replace(
+            "data_dir = \"/var/lib/pgha/node2\"",
+            "data_dir = \"/var/lib/pgha/node2\"\nagent_address = \"10.0.0.12:8008\"",
+        );
+        let err = load_from_str(&open, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("failover.api_token: required: nodes[1].agent_address (10.0.0.12:8008) is not a loopback address"),
+            "{err}"
+        );
+        load_from_str(
+            &format!("{open}\n[failover]\napi_token = {{ env = \"T\" }}\n"),
+            "test",
+        )
+        .unwrap();
+        load_from_str(
+            &format!("{open}\n[failover]\napi_allow_unauthenticated = true\n"),
+            "test",
+        )
+        .unwrap();
+        let local = GOOD.replace(
+            "data_dir = \"/var/lib/pgha/node2\"",
+            "data_dir = \"/var/lib/pgha/node2\"\nagent_address = \"127.0.0.1:8008\"",
+        );
+        load_from_str(&local, "test").unwrap();
     }
 
     #[test]

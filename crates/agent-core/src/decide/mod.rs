@@ -166,8 +166,9 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
     match &inp.dcs {
         DcsRead::Ok { session, view } => with_dcs(ctx, &mut d, inp, session, view),
         DcsRead::Unreachable { since, session, .. } => {
+            // The session stays as it is: a leader in failsafe serves on other proofs, and
+            // everybody learns the lease's fate when the DCS answers again.
             d.next.timers.dcs_unreachable_since = Some(*since);
-            expire_session(ctx, &mut d, inp, session);
             nodcs::without_dcs(ctx, &mut d, inp, session);
         }
     }
@@ -182,9 +183,9 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
     d
 }
 
-/// Our lease may have expired while the DCS could not confirm it: after a TTL without a
-/// successful renewal it certainly has. Then we hold nothing, and we need a new session (the
-/// old one is never renewed again).
+/// The DCS answers reads but our renewal failed: after a TTL without a successful renewal
+/// the lease has certainly expired (an etcd client whose keep-alive stream broke in a
+/// partition never recovers it). Then we hold nothing, and we need a new session.
 fn expire_session(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead) {
     let SessionRead::Failed { .. } = session else {
         return;
@@ -246,12 +247,6 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
                 }
                 d.next.timers.job_failed = error.as_ref().map(|_| inp.now);
                 job_done(ctx, d, job, error.as_deref());
-            }
-            Outcome::Failsafe { started, ok } => {
-                d.next.timers.failsafe_asked = None;
-                if *ok {
-                    d.next.timers.failsafe_ok = Some(*started);
-                }
             }
             Outcome::PointedAt { upstream } => {
                 if d.next.current_upstream.as_deref() != Some(upstream.as_str()) {

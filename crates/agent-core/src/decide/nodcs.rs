@@ -8,8 +8,6 @@
 //! deadline (`watchdog_after` past it) backs that up when this agent cannot act.
 
 use super::{Ctx, Decision};
-use crate::action::Action;
-use crate::dcs::PgState;
 use crate::inputs::{Inputs, SessionRead};
 use crate::memory::Role;
 
@@ -27,6 +25,11 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         return;
     }
     let t = &ctx.t;
+    if let Some(Ok(started)) = &inp.probes.failsafe {
+        // This tick's round: every other agent promised not to take the lease.
+        let f = &mut d.next.timers.failsafe_ok;
+        *f = Some(f.map_or(*started, |old| old.max(*started)));
+    }
     let Some(s) = d.next.session else {
         d.fence("DCS unreachable and no session");
         d.because("DCS unreachable without a session: fenced");
@@ -49,15 +52,6 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         ));
         d.because("DCS unreachable: fenced before the lease can expire");
         return;
-    }
-    if ctx.cfg.failover.failsafe
-        && inp.local.pg_state == PgState::Running
-        && d.next.timers.failsafe_asked.is_none()
-    {
-        // A round every tick while the DCS is away, from the first failed read: by the time
-        // the lease could run out, the newest confirmation is at most a tick old.
-        d.next.timers.failsafe_asked = Some(now);
-        d.act(Action::AskFailsafe);
     }
     d.because(format!(
         "DCS unreachable: leader keeps serving until {:?} past its last lease renewal or confirmed failsafe round",

@@ -375,7 +375,6 @@ async fn without_the_dcs_a_leader_serves_until_fence_after_then_fences() {
         "{}",
         d.reason
     );
-    assert!(has(&d, |a| matches!(a, Action::AskFailsafe)));
     let t2 = now + c.t.fence_after;
     let d = decide(&c, &m, &inputs(t2, primary(), unreachable(t2)));
     assert_eq!(
@@ -383,6 +382,40 @@ async fn without_the_dcs_a_leader_serves_until_fence_after_then_fences() {
         "DCS unreachable: fenced before the lease can expire"
     );
     assert!(has(&d, |a| matches!(a, Action::Fence { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn this_ticks_failsafe_round_counts_before_the_fence() {
+    let now = Instant::now();
+    let c = ctx();
+    let m = mem(now, Role::Leader, 42);
+    let t = now + c.t.fence_after + Duration::from_millis(100);
+    let mut inp = inputs(
+        t,
+        primary(),
+        DcsRead::Unreachable {
+            since: now,
+            session: SessionRead::Failed {
+                lease: 42,
+                error: "x".into(),
+            },
+            error: "x".into(),
+        },
+    );
+    inp.probes.failsafe = Some(Ok(t - Duration::from_millis(300)));
+    let d = decide(&c, &m, &inp);
+    assert!(
+        d.reason
+            .starts_with("DCS unreachable: leader keeps serving"),
+        "{}",
+        d.reason
+    );
+    inp.probes.failsafe = Some(Err("n2: this node reaches the DCS".into()));
+    let d = decide(&c, &m, &inp);
+    assert_eq!(
+        d.reason,
+        "DCS unreachable: fenced before the lease can expire"
+    );
 }
 
 #[tokio::test(start_paused = true)]

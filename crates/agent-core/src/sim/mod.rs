@@ -312,6 +312,8 @@ pub struct Report {
     pub acked: usize,
     /// Known limitations hit (the fast path misjudging a live leader), not failures.
     pub limitations: Vec<String>,
+    /// Steps (time since start) at which no node took writes.
+    pub unwritable: Vec<Duration>,
 }
 
 impl Report {
@@ -322,7 +324,11 @@ impl Report {
 
 /// Runs one seed on a fresh single-threaded runtime with a paused (virtual) clock.
 pub fn run(seed: u64, opts: &SimOptions) -> Report {
-    let scenario = Scenario::from_seed(seed, opts);
+    run_scenario(Scenario::from_seed(seed, opts), opts)
+}
+
+/// Runs a given scenario (hand-written ones test one behaviour).
+pub fn run_scenario(scenario: Scenario, opts: &SimOptions) -> Report {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -337,6 +343,7 @@ pub fn run(seed: u64, opts: &SimOptions) -> Report {
                 promotions: 0,
                 acked: 0,
                 limitations: Vec::new(),
+                unwritable: Vec::new(),
             }
         }
     };
@@ -763,6 +770,7 @@ impl Sim {
             promotions: w.checker.promotions,
             acked: w.checker.acked.len(),
             limitations: w.checker.limitations.clone(),
+            unwritable: w.checker.unwritable.clone(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! can fail, and 10,000 seeds pass (split in four tests so they run in parallel).
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use super::*;
 
 fn show(r: &Report) -> String {
@@ -147,4 +149,56 @@ fn seeds_5000_to_7500() {
 #[test]
 fn seeds_7500_to_10000() {
     many(7500..10_000);
+}
+
+/// A hand-written scenario: 3 nodes, async, ttl 3 s, failsafe on, the fast path off.
+fn quiet(seed: u64, faults: Vec<(Duration, Fault)>) -> Scenario {
+    let mut sc = Scenario::from_seed(seed, &SimOptions::default());
+    sc.nodes = 3;
+    sc.sync = false;
+    sc.failsafe = true;
+    sc.fast_dead = false;
+    sc.ttl = Duration::from_secs(3);
+    sc.loop_wait = Duration::from_millis(250);
+    sc.dcs_timeout = Duration::from_millis(500);
+    sc.faults = faults;
+    sc
+}
+
+#[test]
+fn failsafe_keeps_the_primary_writable_through_a_whole_dcs_outage() {
+    let (from, dur) = (Duration::from_secs(5), Duration::from_secs(12));
+    let sc = quiet(1, vec![(from, Fault::DcsDown { refuse: false, dur })]);
+    let r = run_scenario(sc, &SimOptions::default());
+    assert!(r.ok(), "{}", show(&r));
+    let gaps: Vec<&Duration> = r
+        .unwritable
+        .iter()
+        .filter(|t| **t > from && **t < from + dur)
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "no primary at {} steps of the outage, first {:?}\n{}",
+        gaps.len(),
+        gaps.first(),
+        show(&r)
+    );
+}
+
+#[test]
+fn without_failsafe_the_primary_stops_during_a_dcs_outage() {
+    let (from, dur) = (Duration::from_secs(5), Duration::from_secs(12));
+    let mut sc = quiet(1, vec![(from, Fault::DcsDown { refuse: false, dur })]);
+    sc.failsafe = false;
+    let r = run_scenario(sc, &SimOptions::default());
+    assert!(r.ok(), "{}", show(&r));
+    let stopped = r
+        .unwritable
+        .iter()
+        .any(|t| *t > from + Duration::from_secs(3) && *t < from + dur);
+    assert!(
+        stopped,
+        "the primary must fence itself without failsafe\n{}",
+        show(&r)
+    );
 }

@@ -194,6 +194,8 @@ pub struct Checker {
     pub misjudged: BTreeSet<(String, u64)>,
     /// Known limitations the run ran into (reported, not failed).
     pub limitations: Vec<String>,
+    /// Steps (time since start) at which no node took writes.
+    pub unwritable: Vec<Duration>,
 }
 
 /// Everything.
@@ -503,6 +505,9 @@ impl World {
             .iter()
             .filter(|n| self.nodes[*n].pg.writable(now))
             .collect();
+        if writable.is_empty() {
+            self.checker.unwritable.push(now.duration_since(self.start));
+        }
         let misjudged = writable.iter().any(|n| {
             self.checker
                 .misjudged
