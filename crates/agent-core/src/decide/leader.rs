@@ -169,6 +169,29 @@ fn hand_over(
         ));
         return;
     }
+    // Hand over only to a node the election will accept (in sync mode a synchronous standby):
+    // else the key comes back to us and the request hands it over again, for ever.
+    // Its lag is the hand-over job's to wait for, not a reason to refuse here.
+    let rules = crate::election::Rules {
+        mode: ctx.cfg.replication.mode,
+        max_lag_bytes: ctx.cfg.failover.maximum_lag_on_failover.bytes(),
+        status: None,
+        sync: view.sync.as_ref(),
+        request: Some(req),
+        standby_cluster: false,
+    };
+    if let Some(Err(why)) = view
+        .members
+        .get(&req.to)
+        .map(|m| crate::election::eligibility(m, &rules))
+    {
+        d.act(Action::ClearSwitchover);
+        d.because(format!(
+            "leader: {} cannot be promoted ({why}); request dropped",
+            req.to
+        ));
+        return;
+    }
     let wait = match req.kind {
         crate::dcs::RequestKind::Switchover => ctx.t.handover_wait_switchover,
         crate::dcs::RequestKind::Failover => ctx.t.handover_wait_failover,

@@ -365,6 +365,16 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         member: ctx.member_with(inp, suspects),
     });
     let me = ctx.name();
+    if d.actions
+        .iter()
+        .any(|a| matches!(a, Action::ReleaseLeader { .. }))
+    {
+        // We hand the key over this tick: this tick's view still names us; leading on it
+        // would start PostgreSQL as a primary again.
+        d.next.role = Role::NoLeader;
+        d.because("released the leader key (hand-over done)");
+        return;
+    }
     if view.config.paused {
         let ours = view
             .leader

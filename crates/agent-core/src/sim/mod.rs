@@ -72,6 +72,8 @@ pub enum Fault {
     RefuseToPrimary { dur: Duration },
     /// A synchronous standby's WAL receiver is cut (sync standby churn).
     ReceiverCut { node: Pick, dur: Duration },
+    /// An operator asks for a planned switchover (or a manual failover) to a replica.
+    Switchover { failover: bool },
 }
 
 /// Which node a fault hits: decided when it starts.
@@ -97,6 +99,7 @@ impl Fault {
             Fault::DcsSlow { .. } => "dcs-slow",
             Fault::RefuseToPrimary { .. } => "refuse-to-primary",
             Fault::ReceiverCut { .. } => "receiver-cut",
+            Fault::Switchover { .. } => "switchover",
         }
     }
 
@@ -113,7 +116,7 @@ impl Fault {
             | Fault::RefuseToPrimary { dur }
             | Fault::ReceiverCut { dur, .. } => *dur,
             Fault::CrashAgent { restart_after, .. } => *restart_after,
-            Fault::CrashPg { .. } => Duration::ZERO,
+            Fault::CrashPg { .. } | Fault::Switchover { .. } => Duration::ZERO,
         }
     }
 }
@@ -155,17 +158,32 @@ impl Scenario {
         let mut faults = Vec::new();
         for _ in 0..n {
             let start = Duration::from_millis(r.random_range(3_000..30_000));
-            let f = loop {
-                let f = draw_fault(&mut r, ttl);
-                if opts
-                    .only
+            // `--only` may name no drawn kind (e.g. only `switchover`): a bounded search.
+            let f = (0..1_000).map(|_| draw_fault(&mut r, ttl)).find(|f| {
+                opts.only
                     .as_deref()
                     .is_none_or(|o| o.split(',').any(|k| k.trim() == f.name()))
-                {
-                    break f;
-                }
-            };
-            faults.push((start, f));
+            });
+            if let Some(f) = f {
+                faults.push((start, f));
+            }
+        }
+        // Drawn from a stream of its own, so adding it left every other fault of a seed as it
+        // was (the seeds that found bugs keep their faults).
+        let mut r2 = StdRng::seed_from_u64(seed ^ 0x0053_7717_c40e);
+        if r2.random_bool(0.25)
+            && opts
+                .only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|k| k.trim() == "switchover"))
+        {
+            let start = Duration::from_millis(r2.random_range(3_000..30_000));
+            faults.push((
+                start,
+                Fault::Switchover {
+                    failover: r2.random_bool(0.3),
+                },
+            ));
         }
         faults.sort_by_key(|(s, _)| *s);
         Scenario {
@@ -349,7 +367,8 @@ pub fn run_scenario(scenario: Scenario, opts: &SimOptions) -> Report {
     };
     // The agents' own log lines would drown the trace (and cost time): none here.
     tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-        rt.block_on(Sim::new(scenario, opts.clone()).run())
+        // Built inside the runtime: its clock is the paused one the run advances.
+        rt.block_on(async { Sim::new(scenario, opts.clone()).run().await })
     })
 }
 
@@ -651,6 +670,43 @@ impl Sim {
                 log(self, format!("{n}'s WAL receiver cut"));
                 self.lock().pg(&n).receiver_cut = true;
                 Some(Undo::Receiver(n))
+            }
+            Fault::Switchover { failover } => {
+                let mut w = self.lock();
+                // As `pgha switchover` checks it: a leader, and a target that streams.
+                let (leader, _, _) = w.dcs.leader.clone()?;
+                let targets: Vec<String> = w
+                    .names
+                    .iter()
+                    .filter(|n| **n != leader && w.nodes[*n].pg.streaming_from.is_some())
+                    .cloned()
+                    .collect();
+                if targets.is_empty() {
+                    return None;
+                }
+                let to = targets[w.rng.random_range(0..targets.len())].clone();
+                let wall = 1_800_000_000_000 + now.duration_since(self.start).as_millis() as u64;
+                w.dcs.switchover = Some(crate::dcs::SwitchoverRequest {
+                    kind: if *failover {
+                        crate::dcs::RequestKind::Failover
+                    } else {
+                        crate::dcs::RequestKind::Switchover
+                    },
+                    from: Some(leader.clone()),
+                    to: to.clone(),
+                    at_ms: None,
+                    requested_ms: wall,
+                });
+                w.dcs.notify();
+                w.log(
+                    now,
+                    "FAULT",
+                    format!(
+                        "operator: {} from {leader} to {to}",
+                        if *failover { "failover" } else { "switchover" }
+                    ),
+                );
+                None
             }
         }
     }

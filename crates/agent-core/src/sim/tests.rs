@@ -29,6 +29,16 @@ fn a_seed_replays_exactly() {
 /// Seeds that found a bug before it was fixed (the commit that fixed each names it).
 const FOUND: &[(u64, Option<&str>, &str)] = &[
     (
+        653,
+        None,
+        "a hand-over's own tick still saw our key: PostgreSQL restarted as a primary, two writable",
+    ),
+    (
+        18,
+        Some("switchover"),
+        "a manual failover to a non-synchronous standby: the key came back and was handed over for ever",
+    ),
+    (
         20,
         None,
         "a frozen agent's primary acknowledged commits after its lease expired",
