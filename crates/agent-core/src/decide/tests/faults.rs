@@ -1,0 +1,181 @@
+//! Faults: the DCS gone, failsafe, slow starts, stale sessions, stopped replicas.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn without_the_dcs_a_leader_serves_until_fence_after_then_fences() {
+    let now = Instant::now();
+    let c = ctx();
+    let m = mem(now, Role::Leader, 42);
+    let unreachable = |t: Instant| DcsRead::Unreachable {
+        since: t,
+        session: SessionRead::Failed {
+            lease: 42,
+            error: "timeout".into(),
+        },
+        error: "timeout".into(),
+    };
+    let t1 = now + c.t.fence_after - Duration::from_millis(1);
+    let d = decide(&c, &m, &inputs(t1, primary(), unreachable(t1)));
+    assert!(
+        d.reason
+            .starts_with("DCS unreachable: leader keeps serving"),
+        "{}",
+        d.reason
+    );
+    let t2 = now + c.t.fence_after;
+    let d = decide(&c, &m, &inputs(t2, primary(), unreachable(t2)));
+    assert_eq!(
+        d.reason,
+        "DCS unreachable: fenced before the lease can expire"
+    );
+    assert!(has(&d, |a| matches!(a, Action::Fence { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn this_ticks_failsafe_round_counts_before_the_fence() {
+    let now = Instant::now();
+    let c = ctx();
+    let m = mem(now, Role::Leader, 42);
+    let t = now + c.t.fence_after + Duration::from_millis(100);
+    let mut inp = inputs(
+        t,
+        primary(),
+        DcsRead::Unreachable {
+            since: now,
+            session: SessionRead::Failed {
+                lease: 42,
+                error: "x".into(),
+            },
+            error: "x".into(),
+        },
+    );
+    inp.probes.failsafe = Some(Ok(t - Duration::from_millis(300)));
+    let d = decide(&c, &m, &inp);
+    assert!(
+        d.reason
+            .starts_with("DCS unreachable: leader keeps serving"),
+        "{}",
+        d.reason
+    );
+    inp.probes.failsafe = Some(Err("n2: this node reaches the DCS".into()));
+    let d = decide(&c, &m, &inp);
+    assert_eq!(
+        d.reason,
+        "DCS unreachable: fenced before the lease can expire"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_confirmed_failsafe_round_is_a_proof_like_a_renewal() {
+    let now = Instant::now();
+    let c = ctx();
+    let mut m = mem(now, Role::Leader, 42);
+    let round = now + Duration::from_secs(2);
+    m.timers.failsafe_ok = Some(round);
+    let t = now + c.t.fence_after + Duration::from_secs(1);
+    let inp = inputs(
+        t,
+        primary(),
+        DcsRead::Unreachable {
+            since: now,
+            session: SessionRead::Failed {
+                lease: 42,
+                error: "x".into(),
+            },
+            error: "x".into(),
+        },
+    );
+    let d = decide(&c, &m, &inp);
+    assert!(
+        d.reason
+            .starts_with("DCS unreachable: leader keeps serving"),
+        "{}",
+        d.reason
+    );
+    assert!(has(&d, |a| *a
+        == Action::Watchdog {
+            deadline: Some(round + c.t.watchdog_after)
+        }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_as_primary_that_outlasts_the_lease_is_fenced() {
+    let now = Instant::now();
+    let mut m = mem(now, Role::Leader, 42);
+    m.job = Some(RunningJob {
+        id: 3,
+        job: Job::StartPrimary,
+        started: now - Duration::from_secs(5),
+    });
+    let inp = inputs(
+        now,
+        Local {
+            pg_state: PgState::Running,
+            reachable: false,
+            ..Local::stopped(MemberRole::Primary)
+        },
+        DcsRead::Ok {
+            session: SessionRead::Gone { lease: 42 },
+            view: view(None),
+        },
+    );
+    let d = decide(&ctx(), &m, &inp);
+    assert_eq!(d.reason, "lost the lease during start as primary: fenced");
+    assert!(has(&d, |a| matches!(a, Action::AbortJob)));
+    assert!(has(&d, |a| matches!(a, Action::Fence { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_unrenewed_for_a_ttl_is_replaced() {
+    let now = Instant::now();
+    let c = ctx();
+    let mut m = mem(
+        now,
+        Role::Follower {
+            leader: "n2".into(),
+        },
+        42,
+    );
+    m.session = Some(Session {
+        lease: 42,
+        renewed_at: now - c.t.ttl,
+    });
+    let inp = inputs(
+        now,
+        replica(),
+        DcsRead::Ok {
+            session: SessionRead::Failed {
+                lease: 42,
+                error: "keep-alive stream broken".into(),
+            },
+            view: view(Some(("n2", 9))),
+        },
+    );
+    let d = decide(&c, &m, &inp);
+    assert!(has(&d, |a| matches!(a, Action::GrantSession)), "{d:?}");
+    assert_eq!(d.next.session, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_leader_a_stopped_replica_starts_read_only_to_become_electable() {
+    let now = Instant::now();
+    let m = mem(now, Role::NoLeader, 42);
+    let mut v = view(None);
+    for m in v.members.values_mut() {
+        m.pg_state = PgState::Stopped;
+    }
+    let inp = inputs(
+        now,
+        Local::stopped(MemberRole::Replica),
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view: v,
+        },
+    );
+    let d = decide(&ctx(), &m, &inp);
+    assert_eq!(
+        d.reason,
+        "no leader: starting PostgreSQL read-only so this node can be elected"
+    );
+}

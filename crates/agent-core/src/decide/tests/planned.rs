@@ -1,0 +1,270 @@
+//! Planned work: switchovers, promotions and their timelines, rewinds, sync standbys.
+
+use super::*;
+
+#[tokio::test(start_paused = true)]
+async fn a_switchover_scheduled_for_later_does_not_stop_a_failover() {
+    let now = Instant::now();
+    let m = mem(now, Role::NoLeader, 42);
+    let mut v = view(None);
+    v.members
+        .insert("n1".into(), member("n1", MemberRole::Replica, 2000));
+    v.switchover = Some(SwitchoverRequest {
+        kind: RequestKind::Switchover,
+        from: Some("n3".into()),
+        to: "n2".into(),
+        at_ms: Some(9_000_000),
+        requested_ms: 500_000,
+    });
+    let mut local = replica();
+    local.lsn = Some(Lsn(2000));
+    let inp = inputs(
+        now,
+        local,
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view: v,
+        },
+    );
+    let d = decide(&ctx(), &m, &inp);
+    assert_eq!(
+        d.reason,
+        "no leader: we are the best candidate: taking the leader key"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_promotes_on_a_fresh_timeline_and_checkpoints() {
+    let now = Instant::now();
+    let m = mem(now, Role::NoLeader, 42);
+    let mut v = view(Some(("n1", 42)));
+    v.status = Some(LeaderStatus {
+        leader: "n2".into(),
+        lsn: Lsn(1000),
+        timeline: 4,
+        updated_ms: 0,
+    });
+    let inp = inputs(
+        now,
+        replica(),
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view: v,
+        },
+    );
+    let d = decide(&ctx(), &m, &inp);
+    assert_eq!(
+        d.reason,
+        "leader: promoting (our PostgreSQL is in recovery)"
+    );
+    assert!(has(&d, |a| matches!(
+        a,
+        Action::Spawn {
+            job: Job::Promote {
+                timeline_floor: Some(4),
+                checkpoint: true,
+                ..
+            },
+            ..
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_waits_for_the_leaders_checkpoint_before_pg_rewind() {
+    let now = Instant::now();
+    let m = mem(
+        now,
+        Role::Follower {
+            leader: "n2".into(),
+        },
+        42,
+    );
+    let mut v = view(Some(("n2", 9)));
+    let l = v.members.get_mut("n2").unwrap();
+    l.timeline = Some(2);
+    l.checkpoint_timeline = Some(1);
+    let inp = inputs(
+        now,
+        Local::stopped(MemberRole::Primary),
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view: v,
+        },
+    );
+    let d = decide(&ctx(), &m, &inp);
+    assert_eq!(
+        d.reason,
+        "follower of n2: waiting for n2's checkpoint after its promotion (timeline 2, checkpoint on 1) before pg_rewind"
+    );
+    assert!(!has(&d, |a| matches!(a, Action::Spawn { .. })));
+}
+
+/// Sync mode, a leader whose /sync names `current` and whose standbys stream as given.
+fn sync_leader(now: Instant, current: &[&str], streaming: &[(&str, u64)]) -> (Ctx, Memory, Inputs) {
+    let c = ctx_with("mode = \"sync\"");
+    let m = mem(now, Role::Leader, 42);
+    let mut v = view(Some(("n1", 42)));
+    v.sync = Some(SyncState {
+        leader: "n1".into(),
+        standbys: current.iter().map(|s| s.to_string()).collect(),
+    });
+    let mut local = primary();
+    local.standbys = streaming
+        .iter()
+        .map(|(n, l)| StandbyRow {
+            name: n.to_string(),
+            streaming: true,
+            flush_lsn: Some(Lsn(*l)),
+        })
+        .collect();
+    local.sync_names = Some(sync_names_for(
+        current.len(),
+        &current.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    ));
+    let inp = inputs(
+        now,
+        local,
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view: v,
+        },
+    );
+    (c, m, inp)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_standby_swap_removes_from_sync_before_postgres_stops_waiting() {
+    let now = Instant::now();
+    // n2 was the synchronous standby; it stopped streaming; n3 streams.
+    let (c, m, inp) = sync_leader(now, &["n2"], &[("n3", 1000)]);
+    let d = decide(&c, &m, &inp);
+    let put = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::PutSync(s) if s.standbys.is_empty()));
+    let ssn = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n3\")"));
+    assert!(
+        matches!((put, ssn), (Some(p), Some(s)) if p < s),
+        "/sync must drop n2 before PostgreSQL stops waiting for it: {:?}",
+        d.actions
+    );
+    // n3 is named in /sync only once it caught up.
+    assert!(!has(
+        &d,
+        |a| matches!(a, Action::PutSync(s) if s.standbys == ["n3"])
+    ));
+    assert_eq!(d.next.pending_sync.as_ref().unwrap().standbys, vec!["n3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_sync_standby_that_disconnects_while_catching_up_stops_holding_commits() {
+    let now = Instant::now();
+    let (c, mut m, mut inp) = sync_leader(now, &[], &[]);
+    m.pending_sync = Some(PendingSync {
+        standbys: vec!["n3".into()],
+        since_lsn: Some(Lsn(900)),
+        since: now - Duration::from_millis(500),
+    });
+    inp.local.sync_names = Some("FIRST 1 (\"n3\")".into());
+    let d = decide(&c, &m, &inp);
+    assert!(
+        has(
+            &d,
+            |a| matches!(a, Action::SetSyncNames { value } if value.is_empty())
+        ),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(d.next.pending_sync, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_hands_over_only_to_a_target_the_election_would_accept() {
+    // Sync mode, /sync names n2: a manual failover to n3 would come back to us (nobody may
+    // promote n3) and be handed over again, for ever. It is dropped instead.
+    let now = Instant::now();
+    let (c, m, mut inp) = sync_leader(now, &["n2"], &[("n2", 1000), ("n3", 1000)]);
+    if let DcsRead::Ok { view, .. } = &mut inp.dcs {
+        view.switchover = Some(SwitchoverRequest {
+            kind: RequestKind::Failover,
+            from: Some("n1".into()),
+            to: "n3".into(),
+            at_ms: None,
+            requested_ms: 999_000,
+        });
+    }
+    let d = decide(&c, &m, &inp);
+    assert!(has(&d, |a| matches!(a, Action::ClearSwitchover)), "{d:?}");
+    assert!(!has(&d, |a| matches!(
+        a,
+        Action::Spawn {
+            job: Job::HandOver { .. },
+            ..
+        }
+    )));
+    assert!(d.reason.contains("n3 cannot be promoted"), "{}", d.reason);
+    // To the synchronous standby it goes ahead.
+    if let DcsRead::Ok { view, .. } = &mut inp.dcs {
+        if let Some(r) = view.switchover.as_mut() {
+            r.to = "n2".into();
+        }
+    }
+    let d = decide(&c, &m, &inp);
+    assert!(
+        has(&d, |a| matches!(
+            a,
+            Action::Spawn {
+                job: Job::HandOver { .. },
+                ..
+            }
+        )),
+        "{}",
+        d.reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tick_that_hands_the_key_over_ends_without_leading() {
+    // The hand-over job ended (PostgreSQL stopped, target caught up): the key is released in
+    // this tick, whose view still names us. Leading on it would start PostgreSQL as a primary.
+    let now = Instant::now();
+    let c = ctx();
+    let mut m = mem(now, Role::Leader, 42);
+    m.job = Some(RunningJob {
+        id: 5,
+        job: Job::HandOver {
+            to: "n2".into(),
+            wait: Duration::from_secs(10),
+        },
+        started: now - Duration::from_secs(1),
+    });
+    let mut local = primary();
+    local.pg_state = PgState::Stopped;
+    let mut inp = inputs(
+        now,
+        local,
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view: view(Some(("n1", 42))),
+        },
+    );
+    inp.outcomes = vec![crate::inputs::Outcome::JobDone {
+        id: 5,
+        job: Job::HandOver {
+            to: "n2".into(),
+            wait: Duration::from_secs(10),
+        },
+        error: None,
+    }];
+    let d = decide(&c, &m, &inp);
+    assert!(
+        has(&d, |a| matches!(a, Action::ReleaseLeader { .. })),
+        "{d:?}"
+    );
+    assert!(!has(&d, |a| matches!(a, Action::Spawn { .. })), "{d:?}");
+    assert_eq!(d.next.role, Role::NoLeader, "{}", d.reason);
+}
