@@ -58,6 +58,9 @@ pub struct DrillArgs {
     /// costs).
     #[arg(long)]
     pub(crate) no_fast_path: bool,
+    /// Keep the drill's directory (agent and server logs) also when it succeeds.
+    #[arg(long)]
+    pub(crate) keep: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +88,7 @@ pub async fn run(cmd: DrillCommand) -> anyhow::Result<ExitCode> {
     let root = std::env::temp_dir().join(format!("pgha-drill-{}", std::process::id()));
     let result = drill(&root, &bin_dir, &args, switchover).await;
     match &result {
-        Ok(ExitCode::SUCCESS) => {
+        Ok(ExitCode::SUCCESS) if !args.keep => {
             let _ = std::fs::remove_dir_all(&root);
         }
         _ => eprintln!(

@@ -95,6 +95,7 @@ async fn drill(
         sync: args.sync,
         profile: args.profile,
         no_fast_path: false,
+        keep: false,
     };
     let (mut h, mut current, spec) = harness(root, bin_dir, &base).await?;
     let freeze = args.freeze.unwrap_or(args.profile.ttl() * 3);

@@ -147,7 +147,9 @@ impl Agent {
                 continue;
             }
             again = 0;
-            let sleep = loop_wait
+            let sleep = d
+                .soon
+                .map_or(loop_wait, |s| s.min(loop_wait))
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(10));
             let watched = async {

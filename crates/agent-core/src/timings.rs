@@ -51,6 +51,9 @@ pub struct Timings {
     pub promote_timeout: Duration,
     /// The fast dead-leader path probes ports with this connect timeout.
     pub dead_probe_timeout: Duration,
+    /// ... and, once the leader's ports refused, probes again this often (not every
+    /// `loop_wait`): the second refusal and the other member's word come sooner.
+    pub dead_probe_every: Duration,
     /// ... and needs the leader's member key unchanged for this long (a live agent
     /// republishes it every tick), with another member reporting the same refusals.
     pub dead_leader_stale: Duration,
@@ -96,7 +99,8 @@ impl Timings {
             request_fresh: Duration::from_secs(60),
             promote_timeout: Duration::from_secs(60),
             dead_probe_timeout: Duration::from_millis(300),
-            dead_leader_stale: f.loop_wait * 2,
+            dead_probe_every: (f.loop_wait / 4).max(Duration::from_millis(50)),
+            dead_leader_stale: f.loop_wait * 3 / 2,
             handover_wait_switchover: Duration::from_secs(10),
             handover_wait_failover: Duration::from_secs(2),
             sync_catchup_timeout: f.ttl * 2,

@@ -315,6 +315,9 @@ fn detect_dead_leader(
         w.stamp_since = now;
     }
     w.refused_hits = if refused { w.refused_hits + 1 } else { 0 };
+    if refused {
+        d.soon = Some(ctx.t.dead_probe_every);
+    }
     let stale = now.duration_since(w.stamp_since);
     let seconded = view
         .members

@@ -14,6 +14,7 @@ mod nodcs;
 mod plan;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgha_config::{NodeConfig, PghaConfig, StandbyClusterSection};
 use tokio::time::Instant;
@@ -35,6 +36,8 @@ pub struct Decision {
     pub reason: String,
     /// Tick again at once (a step whose result the next decision needs).
     pub again: bool,
+    /// Tick again after this instead of `loop_wait` (watching something that changes fast).
+    pub soon: Option<Duration>,
 }
 
 /// What does not change while the agent runs: the config, this node, the timings.
@@ -161,6 +164,7 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
         actions: Vec::new(),
         reason: String::new(),
         again: false,
+        soon: None,
     };
     absorb(ctx, &mut d, inp);
     match &inp.dcs {

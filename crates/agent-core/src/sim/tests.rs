@@ -98,6 +98,16 @@ const FOUND: &[(u64, Option<&str>, &str)] = &[
         None,
         "a restarted agent forgot its failsafe promise: two writable",
     ),
+    (
+        14203,
+        None,
+        "a job the executor skipped stayed in progress for ever",
+    ),
+    (
+        30534,
+        None,
+        "a leader revoked meanwhile still wrote /sync",
+    ),
 ];
 
 #[test]

@@ -317,6 +317,8 @@ async fn refused_ports_alone_never_revoke_a_leader() {
         &d,
         |a| matches!(a, Action::PublishMember { member, .. } if member.suspects == Some(9))
     ));
+    // And look again sooner than loop_wait, so a dead leader is confirmed sooner.
+    assert_eq!(d.soon, Some(c.t.dead_probe_every));
 }
 
 #[tokio::test(start_paused = true)]
