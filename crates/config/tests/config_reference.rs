@@ -2,7 +2,11 @@
 
 #[test]
 fn config_reference_is_up_to_date() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONFIG.md");
+    // The runner's CARGO_MANIFEST_DIR first: a test binary reused from a checkout elsewhere
+    // (one target dir for several clones) must read this clone's file.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let path = format!("{dir}/../../docs/CONFIG.md");
+    let path = path.as_str();
     let want = pgha_config::reference::markdown();
     if std::env::var_os("PGHA_UPDATE_DOCS").is_some() {
         std::fs::write(path, &want).expect("write docs/CONFIG.md");
