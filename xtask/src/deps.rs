@@ -184,9 +184,23 @@ pub fn ensure_ha() -> anyhow::Result<()> {
     ensure(&missing)
 }
 
+/// Simulated hosts for the fault tests: network namespaces and veth (iproute2), filtering
+/// (nftables).
+pub fn ensure_netns() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/sbin/nft").exists() && !Path::new("/usr/bin/nft").exists() {
+        missing.push("nftables");
+    }
+    if !Path::new("/usr/sbin/ip").exists() && !Path::new("/usr/bin/ip").exists() {
+        missing.push("iproute2");
+    }
+    ensure(&missing)
+}
+
 pub fn ensure_all() -> anyhow::Result<ExitCode> {
     ensure_postgres()?;
     ensure_ha()?;
+    ensure_netns()?;
     ensure_moto()?;
     eprintln!("xtask: system dependencies present");
     Ok(ExitCode::SUCCESS)

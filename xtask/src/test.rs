@@ -17,6 +17,7 @@ pub struct TestArgs {
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     deps::ensure_postgres()?;
     deps::ensure_ha()?;
+    deps::ensure_netns()?;
     deps::ensure_moto()?;
     let nextest = crate::cargo()
         .args(["nextest", "--version"])

@@ -153,8 +153,21 @@ async fn with_tls_the_agent_api_is_https_and_the_router_connects_with_verify_ful
     // HTTPS with the cluster CA answers; plain HTTP on the same port does not.
     let api = pgha_tls::AgentApiClient::new(config, Duration::from_secs(2))?;
     assert_eq!(api.scheme, "https");
-    let r = api.client.get(api.url(agent, "/primary")).send().await?;
-    assert_eq!(r.status().as_u16(), 200);
+    // PostgreSQL is writable a tick before the agent has seen it so (until then /primary is
+    // 503): the agent must say 200 within a few ticks.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = api.client.get(api.url(agent, "/primary")).send().await?;
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET /primary on the leader still answers {} after 5 s",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let plain = reqwest::Client::new()
         .get(format!("http://{agent}/primary"))
         .timeout(Duration::from_secs(2))

@@ -13,6 +13,7 @@ use pgha_local_cluster::{ClusterSpec, LocalCluster};
 use sqlx::PgConnection;
 
 pub mod moto;
+pub mod netns;
 
 pub use pgha_local_cluster::free_port;
 
