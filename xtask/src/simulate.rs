@@ -41,15 +41,16 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         echo: false,
         only: args.only.clone(),
     };
-    let seeds: Vec<u64> = match args.seed {
-        Some(s) => vec![s],
-        None => (args.start..args.start + args.seeds).collect(),
-    };
+    if let Some(seed) = args.seed {
+        return one(seed, &opts, args.trace);
+    }
+    let seeds: Vec<u64> = (args.start..args.start + args.seeds).collect();
     let t = Instant::now();
     let jobs = args.jobs.max(1);
     let chunks: Vec<Vec<u64>> = (0..jobs)
         .map(|j| seeds.iter().copied().skip(j).step_by(jobs).collect())
         .collect();
+    let mut panicked = 0usize;
     let results: Vec<(Vec<sim::Report>, usize, Vec<u64>)> = std::thread::scope(|s| {
         let hs: Vec<_> = chunks
             .into_iter()
@@ -59,7 +60,14 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), 0, Vec::new())))
+            .filter_map(|h| match h.join() {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    // The panic message is already on stderr; its seeds did not all run.
+                    panicked += 1;
+                    None
+                }
+            })
             .collect()
     });
     let n: usize = results.iter().map(|r| r.1).sum();
@@ -68,38 +76,18 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     let mut failed: Vec<sim::Report> = results.into_iter().flat_map(|r| r.0).collect();
     failed.sort_by_key(|r| r.scenario.seed);
     let secs = t.elapsed().as_secs_f64();
-    if let Some(seed) = args.seed {
-        let r = match failed.first().cloned() {
-            Some(r) => r,
-            None => {
-                // Not on this thread: xtask's runtime drives it, and a seed needs its own.
-                let o = opts.clone();
-                std::thread::spawn(move || sim::run(seed, &o))
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("seed {seed} panicked"))?
-            }
-        };
-        if args.trace || !r.ok() {
-            println!("{}", r.scenario.describe());
-            for l in &r.trace {
-                println!("{l}");
-            }
-        }
-    }
     for r in &failed {
         println!("\nFAILED {}", r.scenario.describe());
         for v in &r.violations {
             println!("  {v}");
         }
-        if args.seed.is_none() {
-            let tail = if args.trace {
-                0
-            } else {
-                r.trace.len().saturating_sub(60)
-            };
-            for l in &r.trace[tail..] {
-                println!("    {l}");
-            }
+        let tail = if args.trace {
+            0
+        } else {
+            r.trace.len().saturating_sub(60)
+        };
+        for l in &r.trace[tail..] {
+            println!("    {l}");
         }
     }
     if !limited.is_empty() {
@@ -126,7 +114,39 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             )
         }
     );
-    Ok(if failed.is_empty() {
+    if panicked > 0 {
+        println!(
+            "simulate: {panicked} worker thread(s) panicked (above): their remaining seeds did not run"
+        );
+    }
+    Ok(if failed.is_empty() && panicked == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `--seed N`: one run, its trace printed with `--trace` or when it fails.
+fn one(seed: u64, opts: &SimOptions, trace: bool) -> anyhow::Result<ExitCode> {
+    // Not on this thread: xtask's runtime drives it, and a seed needs its own.
+    let o = opts.clone();
+    let r = std::thread::spawn(move || sim::run(seed, &o))
+        .join()
+        .map_err(|_| anyhow::anyhow!("seed {seed} panicked"))?;
+    if trace || !r.ok() {
+        println!("{}", r.scenario.describe());
+        for l in &r.trace {
+            println!("{l}");
+        }
+    }
+    for v in &r.violations {
+        println!("  {v}");
+    }
+    println!(
+        "simulate: seed {seed}: {}",
+        if r.ok() { "ok" } else { "FAILED" }
+    );
+    Ok(if r.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -146,6 +146,22 @@ async fn a_frozen_leader_agent_never_leaves_two_writable_primaries() -> anyhow::
         old_stopped < TTL,
         "the supervisor must stop node1 before its lease can expire ({old_stopped:?} after the freeze)"
     );
+    // A sample can miss node1 by a slow connect; the pinned writer's acknowledgements cannot
+    // lie: node1's last one came before its lease could expire.
+    let last_ack = acks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.1)
+        .filter(|t| *t > frozen_at)
+        .max();
+    if let Some(t) = last_ack {
+        assert!(
+            t - frozen_at < TTL,
+            "node1 acknowledged a write {:?} after the freeze (lease {TTL:?})",
+            t - frozen_at
+        );
+    }
     let new_writable = samples
         .iter()
         .find(|s| s.0 > frozen_at && s.1.contains(&new))

@@ -23,6 +23,12 @@ pub enum CoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("DCS value at {key} is {value:?}, expected {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{node}: {what}: {reason}")]
     Peer {
         node: String,

@@ -116,6 +116,15 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// The leader's right to serve rests on this: the start of its last lease renewal or of
+    /// its last failsafe round every other agent confirmed, whichever is newer. The fence
+    /// (`fence_after`) and the supervisor's deadline (`watchdog_after`) count from it.
+    pub fn proof(&self, s: Session) -> Instant {
+        self.timers
+            .failsafe_ok
+            .map_or(s.renewed_at, |f| f.max(s.renewed_at))
+    }
+
     pub fn new(now: Instant) -> Self {
         Memory {
             role: Role::Starting,

@@ -78,6 +78,7 @@ pub struct Agent {
     done: mpsc::UnboundedReceiver<Outcome>,
     mem: Memory,
     last_reason: String,
+    last_dcs_error: Option<String>,
     /// Called with each tick's inputs and decision (the simulator's trace).
     observer: Option<Observer>,
 }
@@ -110,6 +111,7 @@ impl Agent {
             done,
             mem: Memory::new(Instant::now()),
             last_reason: String::new(),
+            last_dcs_error: None,
             observer: None,
         }
     }
@@ -125,12 +127,21 @@ impl Agent {
         let mut watch: Option<mpsc::Receiver<()>> = None;
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut again = 0u32;
+        // Whether the last read of the DCS answered: a watch is (re)opened only then, so an
+        // outage costs no extra request timeout per tick.
+        let mut dcs_answered = true;
         loop {
-            if watch.is_none() {
-                watch = self.exec.effects().dcs.watch().await.ok();
+            if watch.is_none() && dcs_answered {
+                match self.exec.effects().dcs.watch().await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(node = %self.ctx.name(), "DCS watch: {e}; polling every loop_wait")
+                    }
+                }
             }
             let t = Instant::now();
             let inputs = self.gather(std::mem::take(&mut outcomes), &cancel).await;
+            dcs_answered = matches!(inputs.dcs, DcsRead::Ok { .. });
             let d = decide(&self.ctx, &self.mem, &inputs);
             self.log(&inputs, &d);
             if let Some(f) = self.observer.as_mut() {
@@ -301,7 +312,26 @@ impl Agent {
         p
     }
 
-    fn log(&mut self, _inputs: &Inputs, d: &Decision) {
+    fn log(&mut self, inputs: &Inputs, d: &Decision) {
+        // Which request failed, and how: the reason only says that the DCS did not answer.
+        let dcs_error = match &inputs.dcs {
+            DcsRead::Unreachable { error, .. } => Some(error.as_str()),
+            DcsRead::Ok {
+                session: SessionRead::Failed { error, .. },
+                ..
+            } => Some(error.as_str()),
+            DcsRead::Ok { .. } => None,
+        };
+        if dcs_error != self.last_dcs_error.as_deref() {
+            match dcs_error {
+                Some(e) => tracing::warn!(node = %self.ctx.name(), "DCS: {e}"),
+                None if self.last_dcs_error.is_some() => {
+                    tracing::info!(node = %self.ctx.name(), "DCS answers again")
+                }
+                None => {}
+            }
+            self.last_dcs_error = dcs_error.map(str::to_string);
+        }
         let notable = d.actions.iter().any(|a| {
             !matches!(
                 a,

@@ -49,6 +49,8 @@ impl Watchdog for SupervisorWatchdog {
 #[derive(Debug)]
 struct FilePromise {
     path: std::path::PathBuf,
+    /// How long a promise lasts: what an unreadable file is taken to promise from now.
+    quarantine: Duration,
 }
 
 impl pgha_agent_core::ports::PromiseStore for FilePromise {
@@ -63,11 +65,27 @@ impl pgha_agent_core::ports::PromiseStore for FilePromise {
     }
 
     fn load(&self) -> Option<u64> {
-        std::fs::read_to_string(&self.path)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(self.unreadable(&e.to_string())),
+        };
+        match text.trim().parse() {
+            Ok(until) => Some(until),
+            Err(e) => Some(self.unreadable(&format!("{e} (content {:?})", text.trim()))),
+        }
+    }
+}
+
+impl FilePromise {
+    /// A promise we cannot read may be one we made: keep a whole one from now.
+    fn unreadable(&self, why: &str) -> u64 {
+        tracing::error!(
+            path = %self.path.display(),
+            "failsafe promise unreadable: {why}; not taking the lease for {:?}",
+            self.quarantine
+        );
+        pgha_agent_core::now_ms() + self.quarantine.as_millis() as u64
     }
 }
 
@@ -89,8 +107,13 @@ pub fn build(
     let watchdog = Arc::new(SupervisorWatchdog {
         pg: supervised.clone(),
     });
-    let pg = Arc::new(LocalNode::new(cfg.clone(), ctx.me.clone(), supervised));
-    let peers = Arc::new(NetPeers::new(cfg.clone())?);
+    let pg = Arc::new(LocalNode::new(
+        cfg.clone(),
+        ctx.me.clone(),
+        supervised,
+        ctx.t.promote_timeout,
+    ));
+    let peers = Arc::new(NetPeers::new(cfg.clone(), ctx.t.dead_probe_timeout)?);
     let clock: Arc<dyn pgha_agent_core::ports::WallClock> =
         Arc::new(pgha_agent_core::ports::SystemClock);
     let promises = Arc::new(FilePromise {
@@ -98,6 +121,7 @@ pub fn build(
             .me
             .run_dir()
             .join(format!("{}.failsafe-promise", ctx.me.name)),
+        quarantine: ctx.t.failsafe_quarantine,
     });
     let (shared, events) = Shared::new(ctx.t.failsafe_quarantine, promises, clock.clone());
     let fx = Effects {

@@ -44,13 +44,19 @@ pub struct LocalNode {
 }
 
 impl LocalNode {
-    pub fn new(cfg: Arc<PghaConfig>, node: NodeConfig, pg: SupervisedInstance) -> Self {
+    /// `promote_timeout`: `Timings::promote_timeout`.
+    pub fn new(
+        cfg: Arc<PghaConfig>,
+        node: NodeConfig,
+        pg: SupervisedInstance,
+        promote_timeout: Duration,
+    ) -> Self {
         LocalNode {
             cfg,
             node,
             pg,
             conn: Mutex::new(None),
-            promote_timeout: Duration::from_secs(60),
+            promote_timeout,
         }
     }
 
@@ -270,15 +276,22 @@ impl PgNode for LocalNode {
                     })
                 })
                 .await;
-            if let Ok(rows) = rows {
-                o.standbys = rows
-                    .into_iter()
-                    .map(|(name, state, flush_lsn)| StandbyRow {
-                        name,
-                        streaming: state.as_deref() == Some("streaming"),
-                        flush_lsn,
-                    })
-                    .collect();
+            match rows {
+                Ok(rows) => {
+                    o.standbys = rows
+                        .into_iter()
+                        .map(|(name, state, flush_lsn)| StandbyRow {
+                            name,
+                            streaming: state.as_deref() == Some("streaming"),
+                            flush_lsn,
+                        })
+                        .collect();
+                }
+                // Without the rows, sync_names stays None: the sync planner skips this tick.
+                Err(e) => {
+                    tracing::warn!(node = %self.node.name, "read pg_stat_replication: {e}");
+                    return o;
+                }
             }
             let misc = self
                 .with_conn("synchronous_standby_names", |c| {
@@ -292,9 +305,14 @@ impl PgNode for LocalNode {
                     })
                 })
                 .await;
-            if let Ok((ssn, ckpt)) = misc {
-                o.sync_names = Some(ssn);
-                o.checkpoint_timeline = Some(ckpt);
+            match misc {
+                Ok((ssn, ckpt)) => {
+                    o.sync_names = Some(ssn);
+                    o.checkpoint_timeline = Some(ckpt);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.node.name, "read synchronous_standby_names: {e}")
+                }
             }
         }
         if self.cfg.replication.slots {

@@ -14,9 +14,6 @@ use pgha_config::{NodeConfig, PghaConfig, Secret};
 use pgha_postgres::{connect_params, Lsn};
 use pgha_replication::create_slot;
 
-/// How long a probe of a peer's port or position may take.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
-
 /// The cluster's other nodes, reached over the network.
 #[derive(Debug)]
 pub struct NetPeers {
@@ -25,10 +22,12 @@ pub struct NetPeers {
     api: pgha_tls::AgentApiClient,
     /// The connection a switchover polls the target's received position on.
     received: Mutex<Option<(String, PgConnection)>>,
+    /// Connect timeout of the dead-leader and position probes (`Timings::dead_probe_timeout`).
+    probe_timeout: Duration,
 }
 
 impl NetPeers {
-    pub fn new(cfg: Arc<PghaConfig>) -> crate::Result<Self> {
+    pub fn new(cfg: Arc<PghaConfig>, probe_timeout: Duration) -> crate::Result<Self> {
         let token = cfg
             .failover
             .api_token
@@ -46,6 +45,7 @@ impl NetPeers {
             token,
             api,
             received: Mutex::new(None),
+            probe_timeout,
         })
     }
 
@@ -62,9 +62,9 @@ impl NetPeers {
     }
 }
 
-async fn refused(addr: String) -> bool {
+async fn refused(addr: String, timeout: Duration) -> bool {
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
     )
 }
@@ -76,11 +76,12 @@ impl Peers for NetPeers {
         let Some(api) = n.agent_address else {
             return false;
         };
-        refused(n.address()).await && refused(api.to_string()).await
+        refused(n.address(), self.probe_timeout).await
+            && refused(api.to_string(), self.probe_timeout).await
     }
 
     async fn position(&self, node: &str) -> Option<Lsn> {
-        let mut c = self.connect(node, PROBE_TIMEOUT).await.ok()?;
+        let mut c = self.connect(node, self.probe_timeout).await.ok()?;
         let live: Result<(bool, Option<Lsn>), _> = sqlx::query_as(
             "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())",
         )

@@ -38,6 +38,16 @@ pub struct LocalInstance {
     tool_ssl_root_cert: Option<PathBuf>,
 }
 
+/// libpq tools (and postgres) read PGHOST, PGPASSWORD, ... before a passfile: an operator's
+/// variables must not redirect or re-authenticate what we run. Only what we set counts.
+pub(crate) fn strip_libpq_env(cmd: &mut std::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 impl LocalInstance {
     pub fn new(
         name: impl Into<String>,
@@ -118,13 +128,7 @@ impl LocalInstance {
         // The caller's cwd may be unreadable for the server user (e.g. /root): postgres
         // refuses to start when it cannot resolve it.
         cmd.current_dir("/");
-        // libpq tools read PGHOST, PGPASSWORD, ... before a passfile: an operator's variables
-        // must not redirect or re-authenticate what we run. Only what we set below counts.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
+        strip_libpq_env(&mut cmd);
         cmd.env("LC_ALL", "C.UTF-8");
         cmd.stdin(std::process::Stdio::null());
         if let Some(ca) = &self.tool_ssl_root_cert {
@@ -286,22 +290,11 @@ impl LocalInstance {
         let ProcessState::Running { pid } = self.process_state()? else {
             return Ok(());
         };
-        let mut victims = vec![pid];
-        victims.extend(children_of(pid));
-        for p in &victims {
-            if let Err(e) = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*p),
-                nix::sys::signal::Signal::SIGKILL,
-            ) {
-                if e != nix::errno::Errno::ESRCH {
-                    return Err(PgError::Kill {
-                        node: self.name.clone(),
-                        pid: *p,
-                        source: e,
-                    });
-                }
-            }
-        }
+        crate::supervisor::sigkill_tree(pid).map_err(|(p, source)| PgError::Kill {
+            node: self.name.clone(),
+            pid: p,
+            source,
+        })?;
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.process_state()? != ProcessState::Stopped {
             if Instant::now() > deadline {

@@ -165,11 +165,7 @@ impl SupervisedInstance {
                 .env("HOME", &u.home)
                 .env("USER", &u.name);
         }
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
+        crate::instance::strip_libpq_env(&mut cmd);
         cmd.arg("--")
             .arg(i.bins().tool("postgres"))
             .arg("-D")

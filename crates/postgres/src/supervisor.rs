@@ -161,18 +161,28 @@ pub fn supervise_main(args: &[OsString]) -> ExitCode {
 /// SIGKILL of `pid` and of every process whose parent it is (a postmaster's backends would
 /// otherwise finish the command they are running, a commit included, before noticing).
 pub fn kill_tree(pid: i32) {
+    if let Err((p, e)) = sigkill_tree(pid) {
+        eprintln!("pgha supervisor: SIGKILL {p}: {e}");
+    }
+}
+
+/// SIGKILL to `pid` and its children (a process already gone is no error); the first pid
+/// that could not be signalled, and why.
+pub(crate) fn sigkill_tree(pid: i32) -> std::result::Result<(), (i32, nix::errno::Errno)> {
     let mut victims = vec![pid];
     victims.extend(crate::instance::children_of(pid));
+    let mut first_err = None;
     for p in victims {
         if let Err(e) = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
             nix::sys::signal::Signal::SIGKILL,
         ) {
-            if e != nix::errno::Errno::ESRCH {
-                eprintln!("pgha supervisor: SIGKILL {p}: {e}");
+            if e != nix::errno::Errno::ESRCH && first_err.is_none() {
+                first_err = Some((p, e));
             }
         }
     }
+    first_err.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -373,10 +373,15 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         .iter()
         .any(|a| matches!(a, Action::ReleaseLeader { .. }))
     {
-        // We hand the key over this tick: this tick's view still names us; leading on it
-        // would start PostgreSQL as a primary again.
-        d.next.role = Role::NoLeader;
-        d.because("released the leader key (hand-over done)");
+        // We give the key up this tick (a hand-over, a failed start): this tick's view still
+        // names us; leading on it would start PostgreSQL as a primary again. The role and the
+        // reason the release set stand.
+        if d.next.role.holds_lease() {
+            d.next.role = Role::NoLeader;
+        }
+        if d.reason.is_empty() {
+            d.because("released the leader key (hand-over done)");
+        }
         return;
     }
     if view.config.paused {
@@ -429,14 +434,7 @@ fn watchdog(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
         .is_some_and(|j| j.job.may_make_writable());
     let leased = d.next.role == Role::Leader;
     let deadline = match (leased, d.next.session) {
-        (true, Some(s)) => {
-            let proof = d
-                .next
-                .timers
-                .failsafe_ok
-                .map_or(s.renewed_at, |f| f.max(s.renewed_at));
-            Some(proof + ctx.t.watchdog_after)
-        }
+        (true, Some(s)) => Some(d.next.proof(s) + ctx.t.watchdog_after),
         _ if local_primary || writable_job => Some(d.next.watchdog.unwrap_or(inp.now)),
         _ => None,
     };

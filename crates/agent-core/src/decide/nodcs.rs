@@ -35,12 +35,7 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         d.because("DCS unreachable without a session: fenced");
         return;
     };
-    let proof = d
-        .next
-        .timers
-        .failsafe_ok
-        .map_or(s.renewed_at, |f| f.max(s.renewed_at));
-    let since = now.duration_since(proof);
+    let since = now.duration_since(d.next.proof(s));
     if since >= t.fence_after {
         d.fence(format!(
             "DCS unreachable: no lease renewal{} for {since:?}; the lease may expire",

@@ -83,6 +83,11 @@ pub(super) fn slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
 /// - non-strict: a new standby that disconnects, or has not caught up within
 ///   `sync_catchup_timeout`, leaves synchronous_standby_names again (commits must not hang).
 pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
+    if inp.local.sync_names.is_none() {
+        // The replication rows were not read this tick: "no standby streams" would be a guess
+        // that drops every synchronous standby.
+        return;
+    }
     let me = ctx.name();
     let now = inp.now;
     let others = ctx.others();

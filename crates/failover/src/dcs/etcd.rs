@@ -212,6 +212,18 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// A key we can do without (status, switchover, a member): unreadable means absent, said in
+/// the log.
+fn logged<T>(r: Result<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!("{e}; read as absent");
+            None
+        }
+    }
+}
+
 #[async_trait]
 impl Dcs for EtcdDcs {
     async fn grant_session(&self) -> Result<LeaseId> {
@@ -275,7 +287,7 @@ impl Dcs for EtcdDcs {
                         revision: kv.mod_revision(),
                     })
                 }
-                "status" => view.status = decode(full, kv.value()).ok(),
+                "status" => view.status = logged(decode(full, kv.value())),
                 "config" => {
                     view.config_revision = kv.mod_revision();
                     view.config = decode(full, kv.value()).unwrap_or_else(|e| {
@@ -290,10 +302,22 @@ impl Dcs for EtcdDcs {
                         }
                     })
                 }
-                "switchover" => view.switchover = decode(full, kv.value()).ok(),
-                "sync" => view.sync = decode(full, kv.value()).ok(),
+                "switchover" => view.switchover = logged(decode(full, kv.value())),
+                "sync" => {
+                    view.sync = Some(decode(full, kv.value()).unwrap_or_else(|e| {
+                        // No /sync would lift sync mode's restriction: an unreadable one
+                        // names no standby, so nobody is promoted until the leader rewrites it.
+                        tracing::error!(
+                            "{e}; no node may be promoted until the leader rewrites it"
+                        );
+                        SyncState {
+                            leader: String::new(),
+                            standbys: vec![],
+                        }
+                    }))
+                }
                 k if k.starts_with("members/") => {
-                    if let Ok(m) = decode::<MemberState>(full, kv.value()) {
+                    if let Some(m) = logged(decode::<MemberState>(full, kv.value())) {
                         view.members.insert(m.name.clone(), m);
                     }
                 }
@@ -436,13 +460,19 @@ impl Dcs for EtcdDcs {
                 .bounded("get timeline", c.get(key.clone(), None))
                 .await?;
             let (stored, rev) = match resp.kvs().first() {
-                Some(kv) => (
-                    std::str::from_utf8(kv.value())
-                        .ok()
-                        .and_then(|v| v.trim().parse::<i64>().ok())
-                        .unwrap_or(0),
-                    kv.mod_revision(),
-                ),
+                Some(kv) => {
+                    let text = String::from_utf8_lossy(kv.value());
+                    // Reading garbage as 0 would hand out used timelines again.
+                    let stored = text
+                        .trim()
+                        .parse::<i64>()
+                        .map_err(|_| CoreError::BadValue {
+                            key: key.clone(),
+                            value: text.trim().into(),
+                            expected: "a timeline number",
+                        })?;
+                    (stored, kv.mod_revision())
+                }
                 None => (0, 0),
             };
             let next = (stored + 1).max(at_least);

@@ -165,14 +165,7 @@ async fn with_no_leader_a_stopped_replica_starts_read_only_to_become_electable()
     for m in v.members.values_mut() {
         m.pg_state = PgState::Stopped;
     }
-    let inp = inputs(
-        now,
-        Local::stopped(MemberRole::Replica),
-        DcsRead::Ok {
-            session: renewed(42, now),
-            view: v,
-        },
-    );
+    let inp = healthy(now, Local::stopped(MemberRole::Replica), v);
     let d = decide(&ctx(), &m, &inp);
     assert_eq!(
         d.reason,

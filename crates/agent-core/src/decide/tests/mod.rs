@@ -142,6 +142,18 @@ fn inputs(now: Instant, local: Local, dcs: DcsRead) -> Inputs {
     }
 }
 
+/// A tick with the DCS answering and our session 42 just renewed.
+fn healthy(now: Instant, local: Local, view: ClusterView) -> Inputs {
+    inputs(
+        now,
+        local,
+        DcsRead::Ok {
+            session: renewed(42, now),
+            view,
+        },
+    )
+}
+
 fn renewed(lease: i64, sent: Instant) -> SessionRead {
     SessionRead::Renewed { lease, sent }
 }
@@ -297,14 +309,7 @@ async fn refused_ports_alone_never_revoke_a_leader() {
     // Refused on many ticks, the leader's key unchanged for long: no second observer.
     for i in 0..10 {
         let t = now + Duration::from_millis(250 * i);
-        let mut inp = inputs(
-            t,
-            replica(),
-            DcsRead::Ok {
-                session: renewed(42, t),
-                view: v.clone(),
-            },
-        );
+        let mut inp = healthy(t, replica(), v.clone());
         inp.probes.leader_refused = Some(true);
         let dd = decide(&c, &m, &inp);
         m = dd.next.clone();
@@ -335,16 +340,11 @@ async fn a_second_observer_and_a_stale_member_key_revoke_a_dead_leader() {
     let mut v = view(Some(("n2", 9)));
     v.members.get_mut("n3").unwrap().suspects = Some(9);
     let mut revoked = None;
-    for i in 0..6 {
-        let t = now + Duration::from_millis(250 * i);
-        let mut inp = inputs(
-            t,
-            replica(),
-            DcsRead::Ok {
-                session: renewed(42, t),
-                view: v.clone(),
-            },
-        );
+    // Once the ports refuse, the follower looks every dead_probe_every (d.soon).
+    let step = c.t.dead_probe_every;
+    for i in 0..40u32 {
+        let t = now + step * i;
+        let mut inp = healthy(t, replica(), v.clone());
         inp.probes.leader_refused = Some(true);
         let d = decide(&c, &m, &inp);
         m = d.next.clone();
@@ -355,6 +355,44 @@ async fn a_second_observer_and_a_stale_member_key_revoke_a_dead_leader() {
     }
     let (i, reason) = revoked.expect("revoked");
     assert!(reason.contains("another member sees it too"), "{reason}");
-    // Not before its key was unchanged for dead_leader_stale.
-    assert!(Duration::from_millis(250 * i) >= c.t.dead_leader_stale);
+    // Not before its key was unchanged for dead_leader_stale ...
+    assert!(step * i >= c.t.dead_leader_stale);
+    // ... and no later than one missed publish (1.5 x loop_wait) and a probe: the RTO budget.
+    assert!(
+        step * i <= c.t.loop_wait * 3 / 2 + step,
+        "revoked after {:?} (loop_wait {:?})",
+        step * i,
+        c.t.loop_wait
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_makes_its_slot_on_the_upstream_when_it_re_points_not_every_tick() {
+    let now = Instant::now();
+    let c = ctx();
+    let mut m = mem(
+        now,
+        Role::Follower {
+            leader: "n2".into(),
+        },
+        42,
+    );
+    let slot_on_n2 = |d: &Decision| {
+        has(
+            d,
+            |a| matches!(a, Action::CreateSlotOn { node, slot } if node == "n2" && slot == "n1"),
+        )
+    };
+    // Already streaming from n2: no connection to n2 for the slot this tick.
+    m.current_upstream = Some("n2".into());
+    let d = decide(&c, &m, &healthy(now, replica(), view(Some(("n2", 9)))));
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::PointAt { upstream } if upstream == "n2")
+    ));
+    assert!(!slot_on_n2(&d), "{d:?}");
+    // Pointed elsewhere (the leader changed): the slot is made before re-pointing.
+    m.current_upstream = Some("n3".into());
+    let d = decide(&c, &m, &healthy(now, replica(), view(Some(("n2", 9)))));
+    assert!(slot_on_n2(&d), "{d:?}");
 }

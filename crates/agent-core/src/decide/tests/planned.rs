@@ -18,14 +18,7 @@ async fn a_switchover_scheduled_for_later_does_not_stop_a_failover() {
     });
     let mut local = replica();
     local.lsn = Some(Lsn(2000));
-    let inp = inputs(
-        now,
-        local,
-        DcsRead::Ok {
-            session: renewed(42, now),
-            view: v,
-        },
-    );
+    let inp = healthy(now, local, v);
     let d = decide(&ctx(), &m, &inp);
     assert_eq!(
         d.reason,
@@ -44,14 +37,7 @@ async fn a_new_leader_promotes_on_a_fresh_timeline_and_checkpoints() {
         timeline: 4,
         updated_ms: 0,
     });
-    let inp = inputs(
-        now,
-        replica(),
-        DcsRead::Ok {
-            session: renewed(42, now),
-            view: v,
-        },
-    );
+    let inp = healthy(now, replica(), v);
     let d = decide(&ctx(), &m, &inp);
     assert_eq!(
         d.reason,
@@ -84,14 +70,7 @@ async fn a_follower_waits_for_the_leaders_checkpoint_before_pg_rewind() {
     let l = v.members.get_mut("n2").unwrap();
     l.timeline = Some(2);
     l.checkpoint_timeline = Some(1);
-    let inp = inputs(
-        now,
-        Local::stopped(MemberRole::Primary),
-        DcsRead::Ok {
-            session: renewed(42, now),
-            view: v,
-        },
-    );
+    let inp = healthy(now, Local::stopped(MemberRole::Primary), v);
     let d = decide(&ctx(), &m, &inp);
     assert_eq!(
         d.reason,
@@ -122,14 +101,7 @@ fn sync_leader(now: Instant, current: &[&str], streaming: &[(&str, u64)]) -> (Ct
         current.len(),
         &current.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
     ));
-    let inp = inputs(
-        now,
-        local,
-        DcsRead::Ok {
-            session: renewed(42, now),
-            view: v,
-        },
-    );
+    let inp = healthy(now, local, v);
     (c, m, inp)
 }
 
@@ -267,4 +239,33 @@ async fn the_tick_that_hands_the_key_over_ends_without_leading() {
     );
     assert!(!has(&d, |a| matches!(a, Action::Spawn { .. })), "{d:?}");
     assert_eq!(d.next.role, Role::NoLeader, "{}", d.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unread_replication_rows_change_no_synchronous_standby() {
+    // pg_stat_replication could not be read this tick (sync_names None, no rows): that is no
+    // evidence that n2 stopped streaming, so /sync and synchronous_standby_names stay.
+    let now = Instant::now();
+    let (c, m, mut inp) = sync_leader(now, &["n2"], &[("n2", 1000)]);
+    inp.local.standbys.clear();
+    inp.local.sync_names = None;
+    let d = decide(&c, &m, &inp);
+    assert!(
+        !has(&d, |a| matches!(
+            a,
+            Action::PutSync(_) | Action::SetSyncNames { .. }
+        )),
+        "{d:?}"
+    );
+    // With the rows read and n2 gone, the planner does act (the test above can fail).
+    let (c, m, mut inp) = sync_leader(now, &["n2"], &[("n2", 1000)]);
+    inp.local.standbys.clear();
+    let d = decide(&c, &m, &inp);
+    assert!(
+        has(&d, |a| matches!(
+            a,
+            Action::PutSync(_) | Action::SetSyncNames { .. }
+        )),
+        "{d:?}"
+    );
 }
