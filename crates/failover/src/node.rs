@@ -13,7 +13,6 @@ use pgha_agent_core::inputs::{Local, StandbyRow};
 use pgha_agent_core::ports::{PgNode, Target};
 use pgha_agent_core::{CoreError, Result};
 use pgha_config::{NodeConfig, PghaConfig};
-use pgha_postgres::sql::quote_literal;
 use pgha_postgres::{
     connect_params, control_data, LocalInstance, Lsn, PgControl, PgError, ProcessState, StopMode,
     SupervisedInstance,
@@ -28,6 +27,9 @@ use crate::dcs::{MemberRole, PgState};
 
 /// How long an immediate shutdown may take before the fence falls back to SIGKILL.
 const FENCE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long setting synchronous_standby_names waits for the reload to apply.
+const SYNC_APPLY_WAIT: Duration = Duration::from_secs(1);
 
 /// First line of the placeholder timeline history files a promotion writes.
 const PLACEHOLDER: &str = "# pgha placeholder:";
@@ -400,23 +402,18 @@ impl PgNode for LocalNode {
     }
 
     async fn set_sync_names(&self, value: &str) -> Result<Lsn> {
-        let sql = format!(
-            "ALTER SYSTEM SET synchronous_standby_names = {}",
-            quote_literal(value)
-        );
-        self.with_conn("ALTER SYSTEM", move |c| {
-            Box::pin(async move { sqlx::query(&sql).execute(c).await.map(|_| ()) })
-        })
-        .await?;
-        self.with_conn("pg_reload_conf", |c| {
-            Box::pin(async move {
-                sqlx::query("SELECT pg_reload_conf()")
-                    .execute(c)
-                    .await
-                    .map(|_| ())
-            })
-        })
-        .await?;
+        // The position is read once PostgreSQL applies the value (a position from before
+        // would let /sync name a standby that lacks commits acknowledged in between). The
+        // wait is short: it runs inside the tick.
+        let applied = {
+            let mut c = self.conn().await?;
+            pgha_replication::apply_sync_names(&mut c, self.local().name(), value, SYNC_APPLY_WAIT)
+                .await
+        };
+        if let Err(e) = applied {
+            self.forget_conn().await;
+            return Err(e.into());
+        }
         self.with_conn("pg_current_wal_lsn", |c| {
             Box::pin(async move {
                 sqlx::query_scalar::<_, Lsn>(

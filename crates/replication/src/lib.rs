@@ -22,7 +22,7 @@ pub use error::{ReplicationError, Result};
 pub use install::{
     install_settings, install_tls_files, NodeRole, CLUSTER_CONF, INCLUDE_MARKER, NODE_CONF,
 };
-pub use mode::{set_mode, synchronous_standby_names};
+pub use mode::{apply_sync_names, set_mode, synchronous_standby_names};
 pub use pgha_postgres::Lsn;
 pub use rewind::rewind;
 pub use roles::ensure_replication_role;

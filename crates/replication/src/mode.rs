@@ -48,9 +48,27 @@ pub async fn set_mode(
             });
         }
     }
+    sqlx::query("ALTER SYSTEM SET synchronous_commit = 'on'")
+        .execute(&mut *conn)
+        .await
+        .map_err(ReplicationError::query(node, "set synchronous_commit"))?;
+    apply_sync_names(conn, node, &value, Duration::from_secs(10)).await?;
+    tracing::info!(node, %mode, synchronous_standby_names = %value, "replication mode set");
+    Ok(())
+}
+
+/// Sets synchronous_standby_names on the primary behind `conn` (ALTER SYSTEM and a reload)
+/// and returns once this backend sees the new value, at most `wait` later: a WAL position
+/// read after it is one from which commits wait for the new standbys.
+pub async fn apply_sync_names(
+    conn: &mut PgConnection,
+    node: &str,
+    value: &str,
+    wait: Duration,
+) -> Result<()> {
     let stmt = format!(
         "ALTER SYSTEM SET synchronous_standby_names = {}",
-        quote_literal(&value)
+        quote_literal(value)
     );
     sqlx::query(&stmt)
         .execute(&mut *conn)
@@ -59,16 +77,12 @@ pub async fn set_mode(
             node,
             "set synchronous_standby_names",
         ))?;
-    sqlx::query("ALTER SYSTEM SET synchronous_commit = 'on'")
-        .execute(&mut *conn)
-        .await
-        .map_err(ReplicationError::query(node, "set synchronous_commit"))?;
     sqlx::query("SELECT pg_reload_conf()")
         .execute(&mut *conn)
         .await
         .map_err(ReplicationError::query(node, "reload configuration"))?;
     // pg_reload_conf only signals; the postmaster and this backend re-read the file shortly after.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wait;
     loop {
         let current: String =
             sqlx::query_scalar("SELECT current_setting('synchronous_standby_names')")
@@ -79,16 +93,15 @@ pub async fn set_mode(
                     "read synchronous_standby_names",
                 ))?;
         if current == value {
-            tracing::info!(node, %mode, synchronous_standby_names = %value, "replication mode set");
             return Ok(());
         }
         if Instant::now() > deadline {
             return Err(ReplicationError::ReloadNotApplied {
                 node: node.into(),
                 setting: "synchronous_standby_names",
-                seconds: 10,
+                seconds: wait.as_secs().max(1),
             });
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
