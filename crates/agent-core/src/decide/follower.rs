@@ -97,15 +97,6 @@ fn follow_leader(
             ));
         }
         (PgState::Running, _) => {
-            if ctx.cfg.replication.slots && d.next.current_upstream.as_deref() != Some(up.as_str())
-            {
-                // Re-pointing: the WAL receiver finds its slot at once on the new upstream
-                // (once, not every tick: it is a connection to the upstream).
-                d.act(Action::CreateSlotOn {
-                    node: up.clone(),
-                    slot: ctx.name().into(),
-                });
-            }
             d.act(Action::PointAt {
                 upstream: up.clone(),
             });

@@ -365,34 +365,3 @@ async fn a_second_observer_and_a_stale_member_key_revoke_a_dead_leader() {
         c.t.loop_wait
     );
 }
-
-#[tokio::test(start_paused = true)]
-async fn a_follower_makes_its_slot_on_the_upstream_when_it_re_points_not_every_tick() {
-    let now = Instant::now();
-    let c = ctx();
-    let mut m = mem(
-        now,
-        Role::Follower {
-            leader: "n2".into(),
-        },
-        42,
-    );
-    let slot_on_n2 = |d: &Decision| {
-        has(
-            d,
-            |a| matches!(a, Action::CreateSlotOn { node, slot } if node == "n2" && slot == "n1"),
-        )
-    };
-    // Already streaming from n2: no connection to n2 for the slot this tick.
-    m.current_upstream = Some("n2".into());
-    let d = decide(&c, &m, &healthy(now, replica(), view(Some(("n2", 9)))));
-    assert!(has(
-        &d,
-        |a| matches!(a, Action::PointAt { upstream } if upstream == "n2")
-    ));
-    assert!(!slot_on_n2(&d), "{d:?}");
-    // Pointed elsewhere (the leader changed): the slot is made before re-pointing.
-    m.current_upstream = Some("n3".into());
-    let d = decide(&c, &m, &healthy(now, replica(), view(Some(("n2", 9)))));
-    assert!(slot_on_n2(&d), "{d:?}");
-}
