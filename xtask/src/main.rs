@@ -8,6 +8,7 @@ mod deps;
 mod drill;
 mod drill_dr;
 mod drill_frozen;
+mod faults;
 mod pgbouncer;
 mod services;
 mod simulate;
@@ -67,6 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: drill::DrillCommand,
     },
+    /// The fault-injection suite: real processes on simulated hosts (network namespaces),
+    /// partitions, freezes, restarts, etcd faults; a table per scenario (docs/RELIABILITY.md).
+    Faults(faults::FaultsArgs),
     /// The agents' deterministic simulation over many seeds (faults, virtual time, invariants).
     Simulate(simulate::SimulateArgs),
     /// Install what the tests need (on Debian as root), then run the whole test suite.
@@ -77,7 +81,7 @@ enum Command {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             Command::Drill { command } => drill::run(command).await,
             Command::Test(args) => test::run(args),
             Command::Simulate(args) => simulate::run(&args),
+            Command::Faults(args) => faults::run(args),
             Command::InstallDeps => deps::ensure_all(),
         }
     });

@@ -74,11 +74,15 @@ fn kind_name(manual: Option<(&str, RequestKind)>) -> &'static str {
     }
 }
 
-/// Ordering key: newest timeline, then furthest WAL, then a node that is a primary on disk, then
-/// name (ascending) so every agent computes the same winner.
-fn rank(m: &MemberState) -> (i64, u64, bool, std::cmp::Reverse<String>) {
+/// Ordering key: newest timeline, then a running primary (every replica on its timeline
+/// streams from it, so none holds WAL it lacks; a replica's position read a moment later than
+/// the primary's is ahead only while the primary keeps writing), then furthest WAL, then a
+/// node that is a primary on disk, then name (ascending) so every agent computes the same
+/// winner.
+fn rank(m: &MemberState) -> (i64, bool, u64, bool, std::cmp::Reverse<String>) {
     (
         m.timeline.unwrap_or(0),
+        m.role == MemberRole::Primary && m.pg_state == PgState::Running,
         m.lsn.map(|l| l.0).unwrap_or(0),
         m.role == MemberRole::Primary,
         std::cmp::Reverse(m.name.clone()),
@@ -205,6 +209,34 @@ mod tests {
         let x = m("x", 5, MemberRole::Replica);
         let y = m("y", 5, MemberRole::Replica);
         assert_eq!(best([&y, &x], &rules(None, None)).unwrap().name, "x");
+    }
+
+    /// Found by `cargo xtask faults --scenario etcd-all-cut`: when etcd came back after the
+    /// leader's lease had expired in it, the primary that served through the failsafe ranked
+    /// below a replica whose position was read a moment later (the primary kept writing), so
+    /// it stopped and the replica was promoted.
+    #[test]
+    fn a_running_primary_outranks_a_replica_read_later_on_its_timeline() {
+        let primary = m("p", 0x5094110, MemberRole::Primary);
+        let replica = m("a", 0x5094320, MemberRole::Replica);
+        assert_eq!(
+            best([&replica, &primary], &rules(None, None)).unwrap().name,
+            "p"
+        );
+        // A stopped primary's position is its last checkpoint: WAL decides again.
+        let mut stopped = primary.clone();
+        stopped.pg_state = PgState::Stopped;
+        assert_eq!(
+            best([&replica, &stopped], &rules(None, None)).unwrap().name,
+            "a"
+        );
+        // A newer timeline still wins over a running primary of an older one.
+        let mut newer = replica.clone();
+        newer.timeline = Some(2);
+        assert_eq!(
+            best([&newer, &primary], &rules(None, None)).unwrap().name,
+            "a"
+        );
     }
 
     #[test]

@@ -208,6 +208,10 @@ fn resolve_relative_paths(config: &mut PghaConfig, base: &Path) {
     }
     fix_secret(&mut config.postgres.superuser_password);
     fix_secret(&mut config.replication.password);
+    fix_secret(&mut config.failover.api_token);
+    if let Some(r) = config.router.as_mut() {
+        fix_secret(&mut r.password);
+    }
     if let Some(p) = config.monitoring.queries_file.as_mut() {
         fix(p);
     }
@@ -260,5 +264,51 @@ fn resolve_relative_paths(config: &mut PghaConfig, base: &Path) {
         {
             fix(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Found by `cargo xtask faults`: a relative `failover.api_token` file was read relative
+    /// to the agent's working directory, not to pgha.toml.
+    #[test]
+    fn every_relative_secret_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+[cluster]
+name = "demo"
+[postgres]
+superuser_password = { file = "secrets/su" }
+[replication]
+password = { file = "secrets/repl" }
+[failover]
+api_token = { file = "secrets/api.token" }
+[router]
+user = "app"
+password = { file = "secrets/app" }
+[[nodes]]
+name = "node1"
+host = "127.0.0.1"
+port = 5432
+data_dir = "/var/lib/pgha/node1"
+"#;
+        let path = dir.path().join("pgha.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = load(ConfigSource::Flag(path)).unwrap().config;
+        let file = |s: &Option<SecretSource>| match s {
+            Some(SecretSource::File { file }) => file.clone(),
+            other => panic!("not a file secret: {other:?}"),
+        };
+        let secrets = dir.path().join("secrets");
+        assert_eq!(file(&c.postgres.superuser_password), secrets.join("su"));
+        assert_eq!(file(&c.replication.password), secrets.join("repl"));
+        assert_eq!(file(&c.failover.api_token), secrets.join("api.token"));
+        assert_eq!(
+            file(&c.router.as_ref().unwrap().password),
+            secrets.join("app")
+        );
     }
 }

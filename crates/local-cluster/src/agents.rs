@@ -21,6 +21,18 @@ impl AgentProcess {
     /// Starts `bin --config CONFIG --node NODE`, output appended to `log`, in its own process
     /// group so a terminal's Ctrl-C does not reach it.
     pub fn spawn(bin: &Path, config: &Path, node: &str, log: &Path) -> Result<Self> {
+        Self::spawn_command(Command::new(bin), bin, config, node, log)
+    }
+
+    /// [`Self::spawn`] with `cmd` as the start of the command line: `ip netns exec <ns> <bin>`
+    /// runs the agent on a simulated host. `bin` names the program in errors.
+    pub fn spawn_command(
+        mut cmd: Command,
+        bin: &Path,
+        config: &Path,
+        node: &str,
+        log: &Path,
+    ) -> Result<Self> {
         use std::os::unix::process::CommandExt;
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -30,7 +42,7 @@ impl AgentProcess {
         let err = out
             .try_clone()
             .map_err(LocalClusterError::io("open", log))?;
-        let child = Command::new(bin)
+        let child = cmd
             .arg("--config")
             .arg(config)
             .args(["--node", node])

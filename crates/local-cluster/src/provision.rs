@@ -44,6 +44,11 @@ pub struct ClusterSpec {
     pub permanent_slots: Vec<String>,
     /// Build a standby cluster of another local cluster instead of a new one.
     pub standby: Option<StandbySpec>,
+    /// One address per node (simulated hosts): node i listens on `node_hosts[i]`, PostgreSQL on
+    /// 5432 and its agent on 8008. Empty: every node on `host`, on free ports.
+    pub node_hosts: Vec<String>,
+    /// `replication.allowed_networks` (default: 127.0.0.1/32).
+    pub allowed_networks: Vec<String>,
     /// `replicate_from` per node name (cascading replicas).
     pub replicate_from: BTreeMap<String, String>,
 }
@@ -80,6 +85,8 @@ impl ClusterSpec {
             permanent_slots: Vec::new(),
             standby: None,
             replicate_from: BTreeMap::new(),
+            node_hosts: Vec::new(),
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -124,6 +131,16 @@ impl LocalCluster {
     /// Builds a new cluster: writes secrets and pgha.toml, initdb + start of the primary,
     /// replication role, then each replica by pg_basebackup; returns once every replica streams.
     pub async fn create(spec: &ClusterSpec) -> Result<Self> {
+        let cluster = Self::prepare(spec)?;
+        cluster.build().await?;
+        cluster.mark_complete()?;
+        Ok(cluster)
+    }
+
+    /// The first half of [`Self::create`]: secrets, pgha.toml and TLS certificates, no server.
+    /// Follow it with [`Self::bootstrap_primary`] (the agents can clone the replicas) and
+    /// [`Self::mark_complete`].
+    pub fn prepare(spec: &ClusterSpec) -> Result<Self> {
         let root = &spec.root;
         std::fs::create_dir_all(root.join("secrets"))
             .map_err(LocalClusterError::io("create", root.join("secrets")))?;
@@ -150,10 +167,16 @@ impl LocalCluster {
         ensure_secret_file(&root.join("secrets/replication.password"))?;
 
         let mut ports = Vec::new();
-        for _ in 0..(spec.replicas + 1) * 2 {
-            ports.push(free_port(&spec.host)?);
-        }
-        let mut text = render_config(spec, &ports.iter().map(|p| p.port).collect::<Vec<_>>());
+        let numbers: Vec<u16> = if spec.node_hosts.is_empty() {
+            for _ in 0..(spec.replicas + 1) * 2 {
+                ports.push(free_port(&spec.host)?);
+            }
+            ports.iter().map(|p| p.port).collect()
+        } else {
+            // A host of its own per node: the well-known ports.
+            (0..=spec.replicas).flat_map(|_| [5432, 8008]).collect()
+        };
+        let mut text = render_config(spec, &numbers);
         // A standby site: the primary site's config names its nodes and its CA.
         let primary_site = match &spec.standby {
             Some(standby) => {
@@ -174,20 +197,40 @@ impl LocalCluster {
             let report = pgha_tls::init(&loaded.config, &pgha_tls::InitOptions::default())?;
             tracing::info!(files = report.files.len(), "TLS certificates issued");
         }
-        let cluster = LocalCluster {
+        Ok(LocalCluster {
             root: root.clone(),
             config: loaded.config,
             _ports: ports,
-        };
-        cluster.build().await?;
-        pgha_postgres::files::write_atomic(&root.join(COMPLETE_MARKER), b"", 0o644, None)?;
-        Ok(cluster)
+        })
+    }
+
+    /// Marks a cluster made by [`Self::prepare`] as complete ([`Self::open`] accepts it).
+    pub fn mark_complete(&self) -> Result<()> {
+        pgha_postgres::files::write_atomic(&self.root.join(COMPLETE_MARKER), b"", 0o644, None)?;
+        Ok(())
     }
 
     async fn build(&self) -> Result<()> {
         if let Some(source) = &self.config.standby_cluster {
             return self.build_standby(source).await;
         }
+        self.bootstrap_primary().await?;
+        let config = &self.config;
+        let primary = &config.nodes[0];
+        let pi = self.instance(&primary.name)?;
+        for node in &config.nodes[1..] {
+            let ri = self.instance(&node.name)?;
+            let t = Instant::now();
+            bootstrap_replica(config, node, primary, &ri, pi.connect_params()).await?;
+            ri.start().await?;
+            tracing::info!(node = %node.name, elapsed_ms = t.elapsed().as_millis() as u64, "replica started");
+        }
+        self.wait_streaming(Duration::from_secs(60)).await
+    }
+
+    /// initdb, settings and start of the first node, and the replication role; the primary is
+    /// left running.
+    pub async fn bootstrap_primary(&self) -> Result<()> {
         let config = &self.config;
         let primary = &config.nodes[0];
         let pi = self.instance(&primary.name)?;
@@ -218,15 +261,7 @@ impl LocalCluster {
             .read()
             .map_err(pgha_postgres::PgError::from)?;
         ensure_replication_role(&mut conn, &primary.name, &config.replication.user, &pw).await?;
-        drop(conn);
-        for node in &config.nodes[1..] {
-            let ri = self.instance(&node.name)?;
-            let t = Instant::now();
-            bootstrap_replica(config, node, primary, &ri, pi.connect_params()).await?;
-            ri.start().await?;
-            tracing::info!(node = %node.name, elapsed_ms = t.elapsed().as_millis() as u64, "replica started");
-        }
-        self.wait_streaming(Duration::from_secs(60)).await
+        Ok(())
     }
 
     /// A standby site: the first node copies the primary site, the others copy it.
@@ -412,7 +447,12 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
         let list: Vec<String> = spec.permanent_slots.iter().map(|x| toml_str(x)).collect();
         let _ = writeln!(s, "permanent_slots = [{}]", list.join(", "));
     }
-    let _ = writeln!(s, "allowed_networks = [\"127.0.0.1/32\"]");
+    let nets: Vec<String> = if spec.allowed_networks.is_empty() {
+        vec![toml_str("127.0.0.1/32")]
+    } else {
+        spec.allowed_networks.iter().map(|n| toml_str(n)).collect()
+    };
+    let _ = writeln!(s, "allowed_networks = [{}]", nets.join(", "));
     if let Some(mb) = spec.wal_keep_size_mb {
         let _ = writeln!(s, "wal_keep_size = \"{mb}MB\"");
     }
@@ -421,7 +461,8 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
         let dir = spec.root.join("nodes").join(&name);
         let _ = writeln!(s, "\n[[nodes]]");
         let _ = writeln!(s, "name = \"{name}\"");
-        let _ = writeln!(s, "host = {}", toml_str(&spec.host));
+        let host = spec.node_hosts.get(i).unwrap_or(&spec.host);
+        let _ = writeln!(s, "host = {}", toml_str(host));
         let _ = writeln!(s, "port = {}", ports[i * 2]);
         let _ = writeln!(
             s,
@@ -434,7 +475,7 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
             "socket_dir = {}",
             toml_str(&socket_dir(&dir).display().to_string())
         );
-        let _ = writeln!(s, "agent_address = \"{}:{}\"", spec.host, ports[i * 2 + 1]);
+        let _ = writeln!(s, "agent_address = \"{host}:{}\"", ports[i * 2 + 1]);
         if let Some(up) = spec.replicate_from.get(&name) {
             let _ = writeln!(s, "replicate_from = {}", toml_str(up));
         }

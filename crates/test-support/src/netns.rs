@@ -46,6 +46,27 @@ impl Host {
             .with_context(|| format!("enter the network namespace {path}"))?;
         Ok(())
     }
+
+    /// Runs `f` to completion on a thread of its own inside this host (a tokio runtime of that
+    /// thread; the processes it spawns live in the host too).
+    pub fn block_on<F, Fut, T>(&self, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+        T: Send + 'static,
+    {
+        let host = self.clone();
+        std::thread::spawn(move || {
+            host.enter()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime for the simulated host")?;
+            rt.block_on(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in host {} panicked", self.ns))?
+    }
 }
 
 /// A set of hosts on one bridge. Dropping it removes the namespaces and the bridge.
@@ -53,6 +74,9 @@ impl Host {
 pub struct Net {
     tag: String,
     hosts: Vec<Host>,
+    /// The network namespace the bridge lives in (the creator's): the guard removes it from
+    /// there, whichever namespace the thread dropping the `Net` is in.
+    home: std::sync::Arc<File>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -108,9 +132,12 @@ impl Net {
         let tag = format!("{PREFIX}{pid}x{k}");
         let bridge = format!("{tag}br");
         let subnet = (200u32, k as u8);
+        let home = File::open("/proc/thread-self/ns/net")
+            .context("open this thread's network namespace")?;
         let mut net = Net {
             tag: tag.clone(),
             hosts: Vec::new(),
+            home: std::sync::Arc::new(home),
         };
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["link", "set", &bridge, "up"])?;
@@ -185,6 +212,40 @@ impl Net {
         )
     }
 
+    /// Host `i` and each of `others` no longer reach each other (both directions dropped in
+    /// host `i`; the other hosts still reach one another).
+    pub fn cut(&self, i: usize, others: &[usize]) -> anyhow::Result<Fault> {
+        let set: Vec<String> = others
+            .iter()
+            .map(|&o| self.host(o).addr.to_string())
+            .collect();
+        let set = set.join(", ");
+        let name: String = others.iter().map(|o| o.to_string()).collect();
+        self.fault(
+            i,
+            &format!("cut{name}"),
+            &format!(
+                "chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n\
+                 chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}"
+            ),
+        )
+    }
+
+    /// TCP connections from host `from` to any of `ports` on host `to` are refused with a reset.
+    pub fn reject_ports(&self, from: usize, to: usize, ports: &[u16]) -> anyhow::Result<Fault> {
+        let dst = self.host(to).addr;
+        let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+        self.fault(
+            from,
+            &format!("rej{to}p{}", list.join("_")),
+            &format!(
+                "chain out {{ type filter hook output priority 0; \
+                 ip daddr {dst} tcp dport {{ {} }} reject with tcp reset; }}",
+                list.join(", ")
+            ),
+        )
+    }
+
     /// TCP connections from host `from` to `port` on host `to` are refused with a reset.
     pub fn reject(&self, from: usize, to: usize, port: u16) -> anyhow::Result<Fault> {
         let dst = self.host(to).addr;
@@ -254,7 +315,18 @@ impl Drop for Fault {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        remove(&self.tag);
+        let (tag, home) = (self.tag.clone(), self.home.clone());
+        // On a thread of its own in the creator's namespace, where the bridge is.
+        let done = std::thread::spawn(move || {
+            if let Err(e) = nix::sched::setns(&*home, nix::sched::CloneFlags::CLONE_NEWNET) {
+                tracing::error!("enter the namespace the simulated hosts were made in: {e}");
+            }
+            remove(&tag);
+        })
+        .join();
+        if done.is_err() {
+            tracing::error!("removing the simulated hosts {} panicked", self.tag);
+        }
     }
 }
 

@@ -83,9 +83,26 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
             .min()
             == Some(me.as_str());
     if best.as_deref() != Some(me.as_str()) && !first_copy {
-        d.because(match best {
-            Some(b) => format!("no leader: {b} is the best candidate"),
-            None => "no leader: no member is eligible".to_string(),
+        // Say why we are not the one: the operator sees it in the log.
+        let ours = members
+            .get(&me)
+            .map(|m| match election::eligibility(m, &rules) {
+                Err(why) => format!("we may not lead: {why}"),
+                Ok(()) => format!(
+                    "we are at timeline {} {}",
+                    m.timeline.unwrap_or(0),
+                    m.lsn.map_or("-".into(), |l| l.to_string())
+                ),
+            })
+            .unwrap_or_default();
+        d.because(match best.as_ref().and_then(|b| members.get(b)) {
+            Some(b) => format!(
+                "no leader: {} is the best candidate (timeline {} {}; {ours})",
+                b.name,
+                b.timeline.unwrap_or(0),
+                b.lsn.map_or("-".into(), |l| l.to_string())
+            ),
+            None => format!("no leader: no member is eligible ({ours})"),
         });
         return;
     }
