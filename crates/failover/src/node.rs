@@ -31,6 +31,10 @@ const FENCE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long setting synchronous_standby_names waits for the reload to apply.
 const SYNC_APPLY_WAIT: Duration = Duration::from_secs(1);
 
+/// A standby that has not replied for this long (it replies every second:
+/// `wal_receiver_status_interval`) no longer counts as streaming.
+const STANDBY_SILENT_SECS: f64 = 3.0;
+
 /// First line of the placeholder timeline history files a promotion writes.
 const PLACEHOLDER: &str = "# pgha placeholder:";
 
@@ -270,8 +274,10 @@ impl PgNode for LocalNode {
             let rows = self
                 .with_conn("pg_stat_replication", |c| {
                     Box::pin(async move {
-                        sqlx::query_as::<_, (String, Option<String>, Option<Lsn>)>(
-                            "SELECT application_name, state, flush_lsn FROM pg_stat_replication",
+                        sqlx::query_as::<_, (String, Option<String>, Option<Lsn>, Option<f64>)>(
+                            "SELECT application_name, state, flush_lsn, \
+                               extract(epoch FROM now() - reply_time)::float8 \
+                             FROM pg_stat_replication",
                         )
                         .fetch_all(c)
                         .await
@@ -282,9 +288,13 @@ impl PgNode for LocalNode {
                 Ok(rows) => {
                     o.standbys = rows
                         .into_iter()
-                        .map(|(name, state, flush_lsn)| StandbyRow {
+                        .map(|(name, state, flush_lsn, silent)| StandbyRow {
                             name,
-                            streaming: state.as_deref() == Some("streaming"),
+                            // A standby silent for longer is cut off, whatever the walsender
+                            // says (found by `cargo xtask faults --sync --scenario sync-churn`:
+                            // commits waited for a standby behind a dropped link for 30 s).
+                            streaming: state.as_deref() == Some("streaming")
+                                && silent.is_none_or(|s| s < STANDBY_SILENT_SECS),
                             flush_lsn,
                         })
                         .collect();

@@ -62,6 +62,10 @@ pub fn render_cluster_conf(config: &PghaConfig) -> String {
     // A replica re-points at a new primary after a failover; retry its WAL source every second
     // instead of the default 5 s.
     let _ = writeln!(s, "wal_retrieve_retry_interval = '1s'");
+    // A standby replies at least every second, so a standby whose link is cut (packets
+    // dropped, no reset: the walsender still says "streaming") is told from an idle one by
+    // pg_stat_replication.reply_time; the agent stops counting it as a synchronous candidate.
+    let _ = writeln!(s, "wal_receiver_status_interval = '1s'");
     let names = match r.mode {
         ReplicationMode::Sync => synchronous_standby_names(config),
         ReplicationMode::Async => String::new(),

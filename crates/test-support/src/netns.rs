@@ -313,27 +313,28 @@ impl Drop for Fault {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let (tag, home) = (self.tag.clone(), self.home.clone());
-        // On a thread of its own in the creator's namespace, where the bridge is.
-        let done = std::thread::spawn(move || {
-            if let Err(e) = nix::sched::setns(&*home, nix::sched::CloneFlags::CLONE_NEWNET) {
-                tracing::error!("enter the namespace the simulated hosts were made in: {e}");
-            }
-            remove(&tag);
-        })
-        .join();
-        if done.is_err() {
-            tracing::error!("removing the simulated hosts {} panicked", self.tag);
+impl Net {
+    /// A handle that removes these hosts (and kills what runs in them) from anywhere.
+    pub fn teardown(&self) -> Teardown {
+        Teardown {
+            tag: self.tag.clone(),
+            home: self.home.clone(),
         }
     }
 }
 
-/// Removes every namespace and link whose name starts with `tag` (a `Net`'s own).
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.teardown().run();
+    }
+}
+
+/// Removes every namespace and link whose name starts with `tag` (a `Net`'s own), after
+/// killing every process still running in those namespaces (left by a run that was killed).
 fn remove(tag: &str) {
     for ns in list_netns() {
         if ns.starts_with(tag) {
+            kill_inside(&ns);
             // Deleting the namespace deletes its end of the veth, and with it the other end.
             if let Err(e) = ip(&["netns", "del", &ns]) {
                 tracing::error!("remove network namespace {ns}: {e:#}");
@@ -344,6 +345,62 @@ fn remove(tag: &str) {
     if std::path::Path::new("/sys/class/net").join(&br).exists() {
         if let Err(e) = ip(&["link", "del", &br]) {
             tracing::error!("remove bridge {br}: {e:#}");
+        }
+    }
+}
+
+/// SIGKILL to every process in namespace `ns`.
+fn kill_inside(ns: &str) {
+    let out = match Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("list the processes of {ns}: {e}");
+            return;
+        }
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        // Gone meanwhile: nothing to do.
+        if nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .is_ok()
+        {
+            tracing::warn!("killed process {pid} left in {ns}");
+        }
+    }
+}
+
+/// Removes `tag`'s hosts from any thread (a signal handler's): what the guard of a `Net`
+/// does, for a process about to exit without running its guards.
+#[derive(Debug, Clone)]
+pub struct Teardown {
+    tag: String,
+    home: std::sync::Arc<File>,
+}
+
+impl Teardown {
+    pub fn run(&self) {
+        let (tag, home) = (self.tag.clone(), self.home.clone());
+        let done = std::thread::spawn(move || {
+            if let Err(e) = nix::sched::setns(&*home, nix::sched::CloneFlags::CLONE_NEWNET) {
+                tracing::error!("enter the namespace the simulated hosts were made in: {e}");
+            }
+            remove(&tag);
+        })
+        .join();
+        if done.is_err() {
+            tracing::error!("removing the simulated hosts {} panicked", self.tag);
         }
     }
 }

@@ -55,6 +55,23 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<ExitCode> {
     let bin_dir = crate::agents::build_binaries()?;
     let root = std::env::temp_dir().join(format!("pgha-faults-{}", std::process::id()));
     let net = Net::create(world::HOSTS).context("simulated hosts")?;
+    // Interrupted (Ctrl-C, SIGTERM): the guards would not run; kill what runs on the hosts
+    // and remove them, then exit.
+    let teardown = net.teardown();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            eprintln!("faults: cannot watch for SIGTERM");
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("faults: interrupted: stopping every process on the simulated hosts");
+        teardown.run();
+        std::process::exit(130);
+    });
     // Everything below runs on the client host: the observers' connections come from there.
     let client = net.host(world::CLIENT).clone();
     let r2 = root.clone();

@@ -484,6 +484,13 @@ impl Run<'_> {
                 // The third after the cluster settled.
                 old = self.w.wait_healthy(HEAL_WAIT).await?;
             }
+            // Sync mode promotes only a standby `/sync` names: a failover needs the primary to
+            // have one (without, "no promotion" is the right answer, not a finding).
+            if self.sync() && !self.w.wait_sync_standby(Duration::from_secs(10)).await {
+                failures.push(format!(
+                    "failover {round}: {old} had no synchronous standby within 10 s"
+                ));
+            }
             self.w.kill_agent(&old);
             if let Some(pid) = self.w.postmaster_pid(&old) {
                 super::world::signal(pid, nix::sys::signal::Signal::SIGKILL)?;
@@ -537,7 +544,10 @@ impl Run<'_> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut moved = false;
         while Instant::now() < deadline {
-            if self.w.sync_standby(&old).await.ok().flatten().as_deref() == Some(other.as_str()) {
+            // Moved: the DCS's /sync names the other replica (what the election reads),
+            // not only PostgreSQL's synchronous_standby_names.
+            let named = self.w.sync_key_standbys().await.unwrap_or_default();
+            if named.contains(&other) && !named.contains(&standby) {
                 moved = true;
                 break;
             }
@@ -556,9 +566,9 @@ impl Run<'_> {
             .map(|(at, _)| (at - t_loss).as_secs_f64());
         r.check(
             moved,
-            format!("synchronous_standby_names did not move to {other} within 30 s"),
+            format!("/sync did not move from {standby} to {other} within 30 s"),
         );
-        if let Some(n) = &new {
+        if let (Some(n), true) = (&new, moved) {
             r.check(
                 *n == other,
                 format!("{n} was promoted; only {other} held every acknowledged commit"),

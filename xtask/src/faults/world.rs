@@ -106,6 +106,10 @@ impl World {
             let node = c.first_node().name.clone();
             let inst = c.instance(&node)?;
             let mut conn = inst.connect_params().connect().await?;
+            // Sync mode: no standby exists yet to acknowledge this commit.
+            sqlx::query("SET synchronous_commit = local")
+                .execute(&mut conn)
+                .await?;
             sqlx::query(
                 "CREATE TABLE faults (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
             )
@@ -290,6 +294,48 @@ impl World {
         .fetch_optional(&mut c)
         .await?;
         Ok(name)
+    }
+
+    /// The standbys the DCS's `/sync` key names (sync mode): the only nodes that may be
+    /// promoted.
+    pub async fn sync_key_standbys(&self) -> anyhow::Result<Vec<String>> {
+        let eps: Vec<String> = self
+            .etcd
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("http://{}:2379", self.net.host(m.host).addr))
+            .collect();
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_millis(500));
+        let mut c = etcd_client::Client::connect(eps, Some(opts)).await?;
+        let key = format!("/pgha/{}/sync", self.cluster.config().cluster.name);
+        let resp = c.get(key.as_str(), None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(Vec::new());
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(kv.value()).with_context(|| format!("decode {key}"))?;
+        Ok(v["standbys"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Sync mode: waits (at most `timeout`) until `/sync` names a standby; whether it did.
+    pub async fn wait_sync_standby(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.sync_key_standbys().await.is_ok_and(|s| !s.is_empty()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Data directories moved aside by a re-clone (`<data>.diverged-<ts>`).

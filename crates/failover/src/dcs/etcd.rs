@@ -10,7 +10,11 @@ use etcd_client::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, Mutex};
+
+use super::conn::Conn;
 
 use pgha_agent_core::dcs::{
     ClusterView, Dcs, DynamicConfig, LeaderInfo, LeaderStatus, LeaseId, MemberState,
@@ -20,29 +24,22 @@ use pgha_agent_core::{CoreError, Result};
 
 use crate::FailoverError;
 
-/// The keep-alive stream of one lease.
+/// The keep-alive stream of one lease, on the channel of one generation.
 struct Keeper {
     lease: LeaseId,
+    generation: u64,
     stream: (LeaseKeeper, LeaseKeepAliveStream),
 }
 
-/// etcd-backed [`Dcs`] for one agent (`me`) or for an operator command (`me` unused).
-///
-/// etcd-client does not re-establish a gRPC channel or a keep-alive stream that broke in a
-/// partition (etcdv3/etcd-client#54: "you should reconnect by yourself"): after a failed
-/// request the next session grant connects afresh, so an agent whose lease expired while it
-/// was cut off gets a new session as soon as etcd answers again.
+/// etcd-backed [`Dcs`] for one agent (`me`) or for an operator command (`me` unused). The
+/// channel and how it moves between members: [`super::conn`].
 pub struct EtcdDcs {
-    client: std::sync::RwLock<Client>,
-    endpoints: Vec<String>,
-    opts: ConnectOptions,
+    conn: Arc<Conn>,
     prefix: String,
     me: String,
     ttl_secs: i64,
     timeout: Duration,
     keeper: Mutex<Option<Keeper>>,
-    /// A request failed since the last (re)connection.
-    failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdDcs {
@@ -67,56 +64,22 @@ impl EtcdDcs {
         let opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(2), timeout);
-        let client = Self::dial(endpoints, &opts, timeout).await?;
+            .with_keep_alive(Duration::from_secs(2), timeout)
+            // A member cut off from the others answers "no leader" at once instead of
+            // letting requests wait for a quorum it cannot reach.
+            .with_require_leader(true);
         Ok(EtcdDcs {
-            client: std::sync::RwLock::new(client),
-            endpoints: endpoints.to_vec(),
-            opts,
+            conn: Conn::open(endpoints, opts, timeout, me).await?,
             prefix: format!("{}/{}/", namespace.trim_end_matches('/'), cluster),
             me: me.into(),
             ttl_secs: ttl.as_secs().max(1) as i64,
             timeout,
             keeper: Mutex::new(None),
-            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    async fn dial(
-        endpoints: &[String],
-        opts: &ConnectOptions,
-        timeout: Duration,
-    ) -> Result<Client> {
-        tokio::time::timeout(timeout * 3, Client::connect(endpoints, Some(opts.clone())))
-            .await
-            .map_err(|_| CoreError::DcsTimeout {
-                op: "connect",
-                ms: (timeout * 3).as_millis() as u64,
-            })?
-            .map_err(etcd_err("connect"))
-    }
-
     fn client(&self) -> Client {
-        match self.client.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// After a failure: a new channel (a broken one is never repaired by the client).
-    async fn reconnect_if_failed(&self) -> Result<()> {
-        if !self.failed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        let c = Self::dial(&self.endpoints, &self.opts, self.timeout).await?;
-        match self.client.write() {
-            Ok(mut w) => *w = c,
-            Err(p) => *p.into_inner() = c,
-        }
-        self.failed
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(node = %self.me, "reconnected to etcd");
-        Ok(())
+        self.conn.get().0
     }
 
     /// From the config's `[dcs]` and `[failover]` sections.
@@ -153,8 +116,7 @@ impl EtcdDcs {
             }),
         };
         if r.is_err() {
-            self.failed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.conn.failed();
         }
         r
     }
@@ -205,6 +167,11 @@ fn etcd_err(op: &'static str) -> impl FnOnce(etcd_client::Error) -> CoreError {
     }
 }
 
+/// etcd says the lease does not exist (expired or revoked): a definite answer.
+fn lease_not_found(e: &CoreError) -> bool {
+    matches!(e, CoreError::Dcs { source, .. } if source.to_string().contains("lease not found"))
+}
+
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| CoreError::Decode {
         key: key.into(),
@@ -227,7 +194,6 @@ fn logged<T>(r: Result<T>) -> Option<T> {
 #[async_trait]
 impl Dcs for EtcdDcs {
     async fn grant_session(&self) -> Result<LeaseId> {
-        self.reconnect_if_failed().await?;
         let mut c = self.client();
         let granted = self
             .bounded("lease grant", c.lease_grant(self.ttl_secs, None))
@@ -237,13 +203,23 @@ impl Dcs for EtcdDcs {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool> {
+        let (mut c, generation) = self.conn.get();
         let mut k = self.keeper.lock().await;
-        if k.as_ref().is_none_or(|k| k.lease != lease) {
-            let mut c = self.client();
-            let stream = self
+        if k.as_ref()
+            .is_none_or(|k| k.lease != lease || k.generation != generation)
+        {
+            let opened = self
                 .bounded("lease keep-alive", c.lease_keep_alive(lease))
-                .await?;
-            *k = Some(Keeper { lease, stream });
+                .await;
+            let stream = match opened {
+                Err(e) if lease_not_found(&e) => return Ok(false),
+                other => other?,
+            };
+            *k = Some(Keeper {
+                lease,
+                generation,
+                stream,
+            });
         }
         let Some(keeper) = k.as_mut() else {
             return Ok(true);
@@ -257,6 +233,11 @@ impl Dcs for EtcdDcs {
             Ok(Some(resp)) if resp.ttl() > 0 => Ok(true),
             // ttl 0: the lease expired or was revoked, and every key on it is gone.
             Ok(_) => {
+                *k = None;
+                Ok(false)
+            }
+            // etcd's answer, not a failure: the lease expired (while we were cut off).
+            Err(e) if lease_not_found(&e) => {
                 *k = None;
                 Ok(false)
             }
