@@ -299,31 +299,36 @@ impl World {
     /// The standbys the DCS's `/sync` key names (sync mode): the only nodes that may be
     /// promoted.
     pub async fn sync_key_standbys(&self) -> anyhow::Result<Vec<String>> {
-        let eps: Vec<String> = self
-            .etcd
-            .iter()
-            .filter(|m| m.child.is_some())
-            .map(|m| format!("http://{}:2379", self.net.host(m.host).addr))
-            .collect();
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(Duration::from_millis(500));
-        let mut c = etcd_client::Client::connect(eps, Some(opts)).await?;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
         let key = format!("/pgha/{}/sync", self.cluster.config().cluster.name);
-        let resp = c.get(key.as_str(), None).await?;
-        let Some(kv) = resp.kvs().first() else {
-            return Ok(Vec::new());
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(kv.value()).with_context(|| format!("decode {key}"))?;
-        Ok(v["standbys"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let mut last = None;
+        for m in self.etcd.iter().filter(|m| m.child.is_some()) {
+            let addr = self.net.host(m.host).addr;
+            let body = serde_json::json!({ "key": b64.encode(&key) });
+            let r = match etcd_post(addr, "/v3/kv/range", body).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let Some(value) = r["kvs"][0]["value"].as_str() else {
+                return Ok(Vec::new());
+            };
+            let bytes = b64.decode(value).with_context(|| format!("decode {key}"))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("decode {key}"))?;
+            return Ok(v["standbys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default());
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no etcd member runs")))
     }
 
     /// Sync mode: waits (at most `timeout`) until `/sync` names a standby; whether it did.
@@ -365,18 +370,15 @@ impl World {
             if m.child.is_none() {
                 continue;
             }
-            let ep = format!("http://{}:2379", self.net.host(m.host).addr);
-            let opts = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_timeout(Duration::from_millis(500));
-            let Ok(mut c) = etcd_client::Client::connect([ep], Some(opts)).await else {
+            let addr = self.net.host(m.host).addr;
+            let Ok(st) = etcd_post(addr, "/v3/maintenance/status", serde_json::json!({})).await
+            else {
                 continue;
             };
-            if let Ok(st) = c.status().await {
-                let me = st.header().map(|h| h.member_id());
-                if me == Some(st.leader()) {
-                    return Ok(k);
-                }
+            // uint64 ids are strings in etcd's JSON.
+            let me = st["header"]["member_id"].as_str();
+            if me.is_some() && me == st["leader"].as_str() {
+                return Ok(k);
             }
         }
         bail!("no etcd member says it is the leader")
@@ -467,6 +469,25 @@ fn start_etcd(net: &Net, root: &Path, m: &mut EtcdMember, peers: &str) -> anyhow
         .with_context(|| format!("start etcd {}", m.name))?;
     m.child = Some(child);
     Ok(())
+}
+
+/// A request to etcd's JSON gateway (`POST /v3/...`). xtask does not link etcd-client: its
+/// build needs protoc, which `cargo xtask install-deps` installs.
+async fn etcd_post(
+    addr: std::net::Ipv4Addr,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let r = c
+        .post(format!("http://{addr}:2379{path}"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(r.json().await?)
 }
 
 /// Direct children of `pid`.
