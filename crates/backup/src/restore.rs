@@ -363,6 +363,10 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     let _ = writeln!(text, "primary_slot_name = ''");
     let _ = writeln!(text, "archive_mode = 'off'");
     if let Some(p) = opts.port {
+        // A copy beside the cluster: on loopback only. The backed-up node's address may not
+        // exist here (found by `cargo xtask faults --scenario archive-continuity`, restoring
+        // on another host), and the copy must not be reachable as if it were that node.
+        let _ = writeln!(text, "listen_addresses = 'localhost'");
         let _ = writeln!(text, "port = {p}");
         let _ = writeln!(text, "unix_socket_directories = '/tmp'");
     }

@@ -341,6 +341,15 @@ fn remove(tag: &str) {
             }
         }
     }
+    // A namespace that something still holds (a socket in TIME_WAIT) outlives its name, and
+    // the root end of its veth with it: remove those ends by name.
+    for link in list_links() {
+        if link.starts_with(&format!("{tag}v")) {
+            if let Err(e) = ip(&["link", "del", &link]) {
+                tracing::debug!("remove veth {link}: {e:#}");
+            }
+        }
+    }
     let br = format!("{tag}br");
     if std::path::Path::new("/sys/class/net").join(&br).exists() {
         if let Err(e) = ip(&["link", "del", &br]) {
@@ -405,6 +414,15 @@ impl Teardown {
     }
 }
 
+fn list_links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 fn list_netns() -> Vec<String> {
     match std::fs::read_dir("/run/netns") {
         Ok(rd) => rd
@@ -418,13 +436,7 @@ fn list_netns() -> Vec<String> {
 /// Removes what processes that are gone left behind (killed before their guards ran).
 fn sweep_dead() {
     let mut tags = std::collections::BTreeSet::new();
-    let names = list_netns().into_iter().chain(
-        std::fs::read_dir("/sys/class/net")
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned()),
-    );
+    let names = list_netns().into_iter().chain(list_links());
     for name in names {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;

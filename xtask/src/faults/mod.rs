@@ -4,6 +4,7 @@
 //! observer independent of the agents samples every node's writability every 50 ms and
 //! records every acknowledged write. See docs/RELIABILITY.md.
 
+mod archive;
 mod observe;
 mod scenarios;
 mod world;
@@ -205,7 +206,10 @@ fn line(r: &Report) -> String {
         secs(r.primary_gap),
         r.stopped_after
             .map(|s| format!("  stopped taking writes after {s:.2} s"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &r.restored_missing
+                .map(|m| format!("  missing from the restored copy {m}"))
+                .unwrap_or_default(),
         secs(r.healthy_after)
     )
 }
@@ -277,6 +281,7 @@ fn print_table(reports: &[Report], mode: ReplicationMode, args: &FaultsArgs) {
                 "to_writable_s": r.to_writable,
                 "primary_gap_s": r.primary_gap,
                 "stopped_after_s": r.stopped_after,
+                "restored_missing": r.restored_missing,
                 "healthy_after_s": r.healthy_after,
                 "failures": r.failures,
             })).collect::<Vec<_>>(),

@@ -42,6 +42,10 @@ pub enum Scenario {
     /// Sync only: the synchronous standby's link to the primary is cut, the primary moves
     /// synchronous_standby_names to the other replica, then the primary's host vanishes.
     SyncChurn,
+    /// A base backup, then the primary's host vanishes: the WAL archive stays continuous,
+    /// `pgha verify` and `pgha-backup verify` pass, a restore to the latest point holds every
+    /// acknowledged write (sync).
+    ArchiveContinuity,
 }
 
 impl Scenario {
@@ -79,6 +83,8 @@ pub struct Report {
     pub primary_gap: Option<f64>,
     /// How long the primary kept taking writes after it lost its right to (etcd-cut-replica-frozen).
     pub stopped_after: Option<f64>,
+    /// Acknowledged writes missing from a copy restored to the latest point (archive-continuity).
+    pub restored_missing: Option<usize>,
     /// The fault healed to every node streaming again.
     pub healthy_after: Option<f64>,
     pub failures: Vec<String>,
@@ -112,7 +118,7 @@ const PROMOTION_WAIT: Duration = Duration::from_secs(60);
 const HEAL_WAIT: Duration = Duration::from_secs(90);
 
 impl Run<'_> {
-    fn sync(&self) -> bool {
+    pub(super) fn sync(&self) -> bool {
         self.w.mode != ReplicationMode::Async
     }
 
@@ -121,7 +127,7 @@ impl Run<'_> {
     }
 
     /// A healthy cluster and its primary, the observers started on it.
-    async fn begin(&mut self) -> anyhow::Result<(String, Observer)> {
+    pub(super) async fn begin(&mut self) -> anyhow::Result<(String, Observer)> {
         let old = self.w.wait_healthy(HEAL_WAIT).await?;
         let obs = Observer::start(
             self.w.params(),
@@ -135,7 +141,7 @@ impl Run<'_> {
 
     /// Waits until the cluster is healthy again (timed from `healed`), stops the observers,
     /// and fills the measurements every scenario shares.
-    async fn end(
+    pub(super) async fn end(
         &mut self,
         name: Scenario,
         old: &str,
@@ -190,7 +196,7 @@ impl Run<'_> {
     }
 
     /// A failover scenario's own checks: exactly one promotion, to a node that was not `old`.
-    fn one_promotion(r: &mut Report) {
+    pub(super) fn one_promotion(r: &mut Report) {
         r.check(
             r.to_writable.is_some(),
             "no other node became writable".to_string(),
@@ -249,6 +255,7 @@ impl Run<'_> {
             Scenario::AgentRestart => self.agent_restart().await,
             Scenario::DoubleFailover => self.double_failover().await,
             Scenario::SyncChurn => self.sync_churn().await,
+            Scenario::ArchiveContinuity => self.archive_continuity().await,
         }
     }
 

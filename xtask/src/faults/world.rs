@@ -86,12 +86,41 @@ impl World {
             .map(|&h| net.host(h).addr.to_string())
             .collect();
         let a = net.host(1).addr.octets();
-        spec.allowed_networks = vec![format!("{}.{}.{}.0/24", a[0], a[1], a[2])];
+        // Loopback too: a copy restored beside the cluster is checked over 127.0.0.1.
+        spec.allowed_networks = vec![
+            format!("{}.{}.{}.0/24", a[0], a[1], a[2]),
+            "127.0.0.1/32".into(),
+        ];
         spec.extra_toml = format!(
             "[dcs]\netcd = [{}]\nrequest_timeout = \"{}\"\n\n[failover]\nttl = \"{ttl}\"\nloop_wait = \"{loop_wait}\"\npostgres_restart_timeout = \"1s\"\napi_token = {{ file = \"secrets/api.token\" }}\n",
             endpoints.join(", "),
             if matches!(profile, Profile::Fast) { "500ms" } else { "1s" },
         );
+        // WAL archiving into a repository every host sees. archive_mode = always: a standby
+        // archives what it receives too, so a failover leaves no segment of the old timeline
+        // that only the lost primary had (with `on`, a promoted standby archives only what it
+        // writes itself).
+        let repo = root.join("backups");
+        std::fs::create_dir_all(&repo)?;
+        if let Some(u) = pgha_postgres::OsUser::for_server(&spec.os_user)? {
+            u.chown(&repo)?;
+        }
+        crate::services::install_archive_bin(root, bin_dir)?;
+        spec.parameters
+            .insert("archive_mode".into(), "always".into());
+        spec.parameters.insert(
+            "archive_command".into(),
+            format!(
+                "'{}' --config '{}' wal-push %p",
+                root.join("bin/pgha-backup").display(),
+                root.join(pgha_local_cluster::CONFIG_FILE).display()
+            ),
+        );
+        spec.extra_toml.push_str(&format!(
+            "\n[backup]\nmetrics_file = \"{}\"\n\n[backup.repository]\npath = \"{}\"\n",
+            repo.join("metrics.prom").display(),
+            repo.display()
+        ));
         write_token(&root.join("secrets/api.token"))?;
         let cluster = LocalCluster::prepare(&spec).context("write the cluster's config")?;
         for n in &cluster.config().nodes {
@@ -176,6 +205,14 @@ impl World {
             .position(|n| n == node)
             .map(|i| NODES[i])
             .with_context(|| format!("no node {node}"))
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn ttl(&self) -> Duration {
