@@ -7,6 +7,7 @@
 mod archive;
 mod observe;
 mod scenarios;
+mod steady;
 mod world;
 
 use std::process::ExitCode;

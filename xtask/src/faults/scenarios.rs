@@ -9,7 +9,7 @@ use anyhow::Context;
 use pgha_config::ReplicationMode;
 
 use super::observe::{lost_on, Observed, Observer};
-use super::world::{Frozen, World, ETCD, NODES};
+use super::world::{Frozen, World, ETCD};
 
 /// Every scenario, in the order `cargo xtask faults` runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,6 +28,8 @@ pub enum Scenario {
     EtcdMemberLost,
     /// No node reaches any etcd member for --outage (failsafe).
     EtcdAllCut,
+    /// Every etcd member is SIGKILLed, restarted after 3 x TTL (failsafe).
+    EtcdAllKilled,
     /// No node reaches etcd, and a replica's agent is frozen: the failsafe loses a confirmation.
     EtcdCutReplicaFrozen,
     /// The primary's agent is frozen (SIGSTOP) for 3 x TTL, its PostgreSQL keeps running.
@@ -95,7 +97,7 @@ impl Report {
         self.failures.is_empty()
     }
 
-    fn check(&mut self, ok: bool, what: impl Into<String>) {
+    pub(super) fn check(&mut self, ok: bool, what: impl Into<String>) {
         if !ok {
             self.failures.push(what.into());
         }
@@ -122,7 +124,7 @@ impl Run<'_> {
         self.w.mode != ReplicationMode::Async
     }
 
-    fn hold(&self) -> Duration {
+    pub(super) fn hold(&self) -> Duration {
         self.w.ttl() * 3
     }
 
@@ -207,22 +209,7 @@ impl Run<'_> {
         );
     }
 
-    /// A no-failover scenario's own checks: no promotion, the primary kept writable.
-    fn no_failover(r: &mut Report, seen: &Observed, old: &str, from: Instant, until: Instant) {
-        r.check(
-            r.promotions == 0 && r.to_writable.is_none(),
-            format!("{} promotions, expected none", r.promotions),
-        );
-        let gap = longest_run(seen, old, from, until);
-        r.primary_gap = Some(gap);
-        // A fenced primary is gone for seconds; a slow answer under load is one sample.
-        r.check(
-            gap < 1.0,
-            format!("the primary {old} was not writable for {gap:.2} s (fenced?)"),
-        );
-    }
-
-    fn replica(&self, old: &str) -> String {
+    pub(super) fn replica(&self, old: &str) -> String {
         self.w
             .node_names()
             .into_iter()
@@ -231,7 +218,7 @@ impl Run<'_> {
     }
 
     /// A replica of `old`: in sync mode the synchronous standby.
-    async fn chosen_replica(&self, old: &str) -> anyhow::Result<String> {
+    pub(super) async fn chosen_replica(&self, old: &str) -> anyhow::Result<String> {
         if self.sync() {
             if let Some(s) = self.w.sync_standby(old).await? {
                 return Ok(s);
@@ -249,6 +236,7 @@ impl Run<'_> {
             Scenario::EtcdLeaderKill => self.etcd_kill(true).await,
             Scenario::EtcdMemberLost => self.etcd_kill(false).await,
             Scenario::EtcdAllCut => self.etcd_all_cut().await,
+            Scenario::EtcdAllKilled => self.etcd_all_killed().await,
             Scenario::EtcdCutReplicaFrozen => self.etcd_cut_replica_frozen().await,
             Scenario::FrozenAgent => self.frozen_agent().await,
             Scenario::SlowPromotion => self.slow_promotion().await,
@@ -292,128 +280,6 @@ impl Run<'_> {
                 format!("{old} still took writes when {new} was writable"),
             );
         }
-        Ok(r)
-    }
-
-    async fn replica_peers_cut(&mut self) -> anyhow::Result<Report> {
-        let (old, obs) = self.begin().await?;
-        let replica = self.chosen_replica(&old).await?;
-        let others: Vec<usize> = NODES
-            .iter()
-            .copied()
-            .filter(|&h| Some(h) != self.w.host_of(&replica).ok())
-            .collect();
-        let t0 = Instant::now();
-        let fault = self.w.net.cut(self.w.host_of(&replica)?, &others)?;
-        tokio::time::sleep(self.hold()).await;
-        drop(fault);
-        let healed = Instant::now();
-        let (mut r, seen) = self
-            .end(Scenario::ReplicaPeersCut, &old, obs, t0, healed)
-            .await?;
-        Self::no_failover(&mut r, &seen, &old, t0, healed);
-        Ok(r)
-    }
-
-    async fn reject_to_primary(&mut self) -> anyhow::Result<Report> {
-        let (old, obs) = self.begin().await?;
-        let replica = self.chosen_replica(&old).await?;
-        let t0 = Instant::now();
-        let fault = self.w.net.reject_ports(
-            self.w.host_of(&replica)?,
-            self.w.host_of(&old)?,
-            &[5432, 8008],
-        )?;
-        tokio::time::sleep(self.hold()).await;
-        drop(fault);
-        let healed = Instant::now();
-        let (mut r, seen) = self
-            .end(Scenario::RejectToPrimary, &old, obs, t0, healed)
-            .await?;
-        Self::no_failover(&mut r, &seen, &old, t0, healed);
-        Ok(r)
-    }
-
-    async fn etcd_kill(&mut self, leader: bool) -> anyhow::Result<Report> {
-        let (old, obs) = self.begin().await?;
-        let l = self.w.etcd_leader().await?;
-        let k = if leader {
-            l
-        } else {
-            (l + 1) % self.w.etcd.len()
-        };
-        let t0 = Instant::now();
-        self.w.kill_etcd(k);
-        tokio::time::sleep(self.hold()).await;
-        self.w.restart_etcd(k)?;
-        let healed = Instant::now();
-        let name = if leader {
-            Scenario::EtcdLeaderKill
-        } else {
-            Scenario::EtcdMemberLost
-        };
-        let (mut r, seen) = self.end(name, &old, obs, t0, healed).await?;
-        Self::no_failover(&mut r, &seen, &old, t0, healed);
-        Ok(r)
-    }
-
-    /// Every node cut from every etcd member.
-    fn cut_all_from_etcd(&self) -> anyhow::Result<Vec<pgha_test_support::netns::Fault>> {
-        NODES.iter().map(|&h| self.w.net.cut(h, &ETCD)).collect()
-    }
-
-    async fn etcd_all_cut(&mut self) -> anyhow::Result<Report> {
-        let (old, obs) = self.begin().await?;
-        let t0 = Instant::now();
-        let faults = self.cut_all_from_etcd()?;
-        tokio::time::sleep(self.outage).await;
-        drop(faults);
-        let healed = Instant::now();
-        // etcd is back: nothing may be promoted now either.
-        tokio::time::sleep(self.hold()).await;
-        let (mut r, seen) = self
-            .end(Scenario::EtcdAllCut, &old, obs, t0, Instant::now())
-            .await?;
-        Self::no_failover(&mut r, &seen, &old, t0, healed + self.hold());
-        Ok(r)
-    }
-
-    async fn etcd_cut_replica_frozen(&mut self) -> anyhow::Result<Report> {
-        let (old, obs) = self.begin().await?;
-        let replica = self.replica(&old);
-        let t0 = Instant::now();
-        let faults = self.cut_all_from_etcd()?;
-        // The failsafe holds (every replica confirms) ...
-        tokio::time::sleep(self.hold()).await;
-        // ... until one replica's agent stops answering.
-        let t_freeze = Instant::now();
-        let frozen = Frozen::new(self.w.agent_pid(&replica)? as i32)?;
-        tokio::time::sleep(self.hold()).await;
-        drop(frozen);
-        drop(faults);
-        let healed = Instant::now();
-        let (mut r, seen) = self
-            .end(Scenario::EtcdCutReplicaFrozen, &old, obs, t0, healed)
-            .await?;
-        let gap = longest_run(&seen, &old, t0, t_freeze);
-        r.check(
-            gap < 1.0,
-            format!("the primary was not writable for {gap:.2} s while the failsafe held"),
-        );
-        // The first sample after the freeze without the primary writable.
-        let stopped = seen
-            .samples
-            .iter()
-            .find(|s| s.at >= t_freeze && !s.writable.contains(&old))
-            .map(|s| s.at - t_freeze);
-        let bound = self.w.ttl();
-        r.stopped_after = stopped.map(|d| d.as_secs_f64());
-        r.check(
-            stopped.is_some_and(|d| d < bound),
-            format!(
-                "the primary kept taking writes {stopped:?} after a replica's agent stopped confirming (bound: the TTL, {bound:?})"
-            ),
-        );
         Ok(r)
     }
 
@@ -583,30 +449,4 @@ impl Run<'_> {
         }
         Ok(r)
     }
-}
-
-/// The longest run of consecutive samples in `[from, until]` without `node` writable, in
-/// seconds (from the first such sample to the next one with it writable).
-fn longest_run(seen: &Observed, node: &str, from: Instant, until: Instant) -> f64 {
-    let mut longest = Duration::ZERO;
-    let mut start: Option<Instant> = None;
-    for s in seen
-        .samples
-        .iter()
-        .filter(|s| s.at >= from && s.at <= until)
-    {
-        let w = s.writable.iter().any(|n| n == node);
-        match (w, start) {
-            (false, None) => start = Some(s.at),
-            (true, Some(st)) => {
-                longest = longest.max(s.at - st);
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(st) = start {
-        longest = longest.max(until.min(Instant::now()) - st);
-    }
-    longest.as_secs_f64()
 }
