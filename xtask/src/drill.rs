@@ -173,12 +173,20 @@ pub(crate) async fn writable(p: &ConnectParams) -> bool {
 }
 
 pub(crate) async fn primary(h: &Harness, timeout: Duration) -> anyhow::Result<String> {
+    single_writable(&h.params(), timeout).await
+}
+
+/// The one node of `params` answering as writable, within `timeout`.
+pub(crate) async fn single_writable(
+    params: &[(String, ConnectParams)],
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut w = Vec::new();
-        for (n, p) in h.params() {
-            if writable(&p).await {
-                w.push(n);
+        for (n, p) in params {
+            if writable(p).await {
+                w.push(n.clone());
             }
         }
         if w.len() == 1 {

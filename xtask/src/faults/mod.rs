@@ -148,6 +148,7 @@ async fn drive(
         next_id: Arc::new(AtomicI64::new(1)),
         url,
         outage: args.outage,
+        repeated: false,
     };
     let mut reports = Vec::new();
     'all: for s in &scenarios {

@@ -112,6 +112,8 @@ pub struct Run<'a> {
     pub url: pgha_router::url::MultiHostUrl,
     /// How long etcd stays unreachable in etcd-all-cut.
     pub outage: Duration,
+    /// The running scenario fails over more than once (late acknowledgements are not counted).
+    pub repeated: bool,
 }
 
 /// How long a scenario gives a new primary to become writable.
@@ -166,7 +168,10 @@ impl Run<'_> {
         };
         if let Some((at, _)) = seen.new_writable_at(old, fault) {
             r.to_writable = Some((at - fault).as_secs_f64());
-            r.late_acks = seen.acks_by_after(old, at);
+            // Scenarios with several failovers: the first primary may lead again later.
+            if !self.repeated {
+                r.late_acks = seen.acks_by_after(old, at);
+            }
         }
         match &healthy {
             Ok(p) => r.lost = lost_on(&self.w.params_of(p)?, &seen.acks).await?,
@@ -228,6 +233,7 @@ impl Run<'_> {
     }
 
     pub async fn run(&mut self, s: Scenario) -> anyhow::Result<Report> {
+        self.repeated = matches!(s, Scenario::AgentRestart | Scenario::DoubleFailover);
         match s {
             Scenario::Vanish => self.vanish().await,
             Scenario::EtcdIsolated => self.etcd_isolated().await,
@@ -341,8 +347,6 @@ impl Run<'_> {
             .await?;
         // Promotions are allowed here (the agent is gone for up to 3 s); late acks by the first
         // primary are not counted, it may be primary again.
-        r.late_acks = 0;
-        r.failures.retain(|f| !f.contains("after another node"));
         r.failures.extend(failures);
         Ok(r)
     }
@@ -382,9 +386,6 @@ impl Run<'_> {
         let (mut r, _) = self
             .end(Scenario::DoubleFailover, &first, obs, t0, healed)
             .await?;
-        r.late_acks = 0;
-        r.failures.retain(|f| !f.contains("after another node"));
-        r.promotions = r.promotions.min(3);
         r.check(
             r.healthy_after.is_some_and(|s| s < 60.0),
             format!(

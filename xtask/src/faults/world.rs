@@ -19,7 +19,7 @@ use pgha_local_cluster::{AgentProcess, ClusterSpec, LocalCluster};
 use pgha_postgres::{ConnectParams, PgControl, ProcessState, StopMode};
 use pgha_test_support::netns::Net;
 
-use crate::drill::{writable, Profile};
+use crate::drill::Profile;
 
 /// Hosts of the nodes, of the etcd members, and the client; how many in all.
 pub const HOSTS: usize = 7;
@@ -280,22 +280,7 @@ impl World {
 
     /// The one writable node, within `timeout`.
     pub async fn primary(&self, timeout: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut w = Vec::new();
-            for (n, p) in self.params() {
-                if writable(&p).await {
-                    w.push(n);
-                }
-            }
-            if w.len() == 1 {
-                return Ok(w.remove(0));
-            }
-            if Instant::now() > deadline {
-                bail!("no single primary within {timeout:?} (writable: {w:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::drill::single_writable(&self.params(), timeout).await
     }
 
     /// One primary and every other node streaming from it, within `timeout`.
