@@ -39,18 +39,19 @@ pub enum Command {
         /// Path of the WAL file, as the server passes %p.
         path: PathBuf,
     },
-    /// restore_command: fetch WAL file NAME (`%f`) to PATH (`%p`); exit 1 when not archived.
+    /// restore_command: fetch WAL file NAME (`%f`) to PATH (`%p`).
+    ///
+    /// Exit 0 when fetched and checked, 1 only when the archive does not have NAME, 255 on any
+    /// other failure (corrupt or undecryptable object, storage error after retries, bad
+    /// config): PostgreSQL then aborts recovery instead of ending it at that segment.
     WalFetch { name: String, path: PathBuf },
     /// Restore a base backup into a directory (with recovery settings), or a logical dump.
     Restore(RestoreArgs),
-    /// Re-read every object of a backup (default: all) and compare checksums.
-    Verify {
-        /// Backup id (default: every backup).
-        id: Option<String>,
-        /// Also restore it into a temporary instance, start it and run a query.
-        #[arg(long)]
-        restore_test: bool,
-    },
+    /// Re-read every object of the repository and check it: each backup's packs and chunks,
+    /// every archived WAL object, and that every backup can replay to the archive's end.
+    ///
+    /// Exit 0 when nothing is wrong, 1 when anything is (each problem names its object).
+    Verify(VerifyArgs),
     /// List backups, logical dumps and the WAL archive.
     List {
         #[arg(long)]
@@ -68,6 +69,24 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id (default: every backup; the result is then stored for `pgha verify`).
+    pub id: Option<String>,
+    /// Also restore each good backup into a temporary instance, start it and run a query.
+    #[arg(long)]
+    pub restore_test: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Objects read in parallel (default: backup.parallel, 0 = one per core).
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// No progress line even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,13 @@
 //! `pgha-backup` as a library: each command composes pgha-backup-core; exit codes are 0 on
-//! success and 1 on any failure (wal-fetch: 1 also when the file is not archived).
+//! success and 1 on any failure, except `wal-fetch` (PostgreSQL's restore_command), whose
+//! answers PostgreSQL acts on: 1 only for "not in the archive" (recovery tries elsewhere or
+//! ends there), [`EXIT_ABORT_RECOVERY`] for every other failure (a corrupt object, a wrong
+//! key, an unreachable repository, a bad config), so that the server aborts recovery instead
+//! of ending it early and promoting a copy that lacks the rest of the archive.
 
 pub mod cli;
 mod list;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -19,13 +24,25 @@ use pgha_config::{BackupSection, LoadedConfig};
 
 use crate::cli::{ActionArg, Cli, Command, RestoreArgs};
 
+/// `wal-fetch`'s exit code for a failure other than "not archived": above 125, which
+/// PostgreSQL treats like a shell error or a signal and aborts recovery on.
+pub const EXIT_ABORT_RECOVERY: u8 = 255;
+
+/// The exit code of a failed command.
+pub fn failure_code(cli: &Cli) -> ExitCode {
+    match cli.command {
+        Command::WalFetch { .. } => ExitCode::from(EXIT_ABORT_RECOVERY),
+        _ => ExitCode::FAILURE,
+    }
+}
+
 /// Runs one command and maps the result to an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     match run_inner(&cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pgha-backup: {}", pgha::error_chain(&e));
-            ExitCode::FAILURE
+            failure_code(&cli)
         }
     }
 }
@@ -68,7 +85,7 @@ fn server_user(loaded: &LoadedConfig) -> anyhow::Result<Option<pgha_postgres::Os
     )?)
 }
 
-fn mb(b: u64) -> f64 {
+pub(crate) fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
 
@@ -137,66 +154,56 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
             match pgha_backup_core::wal::fetch(storage.as_ref(), name, path).await {
                 Ok(()) => {}
                 Err(BackupError::NotFound { .. }) => {
+                    // A restore (no standby.signal in the data dir, which is our working
+                    // directory) that misses a segment while later ones are archived has hit
+                    // a gap: ending recovery here would promote a copy without the rest.
+                    // A standby waits for the segment or streams it instead.
+                    if !Path::new("standby.signal").exists() {
+                        if let Some(later) =
+                            pgha_backup_core::wal::later_segment(storage.as_ref(), name).await?
+                        {
+                            bail!(
+                                "WAL segment {name} is missing from the archive {}, but the later segment {later} of its timeline is there: a gap in the archive; recovery must stop here, not end (run `pgha-backup verify`)",
+                                storage.describe()
+                            );
+                        }
+                    }
                     eprintln!("pgha-backup: WAL file {name} is not in the archive");
                     return Ok(ExitCode::FAILURE);
                 }
-                Err(e) => return Err(e).with_context(|| format!("fetch WAL file {name}")),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("fetch WAL file {name}: recovery must stop here, not end")
+                    })
+                }
             }
         }
         Command::Restore(a) => restore(&loaded, &repo, storage, a).await?,
-        Command::Verify { id, restore_test } => {
-            let ids = match id {
-                Some(id) => vec![id.clone()],
-                None => repo.backup_ids().await?,
-            };
-            if ids.is_empty() {
-                bail!(
-                    "the repository {} holds no backup to verify",
-                    storage.describe()
-                );
-            }
-            let mut bad = 0;
-            for id in &ids {
-                let r = pgha_backup_core::verify::verify_backup(&repo, id).await?;
-                if r.problems.is_empty() {
-                    println!(
-                        "backup {id}: OK ({} packs, {:.1} MB checked, WAL for consistency present)",
-                        r.packs,
-                        mb(r.bytes)
-                    );
-                } else {
-                    bad += 1;
-                    println!("backup {id}: FAILED");
-                    for p in &r.problems {
-                        println!("  {p}");
-                    }
-                    continue;
-                }
-                if *restore_test {
-                    let n = pgha_backup_core::verify::restore_test(
-                        config,
-                        &repo,
-                        id,
-                        restore_command(&loaded)?,
-                        server_user(&loaded)?,
-                    )
-                    .await
-                    .with_context(|| format!("restore test of backup {id}"))?;
-                    println!("backup {id}: restore test OK (instance started, {n} relations in pg_class)");
-                }
-            }
-            if bad > 0 {
-                bail!("{bad} of {} backup(s) failed verification", ids.len());
+        Command::Verify(a) => {
+            let restore_cmd = restore_command(&loaded)?;
+            let ok = verify::run(
+                &loaded,
+                &repo,
+                a,
+                restore_cmd,
+                server_user(&loaded)?,
+                sec.parallel,
+            )
+            .await?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::List { json } => list::run(&repo, *json).await?,
         Command::Expire { dry_run } => {
-            let plan =
-                pgha_backup_core::expire::plan(&repo, &sec.retention, SystemTime::now()).await?;
+            let plan = pgha_backup_core::expire::expire(
+                &repo,
+                &sec.retention,
+                SystemTime::now(),
+                *dry_run,
+            )
+            .await?;
             let verb = if *dry_run { "would remove" } else { "removed" };
-            if !*dry_run {
-                pgha_backup_core::expire::apply(&repo, &plan).await?;
-            }
             for id in &plan.remove_backups {
                 println!("{verb} backup {id}");
             }

@@ -7,6 +7,7 @@ pub mod logging;
 pub mod render;
 pub mod tls;
 pub mod verify;
+mod verify_archive;
 
 use std::process::ExitCode;
 

@@ -49,7 +49,7 @@ pub struct Check {
     pub detail: String,
 }
 
-fn check(
+pub(crate) fn check(
     name: impl Into<String>,
     verdict: Verdict,
     value: impl Into<String>,
@@ -65,7 +65,7 @@ fn check(
     }
 }
 
-fn skip(name: &str, why: &str) -> Check {
+pub(crate) fn skip(name: &str, why: &str) -> Check {
     check(name, Verdict::Skip, "-", "-", why)
 }
 
@@ -202,6 +202,7 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
         }
         Err(why) => out.push(check("marker row", Verdict::Fail, "-", "-", why)),
     }
+    out.push(crate::verify_archive::archive(config).await);
     out.push(dcs(config, primary.as_deref()).await);
     out.push(exporter(config, &status).await);
     out.push(pgbouncer(config, primary.as_deref()).await);

@@ -1,6 +1,7 @@
 //! `pgha verify` against a real cluster, a real exporter (in-process) and a real backup
-//! repository: a healthy cluster passes; the exporter down, a stale or missing backup, replay
-//! paused and a stopped replica each fail their own check with exit code 2.
+//! repository: a healthy cluster passes; the exporter down, a stale or missing backup, a gap in
+//! the WAL archive, replay paused and a stopped replica each fail their own check with exit
+//! code 2.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -84,9 +85,9 @@ async fn verify_passes_a_healthy_cluster_and_fails_the_right_check_for_each_faul
     let served = tokio::spawn(pgha_exporter::serve(listener, exporter));
     let section = c.config().backup.clone().unwrap();
     let storage = pgha_backup_core::storage::open(&section)?;
-    pgha_backup_core::take_backup(
+    let m = pgha_backup_core::take_backup(
         c.config(),
-        storage,
+        storage.clone(),
         &pgha_backup_core::BackupOptions {
             node: None,
             from_standby: false,
@@ -97,10 +98,34 @@ async fn verify_passes_a_healthy_cluster_and_fails_the_right_check_for_each_faul
         },
     )
     .await?;
+    // The server archived with cp: put that WAL into the repository as wal-push would.
+    for e in std::fs::read_dir(archive.path())? {
+        pgha_backup_core::wal::push(storage.as_ref(), &e?.path()).await?;
+    }
     let o = verify(&cfg, &[]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(row(&out, "exporter").contains("pass"), "{out}");
+    assert!(
+        row(&out, "archive").contains("can replay to the end"),
+        "{out}"
+    );
+
+    // The backup's first segment gone from the repository: the archive check fails naming it.
+    let key = pgha_backup_core::wal::wal_key(&m.start_wal)?;
+    let kept = storage.get(&key).await?;
+    storage.delete(&key).await?;
+    let o = verify(&cfg, &[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        row(&out, "archive").contains(&format!("segment {} is missing", m.start_wal)),
+        "{out}"
+    );
+    storage.put(&key, kept).await?;
+    let o = verify(&cfg, &[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(
         row(&out, "backup").contains("WAL archived through"),
         "{out}"

@@ -44,14 +44,35 @@ pub async fn take_backup(
     storage: Arc<dyn Storage>,
     opts: &BackupOptions,
 ) -> Result<Manifest> {
-    let started = SystemTime::now();
-    let id = backup_id(started);
-    if storage.exists(&Manifest::key(&id)).await? {
-        return Err(BackupError::Usage(format!(
-            "backup {id} already exists; wait a second"
-        )));
+    let lock = crate::lock::acquire(&storage, "backup").await?;
+    let r = take_locked(config, storage, opts, &lock).await;
+    lock.release().await;
+    r
+}
+
+/// A free backup id for a backup started at `started`: its time, with `-2`, `-3` ... when a
+/// backup of that second exists (a small cluster backs up in well under a second).
+async fn unique_id(storage: &dyn Storage, started: SystemTime) -> Result<String> {
+    let base = backup_id(started);
+    let mut id = base.clone();
+    let mut n = 1;
+    while storage.exists(&Manifest::key(&id)).await? {
+        n += 1;
+        id = format!("{base}-{n}");
     }
+    Ok(id)
+}
+
+async fn take_locked(
+    config: &PghaConfig,
+    storage: Arc<dyn Storage>,
+    opts: &BackupOptions,
+    lock: &crate::lock::RepoLock,
+) -> Result<Manifest> {
+    let started = SystemTime::now();
+    // Under the lock no other backup runs: what has no manifest was interrupted.
     crate::expire::remove_incomplete(&crate::repo::Repository::new(storage.clone())).await?;
+    let id = unique_id(storage.as_ref(), started).await?;
     let mut c = pick_node(config, opts.node.as_deref(), opts.from_standby).await?;
     let q = BackupError::query(&c.node.name);
     let (data_dir, pg_version, sysid, seg_size): (String, String, String, i64) = sqlx::query_as(
@@ -110,6 +131,9 @@ pub async fn take_backup(
         files,
         packs,
     };
+    // Stored only while we still hold the lock: an expire that broke an expired lock may be
+    // removing this backup's packs.
+    lock.check()?;
     storage.put(&Manifest::key(&id), manifest.encode()?).await?;
     tracing::info!(%id, "backup complete");
     Ok(manifest)
@@ -382,4 +406,31 @@ fn send_pack(pack: OpenPack, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<PackEn
     tx.blocking_send((pack.id, pack.buf))
         .map_err(|_| BackupError::Task("the uploader stopped (see the storage error)".into()))?;
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backups_of_one_second_get_distinct_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::storage::LocalFs::new(dir.path());
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let id = unique_id(&s, t).await.unwrap();
+            s.put(&Manifest::key(&id), b"x".to_vec()).await.unwrap();
+            seen.push(id);
+        }
+        assert_eq!(
+            seen,
+            [
+                "20270115T080000Z",
+                "20270115T080000Z-2",
+                "20270115T080000Z-3"
+            ]
+        );
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "ids sort by time");
+    }
 }

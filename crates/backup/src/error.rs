@@ -65,6 +65,12 @@ pub enum BackupError {
     Pg(#[from] pgha_postgres::PgError),
     #[error(transparent)]
     Secret(#[from] pgha_config::SecretError),
+    #[error("the repository {repo} is locked by {holder}; try again when it is done")]
+    Locked { repo: String, holder: String },
+    #[error("manifest {key} is unsafe: {detail}")]
+    UnsafeManifest { key: String, detail: String },
+    #[error("recovery of {dir} aborted: {detail}")]
+    RecoveryAborted { dir: PathBuf, detail: String },
     #[error("a worker task failed: {0}")]
     Task(String),
 }

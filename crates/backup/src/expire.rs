@@ -21,6 +21,29 @@ pub struct ExpirePlan {
     pub remove_wal: Vec<String>,
 }
 
+/// Plans and (unless `dry_run`) applies retention under the repository lock, so that no
+/// backup being written is taken for an interrupted one.
+pub async fn expire(
+    repo: &Repository,
+    retention: &RetentionConfig,
+    now: SystemTime,
+    dry_run: bool,
+) -> Result<ExpirePlan> {
+    if dry_run {
+        return plan(repo, retention, now).await;
+    }
+    let storage = repo.storage();
+    let lock = crate::lock::acquire(&storage, "expire").await?;
+    let r = async {
+        let p = plan(repo, retention, now).await?;
+        apply(repo, &p).await?;
+        Ok(p)
+    }
+    .await;
+    lock.release().await;
+    r
+}
+
 /// Decides what to remove under `retention` at time `now`.
 pub async fn plan(
     repo: &Repository,

@@ -6,11 +6,13 @@
 //! The repository layout is described in [`storage`]. A backup exists once its manifest is
 //! stored, and the manifest is stored last.
 
+pub mod archive;
 pub mod backup;
 pub mod cron;
 
 mod error;
 pub mod expire;
+pub mod lock;
 pub mod logical;
 
 pub mod manifest;

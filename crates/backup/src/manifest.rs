@@ -118,7 +118,49 @@ impl Manifest {
                 "checksum mismatch (recorded {want}, computed {got})"
             )));
         }
-        serde_json::from_str(body).map_err(|e| corrupt(format!("bad JSON: {e}")))
+        let m: Manifest =
+            serde_json::from_str(body).map_err(|e| corrupt(format!("bad JSON: {e}")))?;
+        m.validate(key)?;
+        Ok(m)
+    }
+
+    /// Refuses a manifest that would make restore write outside its directory: every path
+    /// must be relative and made of plain names (no `..`, `.`, empty or absolute parts).
+    pub fn validate(&self, key: &str) -> Result<()> {
+        let unsafe_ = |detail: String| BackupError::UnsafeManifest {
+            key: key.to_owned(),
+            detail,
+        };
+        if self.id.is_empty() || self.id.contains(['/', '\\']) || self.id.starts_with('.') {
+            return Err(unsafe_(format!(
+                "backup id `{}` is not a plain name",
+                self.id
+            )));
+        }
+        if key.starts_with(BACKUPS) && Self::key(&self.id) != key {
+            return Err(unsafe_(format!(
+                "it names backup `{}`, which is not the backup it is stored under",
+                self.id
+            )));
+        }
+        let paths = self
+            .dirs
+            .iter()
+            .map(|d| ("directory", d))
+            .chain(self.files.iter().map(|f| ("file", &f.path)));
+        for (what, p) in paths {
+            let bad = p.is_empty()
+                || p.starts_with('/')
+                || p.contains('\0')
+                || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+            if bad {
+                return Err(unsafe_(format!(
+                    "{what} path `{}` is not a relative path of plain names (absolute, `..`, `.` or empty parts): a forged repository could write outside the restore directory",
+                    p.escape_debug()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// WAL segments restore needs to reach consistency, `start_wal..=stop_wal`.
@@ -192,6 +234,73 @@ mod tests {
                 "0000000100000000000000FF",
                 "000000010000000100000000"
             ]
+        );
+    }
+
+    fn minimal(id: &str) -> Manifest {
+        Manifest {
+            version: 1,
+            id: id.into(),
+            node: "n".into(),
+            pg_version: "15".into(),
+            system_identifier: "1".into(),
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            start_wal: "000000010000000000000002".into(),
+            stop_wal: "000000010000000000000002".into(),
+            wal_segment_size: 16 << 20,
+            started_at: String::new(),
+            finished_at: String::new(),
+            from_standby: false,
+            compression: "zstd:3".into(),
+            encrypted: false,
+            size: 0,
+            stored_size: 0,
+            backup_label: String::new(),
+            tablespace_map: String::new(),
+            dirs: vec!["base".into(), "base/1".into()],
+            files: vec![FileEntry {
+                path: "base/1/1259".into(),
+                size: 0,
+                chunks: vec![],
+            }],
+            packs: vec![],
+        }
+    }
+
+    #[test]
+    fn forged_paths_are_refused_by_name() {
+        let key = Manifest::key("b1");
+        let ok = minimal("b1");
+        assert_eq!(Manifest::decode(&key, &ok.encode().unwrap()).unwrap(), ok);
+        for bad in [
+            "../../etc/cron.d/x",
+            "/etc/passwd",
+            "base/./1",
+            "base//1",
+            "",
+            "a/..",
+        ] {
+            let mut m = minimal("b1");
+            m.files[0].path = bad.into();
+            let e = Manifest::decode(&key, &m.encode().unwrap()).unwrap_err();
+            assert!(
+                matches!(e, BackupError::UnsafeManifest { .. })
+                    && e.to_string().contains(&format!("`{bad}`")),
+                "{bad}: {e}"
+            );
+            let mut m = minimal("b1");
+            m.dirs.push(bad.into());
+            assert!(
+                Manifest::decode(&key, &m.encode().unwrap()).is_err(),
+                "dir {bad}"
+            );
+        }
+        let e = Manifest::decode(&key, &minimal("b2").encode().unwrap()).unwrap_err();
+        assert!(
+            e.to_string().contains("not the backup it is stored under"),
+            "{e}"
         );
     }
 

@@ -362,6 +362,9 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     let _ = writeln!(text, "primary_conninfo = ''");
     let _ = writeln!(text, "primary_slot_name = ''");
     let _ = writeln!(text, "archive_mode = 'off'");
+    // A restored copy has no standbys: a sync-mode cluster's setting would make its first
+    // commit wait forever.
+    let _ = writeln!(text, "synchronous_standby_names = ''");
     if let Some(p) = opts.port {
         // A copy beside the cluster: on loopback only. The backed-up node's address may not
         // exist here (found by `cargo xtask faults --scenario archive-continuity`, restoring
@@ -369,6 +372,16 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
         let _ = writeln!(text, "listen_addresses = 'localhost'");
         let _ = writeln!(text, "port = {p}");
         let _ = writeln!(text, "unix_socket_directories = '/tmp'");
+        // The backed-up node's certificate paths ([tls]) need not exist on this host, and a
+        // copy on loopback needs no TLS: off, with loopback password logins ahead of any
+        // `hostssl` or `hostnossl ... reject` line.
+        let _ = writeln!(text, "ssl = 'off'");
+        let hba = dir.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap_or_default();
+        let lines = "# Added by pgha-backup restore: a copy on loopback, without TLS.\n\
+            host all all 127.0.0.1/32 scram-sha-256\n\
+            host all all ::1/128 scram-sha-256\n";
+        w("pg_hba.conf", &format!("{lines}{old}"))?;
     }
     w("postgresql.auto.conf", &text)
 }
@@ -422,9 +435,14 @@ pub async fn start_and_wait(
         }
         return Ok(inst);
     }
-    inst.start().await?;
+    if let Err(e) = inst.start().await {
+        return Err(aborted(&inst, &opts.to).await.unwrap_or(e.into()));
+    }
     loop {
-        let mut conn = inst.connect().await?;
+        let mut conn = match inst.connect().await {
+            Ok(c) => c,
+            Err(e) => return Err(aborted(&inst, &opts.to).await.unwrap_or(e.into())),
+        };
         let (in_recovery, paused): (bool, String) = sqlx::query_as(
             "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END",
         )
@@ -449,6 +467,40 @@ pub async fn start_and_wait(
     }
 }
 
+/// When the restored server has stopped (its startup process aborted recovery, e.g. because
+/// wal-fetch found a corrupt object): the reason from its log, naming the object.
+async fn aborted(inst: &LocalInstance, dir: &Path) -> Option<BackupError> {
+    // The postmaster may need a moment to remove its pid file after the startup process died.
+    for _ in 0..20 {
+        if matches!(inst.process_state(), Ok(ProcessState::Stopped)) {
+            let log = inst.log_tail(200);
+            let ours: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("pgha-backup:") && !l.contains("is not in the archive"))
+                .collect();
+            let fatal: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
+                .collect();
+            let detail = match (ours.last(), fatal.last()) {
+                (Some(o), Some(f)) => format!("{}; the server stopped: {}", o.trim(), f.trim()),
+                (Some(o), None) => o.trim().to_owned(),
+                (None, Some(f)) => f.trim().to_owned(),
+                (None, None) => "the server stopped during recovery".into(),
+            };
+            return Some(BackupError::RecoveryAborted {
+                dir: dir.to_owned(),
+                detail: format!(
+                    "{detail} (log {}); the copy was not promoted: repair the archive, or restore with a target before the damaged WAL",
+                    inst.log_file().display()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// The restored data dir as an instance (log file beside it: `<dir>.log`).
 pub fn restored_instance(
     config: &PghaConfig,
@@ -468,6 +520,10 @@ pub fn restored_instance(
         params.port = p;
     }
     params.application_name = "pgha-backup".into();
+    if port.is_some() {
+        // The copy beside the cluster runs without TLS (write_recovery).
+        params.ssl_root_cert = None;
+    }
     let log = dir.with_extension("log");
     Ok(LocalInstance::new(
         "restored", dir, log, bins, run_as, params,

@@ -40,8 +40,8 @@ pub async fn run_once(
     let result = async {
         let m = crate::take_backup(config, storage.clone(), opts).await?;
         let repo = Repository::new(storage.clone());
-        let plan = crate::expire::plan(&repo, &section.retention, SystemTime::now()).await?;
-        crate::expire::apply(&repo, &plan).await?;
+        let plan =
+            crate::expire::expire(&repo, &section.retention, SystemTime::now(), false).await?;
         tracing::info!(id = %m.id, expired = plan.remove_backups.len(), wal_removed = plan.remove_wal.len(), "scheduled backup done");
         Ok::<_, BackupError>(m)
     }

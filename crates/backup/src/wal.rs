@@ -64,24 +64,39 @@ pub async fn push(storage: &dyn Storage, path: &Path) -> Result<PushOutcome> {
         Ok((sum, out))
     })
     .await??;
-    match storage.get(&key).await {
-        Ok(existing) => {
-            let archived = header_sum(&key, &existing)?;
-            if archived == sum {
-                tracing::info!(%name, "already archived with identical content");
-                return Ok(PushOutcome::AlreadyArchived);
-            }
-            return Err(BackupError::WalConflict {
-                name,
-                archived: hex(&archived),
-                local: hex(&sum),
-            });
+    // A conditional put: of two pushes of different content under one name (two clusters
+    // sharing an archive, a diverged old primary) at most one is stored; the other compares.
+    for _ in 0..5 {
+        if storage.put_if_absent(&key, encoded.clone()).await? {
+            return Ok(PushOutcome::Stored);
         }
-        Err(BackupError::NotFound { .. }) => {}
-        Err(e) => return Err(e),
+        match storage.get(&key).await {
+            Ok(existing) => {
+                let archived = header_sum(&key, &existing)?;
+                if archived == sum {
+                    tracing::info!(%name, "already archived with identical content");
+                    return Ok(PushOutcome::AlreadyArchived);
+                }
+                return Err(BackupError::WalConflict {
+                    name,
+                    archived: hex(&archived),
+                    local: hex(&sum),
+                });
+            }
+            // A concurrent conditional put still in flight (S3 409): try again.
+            Err(BackupError::NotFound { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    storage.put(&key, encoded).await?;
-    Ok(PushOutcome::Stored)
+    Err(BackupError::Storage {
+        op: "conditional put",
+        key,
+        repo: storage.describe(),
+        message: "the object is neither storable nor readable (a concurrent writer?)".into(),
+        transient: false,
+    })
 }
 
 fn header_sum(key: &str, data: &[u8]) -> Result<[u8; 32]> {
@@ -131,4 +146,20 @@ pub async fn fetch(storage: &dyn Storage, name: &str, dest: &Path) -> Result<()>
         .await
         .map_err(BackupError::io("rename into place", dest))?;
     Ok(())
+}
+
+/// For segment `name` that the archive does not have: a later segment of the same timeline
+/// that it does have, which makes the missing one a gap rather than the archive's end.
+/// `None` for non-segment names (history probes are expected to miss) and at the real end.
+pub async fn later_segment(storage: &dyn Storage, name: &str) -> Result<Option<String>> {
+    if name.len() != 24 || !name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let name = name.to_ascii_uppercase();
+    let objects = storage.list(&format!("{WAL}{}", &name[..8])).await?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|o| o.key.rsplit('/').next().map(str::to_owned))
+        .filter(|n| n.len() == 24 && n[..8] == name[..8] && *n > name)
+        .min())
 }

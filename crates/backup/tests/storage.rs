@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use pgha_backup_core::lock;
 use pgha_backup_core::storage::{self, LocalFs, S3Storage};
 use pgha_backup_core::{BackupError, Repository, Storage};
 use pgha_config::{S3Config, Secret, SecretSource};
@@ -78,6 +79,58 @@ async fn suite(s: Arc<dyn Storage>) {
         .await
         .unwrap();
     assert!(repo.incomplete_ids().await.unwrap().is_empty());
+
+    // Conditional put: refused over an existing object (small and multipart-sized), and of
+    // eight concurrent puts of different content under one name exactly one lands.
+    assert!(!s
+        .put_if_absent(
+            "wal/0000000100000000/000000010000000000000001",
+            b"three".to_vec()
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get("wal/0000000100000000/000000010000000000000001")
+            .await
+            .unwrap(),
+        b"two"
+    );
+    assert!(!s
+        .put_if_absent("backups/20260101T000000Z/pack-00000", big.clone())
+        .await
+        .unwrap());
+    assert!(s.put_if_absent("c/big", big.clone()).await.unwrap());
+    assert_eq!(s.get("c/big").await.unwrap(), big);
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8u8 {
+        let s = s.clone();
+        racers.spawn(async move { (i, s.put_if_absent("c/race", vec![i; 100]).await.unwrap()) });
+    }
+    let winners: Vec<u8> = racers
+        .join_all()
+        .await
+        .into_iter()
+        .filter_map(|(i, won)| won.then_some(i))
+        .collect();
+    assert_eq!(winners.len(), 1, "winners {winners:?}");
+    assert_eq!(s.get("c/race").await.unwrap(), vec![winners[0]; 100]);
+
+    // The repository lock: one holder; the second is refused naming the first; free again
+    // after release.
+    let l = lock::acquire(&s, "backup").await.unwrap();
+    let e = lock::acquire(&s, "expire").await.unwrap_err();
+    assert!(
+        matches!(e, BackupError::Locked { .. })
+            && e.to_string()
+                .contains(&format!("backup (pid {}", std::process::id())),
+        "{e}"
+    );
+    let h = lock::holder(s.as_ref()).await.unwrap().expect("held");
+    assert_eq!(h.purpose, "backup");
+    l.check().unwrap();
+    l.release().await;
+    assert!(lock::holder(s.as_ref()).await.unwrap().is_none());
+    lock::acquire(&s, "expire").await.unwrap().release().await;
 }
 
 #[tokio::test]
@@ -90,6 +143,50 @@ async fn local_storage() {
         &Secret::new("k1"),
     ))
     .await;
+}
+
+/// A local lock dies with its holder: a process that held it and was killed leaves the
+/// repository lockable, and the next holder is told who ended without releasing it.
+#[test]
+fn a_killed_local_holder_does_not_block_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lock");
+    let text = serde_json::json!({"token": "t", "host": "h", "pid": 999999, "purpose": "backup", "since": 1, "expires": 0});
+    std::fs::write(&path, serde_json::to_vec(&text).unwrap()).unwrap();
+    // flock(1) holds it (and its `sleep` inherits it) in a process group we then kill.
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("flock")
+        .arg(&path)
+        .arg("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s: Arc<dyn Storage> = Arc::new(LocalFs::new(dir.path()));
+    let held = rt.block_on(async {
+        for _ in 0..50 {
+            if lock::holder(s.as_ref()).await.unwrap().is_some() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    });
+    assert!(held, "flock(1) did not take the lock");
+    let e = rt.block_on(lock::acquire(&s, "expire")).unwrap_err();
+    assert!(
+        e.to_string().contains("locked by backup (pid 999999"),
+        "{e}"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+    let l = rt.block_on(lock::acquire(&s, "expire")).unwrap();
+    rt.block_on(l.release());
 }
 
 #[tokio::test]
@@ -139,6 +236,17 @@ async fn s3_storage_and_encryption() {
     flipped[n] ^= 1;
     raw.put("x/secret", flipped).await.unwrap();
     assert!(enc.get("x/secret").await.is_err());
+    // An object lock past its expiry (a dead or frozen holder) is broken; a live one is not.
+    let stale = serde_json::json!({"token": "t", "host": "elsewhere", "pid": 1, "purpose": "backup", "since": 1, "expires": 2});
+    raw.put(lock::LOCK_KEY, serde_json::to_vec(&stale).unwrap())
+        .await
+        .unwrap();
+    let l = lock::acquire(&raw, "expire").await.unwrap();
+    assert_eq!(
+        lock::holder(raw.as_ref()).await.unwrap().unwrap().purpose,
+        "expire"
+    );
+    l.release().await;
     // Prefixes keep repositories apart in one bucket.
     assert!(raw
         .list("")

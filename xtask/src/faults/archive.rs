@@ -113,22 +113,25 @@ impl Run<'_> {
             Ok(_) => {}
             Err(e) => failures.push(format!("{e:#}")),
         }
-        // pgha verify: its backup check says the archive is continuous since the backup.
+        // pgha verify: its backup check says the archive is continuous since the backup, and
+        // its archive check finds no gap from the backup through the new timeline.
         let out = self.tool("pgha", &["verify", "--json"]).await?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let backup_check = v["checks"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == "backup"))
-            .cloned();
-        let verify_ok = backup_check
-            .as_ref()
-            .and_then(|c| c["verdict"].as_str())
-            .is_some_and(|x| x.eq_ignore_ascii_case("pass"));
-        if !verify_ok {
-            failures.push(format!(
-                "pgha verify: backup check {}",
-                backup_check.map_or("missing".into(), |c| c.to_string())
-            ));
+        for name in ["backup", "archive"] {
+            let c = v["checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["name"] == name))
+                .cloned();
+            let pass = c
+                .as_ref()
+                .and_then(|c| c["verdict"].as_str())
+                .is_some_and(|x| x.eq_ignore_ascii_case("pass"));
+            if !pass {
+                failures.push(format!(
+                    "pgha verify: {name} check {}",
+                    c.map_or("missing".into(), |c| c.to_string())
+                ));
+            }
         }
         let out = self.tool("pgha-backup", &["verify"]).await?;
         if !out.status.success() {

@@ -39,16 +39,15 @@ impl Encrypted {
     }
 }
 
-#[async_trait]
-impl Storage for Encrypted {
-    async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+impl Encrypted {
+    fn seal(&self, key: &str, data: &[u8]) -> Result<Vec<u8>> {
         let nonce: [u8; 12] = rand::random();
         let ct = self
             .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: &data,
+                    msg: data,
                     aad: key.as_bytes(),
                 },
             )
@@ -60,7 +59,20 @@ impl Storage for Encrypted {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
-        self.inner.put(key, out).await
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Storage for Encrypted {
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        let sealed = self.seal(key, &data)?;
+        self.inner.put(key, sealed).await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        let sealed = self.seal(key, &data)?;
+        self.inner.put_if_absent(key, sealed).await
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -99,5 +111,9 @@ impl Storage for Encrypted {
 
     fn describe(&self) -> String {
         format!("{} (encrypted)", self.inner.describe())
+    }
+
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        self.inner.local_root()
     }
 }

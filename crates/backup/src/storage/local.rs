@@ -69,7 +69,10 @@ impl LocalFs {
         Ok(())
     }
 
-    fn put_blocking(&self, key: &str, data: &[u8]) -> Result<()> {
+    /// Writes `data` to a temp file beside `key`'s path (fsynced, owned and moded like an
+    /// object) and puts it in place: renamed over any object, or with `if_absent` hard-linked,
+    /// which fails when the name exists. Returns false when it did.
+    fn put_blocking(&self, key: &str, data: &[u8], if_absent: bool) -> Result<bool> {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         self.create_dirs(&dir)?;
@@ -92,16 +95,27 @@ impl LocalFs {
                 .set_permissions(std::fs::Permissions::from_mode(0o640))
                 .map_err(BackupError::io("chmod", &path))?;
         }
-        tmp.persist(&path).map_err(|e| BackupError::Io {
-            action: "rename into place",
-            path: path.clone(),
-            source: e.error,
-        })?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            // Best effort: the rename is atomic either way.
-            let _ = d.sync_all();
+        if if_absent {
+            match std::fs::hard_link(tmp.path(), &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(BackupError::io("link into place", &path)(e)),
+            }
+            // `tmp` is removed when dropped; the object stays under its name.
+        } else {
+            tmp.persist(&path).map_err(|e| BackupError::Io {
+                action: "rename into place",
+                path: path.clone(),
+                source: e.error,
+            })?;
         }
-        Ok(())
+        if let Ok(d) = std::fs::File::open(&dir) {
+            // The rename or link is atomic either way; fsync makes it durable.
+            if let Err(e) = d.sync_all() {
+                tracing::warn!(dir = %dir.display(), "fsync of the directory failed: {e}");
+            }
+        }
+        Ok(true)
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -170,7 +184,15 @@ impl Storage for LocalFs {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let me = self.clone();
         let key = key.to_owned();
-        tokio::task::spawn_blocking(move || me.put_blocking(&key, &data)).await?
+        tokio::task::spawn_blocking(move || me.put_blocking(&key, &data, false))
+            .await?
+            .map(|_| ())
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        let me = self.clone();
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || me.put_blocking(&key, &data, true)).await?
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -203,5 +225,9 @@ impl Storage for LocalFs {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn local_root(&self) -> Option<PathBuf> {
+        Some(self.root.clone())
     }
 }

@@ -36,6 +36,10 @@ pub struct ObjectInfo {
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Stores `data` under `key`, replacing any object there.
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()>;
+    /// Stores `data` under `key` only if no object is there, atomically: of two concurrent
+    /// calls at most one returns `Ok(true)`. `Ok(false)`: an object exists (or is being
+    /// written by a concurrent conditional put).
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool>;
     /// The whole object, or [`BackupError::NotFound`].
     async fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Every object whose key starts with `prefix`, sorted by key.
@@ -44,6 +48,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Where this is, for messages (`/var/lib/pgha/backup`, `s3://bucket/prefix`).
     fn describe(&self) -> String;
+
+    /// The directory of a local repository (its lock is a `flock` there); `None` on S3.
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 
     /// True when `key` exists.
     async fn exists(&self, key: &str) -> Result<bool> {

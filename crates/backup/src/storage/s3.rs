@@ -87,18 +87,25 @@ impl S3Storage {
         }
     }
 
-    async fn put_once(&self, key: &str, data: &[u8]) -> Result<()> {
+    /// Stores `data`; with `if_absent`, only when no object is there (`If-None-Match: *`):
+    /// `Ok(false)` when one is.
+    async fn put_once(&self, key: &str, data: &[u8], if_absent: bool) -> Result<bool> {
         let full = self.full(key);
         if data.len() <= PART_SIZE {
-            self.client
+            let r = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&full)
+                .set_if_none_match(if_absent.then(|| "*".to_owned()))
                 .body(ByteStream::from(data.to_vec()))
                 .send()
-                .await
-                .map_err(|e| self.err("put", key, e))?;
-            return Ok(());
+                .await;
+            return match r {
+                Ok(_) => Ok(true),
+                Err(e) if if_absent && precondition_failed(&e) => Ok(false),
+                Err(e) => Err(self.err("put", key, e)),
+            };
         }
         let up = self
             .client
@@ -117,8 +124,8 @@ impl S3Storage {
                 transient: true,
             });
         };
-        let result = self.upload_parts(key, &full, id, data).await;
-        if result.is_err() {
+        let result = self.upload_parts(key, &full, id, data, if_absent).await;
+        if !matches!(result, Ok(true)) {
             let _ = self
                 .client
                 .abort_multipart_upload()
@@ -131,7 +138,14 @@ impl S3Storage {
         result
     }
 
-    async fn upload_parts(&self, key: &str, full: &str, id: &str, data: &[u8]) -> Result<()> {
+    async fn upload_parts(
+        &self,
+        key: &str,
+        full: &str,
+        id: &str,
+        data: &[u8],
+        if_absent: bool,
+    ) -> Result<bool> {
         let mut parts = Vec::new();
         for (i, chunk) in data.chunks(PART_SIZE).enumerate() {
             let n = i as i32 + 1;
@@ -153,20 +167,25 @@ impl S3Storage {
                     .build(),
             );
         }
-        self.client
+        let r = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(full)
             .upload_id(id)
+            .set_if_none_match(if_absent.then(|| "*".to_owned()))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| self.err("complete multipart upload", key, e))?;
-        Ok(())
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if if_absent && precondition_failed(&e) => Ok(false),
+            Err(e) => Err(self.err("complete multipart upload", key, e)),
+        }
     }
 
     async fn get_once(&self, key: &str) -> Result<Vec<u8>> {
@@ -228,10 +247,31 @@ impl S3Storage {
     }
 }
 
+/// The server refused a conditional write because the object exists (412), or another
+/// conditional write of the same key is in flight (409).
+fn precondition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    let code = match e {
+        SdkError::ServiceError(se) => se.err().code(),
+        _ => None,
+    };
+    matches!(
+        code,
+        Some("PreconditionFailed" | "ConditionalRequestConflict")
+    )
+}
+
 #[async_trait]
 impl Storage for S3Storage {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
-        retry(ATTEMPTS, || self.put_once(key, &data)).await
+        retry(ATTEMPTS, || self.put_once(key, &data, false))
+            .await
+            .map(|_| ())
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        // A retried attempt whose first try landed answers "exists": the caller compares the
+        // content (wal-push) or the owner token (locks).
+        retry(ATTEMPTS, || self.put_once(key, &data, true)).await
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
