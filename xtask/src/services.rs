@@ -42,7 +42,11 @@ pub fn configure(
         archive_bin(root).display(),
         root.join(pgha_local_cluster::CONFIG_FILE).display()
     );
-    spec.parameters.insert("archive_mode".into(), "on".into());
+    // always: a standby archives what it receives too (the push of a segment already archived
+    // with the same content succeeds), so a failover leaves no gap of segments that only the
+    // lost primary had. docs/BACKUP.md, "Archiving across failover".
+    spec.parameters
+        .insert("archive_mode".into(), "always".into());
     spec.parameters.insert("archive_command".into(), cmd);
     spec.extra_toml.push_str(&format!(
         "\n[monitoring]\nlisten = \"127.0.0.1:{}\"\n\n[backup]\n# daily at 02:00; retention: 7 days\nschedule = [\"0 2 * * *\"]\nmetrics_file = \"{}\"\n\n[backup.repository]\npath = \"{}\"\n",

@@ -24,8 +24,9 @@ pub struct BackupSection {
     /// Node to back up; default: whichever node answers as primary (or a standby with
     /// `--from-standby`).
     pub node: Option<String>,
-    /// Client-side encryption key (AES-256-GCM, key derived with SHA-256 from this secret);
-    /// when set everything stored is encrypted.
+    /// Client-side encryption (AES-256-GCM); when set everything stored is encrypted. 64
+    /// hexadecimal characters are the 256-bit key itself; anything else is a passphrase,
+    /// stretched with Argon2id and the repository's salt (kept in `encryption.json`).
     pub encryption_key: Option<SecretSource>,
     /// File the scheduler writes `pgha_backup_last_success_timestamp_seconds` to, in the
     /// Prometheus text format (for the exporter's textfile collector); default
