@@ -89,8 +89,21 @@ pub struct VerifyArgs {
     pub no_progress: bool,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    /// Every chunk of the data directory.
+    Full,
+    /// Only chunks changed since the newest full backup (restores as a full one).
+    Diff,
+    /// Only chunks changed since the newest backup of any type (restores as a full one).
+    Incr,
+}
+
 #[derive(Debug, Args)]
 pub struct BackupArgs {
+    /// What to store; diff and incr fall back to full when there is nothing to compare with.
+    #[arg(long = "type", value_enum, default_value = "full")]
+    pub kind: KindArg,
     /// Take the backup from a standby instead of the primary.
     #[arg(long)]
     pub from_standby: bool,
@@ -146,13 +159,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub port: Option<u16>,
     /// Empty a non-empty --to directory first.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delta")]
     pub force: bool,
+    /// Restore into a non-empty --to directory (a failed node, a diverged old primary):
+    /// rewrite only the chunks that differ from the backup, remove what it does not have.
+    #[arg(long)]
+    pub delta: bool,
     /// How long --start waits for the target.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub wait_timeout: std::time::Duration,
     /// Restore a logical dump with pg_restore instead.
-    #[arg(long, conflicts_with_all = ["to", "target", "start", "port", "force"])]
+    #[arg(long, conflicts_with_all = ["to", "target", "start", "port", "force", "delta"])]
     pub logical: bool,
     /// With --logical: which database's newest dump.
     #[arg(long, requires = "logical")]

@@ -17,12 +17,12 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use pgha_backup_core::{
-    storage, BackupError, BackupOptions, RecoveryTarget, Repository, RestoreOptions, Storage,
-    TargetAction,
+    storage, BackupError, BackupKind, BackupOptions, RecoveryTarget, Repository, RestoreOptions,
+    Storage, TargetAction,
 };
 use pgha_config::{BackupSection, LoadedConfig};
 
-use crate::cli::{ActionArg, Cli, Command, RestoreArgs};
+use crate::cli::{ActionArg, Cli, Command, KindArg, RestoreArgs};
 
 /// `wal-fetch`'s exit code for a failure other than "not archived": above 125, which
 /// PostgreSQL treats like a shell error or a signal and aborts recovery on.
@@ -98,6 +98,11 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Backup(a) => {
             let opts = BackupOptions {
+                kind: match a.kind {
+                    KindArg::Full => BackupKind::Full,
+                    KindArg::Diff => BackupKind::Diff,
+                    KindArg::Incr => BackupKind::Incr,
+                },
                 node: a.node.clone().or(sec.node.clone()),
                 from_standby: a.from_standby,
                 parallel: a.parallel.unwrap_or(sec.parallel),
@@ -109,9 +114,27 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
             let m = pgha_backup_core::take_backup(config, storage, &opts).await?;
             let secs = t.elapsed().as_secs_f64();
             println!(
-                "backup {} complete: node {}, timeline {}, LSN {} .. {}, WAL {} .. {}",
-                m.id, m.node, m.timeline, m.start_lsn, m.stop_lsn, m.start_wal, m.stop_wal
+                "backup {} complete: {}{}, node {}, timeline {}, LSN {} .. {}, WAL {} .. {}",
+                m.id,
+                m.kind,
+                m.reference
+                    .as_deref()
+                    .map(|r| format!(" of {r}"))
+                    .unwrap_or_default(),
+                m.node,
+                m.timeline,
+                m.start_lsn,
+                m.stop_lsn,
+                m.start_wal,
+                m.stop_wal
             );
+            if m.reference.is_some() {
+                println!(
+                    "  {:.1} MB changed and stored, {:.1} MB referenced",
+                    mb(m.own_size()),
+                    mb(m.size - m.own_size())
+                );
+            }
             println!(
                 "  {} files, {:.1} MB read, {:.1} MB stored in {} pack(s) (ratio {:.1}x), {:.2} s, {:.0} MB/s",
                 m.files.len(),
@@ -219,6 +242,7 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Schedule { once } => {
             let opts = BackupOptions {
+                kind: BackupKind::Full,
                 node: sec.node.clone(),
                 from_standby: false,
                 parallel: sec.parallel,
@@ -296,6 +320,7 @@ async fn restore(
         target,
         action,
         force: a.force,
+        delta: a.delta,
         port: a.port,
         parallel: config.backup.as_ref().map_or(0, |b| b.parallel),
         restore_command: restore_command(loaded)?,
@@ -303,7 +328,7 @@ async fn restore(
         progress: !a.no_progress && std::io::stderr().is_terminal(),
     };
     let t = Instant::now();
-    let m = pgha_backup_core::restore(repo, &opts).await?;
+    let (m, stats) = pgha_backup_core::restore_counted(repo, &opts).await?;
     println!(
         "restored backup {} ({:.1} MB, {} files) into {} in {:.2} s",
         m.id,
@@ -312,6 +337,14 @@ async fn restore(
         to.display(),
         t.elapsed().as_secs_f64()
     );
+    if a.delta {
+        println!(
+            "  delta: {:.1} MB already in place, {:.1} MB rewritten, {} entries not in the backup removed",
+            mb(stats.kept),
+            mb(stats.written),
+            stats.removed
+        );
+    }
     if a.start {
         let inst = pgha_backup_core::start_and_wait(config, &m, &opts, a.wait_timeout).await?;
         println!(

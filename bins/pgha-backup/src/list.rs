@@ -7,7 +7,8 @@ use serde_json::json;
 
 fn summary(m: &Manifest) -> serde_json::Value {
     json!({
-        "id": m.id, "node": m.node, "timeline": m.timeline,
+        "id": m.id, "type": m.kind, "reference": m.reference, "depends_on": m.depends_on(),
+        "node": m.node, "timeline": m.timeline,
         "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
         "start_wal": m.start_wal, "stop_wal": m.stop_wal,
         "started_at": m.started_at, "finished_at": m.finished_at,
@@ -44,13 +45,23 @@ pub async fn run(repo: &Repository, json: bool) -> anyhow::Result<()> {
     }
     println!("Repository {}", storage.describe());
     println!(
-        "{:<18} {:<8} {:>3} {:<12} {:<12} {:>10} {:>10}  FINISHED",
-        "BACKUP", "NODE", "TL", "START LSN", "STOP LSN", "SIZE MB", "STORED MB"
+        "{:<20} {:<5} {:<20} {:<8} {:>3} {:<12} {:<12} {:>10} {:>10}  FINISHED",
+        "BACKUP",
+        "TYPE",
+        "REFERENCE",
+        "NODE",
+        "TL",
+        "START LSN",
+        "STOP LSN",
+        "SIZE MB",
+        "STORED MB"
     );
     for m in &manifests {
         println!(
-            "{:<18} {:<8} {:>3} {:<12} {:<12} {:>10.1} {:>10.1}  {}",
+            "{:<20} {:<5} {:<20} {:<8} {:>3} {:<12} {:<12} {:>10.1} {:>10.1}  {}",
             m.id,
+            m.kind,
+            m.reference.as_deref().unwrap_or("-"),
             m.node,
             m.timeline,
             m.start_lsn,

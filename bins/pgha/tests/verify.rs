@@ -89,6 +89,7 @@ async fn verify_passes_a_healthy_cluster_and_fails_the_right_check_for_each_faul
         c.config(),
         storage.clone(),
         &pgha_backup_core::BackupOptions {
+            kind: Default::default(),
             node: None,
             from_standby: false,
             parallel: 2,

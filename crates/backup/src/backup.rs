@@ -2,6 +2,7 @@
 //! N workers read the data files in chunks, checksum and zstd-compress them into pack objects
 //! that are uploaded while the next ones are filled (nothing is staged on local disk).
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,14 +21,39 @@ use crate::storage::Storage;
 use crate::walk::{list_data_dir, ListedFile};
 use crate::{BackupError, Result};
 
-/// Uncompressed size of one chunk of a large file.
-pub const CHUNK: u64 = 8 << 20;
+/// Uncompressed size of one chunk of a large file: the unit of compression, of checksums and
+/// of what a diff or incr backup stores again. 1 MiB: an update of a few percent of a table
+/// dirties a few percent of its chunks, and zstd's window at our levels is about as large.
+pub const CHUNK: u64 = 1 << 20;
 /// A pack is uploaded once its compressed size reaches this.
 pub const PACK_TARGET: usize = 16 << 20;
+
+/// What a backup stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackupKind {
+    /// Every chunk.
+    #[default]
+    Full,
+    /// Chunks that differ from the newest full backup; the rest is referenced.
+    Diff,
+    /// Chunks that differ from the newest backup of any kind.
+    Incr,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Diff => "diff",
+            BackupKind::Incr => "incr",
+        }
+    }
+}
 
 /// How to take a backup.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
+    pub kind: BackupKind,
     pub node: Option<String>,
     pub from_standby: bool,
     /// Workers; 0 = one per core.
@@ -73,6 +99,8 @@ async fn take_locked(
     // Under the lock no other backup runs: what has no manifest was interrupted.
     crate::expire::remove_incomplete(&crate::repo::Repository::new(storage.clone())).await?;
     let id = unique_id(storage.as_ref(), started).await?;
+    let reference =
+        reference_for(&crate::repo::Repository::new(storage.clone()), opts.kind).await?;
     let mut c = pick_node(config, opts.node.as_deref(), opts.from_standby).await?;
     let q = BackupError::query(&c.node.name);
     let (data_dir, pg_version, sysid, seg_size): (String, String, String, i64) = sqlx::query_as(
@@ -94,7 +122,32 @@ async fn take_locked(
         .map_err(BackupError::query(&c.node.name))?;
     tracing::info!(%id, node = %c.node.name, %start_lsn, "backup started");
 
-    let copied = copy_data_dir(Path::new(&data_dir), &id, storage.clone(), opts).await;
+    let reference = match reference {
+        Some(r) if r.system_identifier != sysid => {
+            tracing::warn!(
+                reference = %r.id,
+                "the newest backup is of another cluster (system identifier {} here, {} there): taking a full backup",
+                sysid,
+                r.system_identifier
+            );
+            None
+        }
+        other => other,
+    };
+    let kind = if reference.is_some() {
+        opts.kind
+    } else {
+        BackupKind::Full
+    };
+    let chunks_of_ref = reference.as_ref().map(reference_chunks);
+    let copied = copy_data_dir(
+        Path::new(&data_dir),
+        &id,
+        storage.clone(),
+        opts,
+        chunks_of_ref,
+    )
+    .await;
     // Always end backup mode, also when the copy failed.
     let stop: std::result::Result<(String, String, Option<String>), sqlx::Error> =
         sqlx::query_as("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)")
@@ -121,6 +174,8 @@ async fn take_locked(
         started_at: humantime::format_rfc3339_seconds(started).to_string(),
         finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         from_standby: opts.from_standby,
+        kind: kind.as_str().into(),
+        reference: reference.as_ref().map(|r| r.id.clone()),
         compression: format!("zstd:{}", opts.level),
         encrypted: opts.encrypted,
         size,
@@ -138,6 +193,49 @@ async fn take_locked(
     tracing::info!(%id, "backup complete");
     Ok(manifest)
 }
+
+/// The backup a diff (newest full) or incr (newest of any kind) is compared with; `None` for
+/// a full backup, or when there is none (the backup is then full, as pgBackRest does).
+async fn reference_for(
+    repo: &crate::repo::Repository,
+    kind: BackupKind,
+) -> Result<Option<Manifest>> {
+    if kind == BackupKind::Full {
+        return Ok(None);
+    }
+    let mut manifests = repo.manifests().await?;
+    if kind == BackupKind::Diff {
+        manifests.retain(|m| m.kind == "full");
+    }
+    let r = manifests.pop();
+    if r.is_none() {
+        tracing::warn!(
+            "no {} backup to compare with: taking a full backup",
+            if kind == BackupKind::Diff {
+                "full"
+            } else {
+                "earlier"
+            }
+        );
+    }
+    Ok(r)
+}
+
+/// The chunks of `r` by (path, offset), each naming the backup whose pack holds it.
+fn reference_chunks(r: &Manifest) -> RefChunks {
+    let mut map = HashMap::new();
+    for f in &r.files {
+        for c in &f.chunks {
+            let mut c2 = c.clone();
+            c2.backup = Some(r.owner(c).to_owned());
+            map.insert((f.path.clone(), c.file_offset), c2);
+        }
+    }
+    map
+}
+
+/// Chunks of a reference backup by (file path, offset).
+type RefChunks = HashMap<(String, u64), ChunkRef>;
 
 /// (timeline, start WAL file) from backup_label.
 fn parse_label(label: &str) -> Result<(u32, String)> {
@@ -183,6 +281,7 @@ async fn copy_data_dir(
     id: &str,
     storage: Arc<dyn Storage>,
     opts: &BackupOptions,
+    reference: Option<RefChunks>,
 ) -> Result<Copied> {
     let (dirs, listed) = list_data_dir(data_dir)?;
     let total: u64 = listed.iter().map(|f| f.size).sum();
@@ -238,6 +337,7 @@ async fn copy_data_dir(
         next_pack: AtomicU32::new(0),
         done: progress.counter(),
         level: opts.level,
+        reference,
         results: Mutex::new((Vec::new(), Vec::new())),
         failed: Mutex::new(None),
     });
@@ -297,6 +397,8 @@ struct CopyCtx {
     next_pack: AtomicU32,
     done: Arc<AtomicU64>,
     level: i32,
+    /// diff/incr: the reference's chunks; an identical chunk is referenced, not stored.
+    reference: Option<RefChunks>,
     results: Mutex<WorkerResults>,
     failed: Mutex<Option<BackupError>>,
 }
@@ -363,12 +465,22 @@ fn worker(ctx: &CopyCtx, tx: &mpsc::Sender<(u32, Vec<u8>)>) -> Result<()> {
             continue;
         }
         let sha = hex(&Sha256::digest(&data));
+        let same = ctx.reference.as_ref().and_then(|r| {
+            r.get(&(ctx.files[job.file].path.clone(), job.offset))
+                .filter(|c| c.len == data.len() as u64 && c.sha256 == sha)
+        });
+        if let Some(c) = same {
+            chunks.push((job.file, c.clone()));
+            ctx.done.fetch_add(data.len() as u64, Ordering::Relaxed);
+            continue;
+        }
         let compressed = comp
             .compress(&data)
             .map_err(BackupError::io("compress", &path))?;
         chunks.push((
             job.file,
             ChunkRef {
+                backup: None,
                 pack: pack.id,
                 pack_offset: pack.buf.len() as u64,
                 stored_len: compressed.len() as u64,

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod backup;
 pub mod cron;
+mod delta;
 
 mod error;
 pub mod expire;
@@ -27,9 +28,12 @@ pub mod verify;
 pub mod wal;
 pub mod walk;
 
-pub use backup::{take_backup, BackupOptions};
+pub use backup::{take_backup, BackupKind, BackupOptions};
 pub use error::{BackupError, Result};
 pub use manifest::Manifest;
 pub use repo::Repository;
-pub use restore::{restore, start_and_wait, RecoveryTarget, RestoreOptions, TargetAction};
+pub use restore::{
+    restore, restore_counted, start_and_wait, RecoveryTarget, RestoreOptions, RestoreStats,
+    TargetAction,
+};
 pub use storage::{ObjectInfo, Storage};

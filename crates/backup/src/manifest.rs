@@ -32,6 +32,13 @@ pub struct Manifest {
     pub started_at: String,
     pub finished_at: String,
     pub from_standby: bool,
+    /// `full`, `diff` (chunks unchanged since the newest full backup are referenced) or `incr`
+    /// (unchanged since the newest backup of any type). Manifests before incrementals: full.
+    #[serde(default = "full")]
+    pub kind: String,
+    /// The backup this one was compared with (diff, incr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     pub compression: String,
     pub encrypted: bool,
     /// Bytes read from the data dir.
@@ -56,9 +63,16 @@ pub struct FileEntry {
     pub chunks: Vec<ChunkRef>,
 }
 
+fn full() -> String {
+    "full".into()
+}
+
 /// A piece of a file: one zstd frame inside a pack object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkRef {
+    /// The backup whose pack holds the frame, when not this one (diff, incr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
     pub pack: u32,
     /// Offset and length of the compressed frame in the pack.
     pub pack_offset: u64,
@@ -85,6 +99,40 @@ impl Manifest {
 
     pub fn pack_key(id: &str, pack: u32) -> String {
         format!("{BACKUPS}{id}/pack-{pack:05}")
+    }
+
+    /// The backup holding chunk `c` of this backup.
+    pub fn owner<'a>(&'a self, c: &'a ChunkRef) -> &'a str {
+        c.backup.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Other backups whose packs this one's chunks are in, sorted.
+    pub fn depends_on(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .files
+            .iter()
+            .flat_map(|f| f.chunks.iter())
+            .filter_map(|c| c.backup.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if let Some(r) = &self.reference {
+            if !v.contains(r) {
+                v.push(r.clone());
+                v.sort();
+            }
+        }
+        v
+    }
+
+    /// Bytes of the data dir stored in this backup's own packs (the rest is referenced).
+    pub fn own_size(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| f.chunks.iter())
+            .filter(|c| c.backup.is_none())
+            .map(|c| c.len)
+            .sum()
     }
 
     /// JSON plus checksum trailer.
@@ -142,6 +190,13 @@ impl Manifest {
                 "it names backup `{}`, which is not the backup it is stored under",
                 self.id
             )));
+        }
+        for c in self.files.iter().flat_map(|f| f.chunks.iter()) {
+            if let Some(b) = &c.backup {
+                if b.is_empty() || b.contains(['/', '\\']) || b.starts_with('.') {
+                    return Err(unsafe_(format!("chunk owner `{b}` is not a backup id")));
+                }
+            }
         }
         let paths = self
             .dirs
@@ -216,7 +271,7 @@ pub fn backup_id(t: std::time::SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -237,7 +292,7 @@ mod tests {
         );
     }
 
-    fn minimal(id: &str) -> Manifest {
+    pub(crate) fn minimal(id: &str) -> Manifest {
         Manifest {
             version: 1,
             id: id.into(),
@@ -253,6 +308,8 @@ mod tests {
             started_at: String::new(),
             finished_at: String::new(),
             from_standby: false,
+            kind: "full".into(),
+            reference: None,
             compression: "zstd:3".into(),
             encrypted: false,
             size: 0,

@@ -12,7 +12,7 @@ use pgha_postgres::sql::quote_literal;
 use pgha_postgres::{ConnectParams, LocalInstance, OsUser, PgBinaries, PgControl, ProcessState};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{hex, ChunkRef, Manifest};
+use crate::manifest::{hex, ChunkRef, Manifest, PackEntry};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::{BackupError, Result};
@@ -56,6 +56,9 @@ pub struct RestoreOptions {
     pub target: RecoveryTarget,
     pub action: TargetAction,
     pub force: bool,
+    /// Into a non-empty directory: rewrite only the chunks that differ, remove what the
+    /// backup does not have.
+    pub delta: bool,
     /// Port for the restored instance (also moves its socket to /tmp); default: the port in
     /// the backed-up settings.
     pub port: Option<u16>,
@@ -67,21 +70,60 @@ pub struct RestoreOptions {
     pub progress: bool,
 }
 
+/// What a restore wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Bytes of chunks fetched and written.
+    pub written: u64,
+    /// Bytes of chunks already in place (--delta).
+    pub kept: u64,
+    /// Entries removed because the backup does not have them (--delta).
+    pub removed: usize,
+}
+
 /// Restores files and recovery settings into `opts.to`; returns the manifest used.
 pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Manifest> {
+    restore_counted(repo, opts).await.map(|(m, _)| m)
+}
+
+/// [`restore`], also saying how much it wrote and kept.
+pub async fn restore_counted(
+    repo: &Repository,
+    opts: &RestoreOptions,
+) -> Result<(Manifest, RestoreStats)> {
     let manifest = choose_backup(repo, opts).await?;
-    prepare_dir(&opts.to, opts.force, opts.run_as.as_ref())?;
+    prepare_dir(
+        &opts.to,
+        opts.force && !opts.delta,
+        opts.delta,
+        opts.run_as.as_ref(),
+    )?;
     let result = write_backup(repo, &manifest, opts).await;
-    if let Err(e) = result {
-        // Leave nothing half-restored that someone could start.
-        let _ = clear_dir(&opts.to);
-        return Err(e);
+    if let Err(e) = &result {
+        // Leave nothing half-restored that someone could start. A delta restore keeps what
+        // it compared (a rerun compares again) but loses pg_control, so nothing starts it.
+        let cleanup = if opts.delta {
+            let control = opts.to.join("global/pg_control");
+            match std::fs::remove_file(&control) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(BackupError::io("remove", &control)(e))
+                }
+                _ => Ok(()),
+            }
+        } else {
+            clear_dir(&opts.to)
+        };
+        if let Err(c) = cleanup {
+            tracing::error!(dir = %opts.to.display(), "cannot make the half-restored directory unstartable: {c}");
+        }
+        tracing::debug!("restore failed: {e}");
     }
+    let stats = result?;
     write_recovery(&manifest, opts)?;
     if let Some(u) = &opts.run_as {
         u.chown_recursive(&opts.to)?;
     }
-    Ok(manifest)
+    Ok((manifest, stats))
 }
 
 async fn choose_backup(repo: &Repository, opts: &RestoreOptions) -> Result<Manifest> {
@@ -122,14 +164,14 @@ fn parse_time(s: &str) -> Option<std::time::SystemTime> {
     humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()
 }
 
-fn prepare_dir(dir: &Path, force: bool, owner: Option<&OsUser>) -> Result<()> {
+fn prepare_dir(dir: &Path, force: bool, delta: bool, owner: Option<&OsUser>) -> Result<()> {
     if dir.exists() {
         let non_empty = std::fs::read_dir(dir)
             .map_err(BackupError::io("list", dir))?
             .next()
             .is_some();
         if non_empty {
-            if !force {
+            if !force && !delta {
                 return Err(BackupError::DirNotEmpty(dir.to_owned()));
             }
             if let Some(pid) = running_postmaster(dir) {
@@ -138,7 +180,9 @@ fn prepare_dir(dir: &Path, force: bool, owner: Option<&OsUser>) -> Result<()> {
                     dir.display()
                 )));
             }
-            clear_dir(dir)?;
+            if !delta {
+                clear_dir(dir)?;
+            }
         }
     } else {
         std::fs::create_dir_all(dir).map_err(BackupError::io("create directory", dir))?;
@@ -187,37 +231,106 @@ fn dummy_params(port: u16) -> ConnectParams {
     }
 }
 
-async fn write_backup(repo: &Repository, m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+/// Pack entries (size, sha256) of every backup whose packs `m`'s chunks are in.
+pub(crate) async fn pack_table(
+    repo: &Repository,
+    m: &Manifest,
+) -> Result<HashMap<(String, u32), PackEntry>> {
+    let mut packs: HashMap<(String, u32), PackEntry> = m
+        .packs
+        .iter()
+        .map(|p| ((m.id.clone(), p.id), p.clone()))
+        .collect();
+    for dep in m.depends_on() {
+        let dm = match repo.manifest(&dep).await {
+            Ok(d) => d,
+            Err(BackupError::NoSuchBackup(_)) => {
+                return Err(BackupError::Corrupt {
+                    key: Manifest::key(&m.id),
+                    detail: format!("it references chunks of backup {dep}, which is gone"),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        for p in dm.packs {
+            packs.insert((dep.clone(), p.id), p);
+        }
+    }
+    Ok(packs)
+}
+
+async fn write_backup(
+    repo: &Repository,
+    m: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<RestoreStats> {
     let root = &opts.to;
-    for d in &m.dirs {
-        let p = root.join(d);
-        std::fs::create_dir_all(&p).map_err(BackupError::io("create directory", &p))?;
-    }
-    let mut by_pack: HashMap<u32, Vec<(PathBuf, ChunkRef)>> = HashMap::new();
-    for f in &m.files {
-        let p = root.join(&f.path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(BackupError::io("create directory", parent))?;
-        }
-        let file = std::fs::File::create(&p).map_err(BackupError::io("create", &p))?;
-        file.set_len(f.size).map_err(BackupError::io("size", &p))?;
-        for c in &f.chunks {
-            by_pack
-                .entry(c.pack)
-                .or_default()
-                .push((p.clone(), c.clone()));
-        }
-    }
+    let packs = pack_table(repo, m).await?;
     let workers = if opts.parallel == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         opts.parallel
     };
+    // --delta: chunks already in place stay; what the backup does not have goes.
+    let mut removed = 0;
+    let in_place = if opts.delta {
+        let (r, mm) = (root.clone(), m.clone());
+        let (keep, removed_n) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let removed = crate::delta::remove_extra(&r, &mm)?;
+            Ok((crate::delta::unchanged(&r, &mm, workers)?, removed))
+        })
+        .await??;
+        let total: usize = m.files.iter().map(|f| f.chunks.len()).sum();
+        tracing::info!(
+            unchanged = keep.len(),
+            chunks = total,
+            removed = removed_n,
+            "delta restore: comparing done"
+        );
+        removed = removed_n;
+        keep
+    } else {
+        Default::default()
+    };
+    for d in &m.dirs {
+        let p = root.join(d);
+        std::fs::create_dir_all(&p).map_err(BackupError::io("create directory", &p))?;
+    }
+    let mut by_pack: HashMap<(String, u32), Vec<(PathBuf, ChunkRef)>> = HashMap::new();
+    let mut skipped = 0u64;
+    for (i, f) in m.files.iter().enumerate() {
+        let p = root.join(&f.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(BackupError::io("create directory", parent))?;
+        }
+        let file = if opts.delta && p.is_file() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map_err(BackupError::io("open", &p))?
+        } else {
+            std::fs::File::create(&p).map_err(BackupError::io("create", &p))?
+        };
+        file.set_len(f.size).map_err(BackupError::io("size", &p))?;
+        for (k, c) in f.chunks.iter().enumerate() {
+            if in_place.contains(&(i, k)) {
+                skipped += c.len;
+                continue;
+            }
+            by_pack
+                .entry((m.owner(c).to_owned(), c.pack))
+                .or_default()
+                .push((p.clone(), c.clone()));
+        }
+    }
     let progress = Progress::start(opts.progress, "restore", m.size);
     let done = progress.counter();
+    done.fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
     let mut set = tokio::task::JoinSet::new();
     let mut result = Ok(());
-    for pack in &m.packs {
+    let mut order: Vec<(String, u32)> = by_pack.keys().cloned().collect();
+    order.sort();
+    for pk in order {
         while set.len() >= workers {
             if let Some(r) = set.join_next().await {
                 result = result.and(r.map_err(BackupError::from).and_then(|x| x));
@@ -226,10 +339,16 @@ async fn write_backup(repo: &Repository, m: &Manifest, opts: &RestoreOptions) ->
         if result.is_err() {
             break;
         }
-        let key = Manifest::pack_key(&m.id, pack.id);
+        let key = Manifest::pack_key(&pk.0, pk.1);
+        let Some(want) = packs.get(&pk).cloned() else {
+            result = Err(BackupError::Corrupt {
+                key: Manifest::key(&m.id),
+                detail: format!("chunks refer to {key}, which no manifest lists"),
+            });
+            break;
+        };
         let storage = repo.storage();
-        let want = pack.clone();
-        let chunks = by_pack.remove(&pack.id).unwrap_or_default();
+        let chunks = by_pack.remove(&pk).unwrap_or_default();
         let done = done.clone();
         set.spawn(async move {
             let data = storage.get(&key).await?;
@@ -257,17 +376,15 @@ async fn write_backup(repo: &Repository, m: &Manifest, opts: &RestoreOptions) ->
     }
     progress.finish();
     result?;
-    if !by_pack.is_empty() {
-        return Err(BackupError::Corrupt {
-            key: Manifest::key(&m.id),
-            detail: "chunks refer to packs the manifest does not list".into(),
-        });
-    }
-    Ok(())
+    Ok(RestoreStats {
+        written: m.size.saturating_sub(skipped),
+        kept: skipped,
+        removed,
+    })
 }
 
 /// Checks a pack's size and sha256 against the manifest.
-pub(crate) fn check_pack(key: &str, data: &[u8], want: &crate::manifest::PackEntry) -> Result<()> {
+pub(crate) fn check_pack(key: &str, data: &[u8], want: &PackEntry) -> Result<()> {
     if data.len() as u64 != want.size {
         return Err(BackupError::Corrupt {
             key: key.to_owned(),

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{classify, parse_history, ArchiveIndex, WalKind};
-use crate::manifest::Manifest;
+use crate::manifest::{ChunkRef, Manifest};
 use crate::repo::Repository;
 use crate::restore::{check_pack, decode_chunk};
 use crate::wal::wal_key;
@@ -39,15 +39,37 @@ pub async fn verify_backup(repo: &Repository, id: &str) -> Result<VerifyReport> 
         Err(e) => return Err(e),
     };
     let storage = repo.storage();
-    let mut chunks_by_pack: std::collections::HashMap<u32, Vec<crate::manifest::ChunkRef>> =
+    // Every pack the backup's chunks are in: its own, and for diff/incr those of the backups
+    // it references (so that verifying one backup proves it restorable).
+    let packs = match crate::restore::pack_table(repo, &m).await {
+        Ok(p) => p,
+        Err(e @ BackupError::Corrupt { .. }) => {
+            report.problems.push(e.to_string());
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut chunks_by_pack: std::collections::BTreeMap<(String, u32), Vec<ChunkRef>> =
         Default::default();
+    for p in &m.packs {
+        chunks_by_pack.entry((m.id.clone(), p.id)).or_default();
+    }
     for f in &m.files {
         for c in &f.chunks {
-            chunks_by_pack.entry(c.pack).or_default().push(c.clone());
+            chunks_by_pack
+                .entry((m.owner(c).to_owned(), c.pack))
+                .or_default()
+                .push(c.clone());
         }
     }
-    for p in &m.packs {
-        let key = Manifest::pack_key(&m.id, p.id);
+    for (pk, chunks) in chunks_by_pack {
+        let key = Manifest::pack_key(&pk.0, pk.1);
+        let Some(want) = packs.get(&pk).cloned() else {
+            report
+                .problems
+                .push(format!("chunks refer to {key}, which no manifest lists"));
+            continue;
+        };
         let data = match storage.get(&key).await {
             Ok(d) => d,
             Err(e) => {
@@ -55,8 +77,6 @@ pub async fn verify_backup(repo: &Repository, id: &str) -> Result<VerifyReport> 
                 continue;
             }
         };
-        let chunks = chunks_by_pack.remove(&p.id).unwrap_or_default();
-        let want = p.clone();
         let k = key.clone();
         let r = tokio::task::spawn_blocking(move || -> Result<u64> {
             check_pack(&k, &data, &want)?;
@@ -314,6 +334,7 @@ pub async fn restore_test(
         target: crate::RecoveryTarget::Immediate,
         action: crate::TargetAction::Promote,
         force: false,
+        delta: false,
         port: Some(port),
         parallel: 0,
         restore_command,
