@@ -168,9 +168,13 @@ async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::WalPush { path } => {
-            let outcome = pgha_backup_core::wal::push(storage.as_ref(), path)
-                .await
-                .with_context(|| format!("archive {}", path.display()))?;
+            let outcome = pgha_backup_core::push_batch::push_batch(
+                storage.clone(),
+                path,
+                sec.archive_push_parallel.max(1),
+            )
+            .await
+            .with_context(|| format!("archive {}", path.display()))?;
             tracing::info!(?outcome, path = %path.display(), "wal-push");
         }
         Command::WalFetch { name, path } => {

@@ -19,6 +19,7 @@ pub mod logical;
 pub mod manifest;
 mod node;
 mod progress;
+pub mod push_batch;
 pub mod repo;
 pub mod restore;
 pub mod schedule;

@@ -265,6 +265,7 @@ async fn write_backup(
     opts: &RestoreOptions,
 ) -> Result<RestoreStats> {
     let root = &opts.to;
+    let t0 = Instant::now();
     let packs = pack_table(repo, m).await?;
     let workers = if opts.parallel == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -285,7 +286,8 @@ async fn write_backup(
             unchanged = keep.len(),
             chunks = total,
             removed = removed_n,
-            "delta restore: comparing done"
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "delta restore: compared with what is in place"
         );
         removed = removed_n;
         keep
@@ -376,6 +378,11 @@ async fn write_backup(
     }
     progress.finish();
     result?;
+    tracing::info!(
+        written = m.size.saturating_sub(skipped),
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "restore: files written"
+    );
     Ok(RestoreStats {
         written: m.size.saturating_sub(skipped),
         kept: skipped,
@@ -555,6 +562,10 @@ pub async fn start_and_wait(
     if let Err(e) = inst.start().await {
         return Err(aborted(&inst, &opts.to).await.unwrap_or(e.into()));
     }
+    tracing::info!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "restore: server started (pg_ctl start -w returned)"
+    );
     loop {
         let mut conn = match inst.connect().await {
             Ok(c) => c,
@@ -572,6 +583,10 @@ pub async fn start_and_wait(
             (TargetAction::Shutdown, _) => false,
         };
         if reached {
+            tracing::info!(
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "restore: recovery reached its target"
+            );
             return Ok(inst);
         }
         if t.elapsed() > timeout {

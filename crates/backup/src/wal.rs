@@ -45,6 +45,11 @@ pub enum PushOutcome {
 
 /// Archives the WAL file at `path` (as the server passes `%p`).
 pub async fn push(storage: &dyn Storage, path: &Path) -> Result<PushOutcome> {
+    push_counted(storage, path).await.map(|(o, _)| o)
+}
+
+/// [`push`], also returning the sha256 (hex) of the file's content.
+pub async fn push_counted(storage: &dyn Storage, path: &Path) -> Result<(PushOutcome, String)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -68,14 +73,14 @@ pub async fn push(storage: &dyn Storage, path: &Path) -> Result<PushOutcome> {
     // sharing an archive, a diverged old primary) at most one is stored; the other compares.
     for _ in 0..5 {
         if storage.put_if_absent(&key, encoded.clone()).await? {
-            return Ok(PushOutcome::Stored);
+            return Ok((PushOutcome::Stored, hex(&sum)));
         }
         match storage.get(&key).await {
             Ok(existing) => {
                 let archived = header_sum(&key, &existing)?;
                 if archived == sum {
                     tracing::info!(%name, "already archived with identical content");
-                    return Ok(PushOutcome::AlreadyArchived);
+                    return Ok((PushOutcome::AlreadyArchived, hex(&sum)));
                 }
                 return Err(BackupError::WalConflict {
                     name,

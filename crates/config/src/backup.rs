@@ -21,6 +21,10 @@ pub struct BackupSection {
     pub compression_level: i32,
     /// Parallel workers reading, compressing and uploading; 0 means one per CPU core.
     pub parallel: usize,
+    /// Segments one `wal-push` archives at once: the one PostgreSQL asks for and the next
+    /// ready ones (`archive_status/*.ready`), so the archive keeps up with a busy primary.
+    /// 1 pushes only the one asked for.
+    pub archive_push_parallel: usize,
     /// Node to back up; default: whichever node answers as primary (or a standby with
     /// `--from-standby`).
     pub node: Option<String>,
@@ -42,6 +46,7 @@ impl Default for BackupSection {
             schedule: vec!["0 2 * * *".into()],
             compression_level: 3,
             parallel: 0,
+            archive_push_parallel: 4,
             node: None,
             encryption_key: None,
             metrics_file: Some(PathBuf::from("/var/lib/pgha/pgha_backup.prom")),

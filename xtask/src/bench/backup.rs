@@ -24,9 +24,22 @@ pub struct Args {
     /// Cargo profile to build pgha-backup with (`release`, or `dev` for a quick look).
     #[arg(long, default_value = "release")]
     profile: String,
+    /// pgbench_accounts.filler: `blank` (pgbench's, all spaces: flatters compression) or
+    /// `random` (hex digits, rewritten after loading).
+    #[arg(long, value_enum, default_value = "blank")]
+    filler: Filler,
+    /// Seconds of `pgbench -c 8` per tool in the WAL archiving phase (0 skips it).
+    #[arg(long, default_value_t = 60)]
+    wal_seconds: u64,
 }
 
-fn sh(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Filler {
+    Blank,
+    Random,
+}
+
+pub(super) fn sh(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("run {what}"))?;
     if !out.status.success() {
         bail!(
@@ -40,7 +53,7 @@ fn sh(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
 }
 
 /// A command run as the server's OS user (pgBackRest, pg_ctl).
-fn as_postgres(user: &Option<OsUser>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(super) fn as_postgres(user: &Option<OsUser>, program: impl AsRef<std::ffi::OsStr>) -> Command {
     use std::os::unix::process::CommandExt;
     let mut c = Command::new(program);
     c.current_dir("/");
@@ -53,7 +66,7 @@ fn as_postgres(user: &Option<OsUser>, program: impl AsRef<std::ffi::OsStr>) -> C
     c
 }
 
-fn du(path: &Path) -> u64 {
+pub(super) fn du(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
@@ -78,7 +91,11 @@ fn chown(user: &Option<OsUser>, p: &Path) -> anyhow::Result<()> {
 }
 
 /// Waits until a server on `port` answers and has left recovery.
-async fn wait_promoted(cluster: &LocalCluster, port: u16, timeout: Duration) -> anyhow::Result<()> {
+pub(super) async fn wait_promoted(
+    cluster: &LocalCluster,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mut params = cluster.instance("node1")?.connect_params().clone();
     params.port = port;
     let t = Instant::now();
@@ -98,7 +115,7 @@ async fn wait_promoted(cluster: &LocalCluster, port: u16, timeout: Duration) -> 
     }
 }
 
-fn pg_stop(user: &Option<OsUser>, bin: &Path, dir: &Path) {
+pub(super) fn pg_stop(user: &Option<OsUser>, bin: &Path, dir: &Path) {
     let _ = as_postgres(user, bin.join("pg_ctl"))
         .arg("stop")
         .arg("-D")
@@ -114,6 +131,8 @@ pub async fn run(
         scale,
         runs,
         profile,
+        filler,
+        wal_seconds,
     }: Args,
 ) -> anyhow::Result<ExitCode> {
     crate::deps::ensure_postgres()?;
@@ -134,7 +153,7 @@ pub async fn run(
     std::fs::create_dir_all(&root)?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
     let user = OsUser::for_server("postgres")?;
-    let result = bench(&root, &built, &user, scale, runs).await;
+    let result = bench(&root, &built, &user, (scale, runs, filler, wal_seconds)).await;
     let _ = std::fs::remove_dir_all(&root);
     result
 }
@@ -143,8 +162,7 @@ async fn bench(
     root: &Path,
     built: &Path,
     user: &Option<OsUser>,
-    scale: u32,
-    runs: usize,
+    opts: (u32, usize, Filler, u64),
 ) -> anyhow::Result<ExitCode> {
     let work = root.join("work");
     std::fs::create_dir_all(&work)?;
@@ -164,7 +182,7 @@ async fn bench(
     let cluster = LocalCluster::create(&spec)
         .await
         .context("create bench cluster")?;
-    let r = measure(&cluster, &work, &bin, user, scale, runs).await;
+    let r = measure(&cluster, &work, &bin, user, opts).await;
     cluster.purge().await.ok();
     r
 }
@@ -175,8 +193,7 @@ async fn measure(
     work: &Path,
     bin: &Path,
     user: &Option<OsUser>,
-    scale: u32,
-    runs: usize,
+    (scale, runs, filler, wal_seconds): (u32, usize, Filler, u64),
 ) -> anyhow::Result<ExitCode> {
     let node = cluster.first_node().clone();
     let inst = cluster.instance(&node.name)?;
@@ -211,6 +228,15 @@ async fn measure(
     )?;
     eprintln!("bench backup: loaded in {:.1} s", t.elapsed().as_secs_f64());
     let mut conn = params.connect().await?;
+    if filler == Filler::Random {
+        eprintln!("bench backup: rewriting pgbench_accounts.filler with random hex digits");
+        sqlx::query("ALTER TABLE pgbench_accounts ALTER filler TYPE character(84) USING md5(random()::text) || md5(random()::text) || substr(md5(random()::text), 1, 20)")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("VACUUM FREEZE pgbench_accounts")
+            .execute(&mut conn)
+            .await?;
+    }
     let db_size: i64 = sqlx::query_scalar("SELECT pg_database_size('postgres')")
         .fetch_one(&mut conn)
         .await?;
@@ -228,7 +254,13 @@ async fn measure(
     );
     std::fs::write(&cfg, text)?;
     let pgbr_repo = work.join("pgbr-repo");
-    for d in ["pgbr-repo", "pgbr-log", "pgbr-lock", "pgbr-spool"] {
+    for d in [
+        "pgbr-repo",
+        "pgbr-repo-block",
+        "pgbr-log",
+        "pgbr-lock",
+        "pgbr-spool",
+    ] {
         std::fs::create_dir_all(work.join(d))?;
         chown(user, &work.join(d))?;
     }
@@ -240,7 +272,8 @@ async fn measure(
     std::fs::write(
         &pgbr_conf,
         format!(
-            "[global]\nrepo1-path={}\nrepo1-retention-full=100\ncompress-type=zst\nprocess-max=2\nstart-fast=y\nlog-level-console=warn\nlog-level-file=off\nlog-path={}\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user=postgres\n",
+            "[global]\nrepo1-path={}\nrepo1-retention-full=100\nrepo2-path={}-block\nrepo2-retention-full=100\nrepo2-bundle=y\nrepo2-block=y\nbeta=y\ncompress-type=zst\nprocess-max=2\nstart-fast=y\nlog-level-console=warn\nlog-level-file=off\nlog-path={}\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user=postgres\n",
+            pgbr_repo.display(),
             pgbr_repo.display(),
             work.join("pgbr-log").display(),
             work.join("pgbr-lock").display(),
@@ -336,7 +369,10 @@ async fn measure(
 
         // pgBackRest: backup.
         let t = Instant::now();
-        sh(&mut pgbr(&["--type=full", "backup"]), "pgbackrest backup")?;
+        sh(
+            &mut pgbr(&["--repo=1", "--type=full", "backup"]),
+            "pgbackrest backup",
+        )?;
         pgbr_b.push(t.elapsed().as_secs_f64());
         let label = std::fs::read_dir(pgbr_repo.join("backup/bench"))?
             .flatten()
@@ -356,6 +392,7 @@ async fn measure(
         sh(
             &mut pgbr(&[
                 &format!("--pg1-path={}", dir.display()),
+                "--repo=1",
                 "--type=immediate",
                 "--target-action=promote",
                 "restore",
@@ -456,5 +493,69 @@ async fn measure(
         );
     }
     println!("(goal: pgha-backup backup and restore <= 0.80x pgBackRest, repo <= 1.00x; repo sizes are the base backup without WAL)");
+
+    let f = super::backup_incr::run(&super::backup_incr::Ctx {
+        cluster,
+        bin,
+        cfg: &cfg,
+        pgbr_conf: &pgbr_conf,
+        user,
+        pgbin: &pgbin,
+        ours_repo: &ours_repo,
+        pgbr_repo: &pgbr_repo,
+        restore_root: &restore_root,
+        scale,
+    })
+    .await?;
+    println!(
+        "\nafter updating {} rows (5 %) of pgbench_accounts; the delta restore is of a copy that diverged by as much",
+        f.changed_rows
+    );
+    println!("| tool | incr backup s | incr MB | delta restore until ready s | delta vs its full restore | incr time vs pgBackRest | incr size vs pgBackRest | delta vs pgBackRest |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| pgha-backup | {:.2} | {:.1} | {:.2} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+        f.ours_incr_s,
+        mb(f.ours_incr_bytes),
+        f.ours_delta_s,
+        f.ours_delta_s / or,
+        f.ours_incr_s / f.pgbr_incr_s,
+        f.ours_incr_bytes as f64 / f.pgbr_incr_bytes.max(1) as f64,
+        f.ours_delta_s / f.pgbr_delta_s
+    );
+    println!(
+        "| pgBackRest (block incremental) | {:.2} | {:.1} | {:.2} | {:.2}x | 1.00x | 1.00x | 1.00x |",
+        f.pgbr_incr_s,
+        mb(f.pgbr_incr_bytes),
+        f.pgbr_delta_s,
+        f.pgbr_delta_s / pr
+    );
+    println!(
+        "(goals: incr time and size <= 1.00x pgBackRest; delta restore <= 0.50x a full restore)"
+    );
+    if wal_seconds == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("bench backup: WAL archiving under pgbench -c 8 for {wal_seconds} s per tool");
+    let ours_cmd = format!("{} --config {} wal-push %p", bin.display(), cfg.display());
+    let ow = super::backup_wal::run(cluster, &pgbin, &ours_cmd, wal_seconds).await?;
+    let pgbr_cmd = format!(
+        "pgbackrest --config={} --stanza=bench --archive-async --process-max=2 archive-push %p",
+        pgbr_conf.display()
+    );
+    let pw = super::backup_wal::run(cluster, &pgbin, &pgbr_cmd, wal_seconds).await?;
+    println!("\nWAL archiving under pgbench -c 8 for {wal_seconds} s (segments waiting = archive_status/*.ready, sampled every 250 ms)");
+    println!("| tool | pgbench tps | segments written | max waiting | waiting at the end | drained in s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, w) in [
+        ("pgha-backup wal-push (archive_push_parallel = 4)", ow),
+        ("pgBackRest archive-push (async, process-max=2)", pw),
+    ] {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} | {:.2} |",
+            w.tps, w.segments, w.max_behind, w.end_behind, w.drain_s
+        );
+    }
+    println!("(goal: pgha-backup never more than 2 segments waiting)");
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,8 @@
 //! ratios against it measured in the same run. One module per benchmark.
 
 mod backup;
+mod backup_incr;
+mod backup_wal;
 mod cluster_up;
 mod exporter;
 mod pgbouncer;
