@@ -108,10 +108,26 @@ async fn suite(s3: bool, encrypt: bool) -> anyhow::Result<()> {
         segdir.join("x").to_str().unwrap(),
     ]);
     assert!(
-        !o.status.success() && err(&o).contains("not in the archive"),
+        o.status.code() == Some(1) && err(&o).contains("not in the archive"),
         "{}",
         err(&o)
     );
+    // A stored segment damaged in the repository (with encryption: its GCM tag fails) makes
+    // wal-fetch abort recovery (255), never answer "not archived" (1).
+    let mut plain = env.section();
+    plain.encryption_key = None;
+    let plain = storage::open(&plain)?;
+    let seg_key = pgha_backup_core::wal::wal_key(&seg)?;
+    let good = plain.get(&seg_key).await?;
+    let mut bad = good.clone();
+    let at = bad.len() - 100;
+    bad[at] ^= 0x04;
+    plain.put(&seg_key, bad).await?;
+    let o = env.run(&["wal-fetch", &seg, segdir.join("y").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(255), "{}", err(&o));
+    assert!(err(&o).contains(&seg_key), "{}", err(&o));
+    plain.put(&seg_key, good).await?;
+    env.ok(&["wal-fetch", &seg, segdir.join("y").to_str().unwrap()]);
 
     // A flipped byte: verify names the object, restore refuses and leaves nothing behind.
     let o = env.ok(&["verify", &b1]);

@@ -3,7 +3,8 @@
 //! backup and references the rest; `verify` reads everything a backup needs; a restore of
 //! the newest (diff) backup to the latest point equals the primary; a copy that diverged is
 //! brought back by `restore --delta` rewriting only what differs; retention keeps what a kept
-//! backup references.
+//! backup references. A backup from a standby of a TLS cluster restores to the primary's
+//! latest point, and the copy starts without the node's certificate files.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -131,5 +132,76 @@ async fn incr_and_diff_store_only_changes_and_delta_restore_rewrites_only_differ
     for gone in [&full, &incr, &diff] {
         assert!(o.contains(&format!("removed backup {gone}")), "{o}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_from_a_standby_of_a_tls_cluster_restores_without_its_certificates(
+) -> anyhow::Result<()> {
+    let env = Env::start_with(false, false, 1, true).await?;
+    env.sql("CREATE TABLE t (id int PRIMARY KEY)").await?;
+    env.sql("INSERT INTO t SELECT generate_series(1, 1000)")
+        .await?;
+    pgha_test_support::TestCluster::eventually(
+        std::time::Duration::from_secs(30),
+        "node2 replays the rows",
+        || async {
+            let mut c = env.cluster.conn("node2").await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+                .fetch_one(&mut c)
+                .await
+                .unwrap_or(0);
+            Ok((n == 1000).then_some(()))
+        },
+    )
+    .await?;
+    let o = env.ok(&["backup", "--from-standby", "--no-progress"]);
+    assert!(o.contains("node node2"), "not taken from the standby: {o}");
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"]))?;
+    assert_eq!(list["backups"][0]["from_standby"], true, "{list}");
+    env.sql("INSERT INTO t SELECT generate_series(1001, 2000)")
+        .await?;
+    env.archive_now().await?;
+
+    // The copy must not need the backed-up node's (node2's) certificate files: move them away
+    // while it starts (the running node2 has them loaded).
+    let tls_dir = env
+        .cluster
+        .config()
+        .node("node2")
+        .unwrap()
+        .tls_install_dir();
+    assert!(tls_dir.join(pgha_config::TLS_INSTALLED_CERT).exists());
+    let moved = tls_dir.with_extension("moved");
+    std::fs::rename(&tls_dir, &moved)?;
+    struct Back(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            if let Err(e) = std::fs::rename(&self.0, &self.1) {
+                eprintln!("cannot move {} back: {e}", self.0.display());
+            }
+        }
+    }
+    let back = Back(moved, tls_dir);
+    let port = free_port("127.0.0.1")?.port;
+    let dir = env.work.path().join("r/standby");
+    let guard = env.restored(&dir, port);
+    let o = env.run(&[
+        "restore",
+        "--to",
+        dir.to_str().unwrap(),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--no-progress",
+    ]);
+    drop(back);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert_eq!(
+        env.scalar(Some(port), "SELECT count(*)::text FROM t")
+            .await?,
+        "2000"
+    );
+    drop(guard);
     Ok(())
 }

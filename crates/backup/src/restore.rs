@@ -614,6 +614,11 @@ async fn aborted(inst: &LocalInstance, dir: &Path) -> Option<BackupError> {
                 .lines()
                 .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
                 .collect();
+            let hint = if ours.is_empty() {
+                "the copy was not promoted"
+            } else {
+                "the copy was not promoted: repair the archive, or restore with a target before the damaged WAL"
+            };
             let detail = match (ours.last(), fatal.last()) {
                 (Some(o), Some(f)) => format!("{}; the server stopped: {}", o.trim(), f.trim()),
                 (Some(o), None) => o.trim().to_owned(),
@@ -622,10 +627,7 @@ async fn aborted(inst: &LocalInstance, dir: &Path) -> Option<BackupError> {
             };
             return Some(BackupError::RecoveryAborted {
                 dir: dir.to_owned(),
-                detail: format!(
-                    "{detail} (log {}); the copy was not promoted: repair the archive, or restore with a target before the damaged WAL",
-                    inst.log_file().display()
-                ),
+                detail: format!("{detail} (log {}); {hint}", inst.log_file().display()),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -49,11 +49,23 @@ pub fn secret_file(path: &Path, value: &str) {
 
 impl Env {
     pub async fn start(s3: bool, encrypt: bool) -> anyhow::Result<Env> {
-        let cluster = TestCluster::builder()
-            .replicas(0)
-            .parameter("archive_mode", "on")
-            .start()
-            .await?;
+        Env::start_with(s3, encrypt, 0, false).await
+    }
+
+    /// With `replicas` streaming replicas, and `[tls]` (required) when `tls`.
+    pub async fn start_with(
+        s3: bool,
+        encrypt: bool,
+        replicas: usize,
+        tls: bool,
+    ) -> anyhow::Result<Env> {
+        let mut b = TestCluster::builder()
+            .replicas(replicas)
+            .parameter("archive_mode", "on");
+        if tls {
+            b = b.tls();
+        }
+        let cluster = b.start().await?;
         let work = tempfile::Builder::new()
             .prefix("pgha-backup-test-")
             .tempdir()?;
@@ -151,7 +163,10 @@ impl Env {
     pub async fn scalar(&self, port: Option<u16>, q: &str) -> anyhow::Result<String> {
         let mut p = self.cluster.instance("node1")?.connect_params().clone();
         if let Some(port) = port {
+            // A restored copy beside the cluster, on loopback without TLS.
             p.port = port;
+            p.host = "127.0.0.1".into();
+            p.ssl_root_cert = None;
         }
         let mut c = p.connect().await?;
         Ok(sqlx::query_scalar::<_, Option<String>>(q)
