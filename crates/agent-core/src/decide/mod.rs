@@ -280,6 +280,15 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
     }
 }
 
+/// A pg_rewind failure that retrying never mends: the data dir's timeline history shares no
+/// ancestor with the source's (a rewind interrupted when its source failed over mid-copy
+/// leaves it so). It counts toward the re-clone like a failed start. Failures to reach the
+/// source do not: they pass. Found by `cargo xtask faults --scenario double-failover`, where
+/// node3 retried "could not find common ancestor" for minutes.
+pub(crate) fn rewind_damaged(e: &str) -> bool {
+    e.starts_with("rewind") && e.contains("could not find common ancestor")
+}
+
 /// What a finished job changes.
 fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
     match (job, error) {
@@ -290,6 +299,9 @@ fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
             d.next.current_upstream = Some(upstream.clone());
         }
         (Job::StartReplica { .. }, Some(e)) if e.starts_with("start") => {
+            d.next.failed_starts += 1;
+        }
+        (Job::StartReplica { rewind: true, .. }, Some(e)) if rewind_damaged(e) => {
             d.next.failed_starts += 1;
         }
         (Job::Reclone { upstream }, None) => {

@@ -172,3 +172,50 @@ async fn with_no_leader_a_stopped_replica_starts_read_only_to_become_electable()
         "no leader: starting PostgreSQL read-only so this node can be elected"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rewind_that_damaged_the_data_dir_counts_toward_a_reclone_a_refused_one_does_not() {
+    let now = Instant::now();
+    let c = ctx();
+    let job = Job::StartReplica {
+        upstream: "n2".into(),
+        rewind: true,
+        clone: false,
+    };
+    let run = |error: &str, failed: u32| {
+        let mut m = mem(
+            now,
+            Role::Follower {
+                leader: "n1".into(),
+            },
+            42,
+        );
+        m.failed_starts = failed;
+        m.needs_rewind = true;
+        m.job = Some(RunningJob {
+            id: 3,
+            job: job.clone(),
+            started: now - Duration::from_secs(1),
+        });
+        let mut local = replica();
+        local.pg_state = PgState::Stopped;
+        local.reachable = false;
+        let mut inp = healthy(now, local, view(Some(("n2", 7))));
+        inp.outcomes = vec![crate::inputs::Outcome::JobDone {
+            id: 3,
+            job: job.clone(),
+            error: Some(error.into()),
+        }];
+        decide(&c, &m, &inp)
+    };
+    let ancestor = "rewind: pg_rewind from n2 failed (exit status: 1): pg_rewind: error: could not find common ancestor of the source and target cluster's timelines";
+    let refused = "rewind: pg_rewind from n2 failed (exit status: 1): pg_rewind: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused";
+    assert_eq!(run(ancestor, 0).next.failed_starts, 1);
+    assert_eq!(run(refused, 0).next.failed_starts, 0);
+    // The third such failure makes the next job a re-clone (spawned once the failed job's
+    // back-off has passed).
+    let d = run(ancestor, c.t.reclone_after_failed_starts - 1);
+    assert!(d.reason.contains("re-clone"), "{}", d.reason);
+    let d = run(refused, c.t.reclone_after_failed_starts - 1);
+    assert!(!d.reason.contains("re-clone"), "{}", d.reason);
+}
