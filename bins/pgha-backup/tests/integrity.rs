@@ -3,7 +3,8 @@
 //! 1, which PostgreSQL reads as "not archived" and ends recovery on), and makes
 //! `restore --latest --start` fail naming it without promoting a copy that lacks the rest. A
 //! deleted segment is named as a gap by `verify` and also stops the restore. Once repaired,
-//! the same restore holds every row. `backup` and `expire` exclude each other.
+//! the same restore holds every row; a damaged manifest fails verify and restore by name.
+//! `backup` and `expire` exclude each other.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -159,6 +160,31 @@ async fn damaged_or_missing_wal_stops_recovery_instead_of_ending_it() -> anyhow:
         "the copy kept the backed-up node's synchronous standbys"
     );
     drop(guard);
+
+    // A damaged manifest: verify fails naming it, restore refuses naming it.
+    let mkey = format!("backups/{b1}/manifest.json");
+    let good = raw.get(&mkey).await?;
+    let mut bad = good.clone();
+    bad[good.len() / 3] ^= 0x02;
+    raw.put(&mkey, bad).await?;
+    let o = env.run(&["verify", &b1]);
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains(&mkey),
+        "verify must name {mkey}: {}",
+        out(&o)
+    );
+    let o = env.run(&[
+        "restore",
+        "--to",
+        dir.to_str().unwrap(),
+        "--force",
+        "--backup",
+        &b1,
+    ]);
+    assert!(!o.status.success(), "restore used a damaged manifest");
+    assert!(err(&o).contains(&mkey), "{}", err(&o));
+    raw.put(&mkey, good).await?;
 
     // The stored result of the whole-repository verify is what `pgha verify` reads.
     let repo = pgha_backup_core::Repository::new(raw.clone());

@@ -275,13 +275,6 @@ impl Storage for Encrypted {
             }),
             other => other,
         }
-        .map_err(|e| match e {
-            // Report the failure of the current key, not of the legacy one.
-            BackupError::Decrypt { .. } => BackupError::Decrypt {
-                key: key.to_owned(),
-            },
-            e => e,
-        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
