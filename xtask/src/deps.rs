@@ -28,6 +28,10 @@ fn postgres_exporter_present() -> bool {
     Path::new("/usr/bin/prometheus-postgres-exporter").exists()
 }
 
+fn haproxy_present() -> bool {
+    Path::new("/usr/sbin/haproxy").exists()
+}
+
 fn python_venv_present() -> bool {
     Command::new("python3")
         .args(["-c", "import ensurepip, venv"])
@@ -54,6 +58,11 @@ const NEEDS: &[Need] = &[
     Need {
         package: "prometheus-postgres-exporter",
         present: postgres_exporter_present,
+    },
+    // The load balancer the agent API's Patroni-compatible health checks are tested with.
+    Need {
+        package: "haproxy",
+        present: haproxy_present,
     },
     // The venv that holds moto's S3 server for the backup tests.
     Need {

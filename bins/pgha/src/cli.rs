@@ -42,9 +42,13 @@ pub enum Command {
     /// Planned switchover: the leader hands over to NODE (a healthy streaming replica within
     /// the lag bound) with no acknowledged write lost.
     Switchover {
-        /// The new leader.
+        /// The new leader; default: the most advanced healthy replica (a synchronous
+        /// standby in sync mode).
         #[arg(long)]
-        to: String,
+        to: Option<String>,
+        /// Remove the scheduled switchover (one requested with --at) instead.
+        #[arg(long, conflicts_with_all = ["to", "at", "no_wait"])]
+        cancel: bool,
         /// When: an RFC 3339 time (2026-12-01T02:00:00Z) or a delay (30s, 5m).
         #[arg(long)]
         at: Option<String>,

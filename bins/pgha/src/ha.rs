@@ -108,12 +108,33 @@ async fn run_request(
 
 pub async fn switchover(
     config: &PghaConfig,
-    to: &str,
+    to: Option<&str>,
     at: Option<&str>,
     no_wait: bool,
 ) -> anyhow::Result<()> {
     let at = at.map(parse_at).transpose()?;
-    run_request(config, RequestKind::Switchover, to, at, no_wait).await
+    let to = match to {
+        Some(t) => t.to_string(),
+        None => {
+            let view = dcs(config).await?.view().await?;
+            ops::pick_candidate(config, &view).context(
+                "no healthy streaming replica within maximum_lag_on_failover to hand over to \
+                 (see `pgha list`); name one with --to",
+            )?
+        }
+    };
+    run_request(config, RequestKind::Switchover, &to, at, no_wait).await
+}
+
+/// `pgha switchover --cancel`.
+pub async fn cancel_switchover(config: &PghaConfig) -> anyhow::Result<()> {
+    let d = dcs(config).await?;
+    if ops::cancel_switchover(&d).await? {
+        println!("scheduled switchover removed");
+        Ok(())
+    } else {
+        bail!("no switchover is scheduled")
+    }
 }
 
 pub async fn failover(config: &PghaConfig, to: &str, no_wait: bool) -> anyhow::Result<()> {

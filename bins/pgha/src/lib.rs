@@ -90,9 +90,13 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
             println!("replication mode is now {mode} on primary {primary}");
         }
         Command::List { json } => ha::list(&loaded.config, *json).await?,
-        Command::Switchover { to, at, no_wait } => {
-            ha::switchover(&loaded.config, to, at.as_deref(), *no_wait).await?
-        }
+        Command::Switchover {
+            cancel: true,
+            ..
+        } => ha::cancel_switchover(&loaded.config).await?,
+        Command::Switchover {
+            to, at, no_wait, ..
+        } => ha::switchover(&loaded.config, to.as_deref(), at.as_deref(), *no_wait).await?,
         Command::Failover { to, no_wait } => ha::failover(&loaded.config, to, *no_wait).await?,
         Command::Tls { what } => tls::run(&loaded.config, what).await?,
         Command::Pause => ha::pause(&loaded.config, true).await?,

@@ -91,6 +91,8 @@ replicate_from = "n2"
             updated_ms: 0,
             checkpoint_timeline: None,
             suspects: None,
+            noloadbalance: false,
+            tags: Default::default(),
         }
     }
 

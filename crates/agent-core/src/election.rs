@@ -121,6 +121,8 @@ mod tests {
             updated_ms: 0,
             checkpoint_timeline: None,
             suspects: None,
+            noloadbalance: false,
+            tags: Default::default(),
         }
     }
 

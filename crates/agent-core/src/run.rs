@@ -357,7 +357,13 @@ impl Agent {
             ),
             DcsRead::Unreachable { .. } => (false, None, self.shared.snapshot().paused),
         };
-        let view = view.or_else(|| self.shared.snapshot().view);
+        let before = self.shared.snapshot();
+        let dcs_last_seen_ms = if reachable {
+            Some(inputs.wall_ms)
+        } else {
+            before.dcs_last_seen_ms
+        };
+        let view = view.or(before.view);
         self.shared.publish(Snapshot {
             name: self.ctx.name().into(),
             is_leader: d.next.role.holds_lease() && d.next.session.is_some(),
@@ -367,6 +373,8 @@ impl Agent {
             reason: d.reason.clone(),
             member: Some(self.ctx.member(inputs)),
             view,
+            at: Some(tokio::time::Instant::now()),
+            dcs_last_seen_ms,
         });
     }
 }

@@ -25,6 +25,11 @@ pub struct Snapshot {
     pub reason: String,
     pub member: Option<MemberState>,
     pub view: Option<ClusterView>,
+    /// When the loop published this (the API's `/liveness`; a stale snapshot claims no lead).
+    #[serde(skip)]
+    pub at: Option<Instant>,
+    /// Wall time (ms since epoch) of the last successful DCS round-trip.
+    pub dcs_last_seen_ms: Option<u64>,
 }
 
 /// State shared between the loop and the HTTP API.

@@ -51,6 +51,12 @@ pub struct MemberState {
     /// (the fast dead-leader path wants a second observer's word).
     #[serde(default)]
     pub suspects: Option<i64>,
+    /// Kept out of read load balancing (`nodes[].noloadbalance`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub noloadbalance: bool,
+    /// `nodes[].tags`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Who holds the leader key.

@@ -271,6 +271,14 @@ pub struct NodeConfig {
     /// Never promote this node automatically (it can still be a switchover target by hand).
     #[serde(default)]
     pub nofailover: bool,
+    /// Keep this node out of read load balancing: the agent API's `/replica`, `/read-only`,
+    /// `/sync` and `/async` answer 503 on it (Patroni's `noloadbalance` tag).
+    #[serde(default)]
+    pub noloadbalance: bool,
+    /// Free-form tags, published in the DCS and in the API's `/patroni` and `/cluster`;
+    /// `/replica?tag_KEY=VALUE` answers 200 only on a node whose tag KEY is VALUE.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
     /// Server certificate (PEM) when `[tls]` is on; default `<tls.dir>/<name>.crt`.
     #[serde(default)]
     pub tls_cert_file: Option<PathBuf>,

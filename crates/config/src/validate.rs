@@ -563,6 +563,22 @@ impl PghaConfig {
                     );
                 }
             }
+            for k in n.tags.keys() {
+                let ok = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !ok {
+                    errs.push(
+                        at(&format!("tags.{k}")),
+                        "a tag name is letters, digits, `_` and `-` (it is matched as ?tag_NAME=)",
+                    );
+                } else if matches!(k.as_str(), "nofailover" | "noloadbalance") {
+                    errs.push(
+                        at(&format!("tags.{k}")),
+                        format!("set `{k} = true` on the node instead of as a tag"),
+                    );
+                }
+            }
             if let Some(d) = &n.socket_dir {
                 // sun_path is 108 bytes; the socket file name adds ".s.PGSQL.NNNNN".
                 if d.as_os_str().len() > 90 {
@@ -715,6 +731,28 @@ data_dir = "/var/lib/pgha/node2"
             err.contains("monitoring.alerts.connections_ratio: 1.5"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn node_tags_are_checked() {
+        let ok = GOOD.replace(
+            "data_dir = \"/var/lib/pgha/node2\"",
+            "data_dir = \"/var/lib/pgha/node2\"\nnoloadbalance = true\ntags = { zone = \"a\" }",
+        );
+        let cfg = load_from_str(&ok, "ok.toml").unwrap();
+        assert!(cfg.nodes[1].noloadbalance);
+        assert_eq!(cfg.nodes[1].tags["zone"], "a");
+        for (tags, want) in [
+            ("{ \"a b\" = \"x\" }", "nodes[1].tags.a b: a tag name is letters"),
+            ("{ nofailover = \"true\" }", "nodes[1].tags.nofailover: set `nofailover = true`"),
+        ] {
+            let bad = GOOD.replace(
+                "data_dir = \"/var/lib/pgha/node2\"",
+                &format!("data_dir = \"/var/lib/pgha/node2\"\ntags = {tags}"),
+            );
+            let err = load_from_str(&bad, "bad.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -116,6 +116,49 @@ pub async fn request(
     Ok(req)
 }
 
+/// The switchover target when none is named (Patroni's `switchover` without a candidate):
+/// the most advanced running, streaming replica that may be promoted, within
+/// `maximum_lag_on_failover`, and a synchronous standby in sync mode.
+pub fn pick_candidate(config: &PghaConfig, view: &ClusterView) -> Option<String> {
+    let leader = view.leader.as_ref().map(|l| l.name.as_str());
+    let max = config.failover.maximum_lag_on_failover.bytes();
+    view.members
+        .values()
+        .filter(|m| Some(m.name.as_str()) != leader)
+        .filter(|m| {
+            m.pg_state == PgState::Running
+                && m.role == MemberRole::Replica
+                && m.streaming
+                && !m.nofailover
+        })
+        .filter(|m| match (&view.status, m.lsn) {
+            (Some(st), Some(lsn)) => st.lsn.bytes_since(lsn) <= max,
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .filter(|m| {
+            config.replication.mode != ReplicationMode::Sync
+                || view
+                    .sync
+                    .as_ref()
+                    .is_none_or(|s| s.standbys.iter().any(|n| n == &m.name))
+        })
+        .max_by_key(|m| m.lsn)
+        .map(|m| m.name.clone())
+}
+
+/// Removes a scheduled switchover (one with a time): true when there was one.
+pub async fn cancel_switchover(dcs: &dyn Dcs) -> Result<bool> {
+    let view = dcs.view().await?;
+    match view.switchover {
+        Some(r) if r.at_ms.is_some() => {
+            dcs.clear_switchover().await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Pause (no automatic failover) or resume.
 pub async fn set_paused(dcs: &dyn Dcs, paused: bool) -> Result<()> {
     update_config(dcs, "pause", |c| {

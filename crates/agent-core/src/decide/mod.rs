@@ -100,6 +100,8 @@ impl Ctx {
             updated_ms: inp.wall_ms,
             checkpoint_timeline: o.checkpoint_timeline,
             suspects,
+            noloadbalance: self.me.noloadbalance,
+            tags: self.me.tags.clone(),
         }
     }
 }

@@ -107,6 +107,8 @@ fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
         updated_ms: 1,
         checkpoint_timeline: (role == MemberRole::Primary).then_some(1),
         suspects: None,
+        noloadbalance: false,
+        tags: Default::default(),
     }
 }
 
