@@ -70,10 +70,7 @@ pub struct StateDirArg {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    crate::workspace_root()
 }
 
 /// The state dir: the flag, `PGHA_STATE_DIR`, or `<repo>/.pgha` (git-ignored). When the server

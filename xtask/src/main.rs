@@ -37,6 +37,60 @@ pub fn cargo() -> std::process::Command {
     cmd
 }
 
+/// The root of the clone this xtask runs for, found at run time: the parent of the
+/// `CARGO_MANIFEST_DIR` that `cargo run` (the `cargo xtask` alias) sets, else the nearest
+/// ancestor of the working directory with a `[workspace]` Cargo.toml. Never the compile-time
+/// path: with a shared `CARGO_TARGET_DIR` one xtask binary serves several clones.
+pub fn workspace_root() -> std::path::PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    root_from(
+        std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from),
+        &cwd,
+    )
+    .unwrap_or(cwd)
+}
+
+fn root_from(
+    manifest_dir: Option<std::path::PathBuf>,
+    cwd: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    let is_root = |d: &std::path::Path| {
+        std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
+    };
+    if let Some(root) = manifest_dir.as_deref().and_then(|m| m.parent()) {
+        if is_root(root) {
+            return Some(root.to_path_buf());
+        }
+    }
+    cwd.ancestors()
+        .find(|d| is_root(d))
+        .map(|d| d.to_path_buf())
+}
+
+#[cfg(test)]
+mod root_tests {
+    #[test]
+    fn the_root_follows_the_running_clone_not_the_build() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            std::fs::create_dir_all(d.join("xtask/src")).unwrap();
+            std::fs::write(d.join("Cargo.toml"), "[workspace]\n").unwrap();
+        }
+        // cargo run from clone b sets b's manifest dir, whatever the binary's build.
+        assert_eq!(
+            super::root_from(Some(b.path().join("xtask")), a.path()),
+            Some(b.path().to_path_buf())
+        );
+        // Without it: the nearest workspace above the working directory.
+        assert_eq!(
+            super::root_from(None, &a.path().join("xtask/src")),
+            Some(a.path().to_path_buf())
+        );
+        assert_eq!(super::root_from(None, std::path::Path::new("/")), None);
+    }
+}
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -85,6 +139,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -160,5 +160,9 @@ async fn haproxy_with_patroni_config_routes_writes_to_leader_and_reads_to_replic
     wait_up(&hp, "primary", &["node1"]).await?;
     let (port, rec) = through(&h, pw).await?;
     assert_eq!((port_of[&port].as_str(), rec), ("node1", false));
+    // The agents log to files: plain text, no colour codes.
+    let log = std::fs::read_to_string(h.agent_log("node1"))?;
+    assert!(log.contains("agent started"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape in the agent log");
     Ok(())
 }

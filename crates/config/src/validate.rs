@@ -743,8 +743,14 @@ data_dir = "/var/lib/pgha/node2"
         assert!(cfg.nodes[1].noloadbalance);
         assert_eq!(cfg.nodes[1].tags["zone"], "a");
         for (tags, want) in [
-            ("{ \"a b\" = \"x\" }", "nodes[1].tags.a b: a tag name is letters"),
-            ("{ nofailover = \"true\" }", "nodes[1].tags.nofailover: set `nofailover = true`"),
+            (
+                "{ \"a b\" = \"x\" }",
+                "nodes[1].tags.a b: a tag name is letters",
+            ),
+            (
+                "{ nofailover = \"true\" }",
+                "nodes[1].tags.nofailover: set `nofailover = true`",
+            ),
         ] {
             let bad = GOOD.replace(
                 "data_dir = \"/var/lib/pgha/node2\"",

@@ -36,9 +36,12 @@ pub fn init(settings: &Settings) -> Option<OtlpGuard> {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let with_target = settings.with_target;
+    // Colour only for a terminal: log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = move || {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .with_target(with_target)
     };
     let endpoint = match settings.otlp_endpoint.as_deref().map(Endpoint::parse) {

@@ -15,6 +15,7 @@ use sqlx::PgConnection;
 pub mod haproxy;
 pub mod moto;
 pub mod netns;
+pub mod tidy;
 
 pub use pgha_local_cluster::free_port;
 

@@ -95,12 +95,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .map(|p| p.join("target"))
-                .unwrap_or_else(|| PathBuf::from("target"))
-        });
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
     Ok(target.join("release/pgha-exporter"))
 }
 
