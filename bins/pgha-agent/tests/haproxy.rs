@@ -160,6 +160,22 @@ async fn haproxy_with_patroni_config_routes_writes_to_leader_and_reads_to_replic
     wait_up(&hp, "primary", &["node1"]).await?;
     let (port, rec) = through(&h, pw).await?;
     assert_eq!((port_of[&port].as_str(), rec), ("node1", false));
+    // Both promotions are in the DCS history, as Patroni's /history shows them.
+    let hist: serde_json::Value = reqwest::get(format!("http://{api}/history"))
+        .await?
+        .json()
+        .await?;
+    let lines = hist.as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{hist}");
+    assert_eq!(
+        lines[0][2], "automatic failover: the lease of node1 ended",
+        "{hist}"
+    );
+    assert_eq!(lines[0][4], new.as_str(), "{hist}");
+    assert_eq!(lines[1][2], format!("switchover from {new}"), "{hist}");
+    assert_eq!(lines[1][4], "node1", "{hist}");
+    assert!(lines[1][0].as_i64() > lines[0][0].as_i64(), "{hist}");
+    assert!(lines[0][1].as_u64() > Some(0), "{hist}");
     // The agents log to files: plain text, no colour codes.
     let log = std::fs::read_to_string(h.agent_log("node1"))?;
     assert!(log.contains("agent started"), "{log}");

@@ -39,6 +39,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promotions recorded in the DCS: the timeline that ended, the position, why, when, the
+    /// new leader (Patroni's `history`).
+    History {
+        #[arg(long)]
+        json: bool,
+    },
     /// Planned switchover: the leader hands over to NODE (a healthy streaming replica within
     /// the lag bound) with no acknowledged write lost.
     Switchover {

@@ -1,4 +1,4 @@
-//! `pgha list|switchover|failover|pause|resume`: operator actions through the DCS.
+//! `pgha list|history|switchover|failover|pause|resume`: operator actions through the DCS.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,36 @@ pub async fn list(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
     }
     if let Some(s) = &view.switchover {
         println!("pending {:?} to {}", s.kind, s.to);
+    }
+    Ok(())
+}
+
+/// `pgha history`: one line per promotion, oldest first.
+pub async fn history(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
+    let view = dcs(config).await?.view().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view.history)?);
+        return Ok(());
+    }
+    if view.history.is_empty() {
+        println!("no promotion recorded in cluster {}", config.cluster.name);
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<6} {:<12} {:<20} {:<10} REASON",
+        "TL", "NEW TL", "LSN", "TIME (UTC)", "LEADER"
+    );
+    for h in &view.history {
+        let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(h.at_ms));
+        println!(
+            "{:<4} {:<6} {:<12} {:<20} {:<10} {}",
+            h.timeline.map_or("-".into(), |t| t.to_string()),
+            h.new_timeline,
+            h.lsn.map_or("-".into(), |l| l.to_string()),
+            at.to_string().trim_end_matches('Z').replace('T', " "),
+            h.leader,
+            h.reason
+        );
     }
     Ok(())
 }

@@ -90,6 +90,7 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
             println!("replication mode is now {mode} on primary {primary}");
         }
         Command::List { json } => ha::list(&loaded.config, *json).await?,
+        Command::History { json } => ha::history(&loaded.config, *json).await?,
         Command::Switchover { cancel: true, .. } => ha::cancel_switchover(&loaded.config).await?,
         Command::Switchover {
             to, at, no_wait, ..

@@ -86,6 +86,8 @@ pub enum Job {
         timeline_floor: Option<i64>,
         /// CHECKPOINT after promoting (pg_rewind from us reads the new timeline then).
         checkpoint: bool,
+        /// Recorded in the DCS `history` once promoted (`new_timeline` and `at_ms` then).
+        history: PromotionNote,
     },
     /// Install the primary's settings and start.
     StartPrimary,
@@ -112,6 +114,14 @@ pub enum Job {
     /// CHECKPOINT on the primary: its control file then names its timeline (pg_rewind from
     /// it needs that).
     Checkpoint,
+}
+
+/// What the history entry of a promotion says, known when it is decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PromotionNote {
+    pub timeline: Option<i64>,
+    pub lsn: Option<pgha_postgres::Lsn>,
+    pub reason: String,
 }
 
 impl Job {

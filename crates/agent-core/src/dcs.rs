@@ -4,7 +4,7 @@
 //! `members/<name>` (each agent's state, on its own lease, so it vanishes with the agent),
 //! `status` (the leader's last WAL position, kept after it dies for the lag check),
 //! `config` (pause), `switchover` (a pending switchover/failover request), `sync` (the
-//! synchronous standbys a failover may promote).
+//! synchronous standbys a failover may promote), `history` (promotions).
 //!
 //! Sessions are explicit: an agent holds a lease id it got from [`Dcs::grant_session`] and
 //! renews it with [`Dcs::keep_alive`]; when to grant a new one is the decision core's call
@@ -55,6 +55,9 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     /// highest timeline any promotion was given): a new one, at least `at_least` and above
     /// every one given before, so no two promotions of the cluster share a timeline.
     async fn allocate_timeline(&self, at_least: i64) -> Result<i64>;
+    /// Appends `entry` to the `history` key (compare-and-swap; the oldest entries beyond
+    /// [`MAX_HISTORY`] are dropped).
+    async fn append_history(&self, entry: &HistoryEntry) -> Result<()>;
     /// A channel that receives a unit each time a key decisions depend on changes.
     async fn watch(&self) -> Result<mpsc::Receiver<()>>;
 }

@@ -274,6 +274,7 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             sync_names,
             timeline_floor,
             checkpoint,
+            history,
         } => {
             if let Some(v) = sync_names {
                 pg.set_sync_names(v).await.map_err(step("sync"))?;
@@ -287,6 +288,18 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             pg.promote(Some(tli - 1)).await.map_err(step("promote"))?;
             if *checkpoint {
                 pg.checkpoint().await.map_err(step("checkpoint"))?;
+            }
+            let entry = crate::dcs::HistoryEntry {
+                timeline: history.timeline,
+                new_timeline: tli,
+                lsn: history.lsn,
+                reason: history.reason.clone(),
+                at_ms: fx.clock.now_ms(),
+                leader: ctx.name().into(),
+            };
+            // The promotion stands without its history line: logged, not failed.
+            if let Err(e) = fx.dcs.append_history(&entry).await {
+                tracing::warn!(node = %ctx.name(), "promotion to timeline {tli} not recorded in the DCS history: {e}");
             }
         }
         Job::StartPrimary => pg.start(&Target::Primary).await.map_err(step("start"))?,

@@ -115,6 +115,44 @@ pub struct SyncState {
     pub standbys: Vec<String>,
 }
 
+/// One promotion, kept in the DCS `history` key (Patroni's `/history`): the timeline that
+/// ended, where, why, when, and who leads the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The timeline the promotion ended (the parent of `new_timeline`).
+    pub timeline: Option<i64>,
+    pub new_timeline: i64,
+    /// The last WAL position the promoted node had replayed when it decided to promote.
+    pub lsn: Option<Lsn>,
+    pub reason: String,
+    pub at_ms: u64,
+    pub leader: String,
+}
+
+/// Why this node promotes: the request naming it, else the lost leader.
+pub fn promotion_reason(view: &ClusterView, me: &str) -> String {
+    let old = view
+        .status
+        .as_ref()
+        .map(|s| s.leader.clone())
+        .filter(|l| l != me);
+    match (view.switchover.as_ref().filter(|r| r.to == me), old) {
+        (Some(r), _) if r.kind == RequestKind::Switchover => format!(
+            "switchover from {}",
+            r.from.as_deref().unwrap_or("no leader")
+        ),
+        (Some(r), _) => format!(
+            "manual failover from {}",
+            r.from.as_deref().unwrap_or("no leader")
+        ),
+        (None, Some(old)) => format!("automatic failover: the lease of {old} ended"),
+        (None, None) => "promoted: no previous leader known".into(),
+    }
+}
+
+/// At most this many entries are kept in the `history` key (the oldest are dropped).
+pub const MAX_HISTORY: usize = 200;
+
 /// Everything the agents read each loop.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterView {
@@ -127,4 +165,7 @@ pub struct ClusterView {
     pub config_revision: i64,
     pub switchover: Option<SwitchoverRequest>,
     pub sync: Option<SyncState>,
+    /// Promotions, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
 }

@@ -108,6 +108,17 @@ fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
             sync_names,
             timeline_floor: floor,
             checkpoint: true,
+            history: crate::action::PromotionNote {
+                // The timeline that ends: the last leader's (a replica's own can lag behind
+                // until its next restartpoint).
+                timeline: view
+                    .status
+                    .as_ref()
+                    .map(|s| s.timeline)
+                    .or(inp.local.timeline),
+                lsn: inp.local.replay_lsn.or(inp.local.lsn),
+                reason: crate::dcs::promotion_reason(view, ctx.name()),
+            },
         },
     );
 }

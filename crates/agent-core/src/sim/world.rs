@@ -65,6 +65,7 @@ pub struct Dcs {
     pub sync: Option<SyncState>,
     /// The highest timeline allocated to a promotion.
     pub timeline: i64,
+    pub history: Vec<crate::dcs::HistoryEntry>,
     pub watchers: Vec<(String, mpsc::Sender<()>)>,
 }
 
@@ -128,6 +129,7 @@ impl Dcs {
             config_revision: self.config_revision,
             switchover: self.switchover.clone(),
             sync: self.sync.clone(),
+            history: self.history.clone(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! - Health checks ([`health::PATHS`]: `/` = `/primary`, `/replica?lag=&tag_k=v`, `/sync`,
 //!   `/liveness`, `/readiness`, ...) answer GET (with the `/patroni` document), HEAD and
 //!   OPTIONS (status only: HAProxy's `option httpchk` sends `OPTIONS / HTTP/1.0`), 200 or 503.
-//! - `GET /patroni`, `/cluster`, `/metrics`: Patroni's documents and metric names, plus pgha's.
+//! - `GET /patroni`, `/cluster`, `/history`, `/metrics`: Patroni's documents and metric names,
+//!   plus pgha's.
 //! - `POST /switchover|/failover` (Patroni's body), `DELETE /switchover`, `POST /pause|/resume`
 //!   need `Authorization: Bearer <failover.api_token>`; with `failover.api_restrict_reads`
 //!   so do the documents (`GET /patroni`, `/cluster`, `/metrics`, and GET bodies of checks).
@@ -51,6 +52,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     }
     r.route("/patroni", on(check, patroni))
         .route("/cluster", on(check, cluster))
+        .route("/history", on(check, history))
         .route("/metrics", get(metrics))
         .route(
             "/switchover",
@@ -150,6 +152,16 @@ async fn cluster(State(s): State<Arc<ApiState>>, method: Method, headers: Header
     }
     let snap = s.shared.snapshot();
     (StatusCode::OK, Json(status::cluster(&s, &snap))).into_response()
+}
+
+async fn history(State(s): State<Arc<ApiState>>, method: Method, headers: HeaderMap) -> Response {
+    if let Err(r) = read_allowed(&s, &headers, "GET /history") {
+        return r;
+    }
+    if method == Method::OPTIONS {
+        return StatusCode::OK.into_response();
+    }
+    (StatusCode::OK, Json(status::history(&s.shared.snapshot()))).into_response()
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {

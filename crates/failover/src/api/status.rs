@@ -372,3 +372,23 @@ pub fn metrics(s: &ApiState, snap: &Snapshot, f: &Facts) -> String {
     );
     out
 }
+
+/// Promotions as Patroni's `GET /history`: `[timeline, lsn, reason, timestamp, new leader]`
+/// per line, oldest first.
+pub fn history(snap: &Snapshot) -> Value {
+    let lines = snap.view.as_ref().map_or(&[][..], |v| v.history.as_slice());
+    Value::Array(
+        lines
+            .iter()
+            .map(|h| {
+                json!([
+                    h.timeline.unwrap_or(h.new_timeline - 1),
+                    h.lsn.map_or(0, |l| l.0),
+                    h.reason,
+                    super::actions::iso8601(h.at_ms),
+                    h.leader
+                ])
+            })
+            .collect(),
+    )
+}

@@ -75,6 +75,13 @@ impl Dcs for ViewDcs {
     async fn allocate_timeline(&self, _: i64) -> pgha_agent_core::Result<i64> {
         unsupported("timeline")
     }
+    async fn append_history(
+        &self,
+        e: &pgha_agent_core::dcs::HistoryEntry,
+    ) -> pgha_agent_core::Result<()> {
+        self.0.lock().unwrap().history.push(e.clone());
+        Ok(())
+    }
     async fn watch(&self) -> pgha_agent_core::Result<mpsc::Receiver<()>> {
         unsupported("watch")
     }

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, Mutex};
 use super::conn::Conn;
 
 use pgha_agent_core::dcs::{
-    ClusterView, Dcs, DynamicConfig, LeaderInfo, LeaderStatus, LeaseId, MemberState,
-    SwitchoverRequest, SyncState,
+    ClusterView, Dcs, DynamicConfig, HistoryEntry, LeaderInfo, LeaderStatus, LeaseId, MemberState,
+    SwitchoverRequest, SyncState, MAX_HISTORY,
 };
 use pgha_agent_core::{CoreError, Result};
 
@@ -284,6 +284,7 @@ impl Dcs for EtcdDcs {
                     })
                 }
                 "switchover" => view.switchover = logged(decode(full, kv.value())),
+                "history" => view.history = logged(decode(full, kv.value())).unwrap_or_default(),
                 "sync" => {
                     view.sync = Some(decode(full, kv.value()).unwrap_or_else(|e| {
                         // No /sync would lift sync mode's restriction: an unreadable one
@@ -477,6 +478,50 @@ impl Dcs for EtcdDcs {
         Err(CoreError::refused(
             "allocate a timeline",
             "the timeline key kept changing under us",
+        ))
+    }
+
+    async fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
+        let key = self.key("history");
+        for _ in 0..10 {
+            let mut c = self.client();
+            let resp = self
+                .bounded("get history", c.get(key.clone(), None))
+                .await?;
+            let (mut list, rev): (Vec<HistoryEntry>, i64) = match resp.kvs().first() {
+                // An unreadable history is replaced rather than blocking every promotion's note.
+                Some(kv) => (
+                    logged(decode(&key, kv.value())).unwrap_or_default(),
+                    kv.mod_revision(),
+                ),
+                None => (Vec::new(), 0),
+            };
+            list.push(entry.clone());
+            let over = list.len().saturating_sub(MAX_HISTORY);
+            list.drain(..over);
+            let value = serde_json::to_vec(&list).map_err(|e| CoreError::Dcs {
+                op: "encode history",
+                source: e.into(),
+            })?;
+            let cmp = if rev == 0 {
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, rev)
+            };
+            let txn = Txn::new()
+                .when([cmp])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self
+                .bounded("append history", c.txn(txn))
+                .await?
+                .succeeded()
+            {
+                return Ok(());
+            }
+        }
+        Err(CoreError::refused(
+            "append history",
+            "the history key kept changing under us",
         ))
     }
 

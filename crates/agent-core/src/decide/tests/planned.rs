@@ -49,10 +49,11 @@ async fn a_new_leader_promotes_on_a_fresh_timeline_and_checkpoints() {
             job: Job::Promote {
                 timeline_floor: Some(4),
                 checkpoint: true,
+                history,
                 ..
             },
             ..
-        }
+        } if history.reason == "automatic failover: the lease of n2 ended"
     )));
 }
 

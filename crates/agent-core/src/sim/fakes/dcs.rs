@@ -275,6 +275,16 @@ impl Dcs for SimDcs {
         .await
     }
 
+    async fn append_history(&self, entry: &crate::dcs::HistoryEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.op("append history", move |w, _| {
+            w.dcs.history.push(entry);
+            let over = w.dcs.history.len().saturating_sub(crate::dcs::MAX_HISTORY);
+            w.dcs.history.drain(..over);
+        })
+        .await
+    }
+
     async fn watch(&self) -> Result<mpsc::Receiver<()>> {
         let me = self.h.me.clone();
         self.op("watch", move |w, _| {
