@@ -69,6 +69,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .context("connect to etcd")?,
     );
+    match pgha_failover::ops::ensure_sole_agent(dcs.as_ref(), &config, &node.name).await {
+        Err(e @ pgha_failover::FailoverError::Refused { .. }) => return Err(e.into()),
+        // Without the DCS the agent starts anyway (it waits for the DCS and never leads
+        // without it); this check is skipped then.
+        Err(e) => tracing::warn!("could not check for another agent of this node: {e}"),
+        Ok(()) => {}
+    }
     let supervisor = std::env::current_exe().context("locate pgha-agent for its supervisor")?;
     let (agent, shared) =
         pgha_failover::agent::build(config.clone(), &node.name, dcs.clone(), Some(supervisor))?;

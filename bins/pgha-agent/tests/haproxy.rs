@@ -71,6 +71,19 @@ async fn haproxy_with_patroni_config_routes_writes_to_leader_and_reads_to_replic
     for n in ["node2", "node3"] {
         h.wait_streaming_replica(n, T).await?;
     }
+    // A second agent claiming node2 (on another host it would bind its API fine) refuses to
+    // start, naming the first one.
+    let dup = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(h.cluster.config_path())
+        .args(["--node", "node2"])
+        .output()?;
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert!(!dup.status.success(), "second agent of node2 ran: {err}");
+    assert!(
+        err.contains("another agent already runs node `node2`"),
+        "{err}"
+    );
     let cfg = h.cluster.config().clone();
     let mut servers = String::new();
     let mut port_of = std::collections::BTreeMap::new();

@@ -147,6 +147,30 @@ pub fn pick_candidate(config: &PghaConfig, view: &ClusterView) -> Option<String>
         .map(|m| m.name.clone())
 }
 
+/// Refuses to run a second agent for `node`: a member key of that name that another agent
+/// renews while we watch it (two loops and a bit) belongs to a live agent. A key left by a
+/// previous run of ours stands still until its lease expires, and does not stop us.
+pub async fn ensure_sole_agent(dcs: &dyn Dcs, config: &PghaConfig, node: &str) -> Result<()> {
+    let first = dcs.view().await?;
+    let Some(before) = first.members.get(node) else {
+        return Ok(());
+    };
+    tokio::time::sleep(config.failover.loop_wait * 2 + std::time::Duration::from_millis(300)).await;
+    let again = dcs.view().await?;
+    match again.members.get(node) {
+        Some(now) if now.updated_ms != before.updated_ms => Err(FailoverError::refused(
+            "agent start",
+            format!(
+                "another agent already runs node `{node}`: its member key is renewed every loop \
+                 (agent API {}, PostgreSQL {}); stop it first, or give this node another name",
+                now.api_address.as_deref().unwrap_or("none"),
+                now.pg_address
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Removes a scheduled switchover (one with a time): true when there was one.
 pub async fn cancel_switchover(dcs: &dyn Dcs) -> Result<bool> {
     let view = dcs.view().await?;
