@@ -39,6 +39,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Who streams from whom: the replication tree from the members' published upstreams.
+    Topology,
     /// Promotions recorded in the DCS: the timeline that ended, the position, why, when, the
     /// new leader (Patroni's `history`).
     History {

@@ -55,6 +55,16 @@ pub async fn list(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `pgha topology`: the replication tree.
+pub async fn topology(config: &PghaConfig) -> anyhow::Result<()> {
+    let view = dcs(config).await?.view().await?;
+    println!("Cluster {}", config.cluster.name);
+    for l in pgha_failover::topology::lines(config, &view) {
+        println!("{l}");
+    }
+    Ok(())
+}
+
 /// `pgha history`: one line per promotion, oldest first.
 pub async fn history(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
     let view = dcs(config).await?.view().await?;

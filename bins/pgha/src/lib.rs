@@ -91,6 +91,7 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::List { json } => ha::list(&loaded.config, *json).await?,
         Command::History { json } => ha::history(&loaded.config, *json).await?,
+        Command::Topology => ha::topology(&loaded.config).await?,
         Command::Switchover { cancel: true, .. } => ha::cancel_switchover(&loaded.config).await?,
         Command::Switchover {
             to, at, no_wait, ..

@@ -15,6 +15,7 @@ mod error;
 pub mod node;
 pub mod ops;
 pub mod peers;
+pub mod topology;
 
 pub use error::{FailoverError, Result};
 pub use pgha_agent_core::{cascade, election, now_ms};
