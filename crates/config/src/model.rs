@@ -57,6 +57,22 @@ pub struct DcsSection {
     /// Longest one DCS request may take before it counts as failed.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// CA (PEM) that signed etcd's server certificates; required with `https://` endpoints
+    /// (`pgha tls init`'s `ca.crt` can be it).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`; with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// etcd user (etcd's `auth enable`); with `password`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The etcd user's password: `{ file = "..." }` or `{ env = "..." }`, never inline.
+    #[serde(default)]
+    pub password: Option<SecretSource>,
 }
 
 fn default_namespace() -> String {

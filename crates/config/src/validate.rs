@@ -341,6 +341,45 @@ impl PghaConfig {
                     );
                 }
             }
+            let https = d.etcd.iter().filter(|e| e.starts_with("https://")).count();
+            if https > 0 && https < d.etcd.len() {
+                errs.push(
+                    "dcs.etcd",
+                    "mixes http:// and https:// endpoints: use one scheme",
+                );
+            }
+            if https > 0 && d.ca_file.is_none() {
+                errs.push(
+                    "dcs.ca_file",
+                    "required with https:// endpoints: the CA that signed etcd's certificates",
+                );
+            }
+            if https == 0 && (d.ca_file.is_some() || d.cert_file.is_some()) {
+                errs.push(
+                    "dcs.etcd",
+                    "TLS files are set but the endpoints are http://: use https://",
+                );
+            }
+            if d.cert_file.is_some() != d.key_file.is_some() {
+                errs.push(
+                    if d.cert_file.is_some() {
+                        "dcs.key_file"
+                    } else {
+                        "dcs.cert_file"
+                    },
+                    "dcs.cert_file and dcs.key_file go together (etcd's client certificate)",
+                );
+            }
+            if d.username.is_some() != d.password.is_some() {
+                errs.push(
+                    if d.username.is_some() {
+                        "dcs.password"
+                    } else {
+                        "dcs.username"
+                    },
+                    "dcs.username and dcs.password go together (etcd's auth)",
+                );
+            }
             if !d.namespace.starts_with('/') {
                 errs.push(
                     "dcs.namespace",
@@ -731,6 +770,40 @@ data_dir = "/var/lib/pgha/node2"
             err.contains("monitoring.alerts.connections_ratio: 1.5"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn dcs_tls_and_auth_settings_go_together() {
+        let ok = format!(
+            "{GOOD}\n[dcs]\netcd = [\"https://127.0.0.1:2379\"]\nca_file = \"/etc/pgha/ca.crt\"\ncert_file = \"/etc/pgha/n.crt\"\nkey_file = \"/etc/pgha/n.key\"\nusername = \"pgha\"\npassword = {{ env = \"PGHA_ETCD_PW\" }}\n"
+        );
+        assert!(load_from_str(&ok, "ok.toml").is_ok());
+        for (from, to, want) in [
+            (
+                "ca_file = \"/etc/pgha/ca.crt\"\n",
+                "",
+                "dcs.ca_file: required with https://",
+            ),
+            (
+                "key_file = \"/etc/pgha/n.key\"\n",
+                "",
+                "dcs.key_file: dcs.cert_file and dcs.key_file go together",
+            ),
+            (
+                "username = \"pgha\"\n",
+                "",
+                "dcs.username: dcs.username and dcs.password go together",
+            ),
+            (
+                "https://127.0.0.1",
+                "http://127.0.0.1",
+                "dcs.etcd: TLS files are set but the endpoints are http://",
+            ),
+        ] {
+            let bad = ok.replace(from, to);
+            let err = load_from_str(&bad, "bad.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

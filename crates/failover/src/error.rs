@@ -24,6 +24,8 @@ pub enum FailoverError {
     Replication(#[from] pgha_replication::ReplicationError),
     #[error(transparent)]
     Secret(#[from] pgha_config::SecretError),
+    #[error("{field}: {reason}")]
+    DcsSetup { field: String, reason: String },
     #[error("agent API at {addr}: {reason}")]
     Api { addr: String, reason: String },
 }

@@ -26,6 +26,14 @@ pub fn etcd_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Server certificate, key and client CA of an etcd serving TLS ([`EtcdServer::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl EtcdServer {
     /// Starts etcd on free ports with its data in `dir` and its log in `dir/etcd.log`; waits
     /// until it answers.
@@ -33,7 +41,16 @@ impl EtcdServer {
         let client = free_port("127.0.0.1")?;
         let peer = free_port("127.0.0.1")?;
         let metrics = free_port("127.0.0.1")?;
-        Self::start_on(dir, client, peer, metrics)
+        Self::start_on(dir, client, peer, metrics, None)
+    }
+
+    /// [`Self::start`] serving clients over TLS with `tls`'s server certificate, and asking
+    /// each client for a certificate signed by `tls.ca` (`--client-cert-auth`).
+    pub fn start_tls(dir: &Path, tls: &EtcdTls) -> Result<Self> {
+        let client = free_port("127.0.0.1")?;
+        let peer = free_port("127.0.0.1")?;
+        let metrics = free_port("127.0.0.1")?;
+        Self::start_on(dir, client, peer, metrics, Some(tls))
     }
 
     /// The ports of the etcd last started in `dir` (written by [`Self::start_on`]).
@@ -54,7 +71,7 @@ impl EtcdServer {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no ports file"),
         })?;
         let lock = |port| PortReservation::unchecked(port);
-        Self::start_on(dir, lock(c), lock(p), lock(m))
+        Self::start_on(dir, lock(c), lock(p), lock(m), None)
     }
 
     fn start_on(
@@ -62,6 +79,7 @@ impl EtcdServer {
         client: PortReservation,
         peer: PortReservation,
         metrics: PortReservation,
+        tls: Option<&EtcdTls>,
     ) -> Result<Self> {
         let bin = etcd_binary().ok_or_else(|| LocalClusterError::Io {
             action: "find",
@@ -75,7 +93,8 @@ impl EtcdServer {
         let ports = format!("{} {} {}\n", client.port, peer.port, metrics.port);
         std::fs::write(dir.join("ports"), ports)
             .map_err(LocalClusterError::io("write", dir.join("ports")))?;
-        let client_url = format!("http://127.0.0.1:{}", client.port);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", client.port);
         let peer_url = format!("http://127.0.0.1:{}", peer.port);
         let log_path = dir.join("etcd.log");
         let log =
@@ -84,7 +103,17 @@ impl EtcdServer {
             .try_clone()
             .map_err(LocalClusterError::io("open", &log_path))?;
         let data_dir = dir.join("data");
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(t) = tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "pgha"])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -130,7 +159,11 @@ impl EtcdServer {
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let addr = self.client_url.trim_start_matches("http://").to_owned();
+        let addr = self
+            .client_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
         loop {
             if std::net::TcpStream::connect(&addr).is_ok() {
                 return Ok(());

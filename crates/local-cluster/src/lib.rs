@@ -13,6 +13,6 @@ mod secrets;
 
 pub use agents::{stop_pid, AgentProcess};
 pub use error::{LocalClusterError, Result};
-pub use etcd::{etcd_binary, EtcdServer};
+pub use etcd::{etcd_binary, EtcdServer, EtcdTls};
 pub use ports::{free_port, PortReservation};
 pub use provision::{ClusterSpec, LocalCluster, StandbySpec, COMPLETE_MARKER, CONFIG_FILE};

@@ -51,6 +51,37 @@ impl std::fmt::Debug for EtcdDcs {
     }
 }
 
+/// `[dcs]`'s TLS files and etcd user as connect options. The password is read here and
+/// handed to etcd-client only (never logged; `ConnectOptions` is not printed).
+fn access_options(d: &pgha_config::DcsSection) -> Result<ConnectOptions, FailoverError> {
+    let mut opts = ConnectOptions::new();
+    let read = |field: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| FailoverError::DcsSetup {
+            field: field.into(),
+            reason: format!("{}: {e}", p.display()),
+        })
+    };
+    if let Some(ca) = &d.ca_file {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("dcs.ca_file", ca)?));
+        if let (Some(c), Some(k)) = (&d.cert_file, &d.key_file) {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("dcs.cert_file", c)?,
+                read("dcs.key_file", k)?,
+            ));
+        }
+        opts = opts.with_tls(tls);
+    }
+    if let (Some(user), Some(pw)) = (&d.username, &d.password) {
+        let secret = pw.read().map_err(|e| FailoverError::DcsSetup {
+            field: "dcs.password".into(),
+            reason: e.to_string(),
+        })?;
+        opts = opts.with_user(user.clone(), secret.expose().to_string());
+    }
+    Ok(opts)
+}
+
 impl EtcdDcs {
     /// Connects to `endpoints`; keys live under `<namespace>/<cluster>/`.
     pub async fn connect(
@@ -61,7 +92,29 @@ impl EtcdDcs {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<Self> {
-        let opts = ConnectOptions::new()
+        Self::connect_with(
+            endpoints,
+            namespace,
+            cluster,
+            me,
+            ttl,
+            timeout,
+            ConnectOptions::new(),
+        )
+        .await
+    }
+
+    /// [`Self::connect`] with TLS or user options already in `base`.
+    pub async fn connect_with(
+        endpoints: &[String],
+        namespace: &str,
+        cluster: &str,
+        me: &str,
+        ttl: Duration,
+        timeout: Duration,
+        base: ConnectOptions,
+    ) -> Result<Self> {
+        let opts = base
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(2), timeout)
@@ -88,13 +141,14 @@ impl EtcdDcs {
         me: &str,
     ) -> Result<Self, FailoverError> {
         let d = config.dcs.as_ref().ok_or(FailoverError::NoDcs)?;
-        Ok(Self::connect(
+        Ok(Self::connect_with(
             &d.etcd,
             &d.namespace,
             &config.cluster.name,
             me,
             config.failover.ttl,
             d.request_timeout,
+            access_options(d)?,
         )
         .await?)
     }
