@@ -179,7 +179,14 @@ async fn server(
     sync: bool,
     token: bool,
 ) -> (SocketAddr, Arc<ViewDcs>, CancellationToken) {
-    let cfg = config(sync, token);
+    server_with(node, config(sync, token), token).await
+}
+
+async fn server_with(
+    node: &str,
+    cfg: Arc<PghaConfig>,
+    token: bool,
+) -> (SocketAddr, Arc<ViewDcs>, CancellationToken) {
     let v = view();
     let dcs = Arc::new(ViewDcs(Mutex::new(v.clone())));
     let (shared, _events) = Shared::new(
@@ -457,39 +464,9 @@ async fn switchover_requests_get_patroni_codes() {
 
 #[tokio::test]
 async fn restricted_reads_answer_checks_without_the_document() {
-    let (addr, _, cancel) = {
-        // api_restrict_reads is a config switch: build that config by hand.
-        let mut cfg = (*config(false, true)).clone();
-        cfg.failover.api_restrict_reads = true;
-        let v = view();
-        let dcs = Arc::new(ViewDcs(Mutex::new(v.clone())));
-        let (shared, _e) = Shared::new(
-            std::time::Duration::from_secs(10),
-            Arc::new(NoPromises),
-            Arc::new(pgha_agent_core::ports::SystemClock),
-        );
-        shared.publish(Snapshot {
-            name: "node1".into(),
-            is_leader: true,
-            dcs_reachable: true,
-            member: v.members.get("node1").cloned(),
-            view: Some(v),
-            at: Some(tokio::time::Instant::now()),
-            ..Snapshot::default()
-        });
-        let state = Arc::new(ApiState {
-            shared,
-            dcs: dcs.clone(),
-            config: Arc::new(cfg),
-            token: Some(Secret::new("s3cret".to_string())),
-        });
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        let c = CancellationToken::new();
-        let c2 = c.clone();
-        tokio::spawn(async move { serve_on(l, state, c2, None).await });
-        (a, dcs, c)
-    };
+    let mut cfg = (*config(false, true)).clone();
+    cfg.failover.api_restrict_reads = true;
+    let (addr, _, cancel) = server_with("node1", Arc::new(cfg), true).await;
     assert_eq!(
         raw(addr, "GET / HTTP/1.0\r\n\r\n").await,
         (200, String::new())
