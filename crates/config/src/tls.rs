@@ -75,6 +75,17 @@ impl TlsSection {
         self.dir.join("pgbouncer.crt")
     }
 
+    /// The certificate `pgha tls init` issues for the etcd members named by `https://`
+    /// endpoints in `[dcs] etcd` (one for all of them: every member's host is in it).
+    pub fn etcd_cert_file(&self) -> PathBuf {
+        self.dir.join("etcd.crt")
+    }
+
+    /// The etcd members' private key.
+    pub fn etcd_key_file(&self) -> PathBuf {
+        self.dir.join("etcd.key")
+    }
+
     /// PgBouncer's private key.
     pub fn pgbouncer_key_file(&self) -> PathBuf {
         self.dir.join("pgbouncer.key")

@@ -26,17 +26,26 @@ fn config(tls_dir: &Path, dcs: &str) -> pgha_config::PghaConfig {
 async fn etcd_over_tls_with_client_certificates() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tls = dir.path().join("tls");
-    // Certificates from our own CA: node1's serves etcd, node2's is the client's.
-    pgha_tls::init(
-        &config(&tls, "etcd = [\"http://x:1\"]"),
-        &Default::default(),
-    )?;
+    // Certificates from our own CA: `pgha tls init` issues etcd.crt for the hosts of the
+    // https:// endpoints (the port is not in a certificate); node2's is the client's.
+    let planned = format!(
+        "etcd = [\"https://127.0.0.1:2379\"]\nca_file = \"{}\"\n",
+        tls.join("ca.crt").display()
+    );
+    let report = pgha_tls::init(&config(&tls, &planned), &Default::default())?;
+    assert!(
+        report
+            .files
+            .iter()
+            .any(|f| f.what == "etcd certificate for 127.0.0.1"),
+        "{report:?}"
+    );
     let etcd = EtcdServer::start_tls(
         &dir.path().join("etcd"),
         &EtcdTls {
             ca: tls.join("ca.crt"),
-            cert: tls.join("node1.crt"),
-            key: tls.join("node1.key"),
+            cert: tls.join("etcd.crt"),
+            key: tls.join("etcd.key"),
         },
     )?;
     assert!(

@@ -118,6 +118,15 @@ pub fn init(config: &PghaConfig, opts: &InitOptions) -> Result<InitReport> {
             tls.pgbouncer_key_file(),
         ));
     }
+    let etcd_hosts = etcd_hosts(config);
+    if !etcd_hosts.is_empty() {
+        leaves.push((
+            "etcd".into(),
+            etcd_hosts,
+            tls.etcd_cert_file(),
+            tls.etcd_key_file(),
+        ));
+    }
     for (cn, names, cert_path, key_path) in leaves {
         if !opts.renew && cert_path.exists() && key_path.exists() {
             report.files.push(Issued {
@@ -182,6 +191,26 @@ fn bad_pem(path: &Path, e: rcgen::Error) -> TlsError {
     }
 }
 
+/// The hosts of `[dcs] etcd`'s `https://` endpoints (`https://10.0.0.21:2379` -> `10.0.0.21`,
+/// `https://[::1]:2379` -> `::1`), in order, once each.
+fn etcd_hosts(config: &PghaConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in config.dcs.iter().flat_map(|d| d.etcd.iter()) {
+        let Some(rest) = e.strip_prefix("https://") else {
+            continue;
+        };
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        if !host.is_empty() && !out.iter().any(|h| h == host) {
+            out.push(host.to_string());
+        }
+    }
+    out
+}
+
 fn issue(what: &str) -> impl FnOnce(rcgen::Error) -> TlsError {
     let what = what.to_owned();
     move |source| TlsError::Issue { what, source }
@@ -217,6 +246,25 @@ data_dir = "/d/n2"
             "test",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn etcd_certificate_names_the_hosts_of_https_endpoints() {
+        let mut c = config(Path::new("/t"));
+        c.dcs = Some(
+            pgha_config::load_from_str(
+                "[cluster]\nname = \"t\"\n[replication]\npassword = { env = \"U\" }\n[dcs]\n\
+                 etcd = [\"https://10.0.0.21:2379\", \"https://[fd00::22]:2379\", \"https://etcd3.example:2379/\", \"https://10.0.0.21:2380\"]\n\
+                 ca_file = \"/t/ca.crt\"\n[[nodes]]\nname = \"n\"\nhost = \"h\"\ndata_dir = \"/d\"\n",
+                "dcs",
+            )
+            .unwrap()
+            .dcs
+            .unwrap(),
+        );
+        assert_eq!(etcd_hosts(&c), ["10.0.0.21", "fd00::22", "etcd3.example"]);
+        c.dcs.as_mut().unwrap().etcd = vec!["http://10.0.0.21:2379".into()];
+        assert!(etcd_hosts(&c).is_empty(), "plain http: no etcd certificate");
     }
 
     #[test]
