@@ -77,8 +77,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(()) => {}
     }
     let supervisor = std::env::current_exe().context("locate pgha-agent for its supervisor")?;
-    let (agent, shared) =
+    let (mut agent, shared) =
         pgha_failover::agent::build(config.clone(), &node.name, dcs.clone(), Some(supervisor))?;
+    // SIGHUP and POST /reload: pgha.toml again (tags, nofailover, noloadbalance, parameters).
+    let source = loaded.source.clone();
+    agent.reload_with(move || {
+        pgha_config::load(source.clone())
+            .map(|l| l.config)
+            .map_err(|e| pgha_config::error_chain(&e))
+    });
+    let s = shared.clone();
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("no SIGHUP handler ({e}): reload with POST /reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading pgha.toml");
+            s.request_reload();
+        }
+    });
     let cancel = CancellationToken::new();
     let token = config
         .failover

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pgha_test_support::{HaCluster, TestCluster, TEST_FAILOVER_TOML};
+use pgha_test_support::HaCluster;
 
 const T: Duration = Duration::from_secs(40);
 /// TEST_FAILOVER_TOML's lease.
@@ -34,16 +34,7 @@ impl Drop for Thaw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_agent_never_leaves_two_writable_primaries() -> anyhow::Result<()> {
-    let h = HaCluster::start(
-        bin(),
-        TestCluster::builder().replicas(2),
-        TEST_FAILOVER_TOML,
-    )
-    .await?;
-    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
-    for n in ["node2", "node3"] {
-        h.wait_streaming_replica(n, T).await?;
-    }
+    let h = HaCluster::start_three(bin(), T).await?;
     let mut c = h.cluster.conn("node1").await?;
     sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY)")
         .execute(&mut c)

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgha_test_support::haproxy::Haproxy;
-use pgha_test_support::{free_port, HaCluster, TestCluster, TEST_FAILOVER_TOML};
+use pgha_test_support::{free_port, HaCluster};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -61,16 +61,7 @@ async fn wait_up(hp: &Haproxy, proxy: &str, want: &[&str]) -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_with_patroni_config_routes_writes_to_leader_and_reads_to_replicas(
 ) -> anyhow::Result<()> {
-    let mut h = HaCluster::start(
-        bin(),
-        TestCluster::builder().replicas(2),
-        TEST_FAILOVER_TOML,
-    )
-    .await?;
-    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
-    for n in ["node2", "node3"] {
-        h.wait_streaming_replica(n, T).await?;
-    }
+    let mut h = HaCluster::start_three(bin(), T).await?;
     // A second agent claiming node2 (on another host it would bind its API fine) refuses to
     // start, naming the first one.
     let dup = std::process::Command::new(bin())

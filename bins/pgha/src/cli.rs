@@ -41,6 +41,13 @@ pub enum Command {
     },
     /// Who streams from whom: the replication tree from the members' published upstreams.
     Topology,
+    /// The cluster settings kept in the DCS (Patroni's dynamic configuration; pgha.toml's
+    /// seed while the first leader has not written them), as JSON.
+    ShowConfig,
+    /// Change the cluster settings in the DCS for every node: `maximum_lag_on_failover` and
+    /// `postgresql.parameters`. Shows the change and asks before writing; validated like
+    /// pgha.toml. Parameters that need a restart show under PENDING RESTART in `pgha list`.
+    EditConfig(EditConfigArgs),
     /// Promotions recorded in the DCS: the timeline that ended, the position, why, when, the
     /// new leader (Patroni's `history`).
     History {
@@ -115,6 +122,27 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct EditConfigArgs {
+    /// Set a key of the document (dotted path), e.g. `maximum_lag_on_failover=2MB` or
+    /// `postgresql.parameters.work_mem=8MB`; `KEY=null` removes it. Repeatable.
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Set a PostgreSQL parameter (`postgresql.parameters.NAME`); `NAME=null` removes it.
+    /// Repeatable.
+    #[arg(long = "pg", short = 'p', value_name = "NAME=VALUE")]
+    pub pg: Vec<String>,
+    /// Edit the whole document in $EDITOR (default vi).
+    #[arg(long, short = 'e', conflicts_with_all = ["set", "pg", "replace"])]
+    pub editor: bool,
+    /// Replace the whole document by this JSON file (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["set", "pg"])]
+    pub replace: Option<PathBuf>,
+    /// Write without asking (needed when standard input is not a terminal).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

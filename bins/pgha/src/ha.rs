@@ -21,7 +21,7 @@ pub async fn list(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let rows = ops::list_rows(config, &view);
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());

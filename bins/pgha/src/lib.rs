@@ -5,6 +5,7 @@ pub mod cli;
 pub mod ha;
 pub mod logging;
 pub mod render;
+pub mod settings;
 pub mod tls;
 pub mod verify;
 mod verify_archive;
@@ -92,6 +93,8 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
         Command::List { json } => ha::list(&loaded.config, *json).await?,
         Command::History { json } => ha::history(&loaded.config, *json).await?,
         Command::Topology => ha::topology(&loaded.config).await?,
+        Command::ShowConfig => settings::show(&loaded.config).await?,
+        Command::EditConfig(args) => settings::edit(&loaded.config, args).await?,
         Command::Switchover { cancel: true, .. } => ha::cancel_switchover(&loaded.config).await?,
         Command::Switchover {
             to, at, no_wait, ..

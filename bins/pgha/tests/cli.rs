@@ -212,3 +212,44 @@ data_dir = "/var/lib/pg/a"
         "{err}"
     );
 }
+
+/// `pgha edit-config` refuses before touching the DCS when there is nothing to change, a
+/// malformed pair, or nobody at a terminal to confirm (the DCS round trip is tested with real
+/// agents in bins/pgha-agent/tests/dynamic_config.rs).
+#[test]
+fn edit_config_refuses_bad_arguments_and_unconfirmed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgha.toml");
+    std::fs::write(
+        &path,
+        "[cluster]\nname = \"x\"\n[replication]\npassword = { env = \"PGHA_T_UNUSED\" }\n\
+         [dcs]\netcd = [\"http://127.0.0.1:1\"]\n\
+         [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\ndata_dir = \"/d\"\n",
+    )
+    .unwrap();
+    for (args, want) in [
+        (vec!["edit-config"], "nothing to change"),
+        (
+            vec!["edit-config", "--pg", "work_mem"],
+            "--pg work_mem: expected KEY=VALUE",
+        ),
+        (
+            vec!["edit-config", "--set", "a..b=1"],
+            "`a..b` is not a key",
+        ),
+        (
+            vec!["edit-config", "--pg", "work_mem=8MB"],
+            "pass --force to write without asking",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_pgha"))
+            .args(["--config", path.to_str().unwrap()])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::dcs::{LeaderInfo, LeaderStatus, LeaseId, MemberState, SyncState};
+use crate::dcs::{DynamicConfig, LeaderInfo, LeaderStatus, LeaseId, MemberState, SyncState};
 
 /// One effect. Short ones run inline in the executor (each bounded by a timeout); long ones
 /// are [`Job`]s that run in the background while the loop keeps renewing the lease.
@@ -65,6 +65,16 @@ pub enum Action {
     CreateSlotOn {
         node: String,
         slot: String,
+    },
+    /// Hand the cluster settings of `Ctx::generation` to the PostgreSQL seam: pgha.conf is
+    /// rewritten, and reloaded when the server runs. Never while a job runs.
+    ApplyConfig {
+        generation: u64,
+    },
+    /// Write the dynamic settings pgha.toml seeds (compare-and-swap on the `config` key).
+    SeedSettings {
+        config: DynamicConfig,
+        revision: i64,
     },
     /// The supervisor kills PostgreSQL at `deadline` unless told a later one; None: no
     /// deadline (this node cannot take writes).

@@ -93,6 +93,7 @@ replicate_from = "n2"
             suspects: None,
             noloadbalance: false,
             tags: Default::default(),
+            pending_restart: Vec::new(),
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
             suspects: None,
             noloadbalance: false,
             tags: Default::default(),
+            pending_restart: Vec::new(),
         }
     }
 

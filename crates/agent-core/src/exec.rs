@@ -60,6 +60,11 @@ impl Executor {
         &self.fx
     }
 
+    /// Actions and jobs from now on run with `ctx` (the settings changed between ticks).
+    pub fn set_ctx(&mut self, ctx: Ctx) {
+        self.ctx = ctx;
+    }
+
     /// Runs `d.actions` in order. A failed fence or /sync write skips the rest of the tick
     /// but the watchdog and the member key: nothing may follow a step it depended on.
     pub async fn act(&mut self, d: &Decision) -> Vec<Outcome> {
@@ -219,6 +224,22 @@ impl Executor {
                 out.push(Outcome::SlotRetried);
             }
             Action::Watchdog { deadline } => fx.watchdog.arm(*deadline)?,
+            Action::ApplyConfig { generation } => {
+                let r = fx.pg.apply_config(self.ctx.cfg.clone()).await;
+                if let Ok(true) = r {
+                    tracing::info!(node = %self.ctx.name(), "cluster settings written to pgha.conf and reloaded");
+                }
+                out.push(Outcome::ConfigApplied {
+                    generation: *generation,
+                    error: r.as_ref().err().map(|e| e.to_string()),
+                });
+                r?;
+            }
+            Action::SeedSettings { config, revision } => {
+                if fx.dcs.put_config(config, *revision).await? {
+                    tracing::info!(node = %self.ctx.name(), "cluster settings seeded in the DCS from pgha.toml");
+                }
+            }
         }
         Ok(())
     }
@@ -400,5 +421,7 @@ fn action_name(a: &Action) -> &'static str {
         Action::DropSlot { .. } => "drop slot",
         Action::CreateSlotOn { .. } => "create our slot on the upstream",
         Action::Watchdog { .. } => "watchdog",
+        Action::ApplyConfig { .. } => "apply cluster settings",
+        Action::SeedSettings { .. } => "seed cluster settings",
     }
 }

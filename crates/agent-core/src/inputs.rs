@@ -51,6 +51,8 @@ pub struct Local {
     pub sync_names: Option<String>,
     /// Physical replication slots (name, active); None when not read.
     pub slots: Option<Vec<(String, bool)>>,
+    /// Settings changed in the files that need a restart (`pg_settings.pending_restart`).
+    pub pending_restart: Vec<String>,
 }
 
 impl Local {
@@ -73,6 +75,7 @@ impl Local {
             standbys: Vec::new(),
             sync_names: None,
             slots: None,
+            pending_restart: Vec::new(),
         }
     }
 }
@@ -171,4 +174,9 @@ pub enum Outcome {
     },
     /// The slot we re-made on our upstream while not streaming.
     SlotRetried,
+    /// The settings of `Ctx::generation` reached PostgreSQL (or could not).
+    ConfigApplied {
+        generation: u64,
+        error: Option<String>,
+    },
 }

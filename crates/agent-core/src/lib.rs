@@ -20,6 +20,7 @@ pub mod exec;
 pub mod inputs;
 pub mod memory;
 pub mod ports;
+pub mod reload;
 pub mod run;
 pub mod shared;
 pub mod sim;

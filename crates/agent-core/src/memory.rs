@@ -88,6 +88,8 @@ pub struct Timers {
     pub failsafe_ok: Option<Instant>,
     /// The last background job failed then: the next one waits a loop.
     pub job_failed: Option<Instant>,
+    /// When applying the cluster settings failed last (retried `loop_wait` later).
+    pub config_failed: Option<Instant>,
 }
 
 /// Everything the agent carries from one tick to the next.
@@ -113,6 +115,9 @@ pub struct Memory {
     pub timers: Timers,
     /// The deadline last sent to the supervisor.
     pub watchdog: Option<Instant>,
+    /// The `Ctx::generation` of the settings PostgreSQL was handed last (0: those it
+    /// started with).
+    pub config_applied: u64,
 }
 
 impl Memory {
@@ -144,6 +149,7 @@ impl Memory {
                 ..Timers::default()
             },
             watchdog: None,
+            config_applied: 0,
         }
     }
 }

@@ -44,6 +44,9 @@ pub trait PgNode: Send + Sync + std::fmt::Debug {
     async fn set_sync_names(&self, value: &str) -> Result<Lsn>;
     /// Rewrites pgha-node.conf for `target` and reloads when it differs; true when it did.
     async fn point_at(&self, target: &Target) -> Result<bool>;
+    /// From now on renders settings from `cfg` (the cluster settings changed); rewrites
+    /// pgha.conf when it differs and reloads a running server. True when the file changed.
+    async fn apply_config(&self, cfg: std::sync::Arc<pgha_config::PghaConfig>) -> Result<bool>;
     /// pg_rewind from `source` (a node).
     async fn rewind(&self, source: &str) -> Result<()>;
     /// pg_basebackup from `source` into an empty data dir (`move_aside`: move the current one

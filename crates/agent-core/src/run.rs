@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgha_config::PghaConfig;
 use pgha_postgres::StopMode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -81,6 +82,25 @@ pub struct Agent {
     last_dcs_error: Option<String>,
     /// Called with each tick's inputs and decision (the simulator's trace).
     observer: Option<Observer>,
+    /// pgha.toml as loaded at start or at the last reload.
+    local: Arc<PghaConfig>,
+    /// The DCS settings document adopted (or refused) last; None: none seen yet.
+    adopted: Option<serde_json::Value>,
+    /// Re-reads pgha.toml on a reload request (none: reloads are refused).
+    reloader: Option<Reloader>,
+    /// What the last reload refused.
+    reload_error: Option<String>,
+}
+
+/// Loads and validates pgha.toml again.
+pub type ReloadFn = dyn Fn() -> Result<PghaConfig, String> + Send + Sync;
+
+struct Reloader(Box<ReloadFn>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
 }
 
 /// What an observer is called with.
@@ -104,6 +124,10 @@ impl Agent {
     ) -> Self {
         let (exec, done) = Executor::new(ctx.clone(), fx, shared.clone());
         Agent {
+            local: ctx.cfg.clone(),
+            adopted: None,
+            reloader: None,
+            reload_error: None,
             ctx,
             exec,
             shared,
@@ -113,6 +137,78 @@ impl Agent {
             last_reason: String::new(),
             last_dcs_error: None,
             observer: None,
+        }
+    }
+
+    /// Reload requests ([`Shared::request_reload`]) call `f` for pgha.toml afresh.
+    pub fn reload_with(
+        &mut self,
+        f: impl Fn() -> Result<PghaConfig, String> + Send + Sync + 'static,
+    ) {
+        self.reloader = Some(Reloader(Box::new(f)));
+    }
+
+    /// A reload of pgha.toml: tags, `nofailover`, `noloadbalance` and the dynamic keys
+    /// apply; a change anything else rests on is refused whole (restart the agent for it).
+    fn reload(&mut self) {
+        let Some(r) = &self.reloader else {
+            self.reload_error = Some("this agent has no config file to reload".into());
+            return;
+        };
+        let node = self.ctx.name().to_string();
+        let new = match (r.0)() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(node = %node, "reload refused: {e}");
+                self.reload_error = Some(e);
+                return;
+            }
+        };
+        let fixed = crate::reload::restart_only_changes(&self.local, &new);
+        if !fixed.is_empty() {
+            let e = format!(
+                "pgha.toml changes [{}], which need a restart of the agent; nothing was reloaded",
+                fixed.join("], [")
+            );
+            tracing::error!(node = %node, "reload refused: {e}");
+            self.reload_error = Some(e);
+            return;
+        }
+        tracing::info!(node = %node, "pgha.toml reloaded");
+        self.reload_error = None;
+        self.local = Arc::new(new);
+        let settings = self.adopted.take();
+        self.adopt(settings.as_ref(), true);
+    }
+
+    /// Runs with pgha.toml and `settings` (the DCS document) over it, when that differs from
+    /// what it runs with; an unusable document is refused whole (logged once).
+    fn adopt(&mut self, settings: Option<&serde_json::Value>, force: bool) {
+        if !force && settings == self.adopted.as_ref() {
+            return;
+        }
+        self.adopted = settings.cloned();
+        let node = self.ctx.name().to_string();
+        let cfg = match crate::reload::effective(&self.local, settings) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(node = %node, "the cluster settings in the DCS are not usable; keeping the current ones:\n{e}");
+                return;
+            }
+        };
+        if *cfg == *self.ctx.cfg {
+            return;
+        }
+        let keys = crate::reload::changed_keys(&self.ctx.cfg, &cfg);
+        match self.ctx.next_generation(cfg) {
+            Some(ctx) => {
+                tracing::info!(node = %node, generation = ctx.generation, changed = ?keys, "running with new settings");
+                self.ctx = ctx;
+                self.exec.set_ctx(self.ctx.clone());
+            }
+            None => {
+                tracing::error!(node = %node, "the new config has no node `{node}`: keeping the current one")
+            }
         }
     }
 
@@ -140,8 +236,14 @@ impl Agent {
                 }
             }
             let t = Instant::now();
+            if self.shared.take_reload() {
+                self.reload();
+            }
             let inputs = self.gather(std::mem::take(&mut outcomes), &cancel).await;
             dcs_answered = matches!(inputs.dcs, DcsRead::Ok { .. });
+            if let DcsRead::Ok { view, .. } = &inputs.dcs {
+                self.adopt(view.config.settings.as_ref(), false);
+            }
             let d = decide(&self.ctx, &self.mem, &inputs);
             self.log(&inputs, &d);
             if let Some(f) = self.observer.as_mut() {
@@ -375,6 +477,8 @@ impl Agent {
             view,
             at: Some(tokio::time::Instant::now()),
             dcs_last_seen_ms,
+            config: Some(self.ctx.cfg.clone()),
+            reload_error: self.reload_error.clone(),
         });
     }
 }

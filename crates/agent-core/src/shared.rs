@@ -1,7 +1,7 @@
 //! What the agent loop shares with its HTTP API: a snapshot it publishes every tick, counters,
 //! and the channel through which the API's messages reach the loop.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -30,6 +30,11 @@ pub struct Snapshot {
     pub at: Option<Instant>,
     /// Wall time (ms since epoch) of the last successful DCS round-trip.
     pub dcs_last_seen_ms: Option<u64>,
+    /// The config the loop runs with (pgha.toml with the DCS's cluster settings over it).
+    #[serde(skip)]
+    pub config: Option<Arc<pgha_config::PghaConfig>>,
+    /// What the last reload of pgha.toml refused (None: it applied, or none was asked).
+    pub reload_error: Option<String>,
 }
 
 /// State shared between the loop and the HTTP API.
@@ -40,6 +45,8 @@ pub struct Shared {
     pub fencings: AtomicU64,
     /// Wakes the loop early (API commands, events).
     pub wake: Notify,
+    /// A reload of pgha.toml was asked for (SIGHUP, `POST /reload`).
+    reload: AtomicBool,
     events: mpsc::UnboundedSender<Event>,
     /// The latest failsafe promise (also sent as an event): the executor checks it right
     /// before taking the key, so a promise made after this tick's gather still holds.
@@ -79,6 +86,7 @@ impl Shared {
                 promotions: AtomicU64::new(0),
                 fencings: AtomicU64::new(0),
                 wake: Notify::new(),
+                reload: AtomicBool::new(false),
                 events: tx,
                 promised_until: Mutex::new(inherited),
                 quarantine,
@@ -97,6 +105,17 @@ impl Shared {
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
         }
+    }
+
+    /// Asks the loop to reload pgha.toml before its next tick.
+    pub fn request_reload(&self) {
+        self.reload.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Whether a reload was asked for since the last call.
+    pub fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::SeqCst)
     }
 
     pub fn count_promotion(&self) {

@@ -57,6 +57,10 @@ pub struct MemberState {
     /// `nodes[].tags`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Settings PostgreSQL read from its files but applies only after a restart
+    /// (`pg_settings.pending_restart`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
 }
 
 /// Who holds the leader key.
@@ -87,6 +91,11 @@ pub struct DynamicConfig {
     /// Set by `pgha promote-cluster`: this standby cluster (`[standby_cluster]`) is now the
     /// primary site; its leader promotes and it no longer follows the other site.
     pub standby_promoted: bool,
+    /// The cluster-wide settings (Patroni's dynamic configuration, in its shape:
+    /// `pgha_config::dynamic`), kept raw so a document this version does not understand
+    /// never makes the view unreadable. None until the first leader seeds it from pgha.toml.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Planned switchover (the leader hands over) or manual failover (to a chosen node).

@@ -188,7 +188,27 @@ impl PghaConfig {
                 );
             }
         }
+        if let (ReplicationMode::Sync, Some(v)) = (
+            self.replication.mode,
+            pg.parameters.get("synchronous_commit"),
+        ) {
+            if !matches!(v.as_str(), "on" | "remote_apply" | "remote_write") {
+                errs.push(
+                    "postgres.parameters.synchronous_commit",
+                    format!("`{v}` in sync mode would acknowledge commits no standby has: expected on, remote_write or remote_apply"),
+                );
+            }
+        }
         for key in pg.parameters.keys() {
+            if let Some((_, why)) = crate::dynamic::MANAGED_PARAMETERS
+                .iter()
+                .find(|(m, _)| m == key)
+            {
+                errs.push(
+                    format!("postgres.parameters.{key}"),
+                    format!("is managed by pgha: {why}"),
+                );
+            }
             if key.is_empty()
                 || !key
                     .chars()

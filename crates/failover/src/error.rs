@@ -26,6 +26,9 @@ pub enum FailoverError {
     Secret(#[from] pgha_config::SecretError),
     #[error("{field}: {reason}")]
     DcsSetup { field: String, reason: String },
+    /// An edit of the cluster settings was refused (every problem, one per line).
+    #[error("cluster settings refused:\n{0}")]
+    Settings(String),
     #[error("agent API at {addr}: {reason}")]
     Api { addr: String, reason: String },
 }

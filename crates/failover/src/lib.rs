@@ -7,6 +7,7 @@
 //! - [`election`] and [`cascade`] (from the core): pure rules every agent evaluates alike.
 //! - [`api`]: the agent's HTTP API (Patroni-compatible health endpoints for HAProxy).
 //! - [`ops`]: operator actions (switchover, failover, pause) shared by the CLI and the API.
+//! - [`settings`]: the cluster settings in the DCS (show-config, edit-config, `/config`).
 
 pub mod agent;
 pub mod api;
@@ -15,6 +16,7 @@ mod error;
 pub mod node;
 pub mod ops;
 pub mod peers;
+pub mod settings;
 pub mod topology;
 
 pub use error::{FailoverError, Result};

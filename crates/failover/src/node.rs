@@ -20,7 +20,7 @@ use pgha_postgres::{
 use pgha_replication::status::NodeStatus;
 use pgha_replication::{
     bootstrap_replica, bootstrap_standby_leader, create_slot, drop_slot, install_settings,
-    render_node_conf_for, NodeRole, Role, NODE_CONF,
+    render_cluster_conf, render_node_conf_for, NodeRole, Role, CLUSTER_CONF, NODE_CONF,
 };
 
 use crate::dcs::{MemberRole, PgState};
@@ -41,7 +41,8 @@ const PLACEHOLDER: &str = "# pgha placeholder:";
 /// This node's PostgreSQL.
 #[derive(Debug)]
 pub struct LocalNode {
-    cfg: Arc<PghaConfig>,
+    /// Replaced when the cluster settings change ([`PgNode::apply_config`]).
+    cfg: std::sync::RwLock<Arc<PghaConfig>>,
     node: NodeConfig,
     pg: SupervisedInstance,
     /// One connection kept across ticks; dropped when it broke or the server stopped.
@@ -58,7 +59,7 @@ impl LocalNode {
         promote_timeout: Duration,
     ) -> Self {
         LocalNode {
-            cfg,
+            cfg: std::sync::RwLock::new(cfg),
             node,
             pg,
             conn: Mutex::new(None),
@@ -70,22 +71,30 @@ impl LocalNode {
         self.pg.local()
     }
 
-    fn role<'a>(&'a self, target: &Target) -> Result<NodeRole<'a>> {
+    /// The config settings are rendered from now.
+    fn cfg(&self) -> Arc<PghaConfig> {
+        match self.cfg.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn role<'a>(cfg: &'a PghaConfig, target: &Target) -> Result<NodeRole<'a>> {
         Ok(match target {
             Target::Primary => NodeRole::Primary,
             Target::Replica { upstream } => NodeRole::Replica {
-                upstream: self.node_named(upstream)?,
+                upstream: Self::node_named(cfg, upstream)?,
             },
             Target::StandbyLeader => NodeRole::StandbyLeader {
-                source: self.cfg.standby_cluster.as_ref().ok_or_else(|| {
+                source: cfg.standby_cluster.as_ref().ok_or_else(|| {
                     CoreError::refused("standby leader", "no [standby_cluster] in the config")
                 })?,
             },
         })
     }
 
-    fn node_named(&self, name: &str) -> Result<&NodeConfig> {
-        self.cfg.node(name).ok_or_else(|| {
+    fn node_named<'a>(cfg: &'a PghaConfig, name: &str) -> Result<&'a NodeConfig> {
+        cfg.node(name).ok_or_else(|| {
             CoreError::refused("follow", format!("node `{name}` is not in the config"))
         })
     }
@@ -327,7 +336,24 @@ impl PgNode for LocalNode {
                 }
             }
         }
-        if self.cfg.replication.slots {
+        if details {
+            let pending = self
+                .with_conn("pg_settings", |c| {
+                    Box::pin(async move {
+                        sqlx::query_scalar::<_, String>(
+                            "SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY name",
+                        )
+                        .fetch_all(c)
+                        .await
+                    })
+                })
+                .await;
+            match pending {
+                Ok(p) => o.pending_restart = p,
+                Err(e) => tracing::warn!(node = %self.node.name, "read pg_settings: {e}"),
+            }
+        }
+        if self.cfg().replication.slots {
             let slots = self
                 .with_conn("pg_replication_slots", |c| {
                     Box::pin(async move {
@@ -346,8 +372,9 @@ impl PgNode for LocalNode {
 
     async fn start(&self, target: &Target) -> Result<()> {
         self.remove_placeholders();
-        let role = self.role(target)?;
-        install_settings(&self.cfg, &self.node, role, self.local())?;
+        let cfg = self.cfg();
+        let role = Self::role(&cfg, target)?;
+        install_settings(&cfg, &self.node, role, self.local())?;
         self.pg.start().await?;
         Ok(())
     }
@@ -438,25 +465,52 @@ impl PgNode for LocalNode {
     }
 
     async fn point_at(&self, target: &Target) -> Result<bool> {
-        let role = self.role(target)?;
-        let want = render_node_conf_for(&self.cfg, &self.node, role);
+        let cfg = self.cfg();
+        let role = Self::role(&cfg, target)?;
+        let want = render_node_conf_for(&cfg, &self.node, role);
         let path = self.local().data_dir().join(NODE_CONF);
         if std::fs::read_to_string(&path).ok().as_deref() == Some(want.as_str()) {
             return Ok(false);
         }
-        install_settings(&self.cfg, &self.node, self.role(target)?, self.local())?;
+        install_settings(&cfg, &self.node, role, self.local())?;
         self.pg.reload().await?;
         Ok(true)
     }
 
+    async fn apply_config(&self, cfg: Arc<PghaConfig>) -> Result<bool> {
+        match self.cfg.write() {
+            Ok(mut c) => *c = cfg.clone(),
+            Err(p) => *p.into_inner() = cfg.clone(),
+        }
+        let path = self.local().data_dir().join(CLUSTER_CONF);
+        // No data dir yet: the clone or start that makes one renders the new settings.
+        let Ok(current) = std::fs::read_to_string(&path) else {
+            return Ok(false);
+        };
+        let want = render_cluster_conf(&cfg);
+        if current == want {
+            return Ok(false);
+        }
+        self.local().write_data_file(CLUSTER_CONF, &want)?;
+        if matches!(
+            self.local().process_state(),
+            Ok(ProcessState::Running { .. })
+        ) {
+            self.pg.reload().await?;
+        }
+        Ok(true)
+    }
+
     async fn rewind(&self, source: &str) -> Result<()> {
-        let src = self.node_named(source)?;
-        pgha_replication::rewind(&self.cfg, &self.node, src, self.local()).await?;
+        let cfg = self.cfg();
+        let src = Self::node_named(&cfg, source)?;
+        pgha_replication::rewind(&cfg, &self.node, src, self.local()).await?;
         Ok(())
     }
 
     async fn clone_replica(&self, source: &str, move_aside: bool) -> Result<()> {
-        let up = self.node_named(source)?;
+        let cfg = self.cfg();
+        let up = Self::node_named(&cfg, source)?;
         if move_aside {
             let data = self.local().data_dir().to_owned();
             let aside = data.with_extension(format!("diverged-{}", crate::now_ms() / 1000));
@@ -471,17 +525,18 @@ impl PgNode for LocalNode {
                 source: e,
             })?;
         }
-        let params = connect_params(&self.cfg, up)?;
-        bootstrap_replica(&self.cfg, &self.node, up, self.local(), &params).await?;
+        let params = connect_params(&cfg, up)?;
+        bootstrap_replica(&cfg, &self.node, up, self.local(), &params).await?;
         Ok(())
     }
 
     async fn clone_standby_leader(&self) -> Result<()> {
-        let source = self.cfg.standby_cluster.as_ref().ok_or_else(|| {
+        let cfg = self.cfg();
+        let source = cfg.standby_cluster.as_ref().ok_or_else(|| {
             CoreError::refused("standby leader", "no [standby_cluster] in the config")
         })?;
         tracing::info!(node = %self.node.name, hosts = ?source.primary_hosts, "standby cluster without data: copying the primary site");
-        bootstrap_standby_leader(&self.cfg, &self.node, source, self.local()).await?;
+        bootstrap_standby_leader(&cfg, &self.node, source, self.local()).await?;
         Ok(())
     }
 

@@ -21,6 +21,8 @@ pub async fn request(
         RequestKind::Failover => "failover",
     };
     let view = dcs.view().await?;
+    let effective = crate::settings::effective(config, &view);
+    let config = &effective;
     if config.node(to).is_none() {
         let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
         return Err(FailoverError::refused(
@@ -121,7 +123,10 @@ pub async fn request(
 /// `maximum_lag_on_failover`, and a synchronous standby in sync mode.
 pub fn pick_candidate(config: &PghaConfig, view: &ClusterView) -> Option<String> {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
-    let max = config.failover.maximum_lag_on_failover.bytes();
+    let max = crate::settings::effective(config, view)
+        .failover
+        .maximum_lag_on_failover
+        .bytes();
     view.members
         .values()
         .filter(|m| Some(m.name.as_str()) != leader)
@@ -360,11 +365,19 @@ pub async fn demote_cluster(dcs: &dyn Dcs, config: &PghaConfig, force: bool) -> 
 }
 
 /// Rows of `pgha list`: one per configured node, with what its agent published.
-pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 8]> {
+pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 9]> {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let leader_lsn = view.status.as_ref().map(|s| s.lsn);
     let mut rows = vec![[
-        "MEMBER", "HOST", "ROLE", "STATE", "TL", "LSN", "LAG", "TAGS",
+        "MEMBER",
+        "HOST",
+        "ROLE",
+        "STATE",
+        "TL",
+        "LSN",
+        "LAG",
+        "TAGS",
+        "PENDING RESTART",
     ]
     .map(String::from)];
     for n in &config.nodes {
@@ -427,6 +440,7 @@ pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 8]> {
             } else {
                 String::new()
             },
+            m.map(|m| m.pending_restart.join(",")).unwrap_or_default(),
         ]);
     }
     rows

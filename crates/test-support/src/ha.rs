@@ -106,6 +106,22 @@ impl HaCluster {
         out
     }
 
+    /// Three nodes with [`TEST_FAILOVER_TOML`], once node1 leads and node2 and node3 stream.
+    pub async fn start_three(agent_bin: &Path, timeout: Duration) -> anyhow::Result<Self> {
+        let h = Self::start(
+            agent_bin,
+            TestCluster::builder().replicas(2),
+            TEST_FAILOVER_TOML,
+        )
+        .await?;
+        let leader = h.wait_single_primary(timeout, None).await?;
+        anyhow::ensure!(leader == "node1", "{leader} leads, not node1");
+        for n in ["node2", "node3"] {
+            h.wait_streaming_replica(n, timeout).await?;
+        }
+        Ok(h)
+    }
+
     /// Waits until exactly one node is writable and returns it.
     pub async fn wait_single_primary(
         &self,

@@ -12,6 +12,7 @@ mod follower;
 mod leader;
 mod nodcs;
 mod plan;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,19 +41,40 @@ pub struct Decision {
     pub soon: Option<Duration>,
 }
 
-/// What does not change while the agent runs: the config, this node, the timings.
+/// What does not change from one tick to the next: the config (pgha.toml with the cluster
+/// settings from the DCS over it), this node, the timings. The run loop replaces it between
+/// ticks when the settings or pgha.toml change (`generation` counts those changes).
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub cfg: Arc<PghaConfig>,
     pub me: NodeConfig,
     pub t: Timings,
+    /// 0 at start; one more each time the run loop adopted other settings.
+    pub generation: u64,
 }
 
 impl Ctx {
     pub fn new(cfg: Arc<PghaConfig>, node: &str) -> Option<Self> {
         let me = cfg.node(node)?.clone();
         let t = Timings::from_config(&cfg);
-        Some(Ctx { cfg, me, t })
+        Some(Ctx {
+            cfg,
+            me,
+            t,
+            generation: 0,
+        })
+    }
+
+    /// This node's context over `cfg`, as the next generation. The timings stay: a changed
+    /// TTL or loop period would break the promises other agents and the lease rest on.
+    pub fn next_generation(&self, cfg: Arc<PghaConfig>) -> Option<Self> {
+        let me = cfg.node(&self.me.name)?.clone();
+        Some(Ctx {
+            cfg,
+            me,
+            t: self.t.clone(),
+            generation: self.generation + 1,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -102,6 +124,7 @@ impl Ctx {
             suspects,
             noloadbalance: self.me.noloadbalance,
             tags: self.me.tags.clone(),
+            pending_restart: o.pending_restart.clone(),
         }
     }
 }
@@ -169,6 +192,7 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
         soon: None,
     };
     absorb(ctx, &mut d, inp);
+    settings::apply(ctx, &mut d, inp);
     match &inp.dcs {
         DcsRead::Ok { session, view } => with_dcs(ctx, &mut d, inp, session, view),
         DcsRead::Unreachable { since, session, .. } => {
@@ -270,6 +294,14 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
             | Outcome::Fenced { .. }
             | Outcome::SyncWritten { .. }
             | Outcome::SlotRetried => {}
+            Outcome::ConfigApplied { generation, error } => {
+                if error.is_none() {
+                    d.next.config_applied = d.next.config_applied.max(*generation);
+                    d.next.timers.config_failed = None;
+                } else {
+                    d.next.timers.config_failed = Some(inp.now);
+                }
+            }
         }
     }
     // The highest timeline the running server reported (a replica's falls back to its last
@@ -429,6 +461,7 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         Some(l) => follower::follow(ctx, d, inp, view, &l),
         None => elect::elect(ctx, d, inp, view),
     }
+    settings::seed(ctx, d, view);
 }
 
 /// The supervisor's deadline: PostgreSQL is killed unless the agent keeps proving, in time,

@@ -424,6 +424,23 @@ impl Sim {
                 );
                 None
             }
+            Fault::EditConfig { restart } => {
+                let mut w = self.lock();
+                let mut params = serde_json::json!({"work_mem": "8MB"});
+                if *restart {
+                    params["max_connections"] = "200".into();
+                }
+                // As `pgha edit-config` writes it (the revision check passes: no other writer).
+                w.dcs.config.settings = Some(serde_json::json!({
+                    "maximum_lag_on_failover": 4 << 20,
+                    "postgresql": {"parameters": params},
+                }));
+                w.dcs.revision += 1;
+                w.dcs.config_revision = w.dcs.revision;
+                w.dcs.notify();
+                w.log(now, "FAULT", format!("operator: edit-config {params}"));
+                None
+            }
         }
     }
 
@@ -574,7 +591,27 @@ fn settled(w: &World, now: Instant, names: &[String]) -> Option<String> {
             ));
         }
     }
-    (!lagging.is_empty()).then(|| format!("not streaming: {}", lagging.join(", ")))
+    if !lagging.is_empty() {
+        return Some(format!("not streaming: {}", lagging.join(", ")));
+    }
+    // Every node runs with the cluster settings the DCS holds.
+    let want = w
+        .dcs
+        .config
+        .settings
+        .as_ref()
+        .and_then(|s| pgha_config::DynamicSettings::from_json(s).ok())
+        .and_then(|s| s.parameters);
+    if let Some(want) = want {
+        let stale: Vec<&String> = names
+            .iter()
+            .filter(|n| w.nodes[*n].pg.conf != want)
+            .collect();
+        if !stale.is_empty() {
+            return Some(format!("cluster settings not applied on {stale:?}"));
+        }
+    }
+    None
 }
 
 enum Undo {

@@ -2,7 +2,7 @@
 //! recovery, promotion to a new timeline, checkpoints in pg_control, pg_rewind and
 //! pg_basebackup, and `synchronous_standby_names = 'FIRST n (...)'`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::time::Instant;
 
@@ -89,7 +89,14 @@ pub struct Pg {
     pub receiver_cut: bool,
     /// Start counter: an operation that waits on a start knows whether it is the same one.
     pub boot: u64,
+    /// `postgres.parameters` as pgha.conf has them.
+    pub conf: BTreeMap<String, String>,
+    /// ... and as the running server applies them (restart-only ones as of its start).
+    pub active: BTreeMap<String, String>,
 }
+
+/// Parameters the simulated server applies only at start (PostgreSQL's `postmaster` context).
+pub const RESTART_ONLY: &[&str] = &["max_connections", "shared_buffers"];
 
 impl Pg {
     pub fn ready(&self, now: Instant) -> bool {
@@ -103,6 +110,38 @@ impl Pg {
     /// Answers `pg_is_in_recovery() = false` and takes writes.
     pub fn writable(&self, now: Instant) -> bool {
         self.ready(now) && self.data.is_some() && !self.in_recovery()
+    }
+
+    /// pgha.conf now says `params`; a running server reloads it (restart-only ones wait).
+    pub fn write_conf(&mut self, params: &BTreeMap<String, String>) {
+        self.conf = params.clone();
+        if !self.running {
+            return;
+        }
+        let keys: BTreeSet<String> = self
+            .conf
+            .keys()
+            .chain(self.active.keys())
+            .cloned()
+            .collect();
+        for k in keys
+            .into_iter()
+            .filter(|k| !RESTART_ONLY.contains(&k.as_str()))
+        {
+            match self.conf.get(&k) {
+                Some(v) => self.active.insert(k, v.clone()),
+                None => self.active.remove(&k),
+            };
+        }
+    }
+
+    /// `pg_settings.pending_restart`.
+    pub fn pending_restart(&self) -> Vec<String> {
+        RESTART_ONLY
+            .iter()
+            .filter(|k| self.conf.get(**k) != self.active.get(**k))
+            .map(|k| k.to_string())
+            .collect()
     }
 
     /// Crash or stop: nothing in flight survives.

@@ -46,6 +46,9 @@ pub enum Fault {
     ReceiverCut { node: Pick, dur: Duration },
     /// An operator asks for a planned switchover (or a manual failover) to a replica.
     Switchover { failover: bool },
+    /// An operator edits the cluster settings in the DCS (`pgha edit-config`): a reloadable
+    /// parameter, and with `restart` one that needs a restart.
+    EditConfig { restart: bool },
 }
 
 /// Which node a fault hits: decided when it starts.
@@ -72,6 +75,7 @@ impl Fault {
             Fault::RefuseToPrimary { .. } => "refuse-to-primary",
             Fault::ReceiverCut { .. } => "receiver-cut",
             Fault::Switchover { .. } => "switchover",
+            Fault::EditConfig { .. } => "edit-config",
         }
     }
 
@@ -88,7 +92,9 @@ impl Fault {
             | Fault::RefuseToPrimary { dur }
             | Fault::ReceiverCut { dur, .. } => *dur,
             Fault::CrashAgent { restart_after, .. } => *restart_after,
-            Fault::CrashPg { .. } | Fault::Switchover { .. } => Duration::ZERO,
+            Fault::CrashPg { .. } | Fault::Switchover { .. } | Fault::EditConfig { .. } => {
+                Duration::ZERO
+            }
         }
     }
 }
@@ -154,6 +160,22 @@ impl Scenario {
                 start,
                 Fault::Switchover {
                     failover: r2.random_bool(0.3),
+                },
+            ));
+        }
+        // Its own stream too (added after the seeds above were recorded).
+        let mut r3 = StdRng::seed_from_u64(seed ^ 0x00ed_17c0_f16e);
+        if r3.random_bool(0.25)
+            && opts
+                .only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|k| k.trim() == "edit-config"))
+        {
+            let start = Duration::from_millis(r3.random_range(3_000..30_000));
+            faults.push((
+                start,
+                Fault::EditConfig {
+                    restart: r3.random_bool(0.5),
                 },
             ));
         }

@@ -222,3 +222,42 @@ fn without_failsafe_the_primary_stops_during_a_dcs_outage() {
         show(&r)
     );
 }
+
+/// An operator's edit of the cluster settings reaches every node's pgha.conf (a run settles
+/// only once it did: `settled`), also when an agent is frozen or crashes around the edit.
+#[test]
+fn edited_settings_reach_every_node() {
+    let cases = [
+        vec![],
+        vec![
+            (
+                Duration::from_secs(5),
+                Fault::FreezeAgent {
+                    node: Pick::Replica,
+                    dur: Duration::from_secs(4),
+                },
+            ),
+            (
+                Duration::from_millis(6_500),
+                Fault::CrashAgent {
+                    node: Pick::Primary,
+                    restart_after: Duration::from_secs(1),
+                },
+            ),
+        ],
+    ];
+    for (seed, extra) in cases.into_iter().enumerate() {
+        let mut faults = vec![(Duration::from_secs(6), Fault::EditConfig { restart: true })];
+        faults.extend(extra);
+        faults.sort_by_key(|(s, _)| *s);
+        let r = run_scenario(quiet(seed as u64 + 1, faults), &SimOptions::default());
+        assert!(r.ok(), "{}", show(&r));
+        let applied: std::collections::BTreeSet<&str> = r
+            .trace
+            .iter()
+            .filter(|l| l.contains("pgha.conf parameters now") && l.contains("max_connections"))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("node")))
+            .collect();
+        assert_eq!(applied.len(), 3, "{applied:?}\n{}", show(&r));
+    }
+}

@@ -9,9 +9,12 @@
 //! - `POST /switchover|/failover` (Patroni's body), `DELETE /switchover`, `POST /pause|/resume`
 //!   need `Authorization: Bearer <failover.api_token>`; with `failover.api_restrict_reads`
 //!   so do the documents (`GET /patroni`, `/cluster`, `/metrics`, and GET bodies of checks).
+//! - `GET|PATCH|PUT /config`: the cluster settings in the DCS; `POST /reload`: pgha.toml
+//!   again (both need the token to change anything).
 //! - `POST /failsafe`: the agents' failsafe round (token too).
 
 mod actions;
+mod config;
 pub mod health;
 mod status;
 
@@ -62,6 +65,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/pause", post(actions::pause))
         .route("/resume", post(actions::resume))
         .route("/failsafe", post(actions::failsafe))
+        .route(
+            "/config",
+            get(config::get).patch(config::patch).put(config::put),
+        )
+        .route("/reload", post(config::reload))
         .with_state(state)
 }
 
@@ -98,6 +106,11 @@ pub async fn serve_on(
     }
 }
 
+/// The config the agent loop runs with (pgha.toml with the cluster settings over it).
+fn running_config<'a>(s: &'a ApiState, snap: &'a crate::agent::Snapshot) -> &'a PghaConfig {
+    snap.config.as_deref().unwrap_or(&s.config)
+}
+
 fn code(ok: bool) -> StatusCode {
     if ok {
         StatusCode::OK
@@ -116,7 +129,11 @@ async fn health_check(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let snap = s.shared.snapshot();
-    let facts = health::Facts::from_snapshot(&snap, &s.config, tokio::time::Instant::now());
+    let facts = health::Facts::from_snapshot(
+        &snap,
+        running_config(&s, &snap),
+        tokio::time::Instant::now(),
+    );
     let ok = match health::answer(uri.path(), &q, &facts) {
         Some(Ok(ok)) => ok,
         Some(Err(bad)) => return (StatusCode::BAD_REQUEST, format!("{}\n", bad.0)).into_response(),
@@ -139,7 +156,11 @@ async fn patroni(State(s): State<Arc<ApiState>>, method: Method, headers: Header
         return StatusCode::OK.into_response();
     }
     let snap = s.shared.snapshot();
-    let facts = health::Facts::from_snapshot(&snap, &s.config, tokio::time::Instant::now());
+    let facts = health::Facts::from_snapshot(
+        &snap,
+        running_config(&s, &snap),
+        tokio::time::Instant::now(),
+    );
     (StatusCode::OK, Json(status::patroni(&s, &snap, &facts))).into_response()
 }
 
@@ -169,7 +190,11 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response
         return r;
     }
     let snap = s.shared.snapshot();
-    let facts = health::Facts::from_snapshot(&snap, &s.config, tokio::time::Instant::now());
+    let facts = health::Facts::from_snapshot(
+        &snap,
+        running_config(&s, &snap),
+        tokio::time::Instant::now(),
+    );
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],

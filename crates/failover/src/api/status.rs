@@ -85,6 +85,7 @@ pub fn patroni(s: &ApiState, snap: &Snapshot, f: &Facts) -> Value {
     if !f.tags.is_empty() {
         doc.insert("tags".into(), tags_json(f));
     }
+    pending_restart(&mut doc, snap.member.as_ref());
     doc.insert(
         "patroni".into(),
         json!({
@@ -102,6 +103,7 @@ pub fn patroni(s: &ApiState, snap: &Snapshot, f: &Facts) -> Value {
             "agent_role": snap.role,
             "reason": snap.reason,
             "member": snap.member,
+            "reload_error": snap.reload_error,
         }),
     );
     Value::Object(doc)
@@ -174,7 +176,23 @@ fn member_json(s: &ApiState, view: &ClusterView, m: &MemberState) -> Value {
     if !tags.is_empty() {
         doc.insert("tags".into(), Value::Object(tags));
     }
+    pending_restart(&mut doc, Some(m));
     Value::Object(doc)
+}
+
+/// Patroni's `pending_restart: true` and `pending_restart_reason` (by setting; the old and
+/// new values are not tracked, so each maps to an empty object).
+fn pending_restart(doc: &mut Map<String, Value>, m: Option<&MemberState>) {
+    let Some(m) = m.filter(|m| !m.pending_restart.is_empty()) else {
+        return;
+    };
+    doc.insert("pending_restart".into(), json!(true));
+    let reasons: Map<String, Value> = m
+        .pending_restart
+        .iter()
+        .map(|p| (p.clone(), json!({})))
+        .collect();
+    doc.insert("pending_restart_reason".into(), Value::Object(reasons));
 }
 
 /// The cluster, as Patroni's `GET /cluster` (`members[]`, `scope`, `pause`,

@@ -136,6 +136,7 @@ fn member(name: &str, role: MemberRole, running: bool, lsn: u64) -> MemberState 
         suspects: None,
         noloadbalance: false,
         tags: BTreeMap::new(),
+        pending_restart: Vec::new(),
     }
 }
 
@@ -205,6 +206,7 @@ async fn server_with(
         view: Some(v),
         at: Some(tokio::time::Instant::now()),
         dcs_last_seen_ms: Some(1_800_000_000_000),
+        ..Snapshot::default()
     });
     let state = Arc::new(ApiState {
         shared,
@@ -479,5 +481,96 @@ async fn restricted_reads_answer_checks_without_the_document() {
     .await;
     assert_eq!(code, 200);
     assert!(body.contains("\"patroni\""), "{body}");
+    cancel.cancel();
+}
+
+fn request(method: &str, path: &str, body: &str, token: Option<&str>) -> String {
+    post(path, body, token).replacen("POST", method, 1)
+}
+
+#[tokio::test]
+async fn config_is_read_patched_and_replaced_with_patroni_bodies() {
+    let (addr, dcs, cancel) = server("node2", false, true).await;
+    let tok = Some("s3cret");
+    // Nothing in the DCS yet: pgha.toml's seed, and the pause switch.
+    let (code, body) = raw(addr, "GET /config HTTP/1.0\r\n\r\n").await;
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["pause"], false);
+    assert!(doc["maximum_lag_on_failover"].is_u64(), "{doc}");
+
+    let patch =
+        r#"{"postgresql":{"parameters":{"work_mem":"8MB","max_connections":200}},"pause":true}"#;
+    assert_eq!(
+        raw(addr, &request("PATCH", "/config", patch, None)).await.0,
+        401
+    );
+    let (code, body) = raw(addr, &request("PATCH", "/config", patch, tok)).await;
+    assert_eq!(code, 200, "{body}");
+    let stored = dcs.0.lock().unwrap().config.clone();
+    assert!(stored.paused);
+    assert_eq!(
+        stored.settings.as_ref().unwrap()["postgresql"]["parameters"],
+        serde_json::json!({"work_mem": "8MB", "max_connections": "200"})
+    );
+    // null removes a key; a bad value is refused with its path, nothing written.
+    let (code, _) = raw(
+        addr,
+        &request(
+            "PATCH",
+            "/config",
+            r#"{"postgresql":{"parameters":{"work_mem":null}}}"#,
+            tok,
+        ),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, body) = raw(
+        addr,
+        &request(
+            "PATCH",
+            "/config",
+            r#"{"ttl":5,"postgresql":{"parameters":{"port":1}}}"#,
+            tok,
+        ),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("ttl: cannot be changed") && body.contains("postgresql.parameters.port"),
+        "{body}"
+    );
+    assert_eq!(
+        dcs.0.lock().unwrap().config.settings.as_ref().unwrap()["postgresql"]["parameters"],
+        serde_json::json!({"max_connections": "200"})
+    );
+    assert_eq!(
+        raw(addr, &request("PATCH", "/config", "{not json", tok))
+            .await
+            .0,
+        400
+    );
+    // PUT replaces the whole document (pause stays as it was when not given).
+    let (code, body) = raw(
+        addr,
+        &request(
+            "PUT",
+            "/config",
+            r#"{"maximum_lag_on_failover":"2MB"}"#,
+            tok,
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let c = dcs.0.lock().unwrap().config.clone();
+    assert_eq!(
+        c.settings.unwrap(),
+        serde_json::json!({"maximum_lag_on_failover": 2 << 20})
+    );
+    assert!(c.paused);
+    // POST /reload is scheduled for the loop (Patroni's 202).
+    assert_eq!(raw(addr, &post("/reload", "", None)).await.0, 401);
+    let (code, body) = raw(addr, &post("/reload", "", tok)).await;
+    assert_eq!((code, body.trim()), (202, "reload scheduled"));
     cancel.cancel();
 }

@@ -334,6 +334,7 @@ impl Dcs for EtcdDcs {
                         DynamicConfig {
                             paused: true,
                             standby_promoted: false,
+                            settings: None,
                         }
                     })
                 }

@@ -18,6 +18,7 @@ use crate::memory::{PendingSync, RunningJob};
 
 mod faults;
 mod planned;
+mod settings;
 
 fn ctx_with(extra: &str) -> Ctx {
     let toml = format!(
@@ -73,6 +74,7 @@ fn primary() -> Local {
         checkpoint_timeline: Some(1),
         sync_names: Some(String::new()),
         slots: Some(vec![]),
+        pending_restart: Vec::new(),
         ..Local::stopped(MemberRole::Primary)
     }
 }
@@ -87,6 +89,7 @@ fn replica() -> Local {
         replay_lsn: Some(Lsn(1000)),
         streaming: true,
         slots: Some(vec![]),
+        pending_restart: Vec::new(),
         ..Local::stopped(MemberRole::Replica)
     }
 }
@@ -109,6 +112,7 @@ fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
         suspects: None,
         noloadbalance: false,
         tags: Default::default(),
+        pending_restart: Vec::new(),
     }
 }
 

@@ -45,6 +45,7 @@ impl SimPg {
             return o;
         }
         o.reachable = true;
+        o.pending_restart = pg.pending_restart();
         o.lsn = Some(lsn(d.lsn()));
         o.replay_lsn = o.lsn;
         if d.standby_signal {
@@ -112,6 +113,7 @@ impl SimPg {
                 return Err(CoreError::simulated("start", why.clone()));
             }
             prepare(d)?;
+            pg.active = pg.conf.clone();
             pg.running = true;
             pg.boot += 1;
             pg.ready_at = Some(now + delay);
@@ -313,6 +315,23 @@ impl PgNode for SimPg {
         pg.upstream = up.clone();
         let now = Instant::now();
         w.log(now, &me, format!("pgha-node.conf now streams from {up:?}"));
+        Ok(true)
+    }
+
+    async fn apply_config(&self, cfg: std::sync::Arc<pgha_config::PghaConfig>) -> Result<bool> {
+        self.h.latency(1, 3).await;
+        let mut w = self.h.lock();
+        let me = self.h.me.clone();
+        if w.pg(&me).conf == cfg.postgres.parameters {
+            return Ok(false);
+        }
+        w.pg(&me).write_conf(&cfg.postgres.parameters);
+        let now = Instant::now();
+        w.log(
+            now,
+            &me,
+            format!("pgha.conf parameters now {:?}", cfg.postgres.parameters),
+        );
         Ok(true)
     }
 

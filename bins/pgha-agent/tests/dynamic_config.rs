@@ -1,0 +1,190 @@
+//! Cluster-wide settings in the DCS with real agents, etcd and PostgreSQL: the leader seeds
+//! them from pgha.toml; `pgha edit-config` and Patroni's `PATCH /config` reach every node's
+//! PostgreSQL (reloaded, or pending a restart, as `pg_settings` says); a refused edit writes
+//! nothing; SIGHUP reloads tags and refuses a change that needs a restart.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgha_failover::dcs::{ClusterView, Dcs, EtcdDcs};
+use pgha_test_support::HaCluster;
+
+const T: Duration = Duration::from_secs(40);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pgha-agent"))
+}
+
+/// `pgha <args>` in this process (the CLI's own parsing and code path).
+async fn pgha(h: &HaCluster, args: &[&str]) -> ExitCode {
+    let config = h.cluster.config_path();
+    let mut argv = vec!["pgha", "-c", config.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    pgha::run(pgha::cli::Cli::try_parse_from(argv).unwrap()).await
+}
+
+async fn until<F, Fut>(what: &str, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + T;
+    loop {
+        match f().await {
+            Ok(true) => return Ok(()),
+            Ok(false) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(false) => anyhow::bail!("{what}: not within {T:?}"),
+            Err(e) => anyhow::bail!("{what}: {e:#}"),
+        }
+    }
+}
+
+async fn show(h: &HaCluster, node: &str, setting: &str) -> anyhow::Result<String> {
+    let mut c = h.cluster.conn(node).await?;
+    Ok(sqlx::query_scalar(&format!("SHOW {setting}"))
+        .fetch_one(&mut c)
+        .await?)
+}
+
+async fn patroni(api: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
+    Ok(reqwest::get(format!("http://{api}/patroni"))
+        .await?
+        .json()
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::Result<()> {
+    let h = HaCluster::start_three(bin(), T).await?;
+    let cfg = h.cluster.config().clone();
+    let names = ["node1", "node2", "node3"];
+    let dcs = EtcdDcs::from_config(&cfg, "test").await?;
+    let view = || async { Ok::<ClusterView, anyhow::Error>(dcs.view().await?) };
+
+    // The leader wrote pgha.toml's values into the DCS.
+    until("settings seeded", || async {
+        Ok(view().await?.config.settings.is_some())
+    })
+    .await?;
+
+    // `pgha edit-config`: a reloadable parameter and one that needs a restart.
+    let max_conn = show(&h, "node2", "max_connections").await?;
+    assert_ne!(max_conn, "150");
+    let code = pgha(
+        &h,
+        &[
+            "edit-config",
+            "--pg",
+            "work_mem=12MB",
+            "--pg",
+            "max_connections=150",
+            "--force",
+        ],
+    )
+    .await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    for n in names {
+        until(&format!("{n}: work_mem 12MB"), || async {
+            Ok(show(&h, n, "work_mem").await? == "12MB")
+        })
+        .await?;
+    }
+    // Truth from PostgreSQL: max_connections waits for a restart on every node, and the
+    // agents publish it (`pgha list`'s PENDING RESTART column, Patroni's pending_restart).
+    until("pending restart published", || async {
+        let v = view().await?;
+        Ok(names.iter().all(|n| {
+            v.members
+                .get(*n)
+                .is_some_and(|m| m.pending_restart == ["max_connections"])
+        }))
+    })
+    .await?;
+    assert_eq!(show(&h, "node2", "max_connections").await?, max_conn);
+    let rows = pgha_failover::ops::list_rows(&cfg, &view().await?);
+    assert_eq!(rows[0][8], "PENDING RESTART");
+    assert!(
+        rows[1..].iter().all(|r| r[8] == "max_connections"),
+        "{rows:?}"
+    );
+    let api3 = cfg.node("node3").unwrap().agent_address.unwrap();
+    let doc = patroni(api3).await?;
+    assert_eq!(doc["pending_restart"], true, "{doc}");
+
+    // A refused edit (a key that is not dynamic, a parameter pgha manages) writes nothing.
+    let before = view().await?.config;
+    let code = pgha(
+        &h,
+        &["edit-config", "--set", "ttl=5", "--pg", "port=1", "--force"],
+    )
+    .await;
+    assert_eq!(code, ExitCode::FAILURE);
+    assert_eq!(view().await?.config, before);
+
+    // Patroni's PATCH /config body, sent to a replica's agent, reaches every node too.
+    let api2 = cfg.node("node2").unwrap().agent_address.unwrap();
+    let r = reqwest::Client::new()
+        .patch(format!("http://{api2}/config"))
+        .body(r#"{"postgresql":{"parameters":{"work_mem":"16MB"}}}"#)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
+    for n in names {
+        until(&format!("{n}: work_mem 16MB"), || async {
+            Ok(show(&h, n, "work_mem").await? == "16MB")
+        })
+        .await?;
+    }
+    let got: serde_json::Value = reqwest::get(format!("http://{api2}/config"))
+        .await?
+        .json()
+        .await?;
+    // The patch merged into the seeded document (pgha.toml's parameters stay).
+    let params = &got["postgresql"]["parameters"];
+    assert_eq!(
+        (&params["work_mem"], &params["max_connections"]),
+        (&serde_json::json!("16MB"), &serde_json::json!("150")),
+        "{got}"
+    );
+
+    // SIGHUP: node3's tags change live; a TTL change is refused (it needs a restart).
+    let path = h.cluster.config_path();
+    let original = std::fs::read_to_string(&path)?;
+    let tagged = original.replacen(
+        "name = \"node3\"\n",
+        "name = \"node3\"\ntags = { zone = \"b\" }\n",
+        1,
+    );
+    assert_ne!(
+        tagged,
+        original,
+        "node3's table not found in {}",
+        path.display()
+    );
+    std::fs::write(&path, &tagged)?;
+    let pid3 = h.agents["node3"].pid().unwrap() as i32;
+    kill(Pid::from_raw(pid3), Signal::SIGHUP)?;
+    until("node3 tagged", || async {
+        Ok(patroni(api3).await?["tags"]["zone"] == "b")
+    })
+    .await?;
+    std::fs::write(&path, tagged.replacen("ttl = \"3s\"", "ttl = \"4s\"", 1))?;
+    kill(Pid::from_raw(pid3), Signal::SIGHUP)?;
+    until("reload refused", || async {
+        let e = patroni(api3).await?["pgha"]["reload_error"].clone();
+        Ok(e.as_str().is_some_and(|e| e.contains("[failover]")))
+    })
+    .await?;
+    assert_eq!(patroni(api3).await?["tags"]["zone"], "b");
+    std::fs::write(&path, original)?;
+    let log = std::fs::read_to_string(h.agent_log("node3"))?;
+    assert!(log.contains("reload refused"), "{log}");
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Cluster-wide settings kept in the DCS once the cluster runs (Patroni's dynamic
+//! configuration): one copy for every node, so the hosts' pgha.toml files cannot drift apart
+//! on them. The document has Patroni's shape (`maximum_lag_on_failover` in bytes,
+//! `postgresql.parameters`), so `PATCH /config` bodies written for Patroni apply unchanged.
+//!
+//! pgha.toml seeds it (the first leader writes [`DynamicSettings::seed`] when the DCS has
+//! none); from then on the DCS copy wins for every key it holds ([`DynamicSettings::overlay`]).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::{ByteSize, PghaConfig, ValidationErrors};
+
+/// Keys of Patroni's dynamic configuration pgha does not change on a running cluster, with the
+/// pgha.toml field that sets them (on every node, then a rolling restart of the agents).
+pub const NOT_DYNAMIC: &[(&str, &str)] = &[
+    ("ttl", "failover.ttl"),
+    ("loop_wait", "failover.loop_wait"),
+    ("retry_timeout", "dcs.request_timeout"),
+    ("synchronous_mode", "replication.mode"),
+    ("synchronous_mode_strict", "failover.sync_strict"),
+    ("synchronous_node_count", "replication.sync_standbys"),
+    ("failsafe_mode", "failover.failsafe"),
+    ("primary_start_timeout", "failover.postgres_restart_timeout"),
+    ("master_start_timeout", "failover.postgres_restart_timeout"),
+    ("standby_cluster", "[standby_cluster]"),
+    ("slots", "replication.permanent_slots"),
+];
+
+/// The keys [`DynamicSettings`] understands, for error messages and `--help`.
+pub const DYNAMIC_KEYS: &[&str] = &["maximum_lag_on_failover", "postgresql.parameters.<name>"];
+
+/// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
+/// `postgres.parameters` would override its management. Each names the field to use instead.
+pub const MANAGED_PARAMETERS: &[(&str, &str)] = &[
+    ("wal_level", "pgha sets `replica`"),
+    ("hot_standby", "pgha sets `on`"),
+    ("max_wal_senders", "use replication.max_wal_senders"),
+    (
+        "max_replication_slots",
+        "use replication.max_replication_slots",
+    ),
+    ("wal_keep_size", "use replication.wal_keep_size"),
+    (
+        "hot_standby_feedback",
+        "use replication.hot_standby_feedback",
+    ),
+    (
+        "synchronous_standby_names",
+        "the agent manages it (replication.mode, replication.sync_standbys)",
+    ),
+    ("port", "use nodes[].port"),
+    ("listen_addresses", "use nodes[].host"),
+    ("unix_socket_directories", "use nodes[].socket_dir"),
+    ("cluster_name", "pgha sets `<cluster>-<node>`"),
+    (
+        "primary_conninfo",
+        "the agent points replicas at their upstream",
+    ),
+    (
+        "primary_slot_name",
+        "the agent manages slots (replication.slots)",
+    ),
+    ("ssl", "use [tls]"),
+    ("ssl_cert_file", "use [tls] and nodes[].tls_cert_file"),
+    ("ssl_key_file", "use [tls] and nodes[].tls_key_file"),
+];
+
+/// The typed dynamic settings. `None`: the DCS document does not hold the key, pgha.toml's
+/// value applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DynamicSettings {
+    /// `failover.maximum_lag_on_failover`.
+    pub maximum_lag_on_failover: Option<ByteSize>,
+    /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
+    pub parameters: Option<BTreeMap<String, String>>,
+}
+
+impl DynamicSettings {
+    /// What pgha.toml says: the document the first leader writes.
+    pub fn seed(cfg: &PghaConfig) -> Self {
+        DynamicSettings {
+            maximum_lag_on_failover: Some(cfg.failover.maximum_lag_on_failover),
+            parameters: Some(cfg.postgres.parameters.clone()),
+        }
+    }
+
+    /// Parses the DCS document (or an operator's edit of it). Every problem at once, each
+    /// with its key path; `pause` is the cluster's pause switch, kept beside the settings.
+    pub fn from_json(doc: &Value) -> Result<Self, ValidationErrors> {
+        let mut errs = ValidationErrors::default();
+        let mut out = DynamicSettings::default();
+        let Some(obj) = doc.as_object() else {
+            errs.push("(document)", "expected a JSON object");
+            return Err(errs);
+        };
+        for (key, value) in obj {
+            match key.as_str() {
+                "pause" => {}
+                "maximum_lag_on_failover" => match byte_size(value) {
+                    Ok(b) => out.maximum_lag_on_failover = Some(b),
+                    Err(m) => errs.push(key.as_str(), m),
+                },
+                "postgresql" => out.parameters = postgresql(value, &mut errs),
+                _ => errs.push(key.as_str(), unknown_key(key)),
+            }
+        }
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The DCS document (Patroni's shape; the size in bytes).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(lag) = self.maximum_lag_on_failover {
+            m.insert("maximum_lag_on_failover".into(), Value::from(lag.bytes()));
+        }
+        if let Some(p) = &self.parameters {
+            let params: Map<String, Value> = p
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            let mut pg = Map::new();
+            pg.insert("parameters".into(), Value::Object(params));
+            m.insert("postgresql".into(), Value::Object(pg));
+        }
+        Value::Object(m)
+    }
+
+    /// `local` with every key this document holds replaced by its value.
+    pub fn overlay(&self, local: &PghaConfig) -> PghaConfig {
+        let mut cfg = local.clone();
+        if let Some(lag) = self.maximum_lag_on_failover {
+            cfg.failover.maximum_lag_on_failover = lag;
+        }
+        if let Some(p) = &self.parameters {
+            cfg.postgres.parameters = p.clone();
+        }
+        cfg
+    }
+
+    /// [`Self::overlay`], validated: the problems of the keys this document sets, named by
+    /// their dynamic key path.
+    pub fn apply_to(&self, local: &PghaConfig) -> Result<PghaConfig, ValidationErrors> {
+        let cfg = self.overlay(local);
+        let mut errs = ValidationErrors::default();
+        for e in cfg.validate().iter() {
+            let renamed = if self.parameters.is_some() && e.path.starts_with("postgres.parameters")
+            {
+                e.path.replacen("postgres.", "postgresql.", 1)
+            } else if self.maximum_lag_on_failover.is_some()
+                && e.path == "failover.maximum_lag_on_failover"
+            {
+                "maximum_lag_on_failover".into()
+            } else {
+                continue; // pgha.toml's own problem: it was reported when it loaded
+            };
+            errs.push(renamed, e.message.clone());
+        }
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The keys whose value differs between two documents (`postgresql.parameters.<name>`
+    /// for each parameter), for logs and diffs.
+    pub fn changed_keys(&self, other: &DynamicSettings) -> Vec<String> {
+        flatten(&self.to_json())
+            .into_iter()
+            .chain(flatten(&other.to_json()))
+            .map(|(k, _)| k)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| lookup(&self.to_json(), k) != lookup(&other.to_json(), k))
+            .collect()
+    }
+}
+
+fn unknown_key(key: &str) -> String {
+    match NOT_DYNAMIC.iter().find(|(k, _)| *k == key) {
+        Some((_, field)) => format!(
+            "cannot be changed on a running cluster yet: set `{field}` in pgha.toml on every node and restart the agents one by one"
+        ),
+        None => format!(
+            "is not a dynamic setting: expected one of {}",
+            DYNAMIC_KEYS.join(", ")
+        ),
+    }
+}
+
+fn byte_size(v: &Value) -> Result<ByteSize, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{n}` is not a size: expected whole bytes or e.g. `1MB`")),
+        Value::String(s) => s.parse(),
+        other => Err(format!(
+            "`{other}` is not a size: expected whole bytes or e.g. `1MB`"
+        )),
+    }
+}
+
+/// `postgresql`: only `parameters` is dynamic; values may be strings, numbers or booleans
+/// (Patroni's bodies use all three), kept as PostgreSQL reads them.
+fn postgresql(v: &Value, errs: &mut ValidationErrors) -> Option<BTreeMap<String, String>> {
+    let Some(obj) = v.as_object() else {
+        errs.push("postgresql", "expected an object with `parameters`");
+        return None;
+    };
+    let mut params = None;
+    for (key, value) in obj {
+        let path = format!("postgresql.{key}");
+        if key != "parameters" {
+            errs.push(path, "is not a dynamic setting: expected `parameters`");
+            continue;
+        }
+        let Some(p) = value.as_object() else {
+            errs.push(path, "expected an object of name = value");
+            continue;
+        };
+        let mut out = BTreeMap::new();
+        for (name, value) in p {
+            let path = format!("postgresql.parameters.{name}");
+            if let Some((_, why)) = MANAGED_PARAMETERS.iter().find(|(m, _)| m == name) {
+                errs.push(path, format!("is managed by pgha: {why}"));
+                continue;
+            }
+            match value {
+                Value::String(s) => {
+                    out.insert(name.clone(), s.clone());
+                }
+                Value::Number(n) => {
+                    out.insert(name.clone(), n.to_string());
+                }
+                Value::Bool(b) => {
+                    out.insert(name.clone(), if *b { "on" } else { "off" }.into());
+                }
+                other => errs.push(
+                    path,
+                    format!(
+                        "`{other}` is not a setting value: expected a string, number or boolean"
+                    ),
+                ),
+            }
+        }
+        params = Some(out);
+    }
+    params
+}
+
+/// RFC 7386 JSON merge patch (Patroni's `PATCH /config`): objects merge key by key, `null`
+/// deletes a key, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(t) = target else { return };
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// The document as `dotted.key = value` lines, sorted (for diffs and `--set`).
+pub fn flatten(doc: &Value) -> Vec<(String, String)> {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", doc, &mut out);
+    out.sort();
+    out
+}
+
+fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(doc, |v, k| v.get(k))
+}
+
+/// The merge patch that sets `path` (dotted) to `value` (`null` removes it).
+pub fn patch_for(path: &str, value: Value) -> Value {
+    path.rsplit('.').fold(value, |inner, key| {
+        Value::Object(Map::from_iter([(key.to_string(), inner)]))
+    })
+}
+
+/// A `--set`/`--pg` value: JSON when it parses as a number, boolean or null, else the text.
+pub fn cli_value(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => v,
+        _ => Value::String(text.to_string()),
+    }
+}
+
+#[cfg(test)]
+#[path = "dynamic_tests.rs"]
+mod tests;

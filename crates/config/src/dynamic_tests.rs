@@ -1,0 +1,129 @@
+use serde_json::json;
+
+use super::*;
+
+fn local() -> PghaConfig {
+    crate::load_from_str(
+        "[cluster]\nname = \"t\"\n[replication]\npassword = { env = \"PGHA_T_UNUSED\" }\n\
+         [failover]\nmaximum_lag_on_failover = \"1MB\"\n\
+         [postgres.parameters]\nwork_mem = \"4MB\"\n\
+         [[nodes]]\nname = \"a\"\nhost = \"10.0.0.1\"\ndata_dir = \"/d/a\"\n",
+        "t.toml",
+    )
+    .unwrap()
+}
+
+#[test]
+fn seed_round_trips_and_overlay_replaces_the_local_values() {
+    let cfg = local();
+    let seed = DynamicSettings::seed(&cfg);
+    assert_eq!(
+        seed.to_json(),
+        json!({"maximum_lag_on_failover": 1048576, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+    );
+    assert_eq!(DynamicSettings::from_json(&seed.to_json()).unwrap(), seed);
+    let edited = DynamicSettings::from_json(&json!({
+        "maximum_lag_on_failover": "2MB",
+        "postgresql": {"parameters": {"max_connections": 200, "jit": false}},
+        "pause": true,
+    }))
+    .unwrap();
+    let eff = edited.apply_to(&cfg).unwrap();
+    assert_eq!(eff.failover.maximum_lag_on_failover, ByteSize(2 << 20));
+    // The DCS copy replaces the parameters as a whole: work_mem is no longer set.
+    assert_eq!(
+        eff.postgres.parameters.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("jit".to_string(), "off".to_string()),
+            ("max_connections".to_string(), "200".to_string())
+        ]
+    );
+    assert_eq!(
+        edited.changed_keys(&seed),
+        vec![
+            "maximum_lag_on_failover",
+            "postgresql.parameters.jit",
+            "postgresql.parameters.max_connections",
+            "postgresql.parameters.work_mem"
+        ]
+    );
+    // An empty document changes nothing.
+    let none = DynamicSettings::from_json(&json!({})).unwrap();
+    assert_eq!(none.apply_to(&cfg).unwrap(), cfg);
+}
+
+#[test]
+fn bad_documents_name_every_key_and_what_was_expected() {
+    let errs = DynamicSettings::from_json(&json!({
+        "ttl": 20,
+        "bogus": 1,
+        "maximum_lag_on_failover": "10XB",
+        "postgresql": {"parameters": {"synchronous_standby_names": "*", "work_mem": [1]}, "use_slots": true},
+    }))
+    .unwrap_err();
+    let text = errs.to_string();
+    for want in [
+        "ttl: cannot be changed on a running cluster yet: set `failover.ttl`",
+        "bogus: is not a dynamic setting: expected one of maximum_lag_on_failover",
+        "maximum_lag_on_failover: `10XB` has an unknown unit",
+        "postgresql.parameters.synchronous_standby_names: is managed by pgha",
+        "postgresql.parameters.work_mem: `[1]` is not a setting value",
+        "postgresql.use_slots: is not a dynamic setting",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+    assert_eq!(errs.0.len(), 6, "{text}");
+    // Names PostgreSQL would refuse are caught by the same validation as pgha.toml's.
+    let bad = DynamicSettings::from_json(&json!({"postgresql": {"parameters": {"work mem": "1"}}}))
+        .unwrap();
+    let errs = bad.apply_to(&local()).unwrap_err();
+    assert_eq!(errs.0[0].path, "postgresql.parameters.work mem", "{errs}");
+}
+
+#[test]
+fn merge_patch_follows_rfc_7386() {
+    let mut doc = json!({"a": 1, "postgresql": {"parameters": {"x": "1", "y": "2"}}});
+    merge_patch(
+        &mut doc,
+        &json!({"a": null, "postgresql": {"parameters": {"x": null, "z": "3"}}, "b": [1]}),
+    );
+    assert_eq!(
+        doc,
+        json!({"b": [1], "postgresql": {"parameters": {"y": "2", "z": "3"}}})
+    );
+    assert_eq!(
+        patch_for("postgresql.parameters.work_mem", cli_value("8MB")),
+        json!({"postgresql": {"parameters": {"work_mem": "8MB"}}})
+    );
+    assert_eq!(cli_value("200"), json!(200));
+    assert_eq!(cli_value("null"), json!(null));
+    assert_eq!(cli_value("on"), json!("on"));
+    assert_eq!(
+        flatten(&doc),
+        vec![
+            ("b".to_string(), "[1]".to_string()),
+            ("postgresql.parameters.y".into(), "\"2\"".into()),
+            ("postgresql.parameters.z".into(), "\"3\"".into()),
+        ]
+    );
+}
+
+#[test]
+fn sync_mode_refuses_a_synchronous_commit_that_acknowledges_alone() {
+    let mut cfg = local();
+    cfg.replication.mode = crate::ReplicationMode::Sync;
+    let doc = json!({"postgresql": {"parameters": {"synchronous_commit": "local"}}});
+    let errs = DynamicSettings::from_json(&doc)
+        .unwrap()
+        .apply_to(&cfg)
+        .unwrap_err();
+    assert_eq!(
+        errs.0[0].path, "postgresql.parameters.synchronous_commit",
+        "{errs}"
+    );
+    let ok = json!({"postgresql": {"parameters": {"synchronous_commit": "remote_apply"}}});
+    assert!(DynamicSettings::from_json(&ok)
+        .unwrap()
+        .apply_to(&cfg)
+        .is_ok());
+}
