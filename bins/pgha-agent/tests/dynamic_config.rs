@@ -118,6 +118,53 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
     let doc = patroni(api3).await?;
     assert_eq!(doc["pending_restart"], true, "{doc}");
 
+    // `pgha restart --pending`: every node, replicas first, the leader keeping its lease (no
+    // failover, same timeline); the pending setting is live afterwards.
+    let tl = |v: &ClusterView| v.members["node1"].timeline;
+    let tl_before = tl(&view().await?);
+    assert_eq!(
+        pgha(&h, &["restart", "--pending", "--force"]).await,
+        ExitCode::SUCCESS
+    );
+    for n in names {
+        assert_eq!(show(&h, n, "max_connections").await?, "150", "{n}");
+    }
+    let v = view().await?;
+    assert_eq!(v.leader.as_ref().map(|l| l.name.as_str()), Some("node1"));
+    assert_eq!(tl(&v), tl_before, "a restart is no failover");
+    assert!(v.history.is_empty(), "{:?}", v.history);
+    until("pending restart cleared", || async {
+        let v = view().await?;
+        Ok(names
+            .iter()
+            .all(|n| v.members[*n].pending_restart.is_empty()))
+    })
+    .await?;
+    // Nothing pending any more: --pending skips every node.
+    assert_eq!(
+        pgha(&h, &["restart", "--pending", "--force"]).await,
+        ExitCode::SUCCESS
+    );
+    // The leader cannot be reinitialized; a replica can, and streams again.
+    assert_eq!(
+        pgha(&h, &["reinit", "node1", "--force"]).await,
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        pgha(&h, &["reinit", "node3", "--force"]).await,
+        ExitCode::SUCCESS
+    );
+    let data3 = h.cluster.instance("node3")?.data_dir().to_owned();
+    until("node3 moved aside", || async {
+        let parent = data3.parent().unwrap();
+        Ok(std::fs::read_dir(parent)?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("diverged")))
+    })
+    .await?;
+    h.wait_streaming_replica("node3", T).await?;
+    assert_eq!(pgha(&h, &["reload"]).await, ExitCode::SUCCESS);
+
     // A refused edit (a key that is not dynamic, a parameter pgha manages) writes nothing.
     let before = view().await?.config;
     let code = pgha(

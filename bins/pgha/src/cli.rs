@@ -48,6 +48,34 @@ pub enum Command {
     /// `postgresql.parameters`. Shows the change and asks before writing; validated like
     /// pgha.toml. Parameters that need a restart show under PENDING RESTART in `pgha list`.
     EditConfig(EditConfigArgs),
+    /// Restart PostgreSQL on these nodes (every node when none is named: replicas first, the
+    /// leader last, which keeps its lease: no failover) through their agents' `POST /restart`.
+    Restart {
+        nodes: Vec<String>,
+        /// Only nodes where a setting waits for a restart (PENDING RESTART in `pgha list`).
+        #[arg(long)]
+        pending: bool,
+        /// Not now but then: an RFC 3339 time (2026-12-01T02:00:00Z) or a delay (10m).
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Only nodes in this role.
+        #[arg(long, value_parser = ["primary", "replica"])]
+        role: Option<String>,
+        /// Do not ask (needed when standard input is not a terminal).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wipe a replica and clone it afresh from the leader (its data dir is moved aside first),
+    /// through its agent's `POST /reinitialize`. Refused on the leader.
+    Reinit {
+        node: String,
+        /// Do not ask (needed when standard input is not a terminal).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Reload pgha.toml on these nodes' agents (every node when none is named): tags,
+    /// nofailover, noloadbalance apply; a change that needs a restart is refused and shown.
+    Reload { nodes: Vec<String> },
     /// Promotions recorded in the DCS: the timeline that ended, the position, why, when, the
     /// new leader (Patroni's `history`).
     History {

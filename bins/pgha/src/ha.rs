@@ -96,7 +96,7 @@ pub async fn history(config: &PghaConfig, json: bool) -> anyhow::Result<()> {
 }
 
 /// `--at`: an RFC 3339 time or a delay from now.
-fn parse_at(at: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_at(at: &str) -> anyhow::Result<u64> {
     let t = match humantime::parse_duration(at) {
         Ok(d) => SystemTime::now() + d,
         Err(_) => humantime::parse_rfc3339_weak(at).with_context(|| {

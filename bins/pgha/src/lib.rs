@@ -4,6 +4,7 @@ pub mod check;
 pub mod cli;
 pub mod ha;
 pub mod logging;
+pub mod node_ops;
 pub mod render;
 pub mod settings;
 pub mod tls;
@@ -95,6 +96,23 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
         Command::Topology => ha::topology(&loaded.config).await?,
         Command::ShowConfig => settings::show(&loaded.config).await?,
         Command::EditConfig(args) => settings::edit(&loaded.config, args).await?,
+        Command::Restart {
+            nodes,
+            pending,
+            scheduled,
+            role,
+            force,
+        } => {
+            let opts = node_ops::RestartOptions {
+                pending: *pending,
+                scheduled: scheduled.as_deref(),
+                role: role.as_deref(),
+                force: *force,
+            };
+            node_ops::restart(&loaded.config, nodes, &opts).await?
+        }
+        Command::Reinit { node, force } => node_ops::reinit(&loaded.config, node, *force).await?,
+        Command::Reload { nodes } => node_ops::reload(&loaded.config, nodes).await?,
         Command::Switchover { cancel: true, .. } => ha::cancel_switchover(&loaded.config).await?,
         Command::Switchover {
             to, at, no_wait, ..

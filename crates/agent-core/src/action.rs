@@ -124,6 +124,12 @@ pub enum Job {
     /// CHECKPOINT on the primary: its control file then names its timeline (pg_rewind from
     /// it needs that).
     Checkpoint,
+    /// An operator's restart: fast stop (immediate when that fails), then start what is on
+    /// disk. `primary`: the leader's primary (the lease is held throughout).
+    RestartPg { primary: bool },
+    /// An operator's reinit of a replica: stop, move the data dir aside, clone from
+    /// `upstream`, start streaming.
+    Reinit { upstream: String },
 }
 
 /// What the history entry of a promotion says, known when it is decided.
@@ -150,11 +156,19 @@ impl Job {
             Job::HandOver { .. } => "hand over",
             Job::StopForRewind => "stop for rewind",
             Job::Checkpoint => "checkpoint",
+            Job::RestartPg { .. } => "restart on request",
+            Job::Reinit { .. } => "reinitialize",
         }
     }
 
     /// Jobs after which PostgreSQL may accept writes: the watchdog is armed before they start.
     pub fn may_make_writable(&self) -> bool {
-        matches!(self, Job::Promote { .. } | Job::StartPrimary | Job::Restart)
+        matches!(
+            self,
+            Job::Promote { .. }
+                | Job::StartPrimary
+                | Job::Restart
+                | Job::RestartPg { primary: true }
+        )
     }
 }

@@ -259,6 +259,9 @@ impl Executor {
                     if matches!(job, Job::Promote { .. }) {
                         shared.count_promotion();
                     }
+                    if matches!(job, Job::RestartPg { .. }) {
+                        shared.count_restart();
+                    }
                     tracing::info!(node = %ctx.name(), job = job.name(), elapsed_ms = ms, "done");
                 }
                 Err(e) => {
@@ -343,16 +346,7 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             .await
             .map_err(step("start"))?;
         }
-        Job::Reclone { upstream } => {
-            pg.clone_replica(upstream, true)
-                .await
-                .map_err(step("clone"))?;
-            pg.start(&Target::Replica {
-                upstream: upstream.clone(),
-            })
-            .await
-            .map_err(step("start"))?;
-        }
+        Job::Reclone { upstream } => clone_afresh(fx, upstream).await?,
         Job::StartStandbyLeader { clone } => {
             if *clone {
                 pg.clone_standby_leader().await.map_err(step("clone"))?;
@@ -371,7 +365,38 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             wait_received(fx, to, lsn, *wait).await?;
         }
         Job::StopForRewind => pg.stop(StopMode::Fast).await.map_err(step("stop"))?,
+        Job::RestartPg { .. } => {
+            stop_for_operator(ctx, fx).await?;
+            pg.restart().await.map_err(step("start"))?;
+        }
+        Job::Reinit { upstream } => {
+            stop_for_operator(ctx, fx).await?;
+            clone_afresh(fx, upstream).await?;
+        }
         Job::Checkpoint => pg.checkpoint().await.map_err(step("checkpoint"))?,
+    }
+    Ok(())
+}
+
+/// Moves the data dir aside, clones it from `upstream` and starts streaming from it.
+async fn clone_afresh(fx: &Effects, upstream: &str) -> Result<(), String> {
+    fx.pg
+        .clone_replica(upstream, true)
+        .await
+        .map_err(|e| format!("clone: {e}"))?;
+    fx.pg
+        .start(&Target::Replica {
+            upstream: upstream.to_string(),
+        })
+        .await
+        .map_err(|e| format!("start: {e}"))
+}
+
+/// Fast stop for an operator's restart or reinit; immediate when the fast one fails.
+async fn stop_for_operator(ctx: &Ctx, fx: &Effects) -> Result<(), String> {
+    if let Err(e) = fx.pg.stop(StopMode::Fast).await {
+        tracing::warn!(node = %ctx.name(), "fast stop failed ({e}); stopping immediately");
+        fx.pg.fence().await.map_err(|e| format!("stop: {e}"))?;
     }
     Ok(())
 }

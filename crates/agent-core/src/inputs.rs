@@ -124,6 +124,16 @@ pub enum Event {
     FailsafeConfirmed { leader: String, at: Instant },
     /// A previous run of this agent promised not to take the lease until then.
     PromiseInherited { until: Instant },
+    /// An operator asks for a restart of PostgreSQL (`POST /restart`, `pgha restart`): not
+    /// before `at_ms` (wall clock), and with `pending_only` only when a setting waits for it.
+    RestartRequested {
+        at_ms: Option<u64>,
+        pending_only: bool,
+    },
+    /// `DELETE /restart`: the scheduled restart is dropped.
+    RestartCancelled,
+    /// An operator asks to wipe this replica and clone it afresh (`POST /reinitialize`).
+    ReinitRequested,
 }
 
 /// Peer reads the gather step made because the view called for them.

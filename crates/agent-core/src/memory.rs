@@ -32,6 +32,15 @@ impl Role {
     }
 }
 
+/// A restart an operator asked for, until it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartRequest {
+    /// Not before (wall clock, ms since the epoch).
+    pub at_ms: Option<u64>,
+    /// Only when `pg_settings.pending_restart` names a setting.
+    pub pending_only: bool,
+}
+
 /// Our session lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -118,6 +127,10 @@ pub struct Memory {
     /// The `Ctx::generation` of the settings PostgreSQL was handed last (0: those it
     /// started with).
     pub config_applied: u64,
+    /// A restart an operator asked for (runs between jobs, also while paused).
+    pub restart: Option<RestartRequest>,
+    /// An operator asked to clone this replica afresh.
+    pub reinit: bool,
 }
 
 impl Memory {
@@ -150,6 +163,8 @@ impl Memory {
             },
             watchdog: None,
             config_applied: 0,
+            restart: None,
+            reinit: false,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct Shared {
     pub snapshot: RwLock<Snapshot>,
     pub promotions: AtomicU64,
     pub fencings: AtomicU64,
+    /// Restarts an operator asked for that completed (`POST /restart` waits on it).
+    pub restarts: AtomicU64,
     /// Wakes the loop early (API commands, events).
     pub wake: Notify,
     /// A reload of pgha.toml was asked for (SIGHUP, `POST /reload`).
@@ -85,6 +87,7 @@ impl Shared {
                 snapshot: RwLock::new(Snapshot::default()),
                 promotions: AtomicU64::new(0),
                 fencings: AtomicU64::new(0),
+                restarts: AtomicU64::new(0),
                 wake: Notify::new(),
                 reload: AtomicBool::new(false),
                 events: tx,
@@ -120,6 +123,18 @@ impl Shared {
 
     pub fn count_promotion(&self) {
         self.promotions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Delivers an operator's request to the loop and wakes it.
+    pub fn request(&self, e: Event) {
+        if self.events.send(e).is_err() {
+            tracing::warn!("agent loop gone: request not delivered");
+        }
+        self.wake.notify_one();
     }
 
     pub fn count_fencing(&self) {

@@ -10,6 +10,7 @@
 mod elect;
 mod follower;
 mod leader;
+mod manual;
 mod nodcs;
 mod plan;
 mod settings;
@@ -261,6 +262,17 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
                 let q = &mut d.next.timers.quarantine_until;
                 *q = Some(q.map_or(*until, |old| old.max(*until)));
             }
+            Event::RestartRequested {
+                at_ms,
+                pending_only,
+            } => {
+                d.next.restart = Some(crate::memory::RestartRequest {
+                    at_ms: *at_ms,
+                    pending_only: *pending_only,
+                })
+            }
+            Event::RestartCancelled => d.next.restart = None,
+            Event::ReinitRequested => d.next.reinit = true,
         }
     }
     for o in &inp.outcomes {
@@ -428,6 +440,9 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         if d.reason.is_empty() {
             d.because("released the leader key (hand-over done)");
         }
+        return;
+    }
+    if manual::requests(ctx, d, inp, view) {
         return;
     }
     if view.config.paused {

@@ -424,6 +424,18 @@ impl Sim {
                 );
                 None
             }
+            Fault::RestartRequest { node } => {
+                let n = self.resolve(*node);
+                let shared = self.lock().nodes.get(&n).and_then(|x| x.shared.clone());
+                log(self, format!("operator: restart {n}"));
+                if let Some(s) = shared {
+                    s.request(crate::inputs::Event::RestartRequested {
+                        at_ms: None,
+                        pending_only: false,
+                    });
+                }
+                None
+            }
             Fault::EditConfig { restart } => {
                 let mut w = self.lock();
                 let mut params = serde_json::json!({"work_mem": "8MB"});

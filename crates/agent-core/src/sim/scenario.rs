@@ -49,6 +49,8 @@ pub enum Fault {
     /// An operator edits the cluster settings in the DCS (`pgha edit-config`): a reloadable
     /// parameter, and with `restart` one that needs a restart.
     EditConfig { restart: bool },
+    /// An operator asks a node's agent to restart PostgreSQL (`POST /restart`).
+    RestartRequest { node: Pick },
 }
 
 /// Which node a fault hits: decided when it starts.
@@ -76,6 +78,7 @@ impl Fault {
             Fault::ReceiverCut { .. } => "receiver-cut",
             Fault::Switchover { .. } => "switchover",
             Fault::EditConfig { .. } => "edit-config",
+            Fault::RestartRequest { .. } => "restart-request",
         }
     }
 
@@ -92,9 +95,10 @@ impl Fault {
             | Fault::RefuseToPrimary { dur }
             | Fault::ReceiverCut { dur, .. } => *dur,
             Fault::CrashAgent { restart_after, .. } => *restart_after,
-            Fault::CrashPg { .. } | Fault::Switchover { .. } | Fault::EditConfig { .. } => {
-                Duration::ZERO
-            }
+            Fault::CrashPg { .. }
+            | Fault::Switchover { .. }
+            | Fault::EditConfig { .. }
+            | Fault::RestartRequest { .. } => Duration::ZERO,
         }
     }
 }
@@ -146,39 +150,33 @@ impl Scenario {
                 faults.push((start, f));
             }
         }
-        // Drawn from a stream of its own, so adding it left every other fault of a seed as it
-        // was (the seeds that found bugs keep their faults).
-        let mut r2 = StdRng::seed_from_u64(seed ^ 0x0053_7717_c40e);
-        if r2.random_bool(0.25)
-            && opts
-                .only
-                .as_deref()
-                .is_none_or(|o| o.split(',').any(|k| k.trim() == "switchover"))
-        {
-            let start = Duration::from_millis(r2.random_range(3_000..30_000));
-            faults.push((
-                start,
-                Fault::Switchover {
-                    failover: r2.random_bool(0.3),
-                },
-            ));
-        }
-        // Its own stream too (added after the seeds above were recorded).
-        let mut r3 = StdRng::seed_from_u64(seed ^ 0x00ed_17c0_f16e);
-        if r3.random_bool(0.25)
-            && opts
-                .only
-                .as_deref()
-                .is_none_or(|o| o.split(',').any(|k| k.trim() == "edit-config"))
-        {
-            let start = Duration::from_millis(r3.random_range(3_000..30_000));
-            faults.push((
-                start,
-                Fault::EditConfig {
-                    restart: r3.random_bool(0.5),
-                },
-            ));
-        }
+        // Operator actions: each drawn from a stream of its own, so adding one left every
+        // other fault of a seed as it was (the seeds that found bugs keep their faults).
+        let mut own = |salt: u64, p: f64, kind: &str, make: fn(&mut StdRng) -> Fault| {
+            let mut r = StdRng::seed_from_u64(seed ^ salt);
+            if r.random_bool(p)
+                && opts
+                    .only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|k| k.trim() == kind))
+            {
+                let start = Duration::from_millis(r.random_range(3_000..30_000));
+                faults.push((start, make(&mut r)));
+            }
+        };
+        own(0x0053_7717_c40e, 0.25, "switchover", |r| {
+            Fault::Switchover {
+                failover: r.random_bool(0.3),
+            }
+        });
+        own(0x00ed_17c0_f16e, 0.25, "edit-config", |r| {
+            Fault::EditConfig {
+                restart: r.random_bool(0.5),
+            }
+        });
+        own(0x0005_7a27_0e57, 0.2, "restart-request", |r| {
+            Fault::RestartRequest { node: pick(r) }
+        });
         faults.sort_by_key(|(s, _)| *s);
         Scenario {
             seed,

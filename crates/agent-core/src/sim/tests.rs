@@ -261,3 +261,37 @@ fn edited_settings_reach_every_node() {
         assert_eq!(applied.len(), 3, "{applied:?}\n{}", show(&r));
     }
 }
+
+/// An operator's restart of the leader's PostgreSQL (it keeps the lease throughout) and of a
+/// replica, also around a frozen agent: never two writable, nothing lost, back to whole.
+#[test]
+fn restarts_on_request_keep_the_invariants() {
+    for (seed, node, sync) in [
+        (1, Pick::Primary, false),
+        (2, Pick::Primary, true),
+        (3, Pick::Replica, true),
+    ] {
+        let faults = vec![
+            (Duration::from_secs(6), Fault::RestartRequest { node }),
+            (
+                Duration::from_millis(6_100),
+                Fault::FreezeAgent {
+                    node: Pick::Replica,
+                    dur: Duration::from_secs(2),
+                },
+            ),
+        ];
+        let mut sc = quiet(seed, faults);
+        sc.sync = sync;
+        let r = run_scenario(sc, &SimOptions::default());
+        assert!(r.ok(), "{}", show(&r));
+        assert!(
+            r.trace
+                .iter()
+                .any(|l| l.contains("decide: restart on request")),
+            "{}",
+            show(&r)
+        );
+        assert_eq!(r.promotions, 0, "a restart is no failover\n{}", show(&r));
+    }
+}

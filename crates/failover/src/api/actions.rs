@@ -25,7 +25,11 @@ pub fn iso8601(ms: u64) -> String {
 }
 
 /// Patroni's `parse_schedule`: ms since the epoch, or the code and message to refuse with.
-fn parse_schedule(at: &str, action: &str, now: u64) -> Result<u64, (StatusCode, String)> {
+pub(super) fn parse_schedule(
+    at: &str,
+    action: &str,
+    now: u64,
+) -> Result<u64, (StatusCode, String)> {
     let rfc = time::format_description::well_known::Rfc3339;
     let parsed = match time::OffsetDateTime::parse(at, &rfc) {
         Ok(t) => t,

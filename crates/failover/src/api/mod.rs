@@ -16,6 +16,7 @@
 mod actions;
 mod config;
 pub mod health;
+mod requests;
 mod status;
 
 use std::collections::HashMap;
@@ -70,6 +71,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(config::get).patch(config::patch).put(config::put),
         )
         .route("/reload", post(config::reload))
+        .route(
+            "/restart",
+            post(requests::restart).delete(requests::cancel_restart),
+        )
+        .route("/reinitialize", post(requests::reinitialize))
         .with_state(state)
 }
 

@@ -574,3 +574,55 @@ async fn config_is_read_patched_and_replaced_with_patroni_bodies() {
     assert_eq!((code, body.trim()), (202, "reload scheduled"));
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn restart_and_reinitialize_take_patroni_bodies() {
+    let (addr, _dcs, cancel) = server("node1", false, true).await;
+    let tok = Some("s3cret");
+    assert_eq!(raw(addr, &post("/restart", "", None)).await.0, 401);
+    let (code, msg) = raw(addr, &post("/restart", r#"{"role":"replica"}"#, tok)).await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (503, "restart conditions are not satisfied")
+    );
+    let (code, msg) = raw(addr, &post("/restart", r#"{"restart_pending":true}"#, tok)).await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (503, "restart conditions are not satisfied")
+    );
+    let (code, _) = raw(addr, &post("/restart", r#"{"role":"leader"}"#, tok)).await;
+    assert_eq!(code, 400);
+    let (code, msg) = raw(
+        addr,
+        &post(
+            "/restart",
+            r#"{"schedule":"2999-01-01T00:00:00+00:00"}"#,
+            tok,
+        ),
+    )
+    .await;
+    assert_eq!((code, msg.as_str()), (202, "Restart scheduled"));
+    let (code, msg) = raw(
+        addr,
+        &post(
+            "/restart",
+            r#"{"schedule":"2000-01-01T00:00:00+00:00"}"#,
+            tok,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (422, "Cannot schedule restart in the past")
+    );
+    assert_eq!(
+        raw(addr, &request("DELETE", "/restart", "", tok)).await.0,
+        200
+    );
+    let (code, msg) = raw(addr, &post("/reinitialize", "", tok)).await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (503, "I am the leader, can not reinitialize")
+    );
+    cancel.cancel();
+}

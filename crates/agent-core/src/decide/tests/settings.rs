@@ -100,3 +100,71 @@ async fn the_leader_seeds_the_settings_once_from_pgha_toml() {
     let d = decide(&ctx, &f, &healthy(now, replica(), view(Some(("n2", 9)))));
     assert!(!has(&d, |a| matches!(a, Action::SeedSettings { .. })));
 }
+
+#[tokio::test(start_paused = true)]
+async fn operator_restarts_and_reinits_run_between_jobs_also_paused() {
+    let now = Instant::now();
+    let ctx = ctx();
+    // The leader restarts its primary while paused, keeping the lease.
+    let mut m = mem(now, Role::Leader, 42);
+    let mut v = view(Some(("n1", 42)));
+    v.config.paused = true;
+    let mut inp = healthy(now, primary(), v.clone());
+    inp.events = vec![Event::RestartRequested {
+        at_ms: None,
+        pending_only: false,
+    }];
+    let d = decide(&ctx, &m, &inp);
+    assert_eq!(d.reason, "restart on request");
+    assert!(has(&d, |a| matches!(
+        a,
+        Action::Spawn {
+            job: Job::RestartPg { primary: true },
+            ..
+        }
+    )));
+    assert_eq!(d.next.role, Role::Leader);
+    // Only when a setting waits for it.
+    inp.events = vec![Event::RestartRequested {
+        at_ms: None,
+        pending_only: true,
+    }];
+    let d = decide(&ctx, &m, &inp);
+    assert_eq!(
+        d.reason,
+        "restart on request skipped: no setting waits for a restart"
+    );
+    assert!(d.next.restart.is_none());
+    // Scheduled: kept until its time.
+    inp.events = vec![Event::RestartRequested {
+        at_ms: Some(inp.wall_ms + 60_000),
+        pending_only: false,
+    }];
+    let d = decide(&ctx, &m, &inp);
+    assert!(d.next.restart.is_some());
+    assert!(!has(&d, |a| matches!(a, Action::Spawn { .. })));
+    // The leader is never reinitialized.
+    m.reinit = true;
+    let d = decide(&ctx, &m, &healthy(now, primary(), v));
+    assert_eq!(
+        d.reason,
+        "reinitialize refused: this node holds the leader lease (switch over first)"
+    );
+    // A replica is: cloned afresh from the leader.
+    let mut f = mem(
+        now,
+        Role::Follower {
+            leader: "n2".into(),
+        },
+        42,
+    );
+    f.reinit = true;
+    let d = decide(&ctx, &f, &healthy(now, replica(), view(Some(("n2", 9)))));
+    assert!(has(&d, |a| matches!(
+        a,
+        Action::Spawn {
+            job: Job::Reinit { upstream },
+            ..
+        } if upstream == "n2"
+    )));
+}
