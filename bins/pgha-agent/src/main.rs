@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use pgha_config::ConfigSource;
 use pgha_failover::api::{self, ApiState};
 use pgha_failover::dcs::{Dcs, EtcdDcs};
 
@@ -31,13 +30,8 @@ fn main() -> ExitCode {
         return pgha_postgres::supervisor::supervise_main(&args[2..]);
     }
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let _logging =
+        pgha_startup::init_logging("pgha-agent", pgha_startup::LogProfile::Service, None);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +52,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let loaded = pgha_config::load(ConfigSource::locate(cli.config.as_deref()))?;
+    let loaded = pgha_startup::load_config(cli.config.as_deref())?;
     let config = Arc::new(loaded.config);
     let node = config
         .node(&cli.node)

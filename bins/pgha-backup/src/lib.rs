@@ -41,7 +41,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match run_inner(&cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgha-backup: {}", pgha::error_chain(&e));
+            eprintln!("pgha-backup: {}", pgha_startup::error_chain(e.as_ref()));
             failure_code(&cli)
         }
     }
@@ -90,7 +90,7 @@ pub(crate) fn mb(b: u64) -> f64 {
 }
 
 async fn run_inner(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let loaded = pgha::load_config(cli.config.as_deref())?;
+    let loaded = pgha_startup::load_config(cli.config.as_deref())?;
     let sec = section(&loaded)?;
     let storage = open_storage(&sec)?;
     let repo = Repository::new(storage.clone());

@@ -6,7 +6,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pgha_backup::cli::Cli::parse();
-    pgha::logging::init(cli.verbose);
+    let _logging = pgha_startup::init_logging(
+        "pgha-backup",
+        pgha_startup::LogProfile::Command {
+            verbose: cli.verbose,
+        },
+        None,
+    );
     if matches!(cli.command, pgha_backup::cli::Command::WalFetch { .. }) {
         // A panic exits 101, which PostgreSQL would read as "not archived" and end recovery
         // on: a panicking wal-fetch must abort recovery like any other failure.

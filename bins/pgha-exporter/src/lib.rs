@@ -37,12 +37,13 @@ pub struct Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = pgha_config::load(pgha_config::ConfigSource::locate(cli.config.as_deref()))?;
     let config = &loaded.config;
-    let _otlp_guard = pgha_telemetry::init(&pgha_telemetry::Settings {
-        verbose: cli.verbose,
-        with_target: false,
-        otlp_endpoint: config.monitoring.otlp_endpoint.clone(),
-        service_name: "pgha-exporter".into(),
-    });
+    let _otlp_guard = pgha_startup::init_logging(
+        "pgha-exporter",
+        pgha_startup::LogProfile::Command {
+            verbose: cli.verbose,
+        },
+        config.monitoring.otlp_endpoint.as_deref(),
+    );
     let queries = match &config.monitoring.queries_file {
         Some(path) => pgha_monitoring::queries::load(path)?,
         None => Vec::new(),

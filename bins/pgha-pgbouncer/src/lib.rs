@@ -69,14 +69,14 @@ pub async fn run(cli: Cli) -> ExitCode {
     match run_inner(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgha-pgbouncer: {}", pgha::error_chain(&e));
+            eprintln!("pgha-pgbouncer: {}", pgha_startup::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run_inner(cli: &Cli) -> anyhow::Result<()> {
-    let loaded = pgha::load_config(cli.config.as_deref())?;
+    let loaded = pgha_startup::load_config(cli.config.as_deref())?;
     let config = loaded.config;
     pgha_pooling_config::section(&config).with_context(|| format!("config {}", loaded.source))?;
     match &cli.command {

@@ -6,7 +6,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pgha_pgbouncer::Cli::parse();
-    pgha::logging::init(cli.verbose);
+    let _logging = pgha_startup::init_logging(
+        "pgha-pgbouncer",
+        pgha_startup::LogProfile::Command {
+            verbose: cli.verbose,
+        },
+        None,
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

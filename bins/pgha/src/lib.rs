@@ -14,20 +14,19 @@ mod verify_archive;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use pgha_config::{ConfigSource, LoadedConfig};
+use pgha_config::LoadedConfig;
 
 use crate::cli::{CheckCommand, Cli, Command};
 
 /// Loads the config chosen by `--config` / `PGHA_CONFIG` / `./pgha.toml`; errors say which file.
 pub fn load_config(flag: Option<&std::path::Path>) -> anyhow::Result<LoadedConfig> {
-    let source = ConfigSource::locate(flag);
-    Ok(pgha_config::load(source)?)
+    Ok(pgha_startup::load_config(flag)?)
 }
 
 /// An error and its causes on one line, each cause once: our error types already include their
 /// source's text, so a plain `{:#}` would repeat it.
 pub fn error_chain(e: &anyhow::Error) -> String {
-    pgha_config::error_chain(e.as_ref())
+    pgha_startup::error_chain(e.as_ref())
 }
 
 /// Runs one command; the exit code follows each command's convention.

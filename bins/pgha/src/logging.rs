@@ -1,10 +1,7 @@
-//! Log setup for the CLI: delegates to pgha-telemetry, the one place binaries set up tracing.
+//! Log setup for the CLI (pgha-startup, the one place binaries set it up).
 
 pub fn init(verbose: u8) {
-    pgha_telemetry::init(&pgha_telemetry::Settings {
-        verbose,
-        with_target: false,
-        otlp_endpoint: None,
-        service_name: "pgha".into(),
-    });
+    // A command's spans are not exported: no guard to keep.
+    let _logging =
+        pgha_startup::init_logging("pgha", pgha_startup::LogProfile::Command { verbose }, None);
 }

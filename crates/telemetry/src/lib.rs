@@ -24,6 +24,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of exported telemetry.
     pub service_name: String,
+    /// The filter when `RUST_LOG` is not set (else from `verbose`).
+    pub default_filter: Option<String>,
 }
 
 /// Installs the global subscriber once (later calls are no-ops). Keep the returned guard alive:
@@ -34,6 +36,7 @@ pub fn init(settings: &Settings) -> Option<OtlpGuard> {
         1 => "info",
         _ => "debug",
     };
+    let default = settings.default_filter.as_deref().unwrap_or(default);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let with_target = settings.with_target;
     // Colour only for a terminal: log files and pipes get plain text.
