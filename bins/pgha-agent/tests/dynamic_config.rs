@@ -233,5 +233,27 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
     std::fs::write(&path, original)?;
     let log = std::fs::read_to_string(h.agent_log("node3"))?;
     assert!(log.contains("reload refused"), "{log}");
+
+    // A clean stop (SIGTERM) revokes the agent's session: its member key goes at once, not a
+    // lease TTL (3 s) later, so its restart is not taken for a second agent of the node.
+    let mut h = h;
+    h.agents
+        .get_mut("node3")
+        .unwrap()
+        .terminate(Duration::from_secs(20));
+    let stopped = Instant::now();
+    assert!(
+        !view().await?.members.contains_key("node3"),
+        "member key left behind"
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(1));
+    let t = Instant::now();
+    h.start_agent("node3")?;
+    h.wait_streaming_replica("node3", T).await?;
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "restart took {:?}",
+        t.elapsed()
+    );
     Ok(())
 }

@@ -39,6 +39,10 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     async fn take_over_leader(&self, lease: LeaseId, revision: i64) -> Result<bool>;
     /// Deletes the leader key if it is on `lease`; false when it was not ours (any more).
     async fn release_leader(&self, lease: LeaseId) -> Result<bool>;
+    /// Revokes our own session lease at a clean shutdown (PostgreSQL is stopped): our member
+    /// key (and a leader key still on it) goes at once, so a restart of this agent is not
+    /// taken for a second agent of the node, and nobody waits for the lease to expire.
+    async fn end_session(&self, lease: LeaseId) -> Result<()>;
     /// Deletes the leader key if it is still at `leader.revision`, and revokes its lease.
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool>;
     /// Writes `status` if the leader key is still on `lease` (a leader that lost the key

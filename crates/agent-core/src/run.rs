@@ -301,11 +301,14 @@ impl Agent {
                 return; // keep the lease: a PostgreSQL that may take writes must not lose it
             }
         }
-        if self.mem.role.holds_lease() {
-            if let Some(s) = self.mem.session {
+        if let Some(s) = self.mem.session {
+            if self.mem.role.holds_lease() {
                 if let Err(e) = fx.dcs.release_leader(s.lease).await {
                     tracing::warn!(node = %self.ctx.name(), "release leader at shutdown: {e}");
                 }
+            }
+            if let Err(e) = fx.dcs.end_session(s.lease).await {
+                tracing::warn!(node = %self.ctx.name(), "revoke our session at shutdown (it expires by itself): {e}");
             }
         }
     }

@@ -51,6 +51,9 @@ impl Dcs for ViewDcs {
     async fn release_leader(&self, _: LeaseId) -> pgha_agent_core::Result<bool> {
         unsupported("release")
     }
+    async fn end_session(&self, _: LeaseId) -> pgha_agent_core::Result<()> {
+        unsupported("end session")
+    }
     async fn revoke_leader(&self, _: &LeaderInfo) -> pgha_agent_core::Result<bool> {
         unsupported("revoke")
     }

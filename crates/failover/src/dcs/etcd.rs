@@ -83,28 +83,8 @@ fn access_options(d: &pgha_config::DcsSection) -> Result<ConnectOptions, Failove
 }
 
 impl EtcdDcs {
-    /// Connects to `endpoints`; keys live under `<namespace>/<cluster>/`.
-    pub async fn connect(
-        endpoints: &[String],
-        namespace: &str,
-        cluster: &str,
-        me: &str,
-        ttl: Duration,
-        timeout: Duration,
-    ) -> Result<Self> {
-        Self::connect_with(
-            endpoints,
-            namespace,
-            cluster,
-            me,
-            ttl,
-            timeout,
-            ConnectOptions::new(),
-        )
-        .await
-    }
-
-    /// [`Self::connect`] with TLS or user options already in `base`.
+    /// Connects to `endpoints` with the TLS or user options in `base` (`ConnectOptions::new()`
+    /// for none); keys live under `<namespace>/<cluster>/`.
     pub async fn connect_with(
         endpoints: &[String],
         namespace: &str,
@@ -446,6 +426,13 @@ impl Dcs for EtcdDcs {
             }
         }
         Ok(deleted)
+    }
+
+    async fn end_session(&self, lease: LeaseId) -> Result<()> {
+        let mut c = self.client();
+        self.bounded("revoke our session lease", c.lease_revoke(lease))
+            .await?;
+        Ok(())
     }
 
     async fn put_status(&self, lease: LeaseId, status: &LeaderStatus) -> Result<bool> {

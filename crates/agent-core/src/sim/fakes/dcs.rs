@@ -173,6 +173,14 @@ impl Dcs for SimDcs {
         .await
     }
 
+    async fn end_session(&self, lease: LeaseId) -> Result<()> {
+        self.op("revoke our session", move |w, _| {
+            w.dcs.drop_lease(lease);
+            w.dcs.notify();
+        })
+        .await
+    }
+
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool> {
         let l = leader.clone();
         let me = self.h.me.clone();
