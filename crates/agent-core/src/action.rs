@@ -66,6 +66,12 @@ pub enum Action {
         node: String,
         slot: String,
     },
+    /// Take the `initialize` key: nobody bootstrapped the cluster yet.
+    TryInitialize {
+        lease: LeaseId,
+    },
+    /// Our bootstrap is done and we lead: keep the `initialize` key for good.
+    FinishInitialize,
     /// Hand the cluster settings of `Ctx::generation` to the PostgreSQL seam: pgha.conf is
     /// rewritten, and reloaded when the server runs. Never while a job runs.
     ApplyConfig {
@@ -127,6 +133,9 @@ pub enum Job {
     /// An operator's restart: fast stop (immediate when that fails), then start what is on
     /// disk. `primary`: the leader's primary (the lease is held throughout).
     RestartPg { primary: bool },
+    /// The first primary of a new cluster: initdb (checksums, the superuser's password),
+    /// its settings, the replication role; left stopped, to be elected like any node with data.
+    Bootstrap { lease: LeaseId },
     /// An operator's reinit of a replica: stop, move the data dir aside, clone from
     /// `upstream`, start streaming.
     Reinit { upstream: String },
@@ -157,6 +166,7 @@ impl Job {
             Job::StopForRewind => "stop for rewind",
             Job::Checkpoint => "checkpoint",
             Job::RestartPg { .. } => "restart on request",
+            Job::Bootstrap { .. } => "bootstrap the cluster",
             Job::Reinit { .. } => "reinitialize",
         }
     }

@@ -4,7 +4,8 @@
 //! `members/<name>` (each agent's state, on its own lease, so it vanishes with the agent),
 //! `status` (the leader's last WAL position, kept after it dies for the lag check),
 //! `config` (pause), `switchover` (a pending switchover/failover request), `sync` (the
-//! synchronous standbys a failover may promote), `history` (promotions).
+//! synchronous standbys a failover may promote), `history` (promotions), `initialize` (who
+//! bootstraps the cluster).
 //!
 //! Sessions are explicit: an agent holds a lease id it got from [`Dcs::grant_session`] and
 //! renews it with [`Dcs::keep_alive`]; when to grant a new one is the decision core's call
@@ -43,6 +44,11 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     /// key (and a leader key still on it) goes at once, so a restart of this agent is not
     /// taken for a second agent of the node, and nobody waits for the lease to expire.
     async fn end_session(&self, lease: LeaseId) -> Result<()>;
+    /// Takes the `initialize` key on `lease` if nobody has it (compare-and-swap on its
+    /// absence): this agent bootstraps the cluster.
+    async fn try_initialize(&self, lease: LeaseId) -> Result<bool>;
+    /// The bootstrap is done and we lead: the `initialize` key stays for good (off the lease).
+    async fn finish_initialize(&self) -> Result<()>;
     /// Deletes the leader key if it is still at `leader.revision`, and revokes its lease.
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool>;
     /// Writes `status` if the leader key is still on `lease` (a leader that lost the key

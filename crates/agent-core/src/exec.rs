@@ -235,6 +235,15 @@ impl Executor {
                 });
                 r?;
             }
+            Action::TryInitialize { lease } => {
+                if fx.dcs.try_initialize(*lease).await? {
+                    tracing::info!(node = %self.ctx.name(), "took the initialize key: bootstrapping the cluster");
+                }
+            }
+            Action::FinishInitialize => {
+                fx.dcs.finish_initialize().await?;
+                tracing::info!(node = %self.ctx.name(), "cluster bootstrapped");
+            }
             Action::SeedSettings { config, revision } => {
                 if fx.dcs.put_config(config, *revision).await? {
                     tracing::info!(node = %self.ctx.name(), "cluster settings seeded in the DCS from pgha.toml");
@@ -365,6 +374,20 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             wait_received(fx, to, lsn, *wait).await?;
         }
         Job::StopForRewind => pg.stop(StopMode::Fast).await.map_err(step("stop"))?,
+        Job::Bootstrap { lease } => {
+            pg.bootstrap().await.map_err(step("bootstrap"))?;
+            // The commit point: only while the initialize key is still ours (an agent frozen
+            // past its lease may find another node bootstrapping by now).
+            let view = fx.dcs.view().await.map_err(step("bootstrap"))?;
+            let ours = view
+                .initialize
+                .as_ref()
+                .is_some_and(|i| i.by == ctx.name() && i.lease == Some(*lease) && !i.done);
+            if !ours {
+                return Err("bootstrap: the initialize key is no longer ours; the data dir stays half-made (moved aside at the next try)".into());
+            }
+            pg.finish_bootstrap().await.map_err(step("bootstrap"))?;
+        }
         Job::RestartPg { .. } => {
             stop_for_operator(ctx, fx).await?;
             pg.restart().await.map_err(step("start"))?;
@@ -447,6 +470,8 @@ fn action_name(a: &Action) -> &'static str {
         Action::CreateSlotOn { .. } => "create our slot on the upstream",
         Action::Watchdog { .. } => "watchdog",
         Action::ApplyConfig { .. } => "apply cluster settings",
+        Action::TryInitialize { .. } => "take the initialize key",
+        Action::FinishInitialize => "keep the initialize key",
         Action::SeedSettings { .. } => "seed cluster settings",
     }
 }

@@ -44,6 +44,12 @@ pub trait PgNode: Send + Sync + std::fmt::Debug {
     async fn set_sync_names(&self, value: &str) -> Result<Lsn>;
     /// Rewrites pgha-node.conf for `target` and reloads when it differs; true when it did.
     async fn point_at(&self, target: &Target) -> Result<bool>;
+    /// A new cluster's first data dir ([`crate::action::Job::Bootstrap`]): a half-made one
+    /// from an interrupted bootstrap is moved aside first; PostgreSQL is left stopped and the
+    /// data dir marked half-made (observed as uninitialized) until [`Self::finish_bootstrap`].
+    async fn bootstrap(&self) -> Result<()>;
+    /// Removes the half-made mark: the data dir counts from now on.
+    async fn finish_bootstrap(&self) -> Result<()>;
     /// From now on renders settings from `cfg` (the cluster settings changed); rewrites
     /// pgha.conf when it differs and reloads a running server. True when the file changed.
     async fn apply_config(&self, cfg: std::sync::Arc<pgha_config::PghaConfig>) -> Result<bool>;

@@ -159,6 +159,19 @@ pub fn promotion_reason(view: &ClusterView, me: &str) -> String {
     }
 }
 
+/// The `initialize` key: who bootstraps (bootstrapped) the cluster. While the bootstrap runs
+/// it sits on the bootstrapping agent's session lease (it goes if that agent dies); once the
+/// first primary leads it stays for good (`done`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Initialize {
+    pub by: String,
+    #[serde(default)]
+    pub done: bool,
+    /// The lease the key sits on (filled in by the reader; 0 or None: none).
+    #[serde(skip)]
+    pub lease: Option<i64>,
+}
+
 /// At most this many entries are kept in the `history` key (the oldest are dropped).
 pub const MAX_HISTORY: usize = 200;
 
@@ -177,4 +190,7 @@ pub struct ClusterView {
     /// Promotions, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Who bootstraps (bootstrapped) the cluster; None: nobody yet.
+    #[serde(default)]
+    pub initialize: Option<Initialize>,
 }

@@ -71,6 +71,34 @@ impl LocalNode {
         self.pg.local()
     }
 
+    /// Beside the data dir while a bootstrap makes it: the data dir does not count until the
+    /// bootstrap removes it (a crash in initdb leaves a data dir that looks initialized).
+    fn half_made(&self) -> std::path::PathBuf {
+        let d = self.local().data_dir();
+        d.with_file_name(format!(
+            "{}.bootstrapping",
+            d.file_name().map_or("data".into(), |f| f.to_string_lossy())
+        ))
+    }
+
+    /// Moves the data dir aside (`<data_dir>.<why>-<time>`), when there is one.
+    fn move_aside(&self, why: &str) -> Result<()> {
+        let data = self.local().data_dir().to_owned();
+        if !data.exists() {
+            return Ok(());
+        }
+        let aside = data.with_extension(format!("{why}-{}", crate::now_ms() / 1000));
+        tracing::warn!(node = %self.node.name, "keeping {} aside", aside.display());
+        std::fs::rename(&data, &aside).map_err(|e| {
+            PgError::Io {
+                action: "move aside",
+                path: data.clone(),
+                source: e,
+            }
+            .into()
+        })
+    }
+
     /// The config settings are rendered from now.
     fn cfg(&self) -> Arc<PghaConfig> {
         match self.cfg.read() {
@@ -224,6 +252,14 @@ impl LocalNode {
 impl PgNode for LocalNode {
     async fn observe(&self, details: bool) -> Local {
         let inst = self.local();
+        if self.half_made().exists() {
+            // An interrupted bootstrap: no data anybody may use (moved aside by the next try).
+            let mut o = Local::stopped(MemberRole::Uninitialized);
+            if matches!(inst.process_state(), Ok(ProcessState::Running { .. })) {
+                o.pg_state = PgState::Running;
+            }
+            return o;
+        }
         let disk_role = if !inst.is_initialized() {
             MemberRole::Uninitialized
         } else if inst.data_dir().join("standby.signal").exists() {
@@ -477,6 +513,33 @@ impl PgNode for LocalNode {
         Ok(true)
     }
 
+    async fn bootstrap(&self) -> Result<()> {
+        let marker = self.half_made();
+        pgha_postgres::files::write_atomic(&marker, b"", 0o600, None).map_err(CoreError::from)?;
+        if matches!(
+            self.local().process_state(),
+            Ok(ProcessState::Running { .. })
+        ) {
+            // A previous try's server (started outside the supervisor).
+            self.fence().await?;
+        }
+        self.move_aside("incomplete")?;
+        let cfg = self.cfg();
+        tracing::info!(node = %self.node.name, "bootstrapping a new cluster: initdb with data checksums");
+        pgha_replication::bootstrap_primary(&cfg, &self.node, self.local(), false).await?;
+        Ok(())
+    }
+
+    async fn finish_bootstrap(&self) -> Result<()> {
+        let marker = self.half_made();
+        std::fs::remove_file(&marker).map_err(|source| PgError::Io {
+            action: "remove",
+            path: marker.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
     async fn apply_config(&self, cfg: Arc<PghaConfig>) -> Result<bool> {
         match self.cfg.write() {
             Ok(mut c) => *c = cfg.clone(),
@@ -511,18 +574,18 @@ impl PgNode for LocalNode {
     async fn clone_replica(&self, source: &str, move_aside: bool) -> Result<()> {
         let cfg = self.cfg();
         let up = Self::node_named(&cfg, source)?;
+        let marker = self.half_made();
         if move_aside {
-            let data = self.local().data_dir().to_owned();
-            let aside = data.with_extension(format!("diverged-{}", crate::now_ms() / 1000));
-            tracing::warn!(
-                node = %self.node.name,
-                "keeping {} and cloning afresh from {source}",
-                aside.display()
-            );
-            std::fs::rename(&data, &aside).map_err(|e| PgError::Io {
-                action: "move aside",
-                path: data.clone(),
-                source: e,
+            self.move_aside("diverged")?;
+        } else if marker.exists() {
+            // An interrupted bootstrap's dir: nobody needs it.
+            self.move_aside("incomplete")?;
+        }
+        if marker.exists() {
+            std::fs::remove_file(&marker).map_err(|source| PgError::Io {
+                action: "remove",
+                path: marker.clone(),
+                source,
             })?;
         }
         let params = connect_params(&cfg, up)?;

@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pgha_config::{ConfigSource, NodeConfig, PghaConfig, ReplicationMode};
-use pgha_postgres::{InitDbOptions, LocalInstance, PgControl, StopMode};
-use pgha_replication::{
-    bootstrap_replica, ensure_replication_role, install_settings, ClusterStatus, NodeRole,
-};
+use pgha_postgres::{LocalInstance, PgControl, StopMode};
+use pgha_replication::{bootstrap_replica, ClusterStatus};
 
 use crate::secrets::ensure_secret_file;
 use crate::{free_port, LocalClusterError, PortReservation, Result};
@@ -235,32 +233,8 @@ impl LocalCluster {
         let primary = &config.nodes[0];
         let pi = self.instance(&primary.name)?;
         let t = Instant::now();
-        pi.initdb(&InitDbOptions {
-            superuser: config.postgres.superuser.clone(),
-            superuser_password: config
-                .postgres
-                .superuser_password
-                .as_ref()
-                .map(|s| s.read())
-                .transpose()
-                .map_err(pgha_postgres::PgError::from)?,
-            data_checksums: true,
-        })
-        .await?;
+        pgha_replication::bootstrap_primary(config, primary, &pi, true).await?;
         tracing::info!(node = %primary.name, elapsed_ms = t.elapsed().as_millis() as u64, "initdb done");
-        install_settings(config, primary, NodeRole::Primary, &pi)?;
-        pi.start().await?;
-        let mut conn = pi.connect_params().connect().await?;
-        // In sync mode no standby exists yet: this bootstrap commit must not wait for one.
-        sqlx_set_local_commit(&mut conn).await?;
-        let pw = config
-            .replication
-            .password
-            .as_ref()
-            .ok_or(pgha_replication::ReplicationError::NoReplicationPassword)?
-            .read()
-            .map_err(pgha_postgres::PgError::from)?;
-        ensure_replication_role(&mut conn, &primary.name, &config.replication.user, &pw).await?;
         Ok(())
     }
 
@@ -389,17 +363,6 @@ impl LocalCluster {
         let _ = self.stop_all(StopMode::Immediate).await;
         std::fs::remove_dir_all(&self.root).map_err(LocalClusterError::io("remove", &self.root))
     }
-}
-
-async fn sqlx_set_local_commit(conn: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::query("SET synchronous_commit = local")
-        .execute(conn)
-        .await
-        .map_err(|source| pgha_postgres::PgError::Query {
-            target: "primary".into(),
-            source,
-        })?;
-    Ok(())
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {

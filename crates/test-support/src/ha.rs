@@ -32,6 +32,25 @@ impl HaCluster {
         builder: TestClusterBuilder,
         failover_toml: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(agent_bin, builder, failover_toml, false).await
+    }
+
+    /// [`Self::start`] with every data dir removed first: the agents bootstrap the cluster
+    /// themselves (the config, secrets and ports are the builder's).
+    pub async fn start_empty(
+        agent_bin: &Path,
+        builder: TestClusterBuilder,
+        failover_toml: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(agent_bin, builder, failover_toml, true).await
+    }
+
+    async fn start_with(
+        agent_bin: &Path,
+        builder: TestClusterBuilder,
+        failover_toml: &str,
+        empty: bool,
+    ) -> anyhow::Result<Self> {
         let etcd_dir = tempfile::Builder::new().prefix("pgha-etcd-").tempdir()?;
         let etcd = EtcdServer::start(etcd_dir.path())?;
         let extra = format!(
@@ -41,6 +60,12 @@ impl HaCluster {
         let cluster = builder.extra_toml(&extra).start().await?;
         // The agents run PostgreSQL as their child from now on.
         cluster.stop_all(StopMode::Fast).await?;
+        if empty {
+            for n in &cluster.config().nodes {
+                std::fs::remove_dir_all(&n.data_dir)
+                    .with_context(|| format!("remove {}", n.data_dir.display()))?;
+            }
+        }
         let mut ha = HaCluster {
             agents: BTreeMap::new(),
             cluster,

@@ -1,7 +1,7 @@
 //! Nobody holds the leader key: every agent ranks the members by the same rules; only the
 //! best one tries to take the key (compare-and-swap), then leads at its next tick.
 
-use super::{Ctx, Decision};
+use super::{bootstrap, Ctx, Decision};
 use crate::action::Action;
 use crate::dcs::{ClusterView, MemberRole};
 use crate::election::{self, Rules};
@@ -45,6 +45,9 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         // stopped and no leader, nobody could ever be elected otherwise).
         d.because("no leader: starting PostgreSQL read-only so this node can be elected");
         d.spawn(ctx, now, crate::action::Job::StartReadOnly);
+        return;
+    }
+    if !standby && bootstrap::new_cluster(ctx, d, inp, view) {
         return;
     }
     let mut rules = Rules {

@@ -7,6 +7,7 @@
 //! - without the DCS: [`nodcs`] (a leader fences itself before its lease can expire);
 //! - last, the supervisor's deadline ([`watchdog`](self)).
 
+mod bootstrap;
 mod elect;
 mod follower;
 mod leader;
@@ -477,6 +478,7 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
         None => elect::elect(ctx, d, inp, view),
     }
     settings::seed(ctx, d, view);
+    bootstrap::finish(d, inp, view);
 }
 
 /// The supervisor's deadline: PostgreSQL is killed unless the agent keeps proving, in time,

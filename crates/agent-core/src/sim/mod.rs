@@ -48,6 +48,8 @@ pub struct Report {
     pub limitations: Vec<String>,
     /// Steps (time since start) at which no node took writes.
     pub unwritable: Vec<Duration>,
+    /// Completed bootstraps of a new cluster (`Scenario::empty`).
+    pub bootstraps: u32,
 }
 
 impl Report {
@@ -78,6 +80,7 @@ pub fn run_scenario(scenario: Scenario, opts: &SimOptions) -> Report {
                 acked: 0,
                 limitations: Vec::new(),
                 unwritable: Vec::new(),
+                bootstraps: 0,
             }
         }
     };
@@ -118,7 +121,9 @@ impl Sim {
                 data.standby_signal = true;
                 pg.upstream = Some("node1".into());
             }
-            pg.data = Some(data);
+            if !sc.empty {
+                pg.data = Some(data);
+            }
             nodes.insert(
                 n.name.clone(),
                 NodeSim {
@@ -578,6 +583,7 @@ impl Sim {
             acked: w.checker.acked.len(),
             limitations: std::mem::take(&mut w.checker.limitations),
             unwritable: std::mem::take(&mut w.checker.unwritable),
+            bootstraps: w.checker.bootstraps,
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct Scenario {
     pub dcs_timeout: Duration,
     /// (start, fault), by start.
     pub faults: Vec<(Duration, Fault)>,
+    /// Every data dir starts empty: the agents bootstrap the cluster.
+    pub empty: bool,
 }
 
 impl Scenario {
@@ -188,6 +190,7 @@ impl Scenario {
             loop_wait,
             dcs_timeout,
             faults,
+            empty: false,
         }
     }
 

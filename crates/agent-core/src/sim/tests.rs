@@ -295,3 +295,37 @@ fn restarts_on_request_keep_the_invariants() {
         assert_eq!(r.promotions, 0, "a restart is no failover\n{}", show(&r));
     }
 }
+
+/// Agents on empty data dirs bootstrap one cluster: one winner of the `initialize` key runs
+/// initdb, leads, the others clone from it; an agent killed mid-bootstrap releases the key
+/// with its lease and the next try starts over (a half-made dir is never elected).
+#[test]
+fn empty_nodes_bootstrap_exactly_one_cluster() {
+    let cases = [
+        vec![],
+        vec![(
+            Duration::from_millis(1_100),
+            Fault::CrashAgent {
+                node: Pick::Any,
+                restart_after: Duration::from_secs(2),
+            },
+        )],
+        vec![(
+            Duration::from_millis(900),
+            Fault::FreezeAgent {
+                node: Pick::Any,
+                dur: Duration::from_secs(5),
+            },
+        )],
+    ];
+    for seed in 1..=20u64 {
+        for faults in cases.iter().cloned() {
+            let mut sc = quiet(seed, faults);
+            sc.empty = true;
+            sc.sync = seed % 2 == 0;
+            let r = run_scenario(sc, &SimOptions::default());
+            assert!(r.ok(), "{}", show(&r));
+            assert!(r.bootstraps >= 1, "{}", show(&r));
+        }
+    }
+}

@@ -66,6 +66,8 @@ pub struct Dcs {
     /// The highest timeline allocated to a promotion.
     pub timeline: i64,
     pub history: Vec<crate::dcs::HistoryEntry>,
+    /// The `initialize` key and the lease it sits on (None once done).
+    pub initialize: Option<(crate::dcs::Initialize, Option<LeaseId>)>,
     pub watchers: Vec<(String, mpsc::Sender<()>)>,
 }
 
@@ -104,6 +106,14 @@ impl Dcs {
     pub fn drop_lease(&mut self, lease: LeaseId) -> bool {
         self.leases.remove(&lease);
         self.members.retain(|_, (_, l)| *l != lease);
+        if self
+            .initialize
+            .as_ref()
+            .is_some_and(|(_, l)| *l == Some(lease))
+        {
+            self.initialize = None;
+            self.bump();
+        }
         if self.leader.as_ref().is_some_and(|(_, l, _)| *l == lease) {
             self.leader = None;
             self.bump();
@@ -130,6 +140,13 @@ impl Dcs {
             switchover: self.switchover.clone(),
             sync: self.sync.clone(),
             history: self.history.clone(),
+            initialize: self
+                .initialize
+                .as_ref()
+                .map(|(i, l)| crate::dcs::Initialize {
+                    lease: *l,
+                    ..i.clone()
+                }),
         }
     }
 
@@ -188,6 +205,8 @@ pub struct Checker {
     pub sync_mode: bool,
     pub promotions: u32,
     pub reclones: u32,
+    /// Completed bootstraps of a new cluster.
+    pub bootstraps: u32,
     pub two_writable_steps: u32,
     pub first_writable_after_heal: Option<Instant>,
     /// Violation keys already reported.

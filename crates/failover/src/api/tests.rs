@@ -51,6 +51,12 @@ impl Dcs for ViewDcs {
     async fn release_leader(&self, _: LeaseId) -> pgha_agent_core::Result<bool> {
         unsupported("release")
     }
+    async fn try_initialize(&self, _: LeaseId) -> pgha_agent_core::Result<bool> {
+        unsupported("initialize")
+    }
+    async fn finish_initialize(&self) -> pgha_agent_core::Result<()> {
+        unsupported("initialize")
+    }
     async fn end_session(&self, _: LeaseId) -> pgha_agent_core::Result<()> {
         unsupported("end session")
     }

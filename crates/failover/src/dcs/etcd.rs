@@ -320,6 +320,20 @@ impl Dcs for EtcdDcs {
                 }
                 "switchover" => view.switchover = logged(decode(full, kv.value())),
                 "history" => view.history = logged(decode(full, kv.value())).unwrap_or_default(),
+                "initialize" => {
+                    // Unreadable: somebody initialized; nobody bootstraps over it.
+                    let mut i: pgha_agent_core::dcs::Initialize = decode(full, kv.value())
+                        .unwrap_or_else(|e| {
+                            tracing::error!("{e}; taking the cluster as initialized");
+                            pgha_agent_core::dcs::Initialize {
+                                by: String::from_utf8_lossy(kv.value()).into_owned(),
+                                done: true,
+                                lease: None,
+                            }
+                        });
+                    i.lease = (kv.lease() != 0).then(|| kv.lease());
+                    view.initialize = Some(i);
+                }
                 "sync" => {
                     view.sync = Some(decode(full, kv.value()).unwrap_or_else(|e| {
                         // No /sync would lift sync mode's restriction: an unreadable one
@@ -368,6 +382,34 @@ impl Dcs for EtcdDcs {
             .bounded("acquire leader", c.txn(txn))
             .await?
             .succeeded())
+    }
+
+    async fn try_initialize(&self, lease: LeaseId) -> Result<bool> {
+        let key = self.key("initialize");
+        let value = serde_json::json!({"by": self.me, "done": false}).to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let mut c = self.client();
+        Ok(self
+            .bounded("take the initialize key", c.txn(txn))
+            .await?
+            .succeeded())
+    }
+
+    async fn finish_initialize(&self) -> Result<()> {
+        let value = serde_json::json!({"by": self.me, "done": true}).to_string();
+        let mut c = self.client();
+        self.bounded(
+            "keep the initialize key",
+            c.put(self.key("initialize"), value, None),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn take_over_leader(&self, lease: LeaseId, revision: i64) -> Result<bool> {

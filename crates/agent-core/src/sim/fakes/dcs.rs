@@ -173,6 +173,45 @@ impl Dcs for SimDcs {
         .await
     }
 
+    async fn try_initialize(&self, lease: LeaseId) -> Result<bool> {
+        let me = self.h.me.clone();
+        self.op("take initialize", move |w, now| {
+            if w.dcs.initialize.is_some() || !w.dcs.lease_alive(lease) {
+                return false;
+            }
+            w.dcs.initialize = Some((
+                crate::dcs::Initialize {
+                    by: me.clone(),
+                    done: false,
+                    lease: None,
+                },
+                Some(lease),
+            ));
+            w.dcs.revision += 1;
+            w.dcs.notify();
+            w.log(now, &me, "DCS: took the initialize key");
+            true
+        })
+        .await
+    }
+
+    async fn finish_initialize(&self) -> Result<()> {
+        let me = self.h.me.clone();
+        self.op("finish initialize", move |w, _| {
+            w.dcs.initialize = Some((
+                crate::dcs::Initialize {
+                    by: me,
+                    done: true,
+                    lease: None,
+                },
+                None,
+            ));
+            w.dcs.revision += 1;
+            w.dcs.notify();
+        })
+        .await
+    }
+
     async fn end_session(&self, lease: LeaseId) -> Result<()> {
         self.op("revoke our session", move |w, _| {
             w.dcs.drop_lease(lease);

@@ -13,6 +13,9 @@ use crate::ports::{PgNode, Target};
 use crate::sim::pg::Data;
 use crate::{CoreError, Result};
 
+/// What an interrupted bootstrap leaves in the data dir (reported as uninitialized).
+const HALF_MADE: &str = "half-made bootstrap";
+
 /// The node's PostgreSQL, as its agent drives it.
 #[derive(Debug, Clone)]
 pub struct SimPg {
@@ -30,6 +33,7 @@ impl SimPg {
         let pg = &w.nodes[me].pg;
         let disk = match &pg.data {
             None => MemberRole::Uninitialized,
+            Some(d) if d.broken.as_deref() == Some(HALF_MADE) => MemberRole::Uninitialized,
             Some(d) if d.standby_signal => MemberRole::Replica,
             Some(_) => MemberRole::Primary,
         };
@@ -373,6 +377,62 @@ impl PgNode for SimPg {
         Ok(())
     }
 
+    async fn bootstrap(&self) -> Result<()> {
+        self.h.latency(1, 3).await;
+        let me = self.h.me.clone();
+        let d = {
+            let mut w = self.h.lock();
+            if w.pg(&me).running {
+                w.pg(&me).down();
+            }
+            let now = Instant::now();
+            w.log(now, &me, "bootstrap: initdb");
+            w.pg(&me).data = Some(Data {
+                broken: Some(HALF_MADE.into()),
+                ..Data::new()
+            });
+            w.delay(300, 1500)
+        };
+        self.h.pause(d).await;
+        let mut w = self.h.lock();
+        let now = Instant::now();
+        w.log(
+            now,
+            &me,
+            "bootstrap: initdb done, half-made until committed",
+        );
+        Ok(())
+    }
+
+    async fn finish_bootstrap(&self) -> Result<()> {
+        self.h.latency(1, 3).await;
+        let me = self.h.me.clone();
+        let mut w = self.h.lock();
+        let now = Instant::now();
+        let others: Vec<String> = w
+            .nodes
+            .iter()
+            .filter(|(n, x)| {
+                **n != me
+                    && x.pg
+                        .data
+                        .as_ref()
+                        .is_some_and(|d| d.broken.as_deref() != Some(HALF_MADE))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !others.is_empty() {
+            w.violation(
+                now,
+                format!("{me} bootstrapped a second cluster while {others:?} had data"),
+            );
+        }
+        w.checker.bootstraps += 1;
+        w.pg(&me).data = Some(Data::new());
+        w.log(now, &me, "bootstrap done (stopped)");
+        Ok(())
+    }
+
     async fn clone_replica(&self, source: &str, move_aside: bool) -> Result<()> {
         self.h.latency(1, 3).await;
         let d = self.h.lock().delay(200, 1000);
@@ -387,7 +447,13 @@ impl PgNode for SimPg {
                 now,
                 format!("{me} re-cloned its data dir from {source} (the last resort)"),
             );
-        } else if w.pg(&me).data.is_some() {
+        } else if w
+            .pg(&me)
+            .data
+            .as_ref()
+            .is_some_and(|d| d.broken.as_deref() != Some(HALF_MADE))
+        {
+            // (A half-made bootstrap's dir is moved aside: nobody needs it.)
             return Err(CoreError::simulated(
                 "pg_basebackup",
                 "data directory not empty",
