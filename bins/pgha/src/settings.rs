@@ -1,6 +1,7 @@
 //! `pgha show-config` and `pgha edit-config`: the cluster settings in the DCS.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{bail, Context};
 use pgha_config::dynamic::{cli_value, merge_patch, patch_for};
@@ -61,8 +62,16 @@ fn in_editor(config: &PghaConfig, doc: &Value) -> anyhow::Result<Value> {
         config.cluster.name,
         std::process::id()
     ));
-    std::fs::write(&path, serde_json::to_string_pretty(doc)? + "\n")
+    // A new file only (never one someone placed there), readable by us alone.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all((serde_json::to_string_pretty(doc)? + "\n").as_bytes())
         .with_context(|| format!("write {}", path.display()))?;
+    drop(f);
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());

@@ -171,14 +171,16 @@ impl DynamicSettings {
     /// The keys whose value differs between two documents (`postgresql.parameters.<name>`
     /// for each parameter), for logs and diffs.
     pub fn changed_keys(&self, other: &DynamicSettings) -> Vec<String> {
-        flatten(&self.to_json())
-            .into_iter()
-            .chain(flatten(&other.to_json()))
-            .map(|(k, _)| k)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .filter(|k| lookup(&self.to_json(), k) != lookup(&other.to_json(), k))
-            .collect()
+        let (a, b) = (flatten(&self.to_json()), flatten(&other.to_json()));
+        let mut keys: Vec<String> = a
+            .iter()
+            .chain(&b)
+            .filter(|kv| !(a.contains(kv) && b.contains(kv)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 
@@ -296,10 +298,6 @@ pub fn flatten(doc: &Value) -> Vec<(String, String)> {
     walk("", doc, &mut out);
     out.sort();
     out
-}
-
-fn lookup<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(doc, |v, k| v.get(k))
 }
 
 /// The merge patch that sets `path` (dotted) to `value` (`null` removes it).
