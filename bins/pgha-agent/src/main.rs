@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+mod first_primary;
+
 use pgha_failover::api::{self, ApiState};
 use pgha_failover::dcs::{Dcs, EtcdDcs};
 
@@ -71,8 +73,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(()) => {}
     }
     let supervisor = std::env::current_exe().context("locate pgha-agent for its supervisor")?;
-    let (mut agent, shared) =
-        pgha_failover::agent::build(config.clone(), &node.name, dcs.clone(), Some(supervisor))?;
+    let first = first_primary::from_config(&config)?;
+    let (mut agent, shared) = pgha_failover::agent::build(
+        config.clone(),
+        &node.name,
+        dcs.clone(),
+        Some(supervisor),
+        first,
+    )?;
     // SIGHUP and POST /reload: pgha.toml again (tags, nofailover, noloadbalance, parameters).
     let source = loaded.source.clone();
     agent.reload_with(move || {

@@ -330,6 +330,7 @@ async fn restore(
         restore_command: restore_command(loaded)?,
         run_as: server_user(loaded)?,
         progress: !a.no_progress && std::io::stderr().is_terminal(),
+        keep_archiving: false,
     };
     let t = Instant::now();
     let (m, stats) = pgha_backup_core::restore_counted(repo, &opts).await?;

@@ -42,6 +42,13 @@ pub enum CoreError {
         action: &'static str,
         reason: String,
     },
+    /// The first primary of a new cluster could not be made from its source (a backup).
+    #[error("bootstrap from {from}: {source}")]
+    Bootstrap {
+        from: &'static str,
+        #[source]
+        source: BoxError,
+    },
     /// A simulated component failed (the simulator's fakes).
     #[error("{what}: {reason}")]
     Simulated { what: &'static str, reason: String },

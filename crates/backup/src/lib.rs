@@ -20,6 +20,7 @@ pub mod manifest;
 mod node;
 mod progress;
 pub mod push_batch;
+mod recover;
 pub mod repo;
 pub mod restore;
 pub mod schedule;
@@ -32,9 +33,9 @@ pub mod walk;
 pub use backup::{take_backup, BackupKind, BackupOptions};
 pub use error::{BackupError, Result};
 pub use manifest::Manifest;
+pub use recover::{clear_recovery_settings, restored_instance, start_and_wait, start_promoted};
 pub use repo::Repository;
 pub use restore::{
-    restore, restore_counted, start_and_wait, RecoveryTarget, RestoreOptions, RestoreStats,
-    TargetAction,
+    restore, restore_counted, RecoveryTarget, RestoreOptions, RestoreStats, TargetAction,
 };
 pub use storage::{ObjectInfo, Storage};

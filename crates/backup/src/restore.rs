@@ -7,9 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pgha_config::PghaConfig;
 use pgha_postgres::sql::quote_literal;
-use pgha_postgres::{ConnectParams, LocalInstance, OsUser, PgBinaries, PgControl, ProcessState};
+use pgha_postgres::{ConnectParams, OsUser};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{hex, ChunkRef, Manifest, PackEntry};
@@ -38,7 +37,7 @@ pub enum TargetAction {
 }
 
 impl TargetAction {
-    fn as_setting(self) -> &'static str {
+    pub(crate) fn as_setting(self) -> &'static str {
         match self {
             TargetAction::Promote => "promote",
             TargetAction::Pause => "pause",
@@ -68,6 +67,10 @@ pub struct RestoreOptions {
     /// Owner of the restored files (the server's OS user when we are root).
     pub run_as: Option<OsUser>,
     pub progress: bool,
+    /// The restored copy becomes this cluster's primary (an agent's bootstrap from a backup):
+    /// keep its WAL archiving on, so the history file of the timeline its promotion starts
+    /// reaches the archive; a copy beside the cluster has archiving off.
+    pub keep_archiving: bool,
 }
 
 /// What a restore wrote.
@@ -217,7 +220,7 @@ fn clear_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn dummy_params(port: u16) -> ConnectParams {
+pub(crate) fn dummy_params(port: u16) -> ConnectParams {
     ConnectParams {
         host: "127.0.0.1".into(),
         port,
@@ -452,7 +455,7 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     w("recovery.signal", "")?;
     let auto = dir.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    let _ = writeln!(text, "\n# Added by pgha-backup restore of backup {}", m.id);
+    let _ = writeln!(text, "{}{}", crate::recover::ADDED_MARK, m.id);
     let _ = writeln!(
         text,
         "restore_command = {}",
@@ -485,7 +488,9 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     // the original still uses; turn archiving back on deliberately after checking.
     let _ = writeln!(text, "primary_conninfo = ''");
     let _ = writeln!(text, "primary_slot_name = ''");
-    let _ = writeln!(text, "archive_mode = 'off'");
+    if !opts.keep_archiving {
+        let _ = writeln!(text, "archive_mode = 'off'");
+    }
     // A restored copy has no standbys: a sync-mode cluster's setting would make its first
     // commit wait forever.
     let _ = writeln!(text, "synchronous_standby_names = ''");
@@ -508,158 +513,4 @@ fn write_recovery(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
         w("pg_hba.conf", &format!("{lines}{old}"))?;
     }
     w("postgresql.auto.conf", &text)
-}
-
-/// Starts the restored instance as the server's OS user and waits until recovery reached its
-/// target: promoted (promote, latest), paused (pause) or stopped (shutdown).
-pub async fn start_and_wait(
-    config: &PghaConfig,
-    m: &Manifest,
-    opts: &RestoreOptions,
-    timeout: Duration,
-) -> Result<LocalInstance> {
-    let inst = restored_instance(config, m, &opts.to, opts.port, opts.run_as.clone())?;
-    let t = Instant::now();
-    if opts.action == TargetAction::Shutdown && opts.target != RecoveryTarget::Latest {
-        let mut cmd = inst.command("pg_ctl");
-        cmd.arg("start")
-            .arg("-D")
-            .arg(&opts.to)
-            .arg("-l")
-            .arg(inst.log_file())
-            .arg("-W")
-            .arg("-s");
-        let out = cmd
-            .output()
-            .await
-            .map_err(BackupError::io("run", "pg_ctl"))?;
-        if !out.status.success() {
-            return Err(BackupError::Command {
-                program: "pg_ctl start".into(),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while inst.process_state()? != ProcessState::Stopped {
-            if t.elapsed() > timeout {
-                return Err(BackupError::Usage(format!(
-                    "recovery did not finish within {timeout:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let log = inst.log_tail(20);
-        if log.contains("FATAL") && !log.contains("shutdown at recovery target") {
-            return Err(BackupError::Command {
-                program: "postgres (restored)".into(),
-                status: "stopped".into(),
-                stderr: log,
-            });
-        }
-        return Ok(inst);
-    }
-    if let Err(e) = inst.start().await {
-        return Err(aborted(&inst, &opts.to).await.unwrap_or(e.into()));
-    }
-    tracing::info!(
-        elapsed_ms = t.elapsed().as_millis() as u64,
-        "restore: server started (pg_ctl start -w returned)"
-    );
-    loop {
-        let mut conn = match inst.connect().await {
-            Ok(c) => c,
-            Err(e) => return Err(aborted(&inst, &opts.to).await.unwrap_or(e.into())),
-        };
-        let (in_recovery, paused): (bool, String) = sqlx::query_as(
-            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .map_err(BackupError::query("restored instance"))?;
-        let reached = match (opts.action, &opts.target) {
-            (_, RecoveryTarget::Latest) | (TargetAction::Promote, _) => !in_recovery,
-            (TargetAction::Pause, _) => paused == "paused",
-            (TargetAction::Shutdown, _) => false,
-        };
-        if reached {
-            tracing::info!(
-                elapsed_ms = t.elapsed().as_millis() as u64,
-                "restore: recovery reached its target"
-            );
-            return Ok(inst);
-        }
-        if t.elapsed() > timeout {
-            return Err(BackupError::Usage(format!(
-                "recovery did not reach its target within {timeout:?}; see {}",
-                inst.log_file().display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// When the restored server has stopped (its startup process aborted recovery, e.g. because
-/// wal-fetch found a corrupt object): the reason from its log, naming the object.
-async fn aborted(inst: &LocalInstance, dir: &Path) -> Option<BackupError> {
-    // The postmaster may need a moment to remove its pid file after the startup process died.
-    for _ in 0..20 {
-        if matches!(inst.process_state(), Ok(ProcessState::Stopped)) {
-            let log = inst.log_tail(200);
-            let ours: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("pgha-backup:") && !l.contains("is not in the archive"))
-                .collect();
-            let fatal: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
-                .collect();
-            let hint = if ours.is_empty() {
-                "the copy was not promoted"
-            } else {
-                "the copy was not promoted: repair the archive, or restore with a target before the damaged WAL"
-            };
-            let detail = match (ours.last(), fatal.last()) {
-                (Some(o), Some(f)) => format!("{}; the server stopped: {}", o.trim(), f.trim()),
-                (Some(o), None) => o.trim().to_owned(),
-                (None, Some(f)) => f.trim().to_owned(),
-                (None, None) => "the server stopped during recovery".into(),
-            };
-            return Some(BackupError::RecoveryAborted {
-                dir: dir.to_owned(),
-                detail: format!("{detail} (log {}); {hint}", inst.log_file().display()),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
-/// The restored data dir as an instance (log file beside it: `<dir>.log`).
-pub fn restored_instance(
-    config: &PghaConfig,
-    m: &Manifest,
-    dir: &Path,
-    port: Option<u16>,
-    run_as: Option<OsUser>,
-) -> Result<LocalInstance> {
-    let bins = PgBinaries::discover(config.postgres.bin_dir.as_deref())?;
-    let node = config.node(&m.node).or(config.nodes.first());
-    let mut params = match node {
-        Some(n) => pgha_postgres::connect_params(config, n)?,
-        None => dummy_params(5432),
-    };
-    params.host = "127.0.0.1".into();
-    if let Some(p) = port {
-        params.port = p;
-    }
-    params.application_name = "pgha-backup".into();
-    if port.is_some() {
-        // The copy beside the cluster runs without TLS (write_recovery).
-        params.ssl_root_cert = None;
-    }
-    let log = dir.with_extension("log");
-    Ok(LocalInstance::new(
-        "restored", dir, log, bins, run_as, params,
-    ))
 }

@@ -340,19 +340,16 @@ pub async fn restore_test(
         restore_command,
         run_as,
         progress: false,
+        keep_archiving: false,
     };
     let m = crate::restore(repo, &opts).await?;
     let inst = crate::start_and_wait(config, &m, &opts, std::time::Duration::from_secs(300)).await;
     let inst = match inst {
         Ok(i) => i,
         Err(e) => {
-            if let Ok(i) = crate::restore::restored_instance(
-                config,
-                &m,
-                &opts.to,
-                opts.port,
-                opts.run_as.clone(),
-            ) {
+            if let Ok(i) =
+                crate::restored_instance(config, &m, &opts.to, opts.port, opts.run_as.clone())
+            {
                 i.stop_blocking(StopMode::Immediate);
             }
             return Err(e);

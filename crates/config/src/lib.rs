@@ -6,6 +6,7 @@
 //! [`PghaConfig`], so a file without them keeps loading.
 
 mod backup;
+mod bootstrap;
 pub mod dynamic;
 mod error;
 mod load;
@@ -20,6 +21,7 @@ mod units;
 mod validate;
 
 pub use backup::{BackupSection, RepositoryConfig, RetentionConfig, S3Config};
+pub use bootstrap::{BootstrapMethod, BootstrapSection};
 pub use dynamic::DynamicSettings;
 pub use error::{error_chain, ConfigError, Result, ValidationError, ValidationErrors};
 pub use load::{load, load_from_str, ConfigSource, LoadedConfig};

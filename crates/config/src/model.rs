@@ -43,6 +43,9 @@ pub struct PghaConfig {
     /// `[standby_cluster]`: this cluster is a standby site of another pgha cluster.
     #[serde(default)]
     pub standby_cluster: Option<crate::StandbyClusterSection>,
+    /// `[bootstrap]`: how the agents make a new cluster's first primary (initdb, or a backup).
+    #[serde(default)]
+    pub bootstrap: crate::BootstrapSection,
 }
 
 /// `[dcs]`: where the leader lease and member states live.

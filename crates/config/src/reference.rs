@@ -12,6 +12,7 @@ const SOURCES: &[&str] = &[
     include_str!("router.rs"),
     include_str!("tls.rs"),
     include_str!("standby.rs"),
+    include_str!("bootstrap.rs"),
 ];
 
 /// One struct: its doc and its fields (name, type, doc).

@@ -19,6 +19,7 @@ impl PghaConfig {
         self.validate_pooling(&mut errs);
         self.validate_monitoring(&mut errs);
         self.validate_standby(&mut errs);
+        self.bootstrap.validate(self.backup.is_some(), &mut errs);
         if let Some(r) = &self.router {
             r.validate(&mut errs);
         }

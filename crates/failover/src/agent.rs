@@ -91,12 +91,14 @@ impl FilePromise {
 
 /// The agent of `node` and the state it shares with its API. `supervisor`: the executable
 /// that runs the supervisor process (`pgha-agent` itself); without one PostgreSQL only dies
-/// with the agent and no deadline is enforced.
+/// with the agent and no deadline is enforced. `first`: how a bootstrap makes the first
+/// primary ([`crate::first::Initdb`] unless `bootstrap.method` says otherwise).
 pub fn build(
     cfg: Arc<PghaConfig>,
     node: &str,
     dcs: Arc<dyn Dcs>,
     supervisor: Option<std::path::PathBuf>,
+    first: Arc<dyn crate::first::FirstPrimary>,
 ) -> Result<(Agent, Arc<Shared>)> {
     let ctx = Ctx::new(cfg.clone(), node).ok_or_else(|| FailoverError::UnknownNode(node.into()))?;
     let local = LocalInstance::from_config(&cfg, &ctx.me)?.with_timeout(Duration::from_secs(60));
@@ -107,12 +109,15 @@ pub fn build(
     let watchdog = Arc::new(SupervisorWatchdog {
         pg: supervised.clone(),
     });
-    let pg = Arc::new(LocalNode::new(
-        cfg.clone(),
-        ctx.me.clone(),
-        supervised,
-        ctx.t.promote_timeout,
-    ));
+    let pg = Arc::new(
+        LocalNode::new(
+            cfg.clone(),
+            ctx.me.clone(),
+            supervised,
+            ctx.t.promote_timeout,
+        )
+        .with_first_primary(first),
+    );
     let peers = Arc::new(NetPeers::new(cfg.clone(), ctx.t.dead_probe_timeout)?);
     let clock: Arc<dyn pgha_agent_core::ports::WallClock> =
         Arc::new(pgha_agent_core::ports::SystemClock);

@@ -5,6 +5,7 @@
 //! - [`agent`]: the per-node agent: the decision core of [`pgha_agent_core`] over real
 //!   effects ([`node::LocalNode`], [`peers::NetPeers`], etcd).
 //! - [`election`] and [`cascade`] (from the core): pure rules every agent evaluates alike.
+//! - [`first`]: how a bootstrap makes a new cluster's first primary (initdb, or a seam for a backup).
 //! - [`api`]: the agent's HTTP API (Patroni-compatible health endpoints for HAProxy).
 //! - [`ops`]: operator actions (switchover, failover, pause) shared by the CLI and the API.
 //! - [`settings`]: the cluster settings in the DCS (show-config, edit-config, `/config`).
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod api;
 pub mod dcs;
 mod error;
+pub mod first;
 pub mod node;
 pub mod ops;
 pub mod peers;

@@ -24,6 +24,7 @@ use pgha_replication::{
 };
 
 use crate::dcs::{MemberRole, PgState};
+use crate::first::{FirstPrimary, Initdb};
 
 /// How long an immediate shutdown may take before the fence falls back to SIGKILL.
 const FENCE_STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,6 +49,8 @@ pub struct LocalNode {
     /// One connection kept across ticks; dropped when it broke or the server stopped.
     conn: Mutex<Option<PgConnection>>,
     promote_timeout: Duration,
+    /// How a bootstrap makes the first primary.
+    first: Arc<dyn FirstPrimary>,
 }
 
 impl LocalNode {
@@ -64,7 +67,14 @@ impl LocalNode {
             pg,
             conn: Mutex::new(None),
             promote_timeout,
+            first: Arc::new(Initdb),
         }
+    }
+
+    /// A bootstrap makes the first primary with `first` instead of initdb.
+    pub fn with_first_primary(mut self, first: Arc<dyn FirstPrimary>) -> Self {
+        self.first = first;
+        self
     }
 
     fn local(&self) -> &LocalInstance {
@@ -525,9 +535,8 @@ impl PgNode for LocalNode {
         }
         self.move_aside("incomplete")?;
         let cfg = self.cfg();
-        tracing::info!(node = %self.node.name, "bootstrapping a new cluster: initdb with data checksums");
-        pgha_replication::bootstrap_primary(&cfg, &self.node, self.local(), false).await?;
-        Ok(())
+        tracing::info!(node = %self.node.name, "bootstrapping a new cluster: {}", self.first.describe());
+        self.first.make(&cfg, &self.node, self.local()).await
     }
 
     async fn finish_bootstrap(&self) -> Result<()> {

@@ -21,12 +21,6 @@ pub async fn bootstrap_primary(
         .as_ref()
         .map(|s| s.read())
         .transpose()?;
-    let replication_password = config
-        .replication
-        .password
-        .as_ref()
-        .ok_or(ReplicationError::NoReplicationPassword)?
-        .read()?;
     instance
         .initdb(&InitDbOptions {
             superuser: config.postgres.superuser.clone(),
@@ -36,27 +30,40 @@ pub async fn bootstrap_primary(
         .await?;
     install_settings(config, node, NodeRole::Primary, instance)?;
     instance.start().await?;
-    let made = async {
-        let mut conn = instance.connect_params().connect().await?;
-        // In sync mode no standby exists yet: these commits must not wait for one.
-        sqlx::query("SET synchronous_commit = local")
-            .execute(&mut conn)
-            .await
-            .map_err(|source| PgError::Query {
-                target: node.name.clone(),
-                source,
-            })?;
-        ensure_replication_role(
-            &mut conn,
-            &node.name,
-            &config.replication.user,
-            &replication_password,
-        )
-        .await
-    }
-    .await;
+    let made = prepare_first_primary(config, node, instance).await;
     if !leave_running || made.is_err() {
         instance.stop(StopMode::Fast).await?;
     }
     made
+}
+
+/// On the running first primary (made by initdb, or restored from a backup): the replication
+/// role with pgha.toml's password (its password sent as a SCRAM verifier).
+pub async fn prepare_first_primary(
+    config: &PghaConfig,
+    node: &NodeConfig,
+    instance: &LocalInstance,
+) -> Result<()> {
+    let replication_password = config
+        .replication
+        .password
+        .as_ref()
+        .ok_or(ReplicationError::NoReplicationPassword)?
+        .read()?;
+    let mut conn = instance.connect_params().connect().await?;
+    // In sync mode no standby exists yet: these commits must not wait for one.
+    sqlx::query("SET synchronous_commit = local")
+        .execute(&mut conn)
+        .await
+        .map_err(|source| PgError::Query {
+            target: node.name.clone(),
+            source,
+        })?;
+    ensure_replication_role(
+        &mut conn,
+        &node.name,
+        &config.replication.user,
+        &replication_password,
+    )
+    .await
 }

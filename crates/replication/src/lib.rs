@@ -20,7 +20,7 @@ pub mod table;
 
 pub use bootstrap::{bootstrap_replica, bootstrap_standby_leader, write_passfile};
 pub use error::{ReplicationError, Result};
-pub use first::bootstrap_primary;
+pub use first::{bootstrap_primary, prepare_first_primary};
 pub use install::{
     install_settings, install_tls_files, NodeRole, CLUSTER_CONF, INCLUDE_MARKER, NODE_CONF,
 };

@@ -45,11 +45,32 @@ impl HaCluster {
         Self::start_with(agent_bin, builder, failover_toml, true).await
     }
 
+    /// [`Self::start_empty`], running `prepare` on the cluster the builder made (no agents
+    /// yet) before its data dirs are removed: e.g. to take the backup a bootstrap restores.
+    pub async fn start_empty_after(
+        agent_bin: &Path,
+        builder: TestClusterBuilder,
+        failover_toml: &str,
+        prepare: impl AsyncFnOnce(&TestCluster) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        Self::start_prepared(agent_bin, builder, failover_toml, true, prepare).await
+    }
+
     async fn start_with(
         agent_bin: &Path,
         builder: TestClusterBuilder,
         failover_toml: &str,
         empty: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_prepared(agent_bin, builder, failover_toml, empty, async |_| Ok(())).await
+    }
+
+    async fn start_prepared(
+        agent_bin: &Path,
+        builder: TestClusterBuilder,
+        failover_toml: &str,
+        empty: bool,
+        prepare: impl AsyncFnOnce(&TestCluster) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let etcd_dir = tempfile::Builder::new().prefix("pgha-etcd-").tempdir()?;
         let etcd = EtcdServer::start(etcd_dir.path())?;
@@ -58,6 +79,7 @@ impl HaCluster {
             etcd.client_url
         );
         let cluster = builder.extra_toml(&extra).start().await?;
+        prepare(&cluster).await?;
         // The agents run PostgreSQL as their child from now on.
         cluster.stop_all(StopMode::Fast).await?;
         if empty {
