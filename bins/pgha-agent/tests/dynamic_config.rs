@@ -189,6 +189,31 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
         })
         .await?;
     }
+    // A scheduled restart shows in /patroni (Patroni's `scheduled_restart`); DELETE /restart
+    // cancels it (200), and a second DELETE finds nothing scheduled (Patroni's 404).
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://{api2}/restart"))
+        .body(r#"{"schedule":"2999-01-01T00:00:00+00:00"}"#)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await?);
+    until("node2: scheduled_restart in /patroni", || async {
+        Ok(patroni(api2).await?["scheduled_restart"]["schedule"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("2999-01-01")))
+    })
+    .await?;
+    let del = async || -> anyhow::Result<(u16, String)> {
+        let r = http.delete(format!("http://{api2}/restart")).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    };
+    assert_eq!(del().await?, (200, "scheduled restart deleted".into()));
+    until("node2: scheduled_restart gone from /patroni", || async {
+        Ok(patroni(api2).await?.get("scheduled_restart").is_none())
+    })
+    .await?;
+    assert_eq!(del().await?, (404, "no restarts are scheduled".into()));
     let got: serde_json::Value = reqwest::get(format!("http://{api2}/config"))
         .await?
         .json()

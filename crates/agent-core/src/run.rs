@@ -482,6 +482,7 @@ impl Agent {
             dcs_last_seen_ms,
             config: Some(self.ctx.cfg.clone()),
             reload_error: self.reload_error.clone(),
+            scheduled_restart_ms: d.next.restart.as_ref().and_then(|r| r.at_ms),
         });
     }
 }

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub config: Option<Arc<pgha_config::PghaConfig>>,
     /// What the last reload of pgha.toml refused (None: it applied, or none was asked).
     pub reload_error: Option<String>,
+    /// When a scheduled restart is due (wall clock, ms since the epoch); None: none scheduled.
+    pub scheduled_restart_ms: Option<u64>,
 }
 
 /// State shared between the loop and the HTTP API.

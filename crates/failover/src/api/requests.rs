@@ -102,8 +102,15 @@ pub(super) async fn cancel_restart(State(s): State<Arc<ApiState>>, headers: Head
     if let Err(r) = authorized(&s, &headers, "cancel restart") {
         return r;
     }
+    // Sent either way: a restart asked for since the last tick is cancelled too.
+    let scheduled = s.shared.snapshot().scheduled_restart_ms.is_some();
     s.shared.request(Event::RestartCancelled);
-    text(StatusCode::OK, "scheduled restart deleted")
+    if scheduled {
+        text(StatusCode::OK, "scheduled restart deleted")
+    } else {
+        // Patroni's answer when nothing is scheduled.
+        text(StatusCode::NOT_FOUND, "no restarts are scheduled")
+    }
 }
 
 pub(super) async fn reinitialize(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {

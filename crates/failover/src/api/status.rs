@@ -86,6 +86,13 @@ pub fn patroni(s: &ApiState, snap: &Snapshot, f: &Facts) -> Value {
         doc.insert("tags".into(), tags_json(f));
     }
     pending_restart(&mut doc, snap.member.as_ref());
+    if let Some(ms) = snap.scheduled_restart_ms {
+        // Patroni's field for a `POST /restart` with `schedule`.
+        doc.insert(
+            "scheduled_restart".into(),
+            json!({ "schedule": super::actions::iso8601(ms) }),
+        );
+    }
     doc.insert(
         "patroni".into(),
         json!({
