@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use pgha_agent_core::CoreError;
 use pgha_backup_core::{storage, RecoveryTarget, Repository, RestoreOptions, TargetAction};
-use pgha_config::{BackupSection, NodeConfig, PghaConfig};
+use pgha_config::{NodeConfig, PghaConfig};
 use pgha_failover::first::{FirstPrimary, Initdb};
 use pgha_postgres::{LocalInstance, PgControl, StopMode};
 use pgha_replication::{install_settings, NodeRole};
@@ -20,36 +20,17 @@ use pgha_replication::{install_settings, NodeRole};
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How this node's agent makes a new cluster's first primary, from `[bootstrap]`.
-pub fn from_config(cfg: &PghaConfig) -> anyhow::Result<Arc<dyn FirstPrimary>> {
-    Ok(match cfg.bootstrap.method {
+pub fn from_config(cfg: &PghaConfig) -> Arc<dyn FirstPrimary> {
+    match cfg.bootstrap.method {
         pgha_config::BootstrapMethod::Initdb => Arc::new(Initdb),
-        pgha_config::BootstrapMethod::Backup => {
-            let (Some(backup), Some(restore_command)) =
-                (cfg.backup.clone(), cfg.bootstrap.restore_command.clone())
-            else {
-                // validate() refuses this config; kept as an error, not a panic.
-                anyhow::bail!(
-                    "bootstrap.method = \"backup\" needs [backup] and bootstrap.restore_command"
-                );
-            };
-            Arc::new(FromBackup {
-                section: backup,
-                backup: cfg.bootstrap.backup.clone(),
-                target_time: cfg.bootstrap.target_time.clone(),
-                restore_command,
-            })
-        }
-    })
+        pgha_config::BootstrapMethod::Backup => Arc::new(FromBackup),
+    }
 }
 
-/// Restores a backup as the first primary.
+/// Restores a backup as the first primary, as the config it is given says (`[bootstrap]`,
+/// `[backup]`: the settings at the time of the bootstrap, reloads included).
 #[derive(Debug)]
-struct FromBackup {
-    section: BackupSection,
-    backup: Option<String>,
-    target_time: Option<String>,
-    restore_command: String,
-}
+struct FromBackup;
 
 fn failed(e: impl std::error::Error + Send + Sync + 'static) -> CoreError {
     CoreError::Bootstrap {
@@ -61,11 +42,7 @@ fn failed(e: impl std::error::Error + Send + Sync + 'static) -> CoreError {
 #[async_trait]
 impl FirstPrimary for FromBackup {
     fn describe(&self) -> String {
-        let which = self.backup.as_deref().unwrap_or("the newest backup");
-        match &self.target_time {
-            Some(t) => format!("restore {which} and recover to {t}"),
-            None => format!("restore {which} and recover to the end of the archive"),
-        }
+        "restore a backup and recover through the archive".into()
     }
 
     async fn make(
@@ -75,11 +52,25 @@ impl FirstPrimary for FromBackup {
         instance: &LocalInstance,
     ) -> pgha_agent_core::Result<()> {
         let t = Instant::now();
-        let repo = Repository::new(storage::open(&self.section).map_err(failed)?);
+        let b = &cfg.bootstrap;
+        // validate() refuses a config without them.
+        let (Some(section), Some(restore_command)) = (&cfg.backup, &b.restore_command) else {
+            return Err(CoreError::refused(
+                "bootstrap from a backup",
+                "bootstrap.method = \"backup\" needs [backup] and bootstrap.restore_command",
+            ));
+        };
+        tracing::info!(
+            node = %node.name,
+            "bootstrap: restoring {} and recovering to {}",
+            b.backup.as_deref().unwrap_or("the newest backup"),
+            b.target_time.as_deref().unwrap_or("the end of the archive")
+        );
+        let repo = Repository::new(storage::open(section).map_err(failed)?);
         let opts = RestoreOptions {
-            backup: self.backup.clone(),
+            backup: b.backup.clone(),
             to: instance.data_dir().to_owned(),
-            target: match &self.target_time {
+            target: match &b.target_time {
                 Some(t) => RecoveryTarget::Time(t.clone()),
                 None => RecoveryTarget::Latest,
             },
@@ -87,8 +78,8 @@ impl FirstPrimary for FromBackup {
             force: false,
             delta: false,
             port: None,
-            parallel: self.section.parallel,
-            restore_command: self.restore_command.clone(),
+            parallel: section.parallel,
+            restore_command: restore_command.clone(),
             run_as: instance.run_as().cloned(),
             progress: false,
             keep_archiving: true,

@@ -73,7 +73,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(()) => {}
     }
     let supervisor = std::env::current_exe().context("locate pgha-agent for its supervisor")?;
-    let first = first_primary::from_config(&config)?;
+    let first = first_primary::from_config(&config);
     let (mut agent, shared) = pgha_failover::agent::build(
         config.clone(),
         &node.name,

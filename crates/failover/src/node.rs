@@ -109,6 +109,26 @@ impl LocalNode {
         })
     }
 
+    /// Clears the way for a bootstrap or a clone over a data dir that is not a cluster. `ours`:
+    /// the bootstrap marker was there, so the dir is one of our own bootstraps that never
+    /// committed (never led, nothing acknowledged in it): removed, so failed tries of a
+    /// restore from a backup do not pile up copies. Anything else is moved aside.
+    fn clear_half_made(&self, ours: bool) -> Result<()> {
+        let data = self.local().data_dir();
+        if !ours || !data.exists() {
+            return self.move_aside("incomplete");
+        }
+        tracing::warn!(node = %self.node.name, "removing {}: an interrupted bootstrap's data dir", data.display());
+        std::fs::remove_dir_all(data).map_err(|source| {
+            PgError::Io {
+                action: "remove",
+                path: data.to_owned(),
+                source,
+            }
+            .into()
+        })
+    }
+
     /// The config settings are rendered from now.
     fn cfg(&self) -> Arc<PghaConfig> {
         match self.cfg.read() {
@@ -525,6 +545,7 @@ impl PgNode for LocalNode {
 
     async fn bootstrap(&self) -> Result<()> {
         let marker = self.half_made();
+        let ours = marker.exists();
         pgha_postgres::files::write_atomic(&marker, b"", 0o600, None).map_err(CoreError::from)?;
         if matches!(
             self.local().process_state(),
@@ -533,7 +554,7 @@ impl PgNode for LocalNode {
             // A previous try's server (started outside the supervisor).
             self.fence().await?;
         }
-        self.move_aside("incomplete")?;
+        self.clear_half_made(ours)?;
         let cfg = self.cfg();
         tracing::info!(node = %self.node.name, "bootstrapping a new cluster: {}", self.first.describe());
         self.first.make(&cfg, &self.node, self.local()).await
@@ -588,7 +609,7 @@ impl PgNode for LocalNode {
             self.move_aside("diverged")?;
         } else if marker.exists() {
             // An interrupted bootstrap's dir: nobody needs it.
-            self.move_aside("incomplete")?;
+            self.clear_half_made(true)?;
         }
         if marker.exists() {
             std::fs::remove_file(&marker).map_err(|source| PgError::Io {
@@ -639,3 +660,7 @@ impl PgNode for LocalNode {
         Ok(control_data(self.local()).await?.checkpoint_lsn)
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;
