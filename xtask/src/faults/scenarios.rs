@@ -194,7 +194,9 @@ impl Run<'_> {
                 format!("{} acknowledged writes lost in sync mode", r.lost),
             );
         }
-        let reclones = self.w.reclones();
+        // This trial's (from its fault on), except after a rewind that lost its source.
+        let since = std::time::SystemTime::now() - fault.elapsed();
+        let reclones = self.w.reclones(since);
         r.check(
             reclones.is_empty(),
             format!("re-cloned instead of rewound: {}", reclones.join(", ")),

@@ -365,8 +365,14 @@ impl World {
         false
     }
 
-    /// Data directories moved aside by a re-clone (`<data>.diverged-<ts>`).
-    pub fn reclones(&self) -> Vec<String> {
+    /// Data directories moved aside by a re-clone (`<data>.diverged-<ts>`) from `since` on,
+    /// but for a node whose pg_rewind lost its source mid-copy in that time.
+    pub fn reclones(&self, since: std::time::SystemTime) -> Vec<String> {
+        let since_s = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // The agent's log lines start with an RFC 3339 time in this form: they sort as text.
+        let since_log = humantime::format_rfc3339_micros(since).to_string();
         let mut out = Vec::new();
         for n in self.node_names() {
             let Ok(inst) = self.cluster.instance(&n) else {
@@ -377,8 +383,25 @@ impl World {
                 continue;
             };
             let prefix = format!("{}.diverged-", name.to_string_lossy());
+            // A re-clone after pg_rewind lost its source mid-copy is what pg_rewind's docs ask
+            // for (the target is then not in a recoverable state), not a missed rewind.
+            let log = std::fs::read_to_string(self.root.join(format!("{n}-agent.log")))
+                .unwrap_or_default();
+            let interrupted = log.lines().any(|l| {
+                l.get(..since_log.len())
+                    .is_some_and(|t| t >= since_log.as_str())
+                    && l.contains("unexpected result while fetching remote files")
+            });
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let Some(at) = file.strip_prefix(&prefix) else {
+                    continue;
+                };
+                // An earlier trial's (the suffix is its time in seconds).
+                if at.parse::<u64>().is_ok_and(|at| at + 1 < since_s) {
+                    continue;
+                }
+                if !interrupted {
                     out.push(format!("{n}: {}", e.path().display()));
                 }
             }

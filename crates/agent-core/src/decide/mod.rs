@@ -327,13 +327,24 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
     }
 }
 
-/// A pg_rewind failure that retrying never mends: the data dir's timeline history shares no
-/// ancestor with the source's (a rewind interrupted when its source failed over mid-copy
-/// leaves it so). It counts toward the re-clone like a failed start. Failures to reach the
-/// source do not: they pass. Found by `cargo xtask faults --scenario double-failover`, where
-/// node3 retried "could not find common ancestor" for minutes.
+/// A pg_rewind failure other than not reaching its source: pg_rewind ran against the data
+/// dir, and a rewind interrupted when its source died mid-copy leaves it half-rewound, which
+/// retrying never mends (seen: "could not find common ancestor", and "could not open file
+/// .../pg_wal/...: No such file or directory" retried for minutes, never re-cloned). It counts
+/// toward the re-clone like a failed start; a source that cannot be reached does not. Found
+/// by `cargo xtask faults --scenario double-failover`.
 pub(crate) fn rewind_damaged(e: &str) -> bool {
-    e.starts_with("rewind") && e.contains("could not find common ancestor")
+    /// libpq's and the OS's words for a source that was never reached.
+    const UNREACHABLE: &[&str] = &[
+        "connection to server at",
+        "could not connect to server",
+        "Connection refused",
+        "timeout expired",
+        "No route to host",
+        "Network is unreachable",
+        "could not translate host name",
+    ];
+    e.starts_with("rewind") && !UNREACHABLE.iter().any(|m| e.contains(m))
 }
 
 /// What a finished job changes.

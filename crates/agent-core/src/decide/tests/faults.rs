@@ -210,8 +210,13 @@ async fn a_rewind_that_damaged_the_data_dir_counts_toward_a_reclone_a_refused_on
     };
     let ancestor = "rewind: pg_rewind from n2 failed (exit status: 1): pg_rewind: error: could not find common ancestor of the source and target cluster's timelines";
     let refused = "rewind: pg_rewind from n2 failed (exit status: 1): pg_rewind: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused";
+    // Seen after a rewind from a source that died mid-copy (the faults suite's double-failover).
+    let missing = "rewind: pg_rewind from n2 failed (exit status: 1): pg_rewind: servers diverged at WAL location 0/500C828 on timeline 1\npg_rewind: error: could not open file \"/data/pg_wal/000000010000000000000006\": No such file or directory\npg_rewind: error: could not read WAL record at 0/6000028";
+    let timeout = "rewind: pg_rewind from n2 failed (exit status: 1): pg_rewind: error: connection to server at \"10.0.0.1\", port 5432 failed: timeout expired";
     assert_eq!(run(ancestor, 0).next.failed_starts, 1);
+    assert_eq!(run(missing, 0).next.failed_starts, 1);
     assert_eq!(run(refused, 0).next.failed_starts, 0);
+    assert_eq!(run(timeout, 0).next.failed_starts, 0);
     // The third such failure makes the next job a re-clone (spawned once the failed job's
     // back-off has passed).
     let d = run(ancestor, c.t.reclone_after_failed_starts - 1);
