@@ -5,7 +5,8 @@
 //! - never two nodes that accept writes at the same instant, and no commit acknowledged by a
 //!   node that does not hold a valid leader lease;
 //! - sync mode: a node that starts taking writes holds every acknowledged commit;
-//! - no two promotions create the same timeline; no data dir is re-cloned (the last resort);
+//! - no two promotions create the same timeline; no data dir is re-cloned (the last resort),
+//!   but one a pg_rewind left half-rewound when its source died mid-copy (the fake models it);
 //! - liveness: within [`Scenario::primary_bound`] after the last fault healed there is a
 //!   writable primary holding the lease, and within [`Scenario::all_bound`] every node runs,
 //!   the leader writable and every other node streaming.

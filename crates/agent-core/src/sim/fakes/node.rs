@@ -16,6 +16,11 @@ use crate::{CoreError, Result};
 /// What an interrupted bootstrap leaves in the data dir (reported as uninitialized).
 const HALF_MADE: &str = "half-made bootstrap";
 
+/// `Data::broken` of a target whose pg_rewind lost its source mid-copy: half-rewound; no later
+/// rewind and no start mends it, only a re-clone (pg_rewind's docs). Seen for real in
+/// `cargo xtask faults --scenario double-failover`.
+const HALF_REWOUND: &str = "half-rewound: pg_rewind lost its source mid-copy";
+
 /// The node's PostgreSQL, as its agent drives it.
 #[derive(Debug, Clone)]
 pub struct SimPg {
@@ -341,12 +346,45 @@ impl PgNode for SimPg {
 
     async fn rewind(&self, source: &str) -> Result<()> {
         self.h.latency(1, 3).await;
-        let d = self.h.lock().delay(50, 500);
+        let me = self.h.me.clone();
+        let d = {
+            // pg_rewind connects to the source first, then copies for a while.
+            let mut w = self.h.lock();
+            source_data(&w, "pg_rewind", &me, source, Instant::now())?;
+            if w.pg(&me).running {
+                return Err(CoreError::simulated("pg_rewind", "target is running"));
+            }
+            if let Some(td) = w.pg(&me).data.as_ref() {
+                if td.broken.as_deref() == Some(HALF_REWOUND) {
+                    return Err(CoreError::simulated(
+                        "pg_rewind",
+                        "could not open file \"pg_wal/000000010000000000000006\": No such file or directory",
+                    ));
+                }
+            }
+            w.delay(50, 500)
+        };
         self.h.pause(d).await;
         let mut w = self.h.lock();
         let now = Instant::now();
-        let me = self.h.me.clone();
-        let sd = source_data(&w, "pg_rewind", &me, source, now)?;
+        let sd = match source_data(&w, "pg_rewind", &me, source, now) {
+            Ok(sd) => sd,
+            Err(_) => {
+                // The source went away mid-copy: the target is half-rewound.
+                if let Some(td) = w.pg(&me).data.as_mut() {
+                    td.broken = Some(HALF_REWOUND.into());
+                }
+                w.log(
+                    now,
+                    &me,
+                    format!("pg_rewind from {source}: source lost mid-copy"),
+                );
+                return Err(CoreError::simulated(
+                    "pg_rewind",
+                    "unexpected result while fetching remote files: server closed the connection unexpectedly",
+                ));
+            }
+        };
         if w.pg(&me).running {
             return Err(CoreError::simulated("pg_rewind", "target is running"));
         }
@@ -441,7 +479,14 @@ impl PgNode for SimPg {
         let now = Instant::now();
         let me = self.h.me.clone();
         let sd = source_data(&w, "pg_basebackup", &me, source, now)?;
-        if move_aside {
+        let half_rewound = w
+            .pg(&me)
+            .data
+            .as_ref()
+            .is_some_and(|d| d.broken.as_deref() == Some(HALF_REWOUND));
+        if move_aside && half_rewound {
+            w.log(now, &me, "re-clone of a half-rewound data dir");
+        } else if move_aside {
             w.checker.reclones += 1;
             w.violation(
                 now,
@@ -514,12 +559,19 @@ fn source_data(
     source: &str,
     now: Instant,
 ) -> Result<Data> {
+    // libpq's words, as the real tools print them (the agent tells a source it could not
+    // reach from a rewind that ran: `decide::rewind_damaged`).
     if !w.net.both_up(me, source) {
-        return Err(CoreError::simulated(tool, format!("{source} unreachable")));
+        return Err(CoreError::simulated(
+            tool,
+            format!("connection to server at \"{source}\", port 5432 failed: timeout expired"),
+        ));
     }
     let src = &w.nodes[source].pg;
-    src.data
-        .clone()
-        .filter(|_| src.ready(now))
-        .ok_or_else(|| CoreError::simulated(tool, format!("{source} is not running")))
+    src.data.clone().filter(|_| src.ready(now)).ok_or_else(|| {
+        CoreError::simulated(
+            tool,
+            format!("connection to server at \"{source}\", port 5432 failed: Connection refused"),
+        )
+    })
 }
