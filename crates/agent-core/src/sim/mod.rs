@@ -173,6 +173,18 @@ impl Sim {
     }
 
     fn start_agent(&mut self, name: &str) {
+        if self.slots.contains_key(name) {
+            // Two crash faults on one node overlapped: its agent was started again already.
+            // A real second agent refuses to start (`ops::ensure_sole_agent`); the sim had
+            // let both run, each with its own jobs (seed 85654: two re-clones at once).
+            let mut w = self.lock();
+            w.log(
+                Instant::now(),
+                name,
+                "agent already running: not started twice",
+            );
+            return;
+        }
         let Some(ctx) = Ctx::new(self.cfg.clone(), name) else {
             return;
         };
