@@ -30,6 +30,10 @@ pub struct SimulateArgs {
     /// Without the supervisor's deadline (shows what it prevents).
     #[arg(long)]
     no_watchdog: bool,
+    /// Every seed starts on empty data dirs: the agents bootstrap the cluster (one winner,
+    /// the others clone) under the same faults.
+    #[arg(long)]
+    empty: bool,
     /// Worker threads (seeds are independent).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -40,6 +44,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         no_watchdog: args.no_watchdog,
         echo: false,
         only: args.only.clone(),
+        empty: args.empty,
     };
     if let Some(seed) = args.seed {
         return one(seed, &opts, args.trace);

@@ -136,6 +136,9 @@ pub enum Job {
     /// The first primary of a new cluster: initdb (checksums, the superuser's password),
     /// its settings, the replication role; left stopped, to be elected like any node with data.
     Bootstrap { lease: LeaseId },
+    /// A bootstrap committed in the DCS (the initialize key is ours for good) whose agent
+    /// died before it removed the half-made mark: remove it; the data dir counts.
+    FinishBootstrap,
     /// An operator's reinit of a replica: stop, move the data dir aside, clone from
     /// `upstream`, start streaming.
     Reinit { upstream: String },
@@ -167,6 +170,7 @@ impl Job {
             Job::Checkpoint => "checkpoint",
             Job::RestartPg { .. } => "restart on request",
             Job::Bootstrap { .. } => "bootstrap the cluster",
+            Job::FinishBootstrap => "finish the committed bootstrap",
             Job::Reinit { .. } => "reinitialize",
         }
     }

@@ -47,8 +47,11 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     /// Takes the `initialize` key on `lease` if nobody has it (compare-and-swap on its
     /// absence): this agent bootstraps the cluster.
     async fn try_initialize(&self, lease: LeaseId) -> Result<bool>;
-    /// The bootstrap is done and we lead: the `initialize` key stays for good (off the lease).
-    async fn finish_initialize(&self) -> Result<()>;
+    /// The `initialize` key stays for good (off the lease). With `lease`: the bootstrap's
+    /// commit point, only while the key is still ours on that lease and not done
+    /// (compare-and-swap); false when it was not. Without: unconditionally (a key an older
+    /// agent left not done under the leader it became).
+    async fn finish_initialize(&self, lease: Option<LeaseId>) -> Result<bool>;
     /// Deletes the leader key if it is still at `leader.revision`, and revokes its lease.
     async fn revoke_leader(&self, leader: &LeaderInfo) -> Result<bool>;
     /// Writes `status` if the leader key is still on `lease` (a leader that lost the key

@@ -241,7 +241,7 @@ impl Executor {
                 }
             }
             Action::FinishInitialize => {
-                fx.dcs.finish_initialize().await?;
+                fx.dcs.finish_initialize(None).await?;
                 tracing::info!(node = %self.ctx.name(), "cluster bootstrapped");
             }
             Action::SeedSettings { config, revision } => {
@@ -376,18 +376,23 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
         Job::StopForRewind => pg.stop(StopMode::Fast).await.map_err(step("stop"))?,
         Job::Bootstrap { lease } => {
             pg.bootstrap().await.map_err(step("bootstrap"))?;
-            // The commit point: only while the initialize key is still ours (an agent frozen
-            // past its lease may find another node bootstrapping by now).
-            let view = fx.dcs.view().await.map_err(step("bootstrap"))?;
-            let ours = view
-                .initialize
-                .as_ref()
-                .is_some_and(|i| i.by == ctx.name() && i.lease == Some(*lease) && !i.done);
-            if !ours {
-                return Err("bootstrap: the initialize key is no longer ours; the data dir stays half-made (moved aside at the next try)".into());
+            // The commit point, before the data dir counts: the initialize key becomes
+            // permanent only while it is still ours (an agent frozen past its lease may find
+            // another node bootstrapping by now). Once it is, no other node bootstraps, even
+            // if we die before our first tick as leader; the marker says "made", so a
+            // restart that finds the key done by us only finishes (Job::FinishBootstrap).
+            if !fx
+                .dcs
+                .finish_initialize(Some(*lease))
+                .await
+                .map_err(step("bootstrap"))?
+            {
+                return Err("bootstrap: the initialize key is no longer ours; the data dir stays half-made (removed at the next try)".into());
             }
+            tracing::info!(node = %ctx.name(), "bootstrap committed: the initialize key is kept for good");
             pg.finish_bootstrap().await.map_err(step("bootstrap"))?;
         }
+        Job::FinishBootstrap => pg.finish_bootstrap().await.map_err(step("bootstrap"))?,
         Job::RestartPg { .. } => {
             stop_for_operator(ctx, fx).await?;
             pg.restart().await.map_err(step("start"))?;

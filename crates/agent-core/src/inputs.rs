@@ -30,6 +30,10 @@ pub struct Inputs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Local {
     pub pg_state: PgState,
+    /// The data dir is an interrupted bootstrap's that made the first primary (its mark says
+    /// so) but may not have committed it: it counts only if the initialize key is ours for
+    /// good ([`crate::action::Job::FinishBootstrap`]). Reported as uninitialized.
+    pub bootstrap_made: bool,
     /// Answered a query this tick.
     pub reachable: bool,
     /// Primary: not in recovery; replica: in recovery (or standby.signal on disk, stopped).
@@ -64,6 +68,7 @@ impl Local {
     pub fn stopped(role: MemberRole) -> Self {
         Local {
             pg_state: PgState::Stopped,
+            bootstrap_made: false,
             reachable: false,
             role,
             timeline: None,

@@ -45,8 +45,10 @@ pub trait PgNode: Send + Sync + std::fmt::Debug {
     /// Rewrites pgha-node.conf for `target` and reloads when it differs; true when it did.
     async fn point_at(&self, target: &Target) -> Result<bool>;
     /// A new cluster's first data dir ([`crate::action::Job::Bootstrap`]): a half-made one
-    /// from an interrupted bootstrap is moved aside first; PostgreSQL is left stopped and the
-    /// data dir marked half-made (observed as uninitialized) until [`Self::finish_bootstrap`].
+    /// from an interrupted bootstrap (and a server still running on it) is cleared first; the
+    /// server the bootstrap runs listens on a private port only; PostgreSQL is left stopped
+    /// and the data dir marked half-made (observed as uninitialized) until
+    /// [`Self::finish_bootstrap`], the mark saying "made" ([`crate::inputs::Local::bootstrap_made`]).
     async fn bootstrap(&self) -> Result<()>;
     /// Removes the half-made mark: the data dir counts from now on.
     async fn finish_bootstrap(&self) -> Result<()>;

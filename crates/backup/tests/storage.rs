@@ -185,7 +185,19 @@ fn a_killed_local_holder_does_not_block_the_repository() {
         .unwrap();
     assert!(killed.success());
     child.wait().unwrap();
-    let l = rt.block_on(lock::acquire(&s, "expire")).unwrap();
+    // `sleep` is flock's child, not ours: it is killed with the group but may still be on its
+    // way out (its descriptors close at exit), so give the kernel a bounded moment.
+    let l = rt.block_on(async {
+        let mut last = None;
+        for _ in 0..100 {
+            match lock::acquire(&s, "expire").await {
+                Ok(l) => return l,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the lock stayed held 5 s after its holders were killed: {last:?}");
+    });
     rt.block_on(l.release());
 }
 

@@ -53,6 +53,9 @@ pub struct LocalNode {
     first: Arc<dyn FirstPrimary>,
 }
 
+/// What the bootstrap marker holds once the first primary is made (before the commit).
+const BOOTSTRAP_MADE: &[u8] = b"made\n";
+
 impl LocalNode {
     /// `promote_timeout`: `Timings::promote_timeout`.
     pub fn new(
@@ -113,7 +116,14 @@ impl LocalNode {
     /// the bootstrap marker was there, so the dir is one of our own bootstraps that never
     /// committed (never led, nothing acknowledged in it): removed, so failed tries of a
     /// restore from a backup do not pile up copies. Anything else is moved aside.
-    fn clear_half_made(&self, ours: bool) -> Result<()> {
+    async fn clear_half_made(&self, ours: bool) -> Result<()> {
+        if matches!(
+            self.local().process_state(),
+            Ok(ProcessState::Running { .. })
+        ) {
+            // A previous try's server (pg_ctl started it, outside the supervisor).
+            self.fence().await?;
+        }
         let data = self.local().data_dir();
         if !ours || !data.exists() {
             return self.move_aside("incomplete");
@@ -288,6 +298,7 @@ impl PgNode for LocalNode {
             if matches!(inst.process_state(), Ok(ProcessState::Running { .. })) {
                 o.pg_state = PgState::Running;
             }
+            o.bootstrap_made = std::fs::read(self.half_made()).is_ok_and(|m| m == BOOTSTRAP_MADE);
             return o;
         }
         let disk_role = if !inst.is_initialized() {
@@ -547,17 +558,20 @@ impl PgNode for LocalNode {
         let marker = self.half_made();
         let ours = marker.exists();
         pgha_postgres::files::write_atomic(&marker, b"", 0o600, None).map_err(CoreError::from)?;
-        if matches!(
-            self.local().process_state(),
-            Ok(ProcessState::Running { .. })
-        ) {
-            // A previous try's server (started outside the supervisor).
-            self.fence().await?;
-        }
-        self.clear_half_made(ours)?;
+        self.clear_half_made(ours).await?;
         let cfg = self.cfg();
-        tracing::info!(node = %self.node.name, "bootstrapping a new cluster: {}", self.first.describe());
-        self.first.make(&cfg, &self.node, self.local()).await
+        // Its server is started by pg_ctl, outside the supervisor, and outlives a killed
+        // agent: on a private port no client configured for the cluster reaches it.
+        let private = self.local().on_private_port()?;
+        tracing::info!(
+            node = %self.node.name,
+            "bootstrapping a new cluster: {} (server on private port {} until committed)",
+            self.first.describe(),
+            private.connect_params().port
+        );
+        self.first.make(&cfg, &self.node, &private).await?;
+        pgha_postgres::files::write_atomic(&marker, BOOTSTRAP_MADE, 0o600, None)
+            .map_err(CoreError::from)
     }
 
     async fn finish_bootstrap(&self) -> Result<()> {
@@ -609,7 +623,7 @@ impl PgNode for LocalNode {
             self.move_aside("diverged")?;
         } else if marker.exists() {
             // An interrupted bootstrap's dir: nobody needs it.
-            self.clear_half_made(true)?;
+            self.clear_half_made(true).await?;
         }
         if marker.exists() {
             std::fs::remove_file(&marker).map_err(|source| PgError::Io {

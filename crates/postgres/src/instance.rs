@@ -36,6 +36,8 @@ pub struct LocalInstance {
     timeout: Duration,
     /// CA the server tools verify TLS servers with (PGSSLROOTCERT); None without `[tls]`.
     tool_ssl_root_cert: Option<PathBuf>,
+    /// `pg_ctl start -o` (a private port: [`LocalInstance::on_private_port`]).
+    start_options: Option<String>,
 }
 
 /// libpq tools (and postgres) read PGHOST, PGPASSWORD, ... before a passfile: an operator's
@@ -66,6 +68,7 @@ impl LocalInstance {
             connect,
             timeout: Duration::from_secs(60),
             tool_ssl_root_cert: None,
+            start_options: None,
         }
     }
 
@@ -89,6 +92,30 @@ impl LocalInstance {
                 Some(node.tls_install_dir().join(pgha_config::TLS_INSTALLED_CA));
         }
         Ok(inst)
+    }
+
+    /// The same instance, started on a free port of its own host instead of its configured
+    /// one (the command line overrides every config file) and connected to there: what runs
+    /// while it is made (a bootstrap's recovery and role setup) reaches no client configured
+    /// for the cluster, even if whoever started it dies.
+    pub fn on_private_port(&self) -> Result<Self> {
+        let host = if self.connect.host.parse::<std::net::IpAddr>().is_ok() {
+            self.connect.host.as_str()
+        } else {
+            "127.0.0.1"
+        };
+        let port = std::net::TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|source| PgError::Io {
+                action: "find a free port on",
+                path: PathBuf::from(host),
+                source,
+            })?
+            .port();
+        let mut me = self.clone();
+        me.connect.port = port;
+        me.start_options = Some(format!("-p {port}"));
+        Ok(me)
     }
 
     /// How long start/stop/promote may take before we give up.
@@ -374,6 +401,9 @@ impl PgControl for LocalInstance {
             .arg("-l")
             .arg(&self.log_file)
             .args(["-w", "-t", &self.timeout_secs(), "-s"]);
+        if let Some(o) = &self.start_options {
+            cmd.arg("-o").arg(o);
+        }
         match run(cmd, "pg_ctl", "start").await {
             Ok(_) => Ok(()),
             Err(PgError::CommandFailed {

@@ -24,6 +24,13 @@ pub(super) fn new_cluster(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &Clus
         return false;
     }
     match &view.initialize {
+        Some(i) if i.done && i.by == me && inp.local.bootstrap_made => {
+            // Our bootstrap committed, then its agent died before the mark was removed.
+            if d.spawn(ctx, inp.now, Job::FinishBootstrap) {
+                d.because("bootstrap: committed in the DCS by us, the data dir still marked half-made: finishing it");
+            }
+            true
+        }
         Some(i) if i.done => {
             d.because(format!(
                 "no leader: {} bootstrapped the cluster but no node with data is here",

@@ -89,6 +89,18 @@ fn follow_leader(
                 leader.name
             ));
         }
+        (PgState::Running, MemberRole::Uninitialized) => {
+            // A server on an interrupted bootstrap's data dir (pg_ctl started it, so it
+            // outlived its agent; private port): nobody needs it, and it keeps the clone out.
+            d.fence(format!(
+                "{} leads and a server runs on our half-made bootstrap data dir",
+                leader.name
+            ));
+            d.because(format!(
+                "follower of {}: stopped the server of an interrupted bootstrap",
+                leader.name
+            ));
+        }
         (PgState::Running, _) if !obs.reachable => {
             // Starting up or in crash recovery as a replica: look again next tick.
             d.because(format!(

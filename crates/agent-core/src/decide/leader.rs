@@ -40,6 +40,22 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
                 (false, _) => Job::Restart,
             };
             d.because(format!("leader: PostgreSQL is down: {}", job.name()));
+            let ours = view.sync.as_ref().is_some_and(|s| s.leader == ctx.name());
+            if job == Job::StartPrimary
+                && ctx.cfg.replication.mode == ReplicationMode::Sync
+                && !ours
+            {
+                // As before a promotion: a primary with no synchronous standby acknowledges
+                // commits alone, so until one catches up nobody else may be promoted. Without
+                // this, a new cluster's first primary (or one started from a stopped cluster)
+                // ran with /sync absent or naming another leader's standbys, and those could
+                // win an election without its acknowledged commits (cargo xtask simulate
+                // --empty, seed 14674). A failed write blocks the start.
+                d.act(Action::PutSync(SyncState {
+                    leader: ctx.name().into(),
+                    standbys: vec![],
+                }));
+            }
             d.spawn(ctx, now, job);
         } else {
             d.because("leader: PostgreSQL runs but does not answer yet");

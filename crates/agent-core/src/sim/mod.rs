@@ -266,7 +266,8 @@ impl Sim {
         );
     }
 
-    /// SIGKILL of the agent: its PostgreSQL dies with it (the supervisor).
+    /// SIGKILL of the agent: its PostgreSQL dies with it (the supervisor), unless pg_ctl
+    /// started it.
     fn kill_agent(&mut self, name: &str) {
         if let Some(s) = self.slots.remove(name) {
             s.gate.set(AgentState::Dead);
@@ -274,13 +275,26 @@ impl Sim {
         }
         let mut w = self.lock();
         let now = Instant::now();
+        let mut orphan = false;
         if let Some(n) = w.nodes.get_mut(name) {
             n.agent = AgentState::Dead;
             n.shared = None;
             n.watchdog = None;
-            n.pg.down();
+            // A server pg_ctl started (a bootstrap's) is no child of the agent's supervisor.
+            orphan = n.pg.unsupervised && n.pg.running;
+            if !orphan {
+                n.pg.down();
+            }
         }
-        w.log(now, name, "FAULT: agent killed (its PostgreSQL with it)");
+        w.log(
+            now,
+            name,
+            if orphan {
+                "FAULT: agent killed (its bootstrap's server, started by pg_ctl, runs on)"
+            } else {
+                "FAULT: agent killed (its PostgreSQL with it)"
+            },
+        );
     }
 
     fn set_agent(&mut self, name: &str, s: AgentState) {

@@ -28,7 +28,16 @@ pub struct Data {
     pub broken: Option<String>,
 }
 
+/// What an interrupted bootstrap leaves in the data dir (reported as uninitialized).
+pub const HALF_MADE: &str = "half-made bootstrap";
+/// What a bootstrap leaves once it made the first primary, until the commit removes the mark.
+pub const BOOTSTRAP_MADE: &str = "bootstrap made, not committed";
+
 impl Data {
+    pub fn is_half_made(&self) -> bool {
+        matches!(self.broken.as_deref(), Some(HALF_MADE | BOOTSTRAP_MADE))
+    }
+
     pub fn new() -> Self {
         Data {
             wal: Vec::new(),
@@ -65,6 +74,9 @@ impl Default for Data {
 pub struct Pg {
     pub data: Option<Data>,
     pub running: bool,
+    /// Started with pg_ctl outside the supervisor (a bootstrap's server): no deadline kills it
+    /// and it outlives its agent.
+    pub unsupervised: bool,
     /// Starting (recovery, not accepting connections) until then.
     pub ready_at: Option<Instant>,
     /// A promotion was requested; it completes then.
@@ -109,7 +121,10 @@ impl Pg {
 
     /// Answers `pg_is_in_recovery() = false` and takes writes.
     pub fn writable(&self, now: Instant) -> bool {
-        self.ready(now) && self.data.is_some() && !self.in_recovery()
+        // A half-made bootstrap's server listens on a private port only: no client reaches it.
+        self.ready(now)
+            && self.data.as_ref().is_some_and(|d| !d.is_half_made())
+            && !self.in_recovery()
     }
 
     /// pgha.conf now says `params`; a running server reloads it (restart-only ones wait).
@@ -147,6 +162,7 @@ impl Pg {
     /// Crash or stop: nothing in flight survives.
     pub fn down(&mut self) {
         self.running = false;
+        self.unsupervised = false;
         self.ready_at = None;
         self.promote_at = None;
         self.checkpoint_at = None;

@@ -15,6 +15,8 @@ pub struct SimOptions {
     pub echo: bool,
     /// Only these fault kinds (names, comma-separated), for focused runs.
     pub only: Option<String>,
+    /// Every seed starts on empty data dirs: the agents bootstrap the cluster under the faults.
+    pub empty: bool,
 }
 
 /// One fault, as drawn.
@@ -190,7 +192,7 @@ impl Scenario {
             loop_wait,
             dcs_timeout,
             faults,
-            empty: false,
+            empty: opts.empty,
         }
     }
 

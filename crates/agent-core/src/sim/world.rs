@@ -323,7 +323,7 @@ impl World {
     fn pg_events(&mut self, now: Instant, n: &str) {
         let node = self.nodes.get_mut(n).expect("own node"); // see message
         if let Some(dl) = node.watchdog {
-            if dl <= now && node.pg.running {
+            if dl <= now && node.pg.running && !node.pg.unsupervised {
                 node.pg.down();
                 node.watchdog = None;
                 self.log(now, n, "supervisor deadline passed: PostgreSQL killed");

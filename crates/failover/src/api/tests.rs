@@ -54,7 +54,7 @@ impl Dcs for ViewDcs {
     async fn try_initialize(&self, _: LeaseId) -> pgha_agent_core::Result<bool> {
         unsupported("initialize")
     }
-    async fn finish_initialize(&self) -> pgha_agent_core::Result<()> {
+    async fn finish_initialize(&self, _: Option<LeaseId>) -> pgha_agent_core::Result<bool> {
         unsupported("initialize")
     }
     async fn end_session(&self, _: LeaseId) -> pgha_agent_core::Result<()> {

@@ -401,15 +401,27 @@ impl Dcs for EtcdDcs {
             .succeeded())
     }
 
-    async fn finish_initialize(&self) -> Result<()> {
+    async fn finish_initialize(&self, lease: Option<LeaseId>) -> Result<bool> {
+        let key = self.key("initialize");
         let value = serde_json::json!({"by": self.me, "done": true}).to_string();
         let mut c = self.client();
-        self.bounded(
-            "keep the initialize key",
-            c.put(self.key("initialize"), value, None),
-        )
-        .await?;
-        Ok(())
+        let Some(lease) = lease else {
+            self.bounded("keep the initialize key", c.put(key, value, None))
+                .await?;
+            return Ok(true);
+        };
+        // Exactly what try_initialize wrote, on the lease it wrote it with.
+        let taken = serde_json::json!({"by": self.me, "done": false}).to_string();
+        let txn = Txn::new()
+            .when([
+                Compare::lease(key.clone(), CompareOp::Equal, lease),
+                Compare::value(key.clone(), CompareOp::Equal, taken),
+            ])
+            .and_then([TxnOp::put(key, value, None)]);
+        Ok(self
+            .bounded("commit the bootstrap", c.txn(txn))
+            .await?
+            .succeeded())
     }
 
     async fn take_over_leader(&self, lease: LeaseId, revision: i64) -> Result<bool> {

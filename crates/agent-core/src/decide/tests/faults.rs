@@ -224,3 +224,82 @@ async fn a_rewind_that_damaged_the_data_dir_counts_toward_a_reclone_a_refused_on
     let d = run(refused, c.t.reclone_after_failed_starts - 1);
     assert!(!d.reason.contains("re-clone"), "{}", d.reason);
 }
+
+/// A bootstrap interrupted after its commit (the initialize key is ours for good, the mark
+/// says "made") only finishes; one that did not commit waits; a server left running on a
+/// half-made dir under another node's lead is stopped so the clone can go ahead.
+#[tokio::test(start_paused = true)]
+async fn interrupted_bootstraps_finish_wait_or_stop_by_what_the_dcs_says() {
+    let now = Instant::now();
+    let c = ctx();
+    let m = mem(now, Role::NoLeader, 42);
+    let mut v = view(None);
+    for s in v.members.values_mut() {
+        s.role = MemberRole::Uninitialized;
+        s.pg_state = PgState::Stopped;
+    }
+    let done_by = |by: &str| {
+        let mut v = v.clone();
+        v.initialize = Some(crate::dcs::Initialize {
+            by: by.into(),
+            done: true,
+            lease: None,
+        });
+        v
+    };
+    let made = Local {
+        bootstrap_made: true,
+        ..Local::stopped(MemberRole::Uninitialized)
+    };
+    let finishes = |d: &Decision| {
+        has(d, |a| {
+            matches!(
+                a,
+                Action::Spawn {
+                    job: Job::FinishBootstrap,
+                    ..
+                }
+            )
+        })
+    };
+    let d = decide(&c, &m, &healthy(now, made.clone(), done_by("n1")));
+    assert!(finishes(&d), "{}", d.reason);
+    // Not made (the mark is empty: make() did not finish), or committed by another node.
+    let d = decide(
+        &c,
+        &m,
+        &healthy(
+            now,
+            Local::stopped(MemberRole::Uninitialized),
+            done_by("n1"),
+        ),
+    );
+    assert!(!finishes(&d), "{}", d.reason);
+    assert!(
+        d.reason.contains("no node with data is here"),
+        "{}",
+        d.reason
+    );
+    let d = decide(&c, &m, &healthy(now, made, done_by("n2")));
+    assert!(!finishes(&d), "{}", d.reason);
+
+    // Another node leads; our dead predecessor's bootstrap server still runs.
+    let m = mem(
+        now,
+        Role::Follower {
+            leader: "n2".into(),
+        },
+        42,
+    );
+    let orphan = Local {
+        pg_state: PgState::Running,
+        ..Local::stopped(MemberRole::Uninitialized)
+    };
+    let d = decide(&c, &m, &healthy(now, orphan, view(Some(("n2", 7)))));
+    assert!(
+        has(&d, |a| matches!(a, Action::Fence { .. })),
+        "{}",
+        d.reason
+    );
+    assert!(d.reason.contains("interrupted bootstrap"), "{}", d.reason);
+}

@@ -270,3 +270,56 @@ async fn unread_replication_rows_change_no_synchronous_standby() {
         "{d:?}"
     );
 }
+
+/// Sync mode: a new leader that starts its stopped primary (a new cluster's first one, or a
+/// cluster started from stopped nodes) first makes /sync name itself and no standby, as a
+/// promotion does: it acknowledges commits alone until a standby catches up, so nobody else
+/// may be promoted meanwhile (found by `cargo xtask simulate --empty`, seed 14674).
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_starting_its_primary_in_sync_mode_first_names_itself_in_sync() {
+    let now = Instant::now();
+    let c = ctx_with("mode = \"sync\"");
+    let m = mem(now, Role::NoLeader, 42);
+    let stopped = Local::stopped(MemberRole::Primary);
+    let order = |d: &Decision| {
+        let put = d.actions.iter().position(
+            |a| matches!(a, Action::PutSync(s) if s.leader == "n1" && s.standbys.is_empty()),
+        );
+        let start = d.actions.iter().position(|a| {
+            matches!(
+                a,
+                Action::Spawn {
+                    job: Job::StartPrimary,
+                    ..
+                }
+            )
+        });
+        (put, start)
+    };
+    for sync in [
+        None,
+        Some(SyncState {
+            leader: "n2".into(),
+            standbys: vec!["n3".into()],
+        }),
+    ] {
+        let mut v = view(Some(("n1", 42)));
+        v.sync = sync.clone();
+        let d = decide(&c, &m, &healthy(now, stopped.clone(), v));
+        let (put, start) = order(&d);
+        assert!(start.is_some(), "{}: {:?}", d.reason, d.actions);
+        assert!(
+            put.is_some_and(|p| Some(p) < start),
+            "{sync:?}: {:?}",
+            d.actions
+        );
+    }
+    // /sync names us already (our own restart): left as it is.
+    let mut v = view(Some(("n1", 42)));
+    v.sync = Some(SyncState {
+        leader: "n1".into(),
+        standbys: vec!["n2".into()],
+    });
+    let d = decide(&c, &m, &healthy(now, stopped, v));
+    assert_eq!(order(&d).0, None, "{:?}", d.actions);
+}

@@ -195,12 +195,21 @@ impl Dcs for SimDcs {
         .await
     }
 
-    async fn finish_initialize(&self) -> Result<()> {
+    async fn finish_initialize(&self, lease: Option<LeaseId>) -> Result<bool> {
         let me = self.h.me.clone();
-        self.op("finish initialize", move |w, _| {
+        self.op("finish initialize", move |w, now| {
+            if let Some(lease) = lease {
+                let ours = matches!(
+                    &w.dcs.initialize,
+                    Some((i, Some(l))) if i.by == me && !i.done && *l == lease
+                ) && w.dcs.lease_alive(lease);
+                if !ours {
+                    return false;
+                }
+            }
             w.dcs.initialize = Some((
                 crate::dcs::Initialize {
-                    by: me,
+                    by: me.clone(),
                     done: true,
                     lease: None,
                 },
@@ -208,6 +217,8 @@ impl Dcs for SimDcs {
             ));
             w.dcs.revision += 1;
             w.dcs.notify();
+            w.log(now, &me, "DCS: the initialize key is kept for good");
+            true
         })
         .await
     }

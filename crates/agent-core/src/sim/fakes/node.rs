@@ -10,11 +10,8 @@ use super::{lsn, Handle};
 use crate::dcs::{MemberRole, PgState};
 use crate::inputs::{Local, StandbyRow};
 use crate::ports::{PgNode, Target};
-use crate::sim::pg::Data;
+use crate::sim::pg::{Data, BOOTSTRAP_MADE, HALF_MADE};
 use crate::{CoreError, Result};
-
-/// What an interrupted bootstrap leaves in the data dir (reported as uninitialized).
-const HALF_MADE: &str = "half-made bootstrap";
 
 /// `Data::broken` of a target whose pg_rewind lost its source mid-copy: half-rewound; no later
 /// rewind and no start mends it, only a re-clone (pg_rewind's docs). Seen for real in
@@ -38,12 +35,21 @@ impl SimPg {
         let pg = &w.nodes[me].pg;
         let disk = match &pg.data {
             None => MemberRole::Uninitialized,
-            Some(d) if d.broken.as_deref() == Some(HALF_MADE) => MemberRole::Uninitialized,
+            Some(d) if d.is_half_made() => MemberRole::Uninitialized,
             Some(d) if d.standby_signal => MemberRole::Replica,
             Some(_) => MemberRole::Primary,
         };
         let mut o = Local::stopped(disk);
         let Some(d) = &pg.data else { return o };
+        if d.is_half_made() {
+            // An interrupted bootstrap's dir (LocalNode::observe); its server, if it runs, is
+            // on a private port.
+            if pg.running {
+                o.pg_state = PgState::Running;
+            }
+            o.bootstrap_made = d.broken.as_deref() == Some(BOOTSTRAP_MADE);
+            return o;
+        }
         if !pg.running {
             o.timeline = Some(d.control_tli);
             o.lsn = Some(lsn(d.lsn()));
@@ -429,11 +435,21 @@ impl PgNode for SimPg {
                 broken: Some(HALF_MADE.into()),
                 ..Data::new()
             });
+            // The first primary runs on a private port while it is made (the restore's
+            // recovery, the replication role): an agent killed now leaves it running.
+            let pg = w.pg(&me);
+            pg.running = true;
+            pg.unsupervised = true;
+            pg.ready_at = Some(now);
             w.delay(300, 1500)
         };
         self.h.pause(d).await;
         let mut w = self.h.lock();
         let now = Instant::now();
+        w.pg(&me).down();
+        if let Some(d) = w.pg(&me).data.as_mut() {
+            d.broken = Some(BOOTSTRAP_MADE.into());
+        }
         w.log(
             now,
             &me,
@@ -450,13 +466,7 @@ impl PgNode for SimPg {
         let others: Vec<String> = w
             .nodes
             .iter()
-            .filter(|(n, x)| {
-                **n != me
-                    && x.pg
-                        .data
-                        .as_ref()
-                        .is_some_and(|d| d.broken.as_deref() != Some(HALF_MADE))
-            })
+            .filter(|(n, x)| **n != me && x.pg.data.as_ref().is_some_and(|d| !d.is_half_made()))
             .map(|(n, _)| n.clone())
             .collect();
         if !others.is_empty() {
@@ -479,6 +489,11 @@ impl PgNode for SimPg {
         let now = Instant::now();
         let me = self.h.me.clone();
         let sd = source_data(&w, "pg_basebackup", &me, source, now)?;
+        let half_made = w.pg(&me).data.as_ref().is_some_and(|d| d.is_half_made());
+        if half_made && w.pg(&me).running {
+            // LocalNode::clear_half_made stops an interrupted bootstrap's server first.
+            w.pg(&me).down();
+        }
         let half_rewound = w
             .pg(&me)
             .data
@@ -492,12 +507,7 @@ impl PgNode for SimPg {
                 now,
                 format!("{me} re-cloned its data dir from {source} (the last resort)"),
             );
-        } else if w
-            .pg(&me)
-            .data
-            .as_ref()
-            .is_some_and(|d| d.broken.as_deref() != Some(HALF_MADE))
-        {
+        } else if w.pg(&me).data.as_ref().is_some_and(|d| !d.is_half_made()) {
             // (A half-made bootstrap's dir is moved aside: nobody needs it.)
             return Err(CoreError::simulated(
                 "pg_basebackup",
