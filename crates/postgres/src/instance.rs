@@ -99,11 +99,7 @@ impl LocalInstance {
     /// while it is made (a bootstrap's recovery and role setup) reaches no client configured
     /// for the cluster, even if whoever started it dies.
     pub fn on_private_port(&self) -> Result<Self> {
-        let host = if self.connect.host.parse::<std::net::IpAddr>().is_ok() {
-            self.connect.host.as_str()
-        } else {
-            "127.0.0.1"
-        };
+        let host = self.bind_host();
         let port = std::net::TcpListener::bind((host, 0))
             .and_then(|l| l.local_addr())
             .map_err(|source| PgError::Io {
@@ -337,13 +333,17 @@ impl LocalInstance {
     }
 
     /// Fails with a clear message when something else listens on the instance's port.
-    pub(crate) fn check_port_free(&self) -> Result<()> {
-        let host = if self.connect.host.parse::<std::net::IpAddr>().is_ok() {
+    /// The address a port probe binds: the server's own when it is an IP, else loopback.
+    fn bind_host(&self) -> &str {
+        if self.connect.host.parse::<std::net::IpAddr>().is_ok() {
             self.connect.host.as_str()
         } else {
             "127.0.0.1"
-        };
-        match std::net::TcpListener::bind((host, self.connect.port)) {
+        }
+    }
+
+    pub(crate) fn check_port_free(&self) -> Result<()> {
+        match std::net::TcpListener::bind((self.bind_host(), self.connect.port)) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(PgError::PortInUse {
                 node: self.name.clone(),
                 host: self.connect.host.clone(),

@@ -174,6 +174,12 @@ impl EtcdDcs {
 }
 
 impl EtcdDcs {
+    /// The `initialize` key's value: who bootstraps, and whether it is kept for good (the
+    /// compare-and-swap of the commit compares against exactly the not-done one).
+    fn initialize_value(&self, done: bool) -> String {
+        serde_json::json!({"by": self.me, "done": done}).to_string()
+    }
+
     /// Puts `key` only while the leader key is on `lease` (one transaction).
     async fn put_if_leader<T: Serialize>(
         &self,
@@ -386,7 +392,7 @@ impl Dcs for EtcdDcs {
 
     async fn try_initialize(&self, lease: LeaseId) -> Result<bool> {
         let key = self.key("initialize");
-        let value = serde_json::json!({"by": self.me, "done": false}).to_string();
+        let value = self.initialize_value(false);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -403,7 +409,7 @@ impl Dcs for EtcdDcs {
 
     async fn finish_initialize(&self, lease: Option<LeaseId>) -> Result<bool> {
         let key = self.key("initialize");
-        let value = serde_json::json!({"by": self.me, "done": true}).to_string();
+        let value = self.initialize_value(true);
         let mut c = self.client();
         let Some(lease) = lease else {
             self.bounded("keep the initialize key", c.put(key, value, None))
@@ -411,7 +417,7 @@ impl Dcs for EtcdDcs {
             return Ok(true);
         };
         // Exactly what try_initialize wrote, on the lease it wrote it with.
-        let taken = serde_json::json!({"by": self.me, "done": false}).to_string();
+        let taken = self.initialize_value(false);
         let txn = Txn::new()
             .when([
                 Compare::lease(key.clone(), CompareOp::Equal, lease),
