@@ -101,19 +101,26 @@ async fn suite(s: Arc<dyn Storage>) {
         .unwrap());
     assert!(s.put_if_absent("c/big", big.clone()).await.unwrap());
     assert_eq!(s.get("c/big").await.unwrap(), big);
-    let mut racers = tokio::task::JoinSet::new();
-    for i in 0..8u8 {
-        let s = s.clone();
-        racers.spawn(async move { (i, s.put_if_absent("c/race", vec![i; 100]).await.unwrap()) });
+    // Concurrent conditional puts of one key: exactly one wins, in every round. Bodies of
+    // 1 MiB widen the server's window between its check and its store (plain moto, whose
+    // check is not atomic, let two win in 2 of 60 such rounds).
+    for round in 0..6 {
+        let key = format!("c/race-{round}");
+        let mut racers = tokio::task::JoinSet::new();
+        for i in 0..8u8 {
+            let (s, key) = (s.clone(), key.clone());
+            racers
+                .spawn(async move { (i, s.put_if_absent(&key, vec![i; 1 << 20]).await.unwrap()) });
+        }
+        let winners: Vec<u8> = racers
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(|(i, won)| won.then_some(i))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        assert_eq!(s.get(&key).await.unwrap(), vec![winners[0]; 1 << 20]);
     }
-    let winners: Vec<u8> = racers
-        .join_all()
-        .await
-        .into_iter()
-        .filter_map(|(i, won)| won.then_some(i))
-        .collect();
-    assert_eq!(winners.len(), 1, "winners {winners:?}");
-    assert_eq!(s.get("c/race").await.unwrap(), vec![winners[0]; 100]);
 
     // The repository lock: one holder; the second is refused naming the first; free again
     // after release.

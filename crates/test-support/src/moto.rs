@@ -1,5 +1,11 @@
 //! A real S3-compatible server for tests: moto's server from the venv xtask creates
 //! (`$HOME/.cache/pgha-venv`, `moto[server]` pinned), on a free loopback port, killed on drop.
+//!
+//! moto checks `If-None-Match: *` and then stores the object without a lock between the two
+//! (`moto/s3/responses.py`, `put_object`), so two concurrent conditional puts of one key can
+//! both succeed. AWS S3 decides them atomically (one wins, the others get 412 or 409), and
+//! our repository lock and `wal-push` rely on that. The server is therefore started through
+//! [`ATOMIC_CONDITIONAL_PUTS`]: moto's own app, with conditional requests serialized.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,6 +24,28 @@ pub fn venv_dir() -> PathBuf {
     home.join(".cache/pgha-venv")
 }
 
+/// moto's `main()`, except that requests carrying `If-None-Match` or `If-Match` run one at a
+/// time (others stay concurrent), which makes moto's check-then-store atomic as on AWS S3.
+pub const ATOMIC_CONDITIONAL_PUTS: &str = r#"
+import sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+host, port = sys.argv[1], int(sys.argv[2])
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+
+def serialized(environ, start_response):
+    if "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ:
+        with lock:
+            # The body is produced inside the lock: moto stores the object while the
+            # response is built.
+            return list(app(environ, start_response))
+    return app(environ, start_response)
+
+run_simple(host, port, serialized, threaded=True, request_handler=MotoRequestHandler)
+"#;
+
 /// A running moto server.
 #[derive(Debug)]
 pub struct MotoServer {
@@ -30,7 +58,8 @@ impl MotoServer {
     /// Starts moto on a free port and waits until it answers.
     pub fn start() -> anyhow::Result<MotoServer> {
         let bin = venv_dir().join("bin/moto_server");
-        if !bin.exists() {
+        let python = venv_dir().join("bin/python");
+        if !bin.exists() || !python.exists() {
             bail!(
                 "{} is missing: run `cargo xtask install-deps` (creates the venv with moto[server]=={MOTO_VERSION})",
                 bin.display()
@@ -38,13 +67,18 @@ impl MotoServer {
         }
         let res = pgha_local_cluster::free_port("127.0.0.1")?;
         let port = res.port;
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = Command::new(&python)
+            .args([
+                "-c",
+                ATOMIC_CONDITIONAL_PUTS,
+                "127.0.0.1",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
+            .with_context(|| format!("start moto with {}", python.display()))?;
         let mut server = MotoServer {
             child,
             port,
