@@ -60,6 +60,24 @@ async fn patroni(api: std::net::SocketAddr) -> anyhow::Result<serde_json::Value>
         .await?)
 }
 
+/// The granted TTL of the lease under the leader key and each member key.
+async fn lease_ttls(
+    etcd: &mut etcd_client::Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let kvs = etcd
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await?;
+    let mut granted = std::collections::BTreeMap::new();
+    for kv in kvs.kvs() {
+        let key = kv.key_str()?.to_owned();
+        if (key.ends_with("/leader") || key.contains("/members/")) && kv.lease() != 0 {
+            let t = etcd.lease_time_to_live(kv.lease(), None).await?;
+            granted.insert(key, t.granted_ttl());
+        }
+    }
+    Ok(granted)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::Result<()> {
     let h = HaCluster::start_three(bin(), T).await?;
@@ -169,7 +187,14 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
     let before = view().await?.config;
     let code = pgha(
         &h,
-        &["edit-config", "--set", "ttl=5", "--pg", "port=1", "--force"],
+        &[
+            "edit-config",
+            "--set",
+            "synchronous_mode=on",
+            "--pg",
+            "port=1",
+            "--force",
+        ],
     )
     .await;
     assert_eq!(code, ExitCode::FAILURE);
@@ -226,7 +251,54 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
         "{got}"
     );
 
-    // SIGHUP: node3's tags change live; a TTL change is refused (it needs a restart).
+    // Dynamic timings: `pgha edit-config --set ttl=8` moves every agent to an 8 s lease (each
+    // grants a new one and moves its keys onto it), the leader keeping its key by a
+    // compare-and-swap: same leader, same timeline, no failover, writes on.
+    let leader_before = view().await?.leader.unwrap();
+    let code = pgha(
+        &h,
+        &[
+            "edit-config",
+            "--set",
+            "ttl=8",
+            "--set",
+            "loop_wait=1",
+            "--force",
+        ],
+    )
+    .await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let endpoints = cfg.dcs.as_ref().unwrap().etcd.clone();
+    let mut etcd = etcd_client::Client::connect(endpoints, None).await?;
+    let deadline = Instant::now() + T;
+    loop {
+        let granted = lease_ttls(&mut etcd).await?;
+        if granted.len() == 4 && granted.values().all(|t| *t == 8) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every key on an 8 s lease: {granted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v = view().await?;
+    let leader = v.leader.as_ref().unwrap();
+    assert_eq!(leader.name, leader_before.name);
+    assert_ne!(leader.lease, leader_before.lease, "the leader key moved");
+    assert_eq!(tl(&v), tl_before, "a new lease is no failover");
+    assert!(v.history.is_empty(), "{:?}", v.history);
+    let mut c = h.cluster.conn("node1").await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS timings_probe (x int)")
+        .execute(&mut c)
+        .await?;
+    // The agents' own loop period follows: /patroni shows the new loop_wait on a replica.
+    until("node2 publishes loop_wait 1 s", || async {
+        Ok(view().await?.members["node2"].loop_wait_ms == Some(1000))
+    })
+    .await?;
+
+    // SIGHUP: node3's tags change live; a restart-only change is refused.
     let path = h.cluster.config_path();
     let original = std::fs::read_to_string(&path)?;
     let tagged = original.replacen(
@@ -247,7 +319,13 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
         Ok(patroni(api3).await?["tags"]["zone"] == "b")
     })
     .await?;
-    std::fs::write(&path, tagged.replacen("ttl = \"3s\"", "ttl = \"4s\"", 1))?;
+    let slower = tagged.replacen(
+        "postgres_restart_timeout = \"1s\"",
+        "postgres_restart_timeout = \"2s\"",
+        1,
+    );
+    assert_ne!(slower, tagged);
+    std::fs::write(&path, slower)?;
     kill(Pid::from_raw(pid3), Signal::SIGHUP)?;
     until("reload refused", || async {
         let e = patroni(api3).await?["pgha"]["reload_error"].clone();
@@ -260,7 +338,7 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
     assert!(log.contains("reload refused"), "{log}");
 
     // A clean stop (SIGTERM) revokes the agent's session: its member key goes at once, not a
-    // lease TTL (3 s) later, so its restart is not taken for a second agent of the node.
+    // lease TTL (8 s) later, so its restart is not taken for a second agent of the node.
     let mut h = h;
     h.agents
         .get_mut("node3")

@@ -44,9 +44,11 @@ pub enum Command {
     /// The cluster settings kept in the DCS (Patroni's dynamic configuration; pgha.toml's
     /// seed while the first leader has not written them), as JSON.
     ShowConfig,
-    /// Change the cluster settings in the DCS for every node: `maximum_lag_on_failover` and
-    /// `postgresql.parameters`. Shows the change and asks before writing; validated like
-    /// pgha.toml. Parameters that need a restart show under PENDING RESTART in `pgha list`.
+    /// Change the cluster settings in the DCS for every node: `ttl`, `loop_wait`,
+    /// `retry_timeout`, `maximum_lag_on_failover` and `postgresql.parameters`. Shows the
+    /// change and asks before writing; validated like pgha.toml. A new `ttl` moves every
+    /// agent to a lease of that TTL (no failover). Parameters that need a restart show under
+    /// PENDING RESTART in `pgha list`.
     EditConfig(EditConfigArgs),
     /// Restart PostgreSQL on these nodes (every node when none is named: replicas first, the
     /// leader last, which keeps its lease: no failover) through their agents' `POST /restart`.
@@ -154,8 +156,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct EditConfigArgs {
-    /// Set a key of the document (dotted path), e.g. `maximum_lag_on_failover=2MB` or
-    /// `postgresql.parameters.work_mem=8MB`; `KEY=null` removes it. Repeatable.
+    /// Set a key of the document (dotted path), e.g. `ttl=20`, `loop_wait=500ms`,
+    /// `maximum_lag_on_failover=2MB` or `postgresql.parameters.work_mem=8MB`; `KEY=null`
+    /// removes it. Repeatable.
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Set a PostgreSQL parameter (`postgresql.parameters.NAME`); `NAME=null` removes it.

@@ -10,7 +10,19 @@ use crate::dcs::{DynamicConfig, LeaderInfo, LeaderStatus, LeaseId, MemberState, 
 /// are [`Job`]s that run in the background while the loop keeps renewing the lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    GrantSession,
+    GrantSession {
+        ttl: Duration,
+    },
+    /// The settings' TTL differs from our lease's: grant a lease of `ttl`, move the leader key
+    /// onto it when it is on `old` (`leader_revision`, compare-and-swap), publish `member` on
+    /// it, then revoke `old`. The tick's last action (the leader-only writes before it use
+    /// `old`).
+    RotateSession {
+        old: LeaseId,
+        ttl: Duration,
+        leader_revision: Option<i64>,
+        member: Box<MemberState>,
+    },
     PublishMember {
         lease: LeaseId,
         member: MemberState,

@@ -94,6 +94,7 @@ replicate_from = "n2"
             noloadbalance: false,
             tags: Default::default(),
             pending_restart: Vec::new(),
+            loop_wait_ms: None,
         }
     }
 

@@ -24,8 +24,12 @@ pub type LeaseId = i64;
 /// value per agent (it knows the agent's node name) or per operator command.
 #[async_trait]
 pub trait Dcs: Send + Sync + std::fmt::Debug {
-    /// Grants a new session lease of the configured TTL.
-    async fn grant_session(&self) -> Result<LeaseId>;
+    /// Grants a new session lease of `ttl` (whole seconds; etcd keeps it for the lease's life,
+    /// so a changed `ttl` takes a new lease).
+    async fn grant_session(&self, ttl: std::time::Duration) -> Result<LeaseId>;
+    /// Every request from now on gives up after `timeout` (`dcs.request_timeout`, which the
+    /// fence timing counts on, changed in the cluster settings).
+    fn set_request_timeout(&self, timeout: std::time::Duration);
     /// Renews `lease`. `Ok(false)`: the lease no longer exists (expired or revoked; every key
     /// on it is gone).
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool>;

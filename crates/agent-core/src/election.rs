@@ -124,6 +124,7 @@ mod tests {
             noloadbalance: false,
             tags: Default::default(),
             pending_restart: Vec::new(),
+            loop_wait_ms: None,
         }
     }
 

@@ -99,6 +99,63 @@ impl Executor {
         out
     }
 
+    /// `Action::RotateSession`. The leader key's move is a compare-and-swap; when its outcome
+    /// is unknown (the request failed) the key is looked up: only a key that did not move
+    /// lets the new lease go. Not found out either, the new lease is left to expire (the
+    /// next tick's view moves a key that did move back onto the lease we renew).
+    async fn rotate(
+        &self,
+        old: crate::dcs::LeaseId,
+        ttl: std::time::Duration,
+        leader_revision: Option<i64>,
+        member: &crate::dcs::MemberState,
+        out: &mut Vec<Outcome>,
+    ) -> crate::Result<()> {
+        let fx = &self.fx;
+        let node = self.ctx.name();
+        let sent = Instant::now();
+        let new = fx.dcs.grant_session(ttl).await?;
+        if let Some(revision) = leader_revision {
+            let moved = match fx.dcs.take_over_leader(new, revision).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(node = %node, "move the leader key to the new lease: {e}; looking where it is");
+                    match fx.dcs.view().await {
+                        Ok(v) => Some(v.leader.is_some_and(|l| l.lease == new)),
+                        Err(e2) => {
+                            return Err(crate::CoreError::refused(
+                                "move to a lease of the new TTL",
+                                format!("the leader key's move failed ({e}) and it could not be read ({e2}); lease {new} is left to expire"),
+                            ))
+                        }
+                    }
+                }
+            };
+            if moved == Some(false) {
+                if let Err(e) = fx.dcs.end_session(new).await {
+                    tracing::warn!(node = %node, "revoke the unused lease {new} (it expires by itself): {e}");
+                }
+                return Err(crate::CoreError::refused(
+                    "move to a lease of the new TTL",
+                    "the leader key did not move (it changed since this tick's view)",
+                ));
+            }
+        }
+        if let Err(e) = fx.dcs.publish_member(new, member).await {
+            tracing::warn!(node = %node, "publish our member key on the new lease (next tick does): {e}");
+        }
+        out.push(Outcome::SessionGranted {
+            lease: new,
+            sent,
+            ttl,
+        });
+        if let Err(e) = fx.dcs.end_session(old).await {
+            tracing::warn!(node = %node, "revoke the old lease {old} (it expires by itself): {e}");
+        }
+        tracing::info!(node = %node, lease = new, leader = leader_revision.is_some(), "moved to a lease of the new TTL ({ttl:?})");
+        Ok(())
+    }
+
     async fn run(
         &mut self,
         a: &Action,
@@ -107,10 +164,23 @@ impl Executor {
     ) -> crate::Result<()> {
         let fx = &self.fx;
         match a {
-            Action::GrantSession => {
+            Action::GrantSession { ttl } => {
                 let sent = Instant::now();
-                let lease = fx.dcs.grant_session().await?;
-                out.push(Outcome::SessionGranted { lease, sent });
+                let lease = fx.dcs.grant_session(*ttl).await?;
+                out.push(Outcome::SessionGranted {
+                    lease,
+                    sent,
+                    ttl: *ttl,
+                });
+            }
+            Action::RotateSession {
+                old,
+                ttl,
+                leader_revision,
+                member,
+            } => {
+                self.rotate(*old, *ttl, *leader_revision, member, out)
+                    .await?
             }
             Action::PublishMember { lease, member } => {
                 fx.dcs.publish_member(*lease, member).await?
@@ -455,7 +525,8 @@ async fn wait_received(
 
 fn action_name(a: &Action) -> &'static str {
     match a {
-        Action::GrantSession => "grant session",
+        Action::GrantSession { .. } => "grant session",
+        Action::RotateSession { .. } => "move to a lease of the new TTL",
         Action::PublishMember { .. } => "publish member",
         Action::AcquireLeader { .. } => "acquire leader",
         Action::TakeOverLeader { .. } => "take over leader key",

@@ -125,8 +125,12 @@ pub enum SessionRead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// We told `leader` we cannot reach the DCS either (at `at`): we promised not to take the
-    /// lease for `Timings::failsafe_quarantine`.
-    FailsafeConfirmed { leader: String, at: Instant },
+    /// lease until `until` (what it asked for, at least `Timings::failsafe_quarantine`).
+    FailsafeConfirmed {
+        leader: String,
+        at: Instant,
+        until: Instant,
+    },
     /// A previous run of this agent promised not to take the lease until then.
     PromiseInherited { until: Instant },
     /// An operator asks for a restart of PostgreSQL (`POST /restart`, `pgha restart`): not
@@ -159,6 +163,7 @@ pub enum Outcome {
     SessionGranted {
         lease: LeaseId,
         sent: Instant,
+        ttl: std::time::Duration,
     },
     /// The leader key is ours (acquired or taken over), or it was not (someone else's).
     LeaderTaken {

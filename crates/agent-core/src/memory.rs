@@ -48,6 +48,9 @@ pub struct Session {
     /// When the last successful renewal (or the grant) was sent: the lease lasts at least
     /// `ttl` from then.
     pub renewed_at: Instant,
+    /// The TTL the lease was granted with (etcd renews it to that, whatever the settings say
+    /// now).
+    pub ttl: std::time::Duration,
 }
 
 /// A background job in flight.

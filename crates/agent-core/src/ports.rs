@@ -80,8 +80,14 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     async fn create_slot_on(&self, node: &str, slot: &str) -> Result<()>;
     /// `node`'s last received WAL position.
     async fn received_lsn(&self, node: &str) -> Result<Option<Lsn>>;
-    /// Asks `node`'s agent whether it cannot reach the DCS either (POST /failsafe).
-    async fn ask_failsafe(&self, node: &str, leader: &str) -> Result<()>;
+    /// Asks `node`'s agent whether it cannot reach the DCS either (POST /failsafe) and, if
+    /// so, to promise not to take the lease for `promise` (at least its own quarantine).
+    async fn ask_failsafe(
+        &self,
+        node: &str,
+        leader: &str,
+        promise: std::time::Duration,
+    ) -> Result<()>;
 }
 
 /// The supervisor that owns the postmaster and kills it at a deadline.

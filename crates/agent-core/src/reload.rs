@@ -7,14 +7,20 @@ use pgha_config::{DynamicSettings, PghaConfig};
 
 /// The sections a reload refuses to change (a restart of the agent applies them): the ones
 /// the lease, the DCS session, the node's identity or the rendered server settings rest on.
-/// Tags, `nofailover`, `noloadbalance`, `postgres.parameters` and
-/// `failover.maximum_lag_on_failover` change live; the sections other programs read
+/// Tags, `nofailover`, `noloadbalance` and the dynamic keys (`postgres.parameters`,
+/// `failover.maximum_lag_on_failover`, `failover.ttl`, `failover.loop_wait`,
+/// `dcs.request_timeout`) change live; the sections other programs read
 /// (`[pooling]`, `[monitoring]`, `[router]`, `[backup]`) are taken as they are.
 pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static str> {
     let norm = |c: &PghaConfig| {
         let mut c = c.clone();
         c.postgres.parameters.clear();
         c.failover.maximum_lag_on_failover = Default::default();
+        c.failover.ttl = Default::default();
+        c.failover.loop_wait = Default::default();
+        if let Some(d) = c.dcs.as_mut() {
+            d.request_timeout = Default::default();
+        }
         for n in &mut c.nodes {
             n.tags.clear();
             n.nofailover = false;
@@ -84,7 +90,11 @@ mod tests {
             .parameters
             .insert("work_mem".into(), "8MB".into());
         assert!(restart_only_changes(&old, &new).is_empty());
+        // The timings are dynamic keys: they change live (the agent moves to a new lease).
         new.failover.ttl *= 2;
+        new.failover.loop_wait *= 2;
+        assert!(restart_only_changes(&old, &new).is_empty());
+        new.failover.safety_margin *= 2;
         new.nodes[0].port += 1;
         assert_eq!(restart_only_changes(&old, &new), vec!["failover", "nodes"]);
     }
@@ -100,7 +110,7 @@ mod tests {
             changed_keys(&local, &eff),
             vec!["postgresql.parameters.work_mem"]
         );
-        let bad = serde_json::json!({"postgresql": {"parameters": {"port": 1}}, "ttl": 5});
+        let bad = serde_json::json!({"postgresql": {"parameters": {"port": 1}}, "ttl": "x"});
         let e = effective(&local, Some(&bad)).unwrap_err();
         assert!(
             e.contains("postgresql.parameters.port") && e.contains("ttl"),

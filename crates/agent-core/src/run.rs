@@ -25,7 +25,12 @@ const FAILSAFE_RETRY: Duration = Duration::from_millis(100);
 /// says no (it has not noticed yet) is asked again until `within` has passed. Ok: every one
 /// confirmed, with the earliest moment one of the confirmed questions was sent (each promise
 /// runs from its answer, which came later).
-async fn failsafe_round(ctx: &Ctx, fx: &Effects, within: Duration) -> Result<Instant, String> {
+async fn failsafe_round(
+    ctx: &Ctx,
+    fx: &Effects,
+    within: Duration,
+    promise: Duration,
+) -> Result<Instant, String> {
     let until = Instant::now() + within;
     let me = ctx.name().to_string();
     let asks: Vec<_> = ctx
@@ -37,7 +42,7 @@ async fn failsafe_round(ctx: &Ctx, fx: &Effects, within: Duration) -> Result<Ins
             tokio::spawn(async move {
                 loop {
                     let sent = Instant::now();
-                    match peers.ask_failsafe(&n, &me).await {
+                    match peers.ask_failsafe(&n, &me, promise).await {
                         Ok(()) => return Ok(sent),
                         Err(e) if Instant::now() + FAILSAFE_RETRY > until => {
                             return Err(format!("{n}: {e}"))
@@ -203,6 +208,12 @@ impl Agent {
         match self.ctx.next_generation(cfg) {
             Some(ctx) => {
                 tracing::info!(node = %node, generation = ctx.generation, changed = ?keys, "running with new settings");
+                if ctx.t.dcs_timeout != self.ctx.t.dcs_timeout {
+                    self.exec
+                        .effects()
+                        .dcs
+                        .set_request_timeout(ctx.t.dcs_timeout);
+                }
                 self.ctx = ctx;
                 self.exec.set_ctx(self.ctx.clone());
             }
@@ -219,7 +230,6 @@ impl Agent {
 
     /// Runs until `cancel`, then stops PostgreSQL and releases the lease.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let loop_wait = self.ctx.t.loop_wait;
         let mut watch: Option<mpsc::Receiver<()>> = None;
         let mut outcomes: Vec<Outcome> = Vec::new();
         let mut again = 0u32;
@@ -260,6 +270,9 @@ impl Agent {
                 continue;
             }
             again = 0;
+            // The settings may have changed the period this tick; a lease of an older, shorter
+            // TTL is renewed often enough for it until the agent moved to a new one.
+            let loop_wait = self.ctx.t.loop_period(self.mem.session.map(|s| s.ttl));
             let sleep = d
                 .soon
                 .map_or(loop_wait, |s| s.min(loop_wait))
@@ -318,19 +331,27 @@ impl Agent {
         let fx = self.exec.effects().clone();
         let local = fx.pg.observe(true).await;
         // Renewal and read in parallel: a tick that waits on the DCS costs one timeout.
+        // A lease granted by the last tick's actions (a move to a new TTL) is the one we hold
+        // now: renewing the old one would only find it revoked.
+        let granted = outcomes.iter().rev().find_map(|o| match o {
+            Outcome::SessionGranted { lease, ttl, .. } => Some((*lease, *ttl)),
+            _ => None,
+        });
+        let current = granted.map(|g| g.0).or(self.mem.session.map(|s| s.lease));
+        let lease_ttl = granted
+            .map(|g| g.1)
+            .or(self.mem.session.map(|s| s.ttl))
+            .unwrap_or(self.ctx.t.ttl);
         let renew = async {
-            match self.mem.session {
+            match current {
                 None => SessionRead::None,
-                Some(s) => {
+                Some(lease) => {
                     let sent = Instant::now();
-                    match fx.dcs.keep_alive(s.lease).await {
-                        Ok(true) => SessionRead::Renewed {
-                            lease: s.lease,
-                            sent,
-                        },
-                        Ok(false) => SessionRead::Gone { lease: s.lease },
+                    match fx.dcs.keep_alive(lease).await {
+                        Ok(true) => SessionRead::Renewed { lease, sent },
+                        Ok(false) => SessionRead::Gone { lease },
                         Err(e) => SessionRead::Failed {
-                            lease: s.lease,
+                            lease,
                             error: e.to_string(),
                         },
                     }
@@ -343,7 +364,8 @@ impl Agent {
             && self.mem.timers.dcs_unreachable_since.is_some();
         let round = async {
             if ask {
-                Some(failsafe_round(&self.ctx, &fx, self.ctx.t.dcs_timeout).await)
+                let promise = self.ctx.t.failsafe_promise(lease_ttl);
+                Some(failsafe_round(&self.ctx, &fx, self.ctx.t.dcs_timeout, promise).await)
             } else {
                 None
             }

@@ -145,21 +145,28 @@ impl Shared {
 
     /// The leader, cut off from the DCS, asks whether it may keep serving (POST /failsafe).
     /// Yes only while this agent cannot reach the DCS either and does not lead; then it
-    /// promises not to take the lease for `Timings::failsafe_quarantine`.
-    pub fn confirm_failsafe(&self, leader: &str) -> Result<(), &'static str> {
+    /// promises not to take the lease for `promise` (what the leader's lease needs: its TTL
+    /// may differ from ours while a changed TTL spreads), at least
+    /// `Timings::failsafe_quarantine`. Ok: until when.
+    pub fn confirm_failsafe(
+        &self,
+        leader: &str,
+        promise: Option<std::time::Duration>,
+    ) -> Result<Instant, &'static str> {
         let snap = self.snapshot();
         if snap.dcs_reachable || snap.is_leader {
             return Err("this node reaches the DCS: no failsafe");
         }
         let at = Instant::now();
-        let until_ms = self.clock.now_ms() + self.quarantine.as_millis() as u64;
+        let length = promise.map_or(self.quarantine, |p| p.max(self.quarantine));
+        let until_ms = self.clock.now_ms() + length.as_millis() as u64;
         if let Err(e) = self.store.save(until_ms) {
             // A promise that would not survive a restart of this agent is no promise.
             tracing::warn!("failsafe promise not recorded ({e}): refused");
             return Err("this node cannot record the failsafe promise");
         }
+        let until = at + length;
         if let Ok(mut p) = self.promised_until.lock() {
-            let until = at + self.quarantine;
             *p = Some(p.map_or(until, |old| old.max(until)));
         }
         if self
@@ -167,14 +174,15 @@ impl Shared {
             .send(Event::FailsafeConfirmed {
                 leader: leader.into(),
                 at,
+                until,
             })
             .is_err()
         {
             tracing::warn!("agent loop gone: failsafe confirmation not delivered");
         }
         self.wake.notify_one();
-        tracing::info!(leader = %leader, "confirmed failsafe: DCS unreachable here too");
-        Ok(())
+        tracing::info!(leader = %leader, promise = ?length, "confirmed failsafe: DCS unreachable here too");
+        Ok(until)
     }
 
     /// A failsafe promise still holds now.

@@ -16,11 +16,15 @@ pub struct Timings {
     pub dcs_timeout: Duration,
     /// A leader that could not renew for this long stops PostgreSQL itself (unless failsafe
     /// holds): `ttl - loop_wait - 2 x dcs_timeout - 0.5 s` (a tick that waits on the DCS takes
-    /// up to two request timeouts), at least `loop_wait`.
+    /// up to two request timeouts), at least `loop_wait`. For a lease granted with another
+    /// TTL than the settings', [`Timings::fence_after_on`].
     pub fence_after: Duration,
     /// The supervisor kills PostgreSQL this long after the start of the last lease renewal
-    /// the agent reported (`ttl - failover.safety_margin`): before the lease can expire.
+    /// the agent reported (`ttl - failover.safety_margin`): before the lease can expire. For
+    /// a lease granted with another TTL, [`Timings::watchdog_after_on`].
     pub watchdog_after: Duration,
+    /// `failover.safety_margin`.
+    pub safety_margin: Duration,
     /// A leader whose PostgreSQL does not come back within this releases the lease.
     pub postgres_restart_timeout: Duration,
     /// Nobody is elected before the agent ran this long (every member publishes once first).
@@ -76,16 +80,14 @@ impl Timings {
             .as_ref()
             .map(|d| d.request_timeout)
             .unwrap_or(Duration::from_secs(1));
-        let fence_after = f
-            .ttl
-            .saturating_sub(f.loop_wait + dcs_timeout * 2 + Duration::from_millis(500))
-            .max(f.loop_wait);
+        let fence_after = fence_after(f.ttl, f.loop_wait, dcs_timeout);
         Timings {
             ttl: f.ttl,
             loop_wait: f.loop_wait,
             dcs_timeout,
             fence_after,
             watchdog_after: f.ttl.saturating_sub(f.safety_margin),
+            safety_margin: f.safety_margin,
             postgres_restart_timeout: f.postgres_restart_timeout,
             settle_at_start: f.loop_wait * 2,
             rewind_after_not_streaming: Duration::from_secs(5),
@@ -107,4 +109,44 @@ impl Timings {
             reclone_after_failed_starts: 3,
         }
     }
+}
+
+impl Timings {
+    /// The TTL our promises may count on while we hold a lease granted with `lease_ttl`: the
+    /// shorter of it and the settings' (a changed TTL reaches the lease only when the agent
+    /// moves to a new one; until then neither may be outlived).
+    pub fn lease_ttl(&self, lease_ttl: Duration) -> Duration {
+        lease_ttl.min(self.ttl)
+    }
+
+    /// [`Timings::fence_after`] for a lease granted with `lease_ttl`, with the current loop
+    /// period and request timeout (the next tick waits on those).
+    pub fn fence_after_on(&self, lease_ttl: Duration) -> Duration {
+        fence_after(self.lease_ttl(lease_ttl), self.loop_wait, self.dcs_timeout)
+    }
+
+    /// [`Timings::watchdog_after`] for a lease granted with `lease_ttl`.
+    pub fn watchdog_after_on(&self, lease_ttl: Duration) -> Duration {
+        self.lease_ttl(lease_ttl).saturating_sub(self.safety_margin)
+    }
+
+    /// The longest sleep between two ticks while we hold a lease of `lease_ttl`: `loop_wait`,
+    /// but never more than a quarter of the lease (a longer `loop_wait` set together with a
+    /// longer TTL must not let the old, shorter lease run out between renewals).
+    pub fn loop_period(&self, lease_ttl: Option<Duration>) -> Duration {
+        lease_ttl.map_or(self.loop_wait, |t| self.loop_wait.min(t / 4))
+    }
+
+    /// What a leader asks of the agents in a failsafe round: no lease for this long, which
+    /// covers its supervisor's deadline on either TTL.
+    pub fn failsafe_promise(&self, lease_ttl: Duration) -> Duration {
+        lease_ttl.max(self.ttl) + Duration::from_secs(1)
+    }
+}
+
+/// `ttl - loop_wait - 2 x dcs_timeout - 0.5 s`, at least `loop_wait` (capped at a quarter of
+/// the TTL: a loop period meant for a longer lease).
+fn fence_after(ttl: Duration, loop_wait: Duration, dcs_timeout: Duration) -> Duration {
+    ttl.saturating_sub(loop_wait + dcs_timeout * 2 + Duration::from_millis(500))
+        .max(loop_wait.min(ttl / 4))
 }

@@ -61,6 +61,10 @@ pub struct MemberState {
     /// (`pg_settings.pending_restart`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,
+    /// The agent's loop period in ms (its key is republished at least this often): peers
+    /// judge a stale key by it, not by their own, while a changed `loop_wait` spreads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_wait_ms: Option<u64>,
 }
 
 /// Who holds the leader key.

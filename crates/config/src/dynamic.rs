@@ -7,6 +7,7 @@
 //! none); from then on the DCS copy wins for every key it holds ([`DynamicSettings::overlay`]).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -15,9 +16,6 @@ use crate::{ByteSize, PghaConfig, ValidationErrors};
 /// Keys of Patroni's dynamic configuration pgha does not change on a running cluster, with the
 /// pgha.toml field that sets them (on every node, then a rolling restart of the agents).
 pub const NOT_DYNAMIC: &[(&str, &str)] = &[
-    ("ttl", "failover.ttl"),
-    ("loop_wait", "failover.loop_wait"),
-    ("retry_timeout", "dcs.request_timeout"),
     ("synchronous_mode", "replication.mode"),
     ("synchronous_mode_strict", "failover.sync_strict"),
     ("synchronous_node_count", "replication.sync_standbys"),
@@ -29,7 +27,24 @@ pub const NOT_DYNAMIC: &[(&str, &str)] = &[
 ];
 
 /// The keys [`DynamicSettings`] understands, for error messages and `--help`.
-pub const DYNAMIC_KEYS: &[&str] = &["maximum_lag_on_failover", "postgresql.parameters.<name>"];
+pub const DYNAMIC_KEYS: &[&str] = &[
+    "ttl",
+    "loop_wait",
+    "retry_timeout",
+    "maximum_lag_on_failover",
+    "postgresql.parameters.<name>",
+];
+
+/// Dynamic key → the pgha.toml field it overrides (for error paths).
+const FIELD_OF: &[(&str, &str)] = &[
+    ("ttl", "failover.ttl"),
+    ("loop_wait", "failover.loop_wait"),
+    ("retry_timeout", "dcs.request_timeout"),
+    (
+        "maximum_lag_on_failover",
+        "failover.maximum_lag_on_failover",
+    ),
+];
 
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
 /// `postgres.parameters` would override its management. Each names the field to use instead.
@@ -71,6 +86,13 @@ pub const MANAGED_PARAMETERS: &[(&str, &str)] = &[
 /// value applies.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DynamicSettings {
+    /// `failover.ttl`: the leader lease. A change reaches the leases as each agent grants a
+    /// new one (the leader moves its key onto it).
+    pub ttl: Option<Duration>,
+    /// `failover.loop_wait`.
+    pub loop_wait: Option<Duration>,
+    /// `dcs.request_timeout` (Patroni's `retry_timeout`).
+    pub retry_timeout: Option<Duration>,
     /// `failover.maximum_lag_on_failover`.
     pub maximum_lag_on_failover: Option<ByteSize>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
@@ -81,6 +103,9 @@ impl DynamicSettings {
     /// What pgha.toml says: the document the first leader writes.
     pub fn seed(cfg: &PghaConfig) -> Self {
         DynamicSettings {
+            ttl: Some(cfg.failover.ttl),
+            loop_wait: Some(cfg.failover.loop_wait),
+            retry_timeout: cfg.dcs.as_ref().map(|d| d.request_timeout),
             maximum_lag_on_failover: Some(cfg.failover.maximum_lag_on_failover),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
@@ -98,6 +123,14 @@ impl DynamicSettings {
         for (key, value) in obj {
             match key.as_str() {
                 "pause" => {}
+                "ttl" | "loop_wait" | "retry_timeout" => match duration(value) {
+                    Ok(d) => match key.as_str() {
+                        "ttl" => out.ttl = Some(d),
+                        "loop_wait" => out.loop_wait = Some(d),
+                        _ => out.retry_timeout = Some(d),
+                    },
+                    Err(m) => errs.push(key.as_str(), m),
+                },
                 "maximum_lag_on_failover" => match byte_size(value) {
                     Ok(b) => out.maximum_lag_on_failover = Some(b),
                     Err(m) => errs.push(key.as_str(), m),
@@ -116,6 +149,15 @@ impl DynamicSettings {
     /// The DCS document (Patroni's shape; the size in bytes).
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
+        for (key, d) in [
+            ("ttl", self.ttl),
+            ("loop_wait", self.loop_wait),
+            ("retry_timeout", self.retry_timeout),
+        ] {
+            if let Some(d) = d {
+                m.insert(key.into(), duration_json(d));
+            }
+        }
         if let Some(lag) = self.maximum_lag_on_failover {
             m.insert("maximum_lag_on_failover".into(), Value::from(lag.bytes()));
         }
@@ -134,6 +176,15 @@ impl DynamicSettings {
     /// `local` with every key this document holds replaced by its value.
     pub fn overlay(&self, local: &PghaConfig) -> PghaConfig {
         let mut cfg = local.clone();
+        if let Some(ttl) = self.ttl {
+            cfg.failover.ttl = ttl;
+        }
+        if let Some(w) = self.loop_wait {
+            cfg.failover.loop_wait = w;
+        }
+        if let (Some(t), Some(d)) = (self.retry_timeout, cfg.dcs.as_mut()) {
+            d.request_timeout = t;
+        }
         if let Some(lag) = self.maximum_lag_on_failover {
             cfg.failover.maximum_lag_on_failover = lag;
         }
@@ -143,21 +194,27 @@ impl DynamicSettings {
         cfg
     }
 
-    /// [`Self::overlay`], validated: the problems of the keys this document sets, named by
-    /// their dynamic key path.
+    /// [`Self::overlay`], validated: the problems the document brings (those pgha.toml alone
+    /// does not have, which were reported when it loaded), named by their dynamic key path
+    /// where there is one (`ttl`, `postgresql.parameters.work_mem`). A cross-field rule broken
+    /// by a document's value names the pgha.toml field it checks (`failover.safety_margin`).
     pub fn apply_to(&self, local: &PghaConfig) -> Result<PghaConfig, ValidationErrors> {
         let cfg = self.overlay(local);
+        let own = local.validate();
         let mut errs = ValidationErrors::default();
         for e in cfg.validate().iter() {
-            let renamed = if self.parameters.is_some() && e.path.starts_with("postgres.parameters")
+            if own
+                .iter()
+                .any(|o| o.path == e.path && o.message == e.message)
             {
-                e.path.replacen("postgres.", "postgresql.", 1)
-            } else if self.maximum_lag_on_failover.is_some()
-                && e.path == "failover.maximum_lag_on_failover"
-            {
-                "maximum_lag_on_failover".into()
+                continue;
+            }
+            let renamed = if let Some(rest) = e.path.strip_prefix("postgres.parameters") {
+                format!("postgresql.parameters{rest}")
+            } else if let Some((key, _)) = FIELD_OF.iter().find(|(_, f)| *f == e.path) {
+                key.to_string()
             } else {
-                continue; // pgha.toml's own problem: it was reported when it loaded
+                e.path.clone()
             };
             errs.push(renamed, e.message.clone());
         }
@@ -193,6 +250,31 @@ fn unknown_key(key: &str) -> String {
             "is not a dynamic setting: expected one of {}",
             DYNAMIC_KEYS.join(", ")
         ),
+    }
+}
+
+/// A duration: seconds as a number (Patroni's `ttl = 30`) or a string (`"250ms"`).
+fn duration(v: &Value) -> Result<Duration, String> {
+    let bad = |v: &dyn std::fmt::Display| {
+        format!("`{v}` is not a duration: expected seconds (e.g. 30) or e.g. `250ms`")
+    };
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| bad(n)),
+        Value::String(s) => humantime::parse_duration(s).map_err(|_| bad(s)),
+        other => Err(bad(other)),
+    }
+}
+
+/// Whole seconds as a number (as Patroni writes them), anything finer as a string.
+fn duration_json(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        Value::from(d.as_secs())
+    } else {
+        Value::String(humantime::format_duration(d).to_string())
     }
 }
 

@@ -19,7 +19,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     let seed = DynamicSettings::seed(&cfg);
     assert_eq!(
         seed.to_json(),
-        json!({"maximum_lag_on_failover": 1048576, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        json!({"ttl": 8, "loop_wait": "500ms", "maximum_lag_on_failover": 1048576, "postgresql": {"parameters": {"work_mem": "4MB"}}})
     );
     assert_eq!(DynamicSettings::from_json(&seed.to_json()).unwrap(), seed);
     let edited = DynamicSettings::from_json(&json!({
@@ -41,10 +41,12 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     assert_eq!(
         edited.changed_keys(&seed),
         vec![
+            "loop_wait",
             "maximum_lag_on_failover",
             "postgresql.parameters.jit",
             "postgresql.parameters.max_connections",
-            "postgresql.parameters.work_mem"
+            "postgresql.parameters.work_mem",
+            "ttl"
         ]
     );
     // An empty document changes nothing.
@@ -55,7 +57,8 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
 #[test]
 fn bad_documents_name_every_key_and_what_was_expected() {
     let errs = DynamicSettings::from_json(&json!({
-        "ttl": 20,
+        "synchronous_mode": true,
+        "ttl": "soon",
         "bogus": 1,
         "maximum_lag_on_failover": "10XB",
         "postgresql": {"parameters": {"synchronous_standby_names": "*", "work_mem": [1]}, "use_slots": true},
@@ -63,8 +66,9 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     .unwrap_err();
     let text = errs.to_string();
     for want in [
-        "ttl: cannot be changed on a running cluster yet: set `failover.ttl`",
-        "bogus: is not a dynamic setting: expected one of maximum_lag_on_failover",
+        "synchronous_mode: cannot be changed on a running cluster yet: set `replication.mode`",
+        "ttl: `soon` is not a duration: expected seconds (e.g. 30) or e.g. `250ms`",
+        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, maximum_lag_on_failover",
         "maximum_lag_on_failover: `10XB` has an unknown unit",
         "postgresql.parameters.synchronous_standby_names: is managed by pgha",
         "postgresql.parameters.work_mem: `[1]` is not a setting value",
@@ -72,12 +76,44 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
-    assert_eq!(errs.0.len(), 6, "{text}");
+    assert_eq!(errs.0.len(), 7, "{text}");
     // Names PostgreSQL would refuse are caught by the same validation as pgha.toml's.
     let bad = DynamicSettings::from_json(&json!({"postgresql": {"parameters": {"work mem": "1"}}}))
         .unwrap();
     let errs = bad.apply_to(&local()).unwrap_err();
     assert_eq!(errs.0[0].path, "postgresql.parameters.work mem", "{errs}");
+}
+
+#[test]
+fn timings_are_dynamic_and_checked_together_with_the_local_ones() {
+    let cfg = local();
+    let doc = json!({"ttl": 20, "loop_wait": "500ms", "retry_timeout": 2.5});
+    let s = DynamicSettings::from_json(&doc).unwrap();
+    assert_eq!(s.ttl, Some(Duration::from_secs(20)));
+    assert_eq!(s.loop_wait, Some(Duration::from_millis(500)));
+    assert_eq!(s.retry_timeout, Some(Duration::from_millis(2500)));
+    // Whole seconds are written as Patroni writes them, the rest as text.
+    assert_eq!(
+        s.to_json(),
+        json!({"ttl": 20, "loop_wait": "500ms", "retry_timeout": "2s 500ms"})
+    );
+    assert_eq!(DynamicSettings::from_json(&s.to_json()).unwrap(), s);
+    let eff = s.apply_to(&cfg).unwrap();
+    assert_eq!(eff.failover.ttl, Duration::from_secs(20));
+    assert_eq!(eff.failover.loop_wait, Duration::from_millis(500));
+    // A TTL that breaks a rule with a pgha.toml value is refused, naming both.
+    let short = DynamicSettings::from_json(&json!({"ttl": 3})).unwrap();
+    let text = short.apply_to(&cfg).unwrap_err().to_string();
+    assert!(
+        text.contains("failover.safety_margin") || text.contains("loop_wait"),
+        "{text}"
+    );
+    let frac = DynamicSettings::from_json(&json!({"ttl": 2.5})).unwrap();
+    let text = frac.apply_to(&cfg).unwrap_err().to_string();
+    assert!(
+        text.starts_with("ttl: ") || text.contains("\nttl: ") || text.contains("ttl: 2.5s"),
+        "{text}"
+    );
 }
 
 #[test]

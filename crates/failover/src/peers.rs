@@ -122,16 +122,19 @@ impl Peers for NetPeers {
         }
     }
 
-    async fn ask_failsafe(&self, node: &str, leader: &str) -> Result<()> {
+    async fn ask_failsafe(
+        &self,
+        node: &str,
+        leader: &str,
+        promise: std::time::Duration,
+    ) -> Result<()> {
         let n = self.node(node)?;
         let Some(addr) = n.agent_address else {
             return Err(CoreError::peer(node, "failsafe", "has no agent_address"));
         };
-        let mut req = self
-            .api
-            .client
-            .post(self.api.url(addr, "/failsafe"))
-            .json(&serde_json::json!({ "leader": leader }));
+        let mut req = self.api.client.post(self.api.url(addr, "/failsafe")).json(
+            &serde_json::json!({ "leader": leader, "promise_ms": promise.as_millis() as u64 }),
+        );
         if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());
         }

@@ -200,13 +200,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("pause: `\"yes\"` is not a boolean"), "{e}");
-        let e = apply(&local(), &view, &Edit::Replace(json!({"loop_wait": 1})))
-            .unwrap_err()
-            .to_string();
+        let e = apply(
+            &local(),
+            &view,
+            &Edit::Replace(json!({"synchronous_mode": true})),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            e.contains("loop_wait: cannot be changed on a running cluster yet"),
+            e.contains("synchronous_mode: cannot be changed on a running cluster yet"),
             "{e}"
         );
+        // The timings are dynamic, checked together with the node's own settings.
+        let (config, _) = apply(&local(), &view, &Edit::Replace(json!({"loop_wait": 1}))).unwrap();
+        assert_eq!(config.settings.unwrap()["loop_wait"], 1);
+        let e = apply(&local(), &view, &Edit::Replace(json!({"loop_wait": 5})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loop_wait: 5s is longer than a quarter"), "{e}");
     }
 
     #[test]

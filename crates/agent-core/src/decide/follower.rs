@@ -335,7 +335,12 @@ fn detect_dead_leader(
         .members
         .values()
         .any(|o| o.name != ctx.name() && o.name != leader.name && o.suspects == Some(leader.lease));
-    if w.refused_hits >= 2 && seconded && stale >= ctx.t.dead_leader_stale {
+    // Stale by the leader's own loop period when it published one (a longer `loop_wait`
+    // reaches the agents one by one).
+    let theirs = m.loop_wait_ms.map_or(std::time::Duration::ZERO, |ms| {
+        std::time::Duration::from_millis(ms) * 3 / 2
+    });
+    if w.refused_hits >= 2 && seconded && stale >= ctx.t.dead_leader_stale.max(theirs) {
         w.refused_hits = 0;
         d.act(Action::RevokeLeader(leader.clone()));
         d.again = true;

@@ -14,6 +14,7 @@ mod leader;
 mod manual;
 mod nodcs;
 mod plan;
+mod rotate;
 mod settings;
 
 use std::sync::Arc;
@@ -67,14 +68,17 @@ impl Ctx {
         })
     }
 
-    /// This node's context over `cfg`, as the next generation. The timings stay: a changed
-    /// TTL or loop period would break the promises other agents and the lease rest on.
+    /// This node's context over `cfg`, as the next generation, with the timings `cfg` gives.
+    /// What rests on the lease follows the TTL of the lease we hold
+    /// ([`Timings::fence_after_on`], [`Timings::watchdog_after_on`]) until the agent moves to
+    /// a lease of the new TTL (`Action::RotateSession`).
     pub fn next_generation(&self, cfg: Arc<PghaConfig>) -> Option<Self> {
         let me = cfg.node(&self.me.name)?.clone();
+        let t = Timings::from_config(&cfg);
         Some(Ctx {
             cfg,
             me,
-            t: self.t.clone(),
+            t,
             generation: self.generation + 1,
         })
     }
@@ -127,6 +131,7 @@ impl Ctx {
             noloadbalance: self.me.noloadbalance,
             tags: self.me.tags.clone(),
             pending_restart: o.pending_restart.clone(),
+            loop_wait_ms: Some(self.t.loop_wait.as_millis() as u64),
         }
     }
 }
@@ -212,6 +217,7 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
         }
     }
     watchdog(ctx, &mut d, inp);
+    rotate::session(ctx, &mut d, inp);
     d
 }
 
@@ -223,14 +229,14 @@ fn expire_session(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRe
         return;
     };
     let Some(s) = d.next.session else { return };
-    if inp.now.duration_since(s.renewed_at) < ctx.t.ttl {
+    if inp.now.duration_since(s.renewed_at) < s.ttl {
         return;
     }
     d.next.session = None;
     if d.next.role.holds_lease() {
         d.next.role = Role::NoLeader;
     }
-    d.act(Action::GrantSession);
+    d.act(Action::GrantSession { ttl: ctx.t.ttl });
 }
 
 /// Whatever the role logic decided: a job that may make PostgreSQL writable only runs while
@@ -254,8 +260,8 @@ fn guard(d: &mut Decision) {
 fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
     for e in &inp.events {
         match e {
-            Event::FailsafeConfirmed { at, .. } => {
-                let until = *at + ctx.t.failsafe_quarantine;
+            Event::FailsafeConfirmed { at, until, .. } => {
+                let until = (*at + ctx.t.failsafe_quarantine).max(*until);
                 let q = &mut d.next.timers.quarantine_until;
                 *q = Some(q.map_or(until, |old| old.max(until)));
             }
@@ -278,10 +284,11 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
     }
     for o in &inp.outcomes {
         match o {
-            Outcome::SessionGranted { lease, sent } => {
+            Outcome::SessionGranted { lease, sent, ttl } => {
                 d.next.session = Some(Session {
                     lease: *lease,
                     renewed_at: *sent,
+                    ttl: *ttl,
                 });
             }
             Outcome::JobDone { id, job, error } => {
@@ -393,7 +400,7 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
     d.next.timers.dcs_unreachable_since = None;
     match session {
         SessionRead::None => {
-            d.act(Action::GrantSession);
+            d.act(Action::GrantSession { ttl: ctx.t.ttl });
             d.again = true;
             d.because("no session: granting one");
             return;
@@ -406,7 +413,7 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
                     d.fence("lease lost and another node holds the leader key");
                 }
             }
-            d.act(Action::GrantSession);
+            d.act(Action::GrantSession { ttl: ctx.t.ttl });
             d.again = true;
             if d.reason.is_empty() {
                 d.because("our session lease expired: granting a new one");
@@ -421,9 +428,11 @@ fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, vi
             return;
         }
         SessionRead::Renewed { lease, sent } => {
+            let ttl = d.next.session.map_or(ctx.t.ttl, |s| s.ttl);
             d.next.session = Some(Session {
                 lease: *lease,
                 renewed_at: *sent,
+                ttl,
             });
         }
     }
@@ -507,9 +516,18 @@ fn watchdog(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
         .job
         .as_ref()
         .is_some_and(|j| j.job.may_make_writable());
-    let leased = d.next.role == Role::Leader;
+    // A leader key with our name on another lease than the one we renew (a move to a lease
+    // of a new TTL whose outcome was not known) may run out while we renew ours: no
+    // extension until it is back on our lease.
+    let key_elsewhere = match &inp.dcs {
+        DcsRead::Ok { view, .. } => view.leader.as_ref().is_some_and(|l| {
+            l.name == ctx.name() && Some(l.lease) != d.next.session.map(|s| s.lease)
+        }),
+        DcsRead::Unreachable { .. } => false,
+    };
+    let leased = d.next.role == Role::Leader && !key_elsewhere;
     let deadline = match (leased, d.next.session) {
-        (true, Some(s)) => Some(d.next.proof(s) + ctx.t.watchdog_after),
+        (true, Some(s)) => Some(d.next.proof(s) + ctx.t.watchdog_after_on(s.ttl)),
         _ if local_primary || writable_job => Some(d.next.watchdog.unwrap_or(inp.now)),
         _ => None,
     };

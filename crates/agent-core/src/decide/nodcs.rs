@@ -36,7 +36,8 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         return;
     };
     let since = now.duration_since(d.next.proof(s));
-    if since >= t.fence_after {
+    let fence_after = t.fence_after_on(s.ttl);
+    if since >= fence_after {
         d.fence(format!(
             "DCS unreachable: no lease renewal{} for {since:?}; the lease may expire",
             if ctx.cfg.failover.failsafe {
@@ -49,7 +50,6 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         return;
     }
     d.because(format!(
-        "DCS unreachable: leader keeps serving until {:?} past its last lease renewal or confirmed failsafe round",
-        t.fence_after
+        "DCS unreachable: leader keeps serving until {fence_after:?} past its last lease renewal or confirmed failsafe round"
     ));
 }

@@ -14,6 +14,7 @@
 //! A seed replays exactly: same scenario, same trace (each decision's reason included).
 
 mod fakes;
+mod faults;
 mod pg;
 mod scenario;
 mod world;
@@ -31,6 +32,8 @@ pub use fakes::{Gate, Handle, SimClock, SimDcs, SimPeers, SimPg, SimWatchdog};
 pub use pg::{Data, Pg, Rec};
 pub use scenario::{Fault, Pick, Scenario, SimOptions};
 pub use world::{AgentState, Link, NodeSim, World, WorldRef};
+
+use faults::Undo;
 
 use crate::decide::Ctx;
 use crate::exec::Effects;
@@ -213,8 +216,9 @@ impl Sim {
         let fx = Effects {
             dcs: Arc::new(SimDcs {
                 h: h.clone(),
-                timeout: self.sc.dcs_timeout,
-                ttl: self.sc.ttl,
+                timeout_ms: Arc::new(std::sync::atomic::AtomicU64::new(
+                    ctx.t.dcs_timeout.as_millis() as u64,
+                )),
             }),
             pg: Arc::new(SimPg { h: h.clone() }),
             peers: Arc::new(SimPeers { h: h.clone() }),
@@ -238,7 +242,8 @@ impl Sim {
                         | crate::action::Action::TakeOverLeader { .. }
                         | crate::action::Action::ReleaseLeader { .. }
                         | crate::action::Action::RevokeLeader(_)
-                        | crate::action::Action::GrantSession
+                        | crate::action::Action::GrantSession { .. }
+                        | crate::action::Action::RotateSession { .. }
                 )
             });
             if d.reason != last || notable {
@@ -339,185 +344,6 @@ impl Sim {
         }
     }
 
-    /// Starts `f`; returns what ends it (None: nothing to undo).
-    fn begin(&mut self, f: &Fault) -> Option<Undo> {
-        let now = Instant::now();
-        let log = |s: &Sim, what: String| {
-            let mut w = s.lock();
-            w.log(now, "FAULT", what);
-        };
-        match f {
-            Fault::FreezeAgent { node, .. } => {
-                let n = self.resolve(*node);
-                log(self, format!("{n}'s agent frozen (SIGSTOP)"));
-                self.set_agent(&n, AgentState::Frozen);
-                Some(Undo::Thaw(n))
-            }
-            Fault::CrashAgent { node, .. } => {
-                let n = self.resolve(*node);
-                self.kill_agent(&n);
-                Some(Undo::Restart(n))
-            }
-            Fault::CrashPg { node } => {
-                let n = self.resolve(*node);
-                log(self, format!("{n}'s postmaster killed"));
-                self.lock().pg(&n).down();
-                None
-            }
-            Fault::SlowPromotion { delay, .. } => {
-                log(self, format!("promotions take {delay:?}"));
-                self.lock().slow_promotion = Some(*delay);
-                Some(Undo::Speed)
-            }
-            Fault::SlowStart { delay, .. } => {
-                log(self, format!("starts take {delay:?}"));
-                self.lock().slow_start = Some(*delay);
-                Some(Undo::Speed)
-            }
-            Fault::DcsCut { node, .. } => {
-                let n = self.resolve(*node);
-                log(self, format!("{n} cut off from the DCS"));
-                self.lock().net.dcs_cut.insert(n.clone());
-                Some(Undo::Net)
-            }
-            Fault::PeersCut { node, .. } => {
-                let n = self.resolve(*node);
-                log(self, format!("{n} cut off from its peers"));
-                self.cut_peers(&n, world::Link::Drop);
-                Some(Undo::Net)
-            }
-            Fault::Isolate { node, .. } => {
-                let n = self.resolve(*node);
-                log(self, format!("{n} isolated (no DCS, no peers)"));
-                self.cut_peers(&n, world::Link::Drop);
-                self.lock().net.dcs_cut.insert(n);
-                Some(Undo::Net)
-            }
-            Fault::DcsDown { refuse, .. } => {
-                log(self, format!("the DCS is down (refusing: {refuse})"));
-                self.lock().net.dcs_down = Some(*refuse);
-                Some(Undo::Net)
-            }
-            Fault::DcsSlow { max, .. } => {
-                log(self, format!("DCS requests delayed up to {max:?} each way"));
-                self.lock().net.dcs_slow = Some(*max);
-                Some(Undo::Net)
-            }
-            Fault::RefuseToPrimary { .. } => {
-                let p = self.resolve(Pick::Primary);
-                let r = self.resolve(Pick::Replica);
-                if p == r {
-                    return None;
-                }
-                log(self, format!("{r}'s connections to {p} are refused"));
-                self.lock().net.links.insert((r, p), world::Link::Refuse);
-                Some(Undo::Net)
-            }
-            Fault::ReceiverCut { node, .. } => {
-                let n = self.resolve(*node);
-                log(self, format!("{n}'s WAL receiver cut"));
-                self.lock().pg(&n).receiver_cut = true;
-                Some(Undo::Receiver(n))
-            }
-            Fault::Switchover { failover } => {
-                let mut w = self.lock();
-                // As `pgha switchover` checks it: a leader, and a target that streams.
-                let (leader, _, _) = w.dcs.leader.clone()?;
-                let targets: Vec<String> = w
-                    .names
-                    .iter()
-                    .filter(|n| **n != leader && w.nodes[*n].pg.streaming_from.is_some())
-                    .cloned()
-                    .collect();
-                if targets.is_empty() {
-                    return None;
-                }
-                let to = targets[w.rng.random_range(0..targets.len())].clone();
-                let wall = 1_800_000_000_000 + now.duration_since(self.start).as_millis() as u64;
-                w.dcs.switchover = Some(crate::dcs::SwitchoverRequest {
-                    kind: if *failover {
-                        crate::dcs::RequestKind::Failover
-                    } else {
-                        crate::dcs::RequestKind::Switchover
-                    },
-                    from: Some(leader.clone()),
-                    to: to.clone(),
-                    at_ms: None,
-                    requested_ms: wall,
-                });
-                w.dcs.notify();
-                w.log(
-                    now,
-                    "FAULT",
-                    format!(
-                        "operator: {} from {leader} to {to}",
-                        if *failover { "failover" } else { "switchover" }
-                    ),
-                );
-                None
-            }
-            Fault::RestartRequest { node } => {
-                let n = self.resolve(*node);
-                let shared = self.lock().nodes.get(&n).and_then(|x| x.shared.clone());
-                log(self, format!("operator: restart {n}"));
-                if let Some(s) = shared {
-                    s.request(crate::inputs::Event::RestartRequested {
-                        at_ms: None,
-                        pending_only: false,
-                    });
-                }
-                None
-            }
-            Fault::EditConfig { restart } => {
-                let mut w = self.lock();
-                let mut params = serde_json::json!({"work_mem": "8MB"});
-                if *restart {
-                    params["max_connections"] = "200".into();
-                }
-                // As `pgha edit-config` writes it (the revision check passes: no other writer).
-                w.dcs.config.settings = Some(serde_json::json!({
-                    "maximum_lag_on_failover": 4 << 20,
-                    "postgresql": {"parameters": params},
-                }));
-                w.dcs.revision += 1;
-                w.dcs.config_revision = w.dcs.revision;
-                w.dcs.notify();
-                w.log(now, "FAULT", format!("operator: edit-config {params}"));
-                None
-            }
-        }
-    }
-
-    fn end(&mut self, u: Undo) {
-        let now = Instant::now();
-        match u {
-            Undo::Thaw(n) => {
-                self.lock()
-                    .log(now, "FAULT", format!("{n}'s agent thawed (SIGCONT)"));
-                self.set_agent(&n, AgentState::Alive);
-            }
-            Undo::Restart(n) => self.start_agent(&n),
-            Undo::Speed => {
-                let mut w = self.lock();
-                w.slow_promotion = None;
-                w.slow_start = None;
-            }
-            Undo::Net => {
-                let mut w = self.lock();
-                if w.net.dcs_down.is_some() {
-                    // etcd's new leader extends every lease by its TTL after an outage.
-                    let ttl = w.ttl;
-                    for exp in w.dcs.leases.values_mut() {
-                        *exp = now + ttl;
-                    }
-                }
-                w.net = Default::default();
-                w.log(now, "FAULT", "network healed");
-            }
-            Undo::Receiver(n) => self.lock().pg(&n).receiver_cut = false,
-        }
-    }
-
     async fn run(mut self) -> Report {
         let names: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
         for n in &names {
@@ -566,7 +392,7 @@ impl Sim {
                 }
             }
             // Healed and whole again (and held for a moment): the run has shown what it can.
-            if t >= heal + self.sc.ttl
+            if t >= heal + self.sc.max_ttl()
                 && primary_seen_after_heal
                 && settled(&w, now, &names).is_none()
             {
@@ -657,14 +483,6 @@ fn settled(w: &World, now: Instant, names: &[String]) -> Option<String> {
         }
     }
     None
-}
-
-enum Undo {
-    Thaw(String),
-    Restart(String),
-    Speed,
-    Net,
-    Receiver(String),
 }
 
 /// Runs `seeds`; returns the failing reports and the number run.

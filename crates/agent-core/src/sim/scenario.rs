@@ -53,6 +53,13 @@ pub enum Fault {
     EditConfig { restart: bool },
     /// An operator asks a node's agent to restart PostgreSQL (`POST /restart`).
     RestartRequest { node: Pick },
+    /// An operator changes the failover timings in the DCS (`pgha edit-config --set ttl=..`):
+    /// every agent moves to a lease of the new TTL while the other faults run.
+    EditTimings {
+        ttl: Duration,
+        loop_wait: Duration,
+        retry: Duration,
+    },
 }
 
 /// Which node a fault hits: decided when it starts.
@@ -81,6 +88,7 @@ impl Fault {
             Fault::Switchover { .. } => "switchover",
             Fault::EditConfig { .. } => "edit-config",
             Fault::RestartRequest { .. } => "restart-request",
+            Fault::EditTimings { .. } => "edit-timings",
         }
     }
 
@@ -100,6 +108,7 @@ impl Fault {
             Fault::CrashPg { .. }
             | Fault::Switchover { .. }
             | Fault::EditConfig { .. }
+            | Fault::EditTimings { .. }
             | Fault::RestartRequest { .. } => Duration::ZERO,
         }
     }
@@ -181,6 +190,26 @@ impl Scenario {
         own(0x0005_7a27_0e57, 0.2, "restart-request", |r| {
             Fault::RestartRequest { node: pick(r) }
         });
+        own(0x0071_3e5c_a1e0, 0.25, "edit-timings", |r| {
+            let ttl =
+                Duration::from_secs(*[3u64, 5, 8, 12].get(r.random_range(0..4)).unwrap_or(&8));
+            let fits = |d: &Duration| *d * 4 <= ttl;
+            let waits: Vec<Duration> = [250u64, 500, 1000, 2000]
+                .map(Duration::from_millis)
+                .into_iter()
+                .filter(fits)
+                .collect();
+            let retries: Vec<Duration> = [500u64, 1000]
+                .map(Duration::from_millis)
+                .into_iter()
+                .filter(fits)
+                .collect();
+            Fault::EditTimings {
+                ttl,
+                loop_wait: waits[r.random_range(0..waits.len())],
+                retry: retries[r.random_range(0..retries.len())],
+            }
+        });
         faults.sort_by_key(|(s, _)| *s);
         Scenario {
             seed,
@@ -205,14 +234,25 @@ impl Scenario {
             .unwrap_or(Duration::from_secs(3))
     }
 
+    /// The longest TTL the run has: pgha.toml's or an edited one.
+    pub fn max_ttl(&self) -> Duration {
+        self.faults
+            .iter()
+            .filter_map(|(_, f)| match f {
+                Fault::EditTimings { ttl, .. } => Some(*ttl),
+                _ => None,
+            })
+            .fold(self.ttl, Duration::max)
+    }
+
     /// A writable primary holding the lease exists within this after the heal.
     pub fn primary_bound(&self) -> Duration {
-        self.ttl * 3 + Duration::from_secs(10)
+        self.max_ttl() * 3 + Duration::from_secs(10)
     }
 
     /// Every node runs, streaming from the leader, within this after the heal.
     pub fn all_bound(&self) -> Duration {
-        self.ttl * 3 + Duration::from_secs(20)
+        self.max_ttl() * 3 + Duration::from_secs(20)
     }
 
     pub(crate) fn toml(&self) -> String {

@@ -358,3 +358,82 @@ fn empty_nodes_bootstrap_exactly_one_cluster() {
         }
     }
 }
+
+/// An operator raises the TTL and loop period, then lowers them: every agent moves to a lease
+/// of each new TTL, the leader keeps its key throughout (no election, no lease that ran out,
+/// writable all along); with the leader frozen after the rise, the invariants hold on the new
+/// lease (its supervisor kills PostgreSQL before the longer lease can expire).
+#[test]
+fn edited_timings_move_every_lease_without_a_failover() {
+    let up = Fault::EditTimings {
+        ttl: Duration::from_secs(12),
+        loop_wait: Duration::from_secs(1),
+        retry: Duration::from_secs(1),
+    };
+    let down = Fault::EditTimings {
+        ttl: Duration::from_secs(4),
+        loop_wait: Duration::from_millis(250),
+        retry: Duration::from_millis(500),
+    };
+    let at = |l: &str| -> f64 { l[1..10].trim().parse().unwrap_or(0.0) };
+    for sync in [false, true] {
+        let mut sc = quiet(
+            11,
+            vec![
+                (Duration::from_secs(6), up.clone()),
+                (Duration::from_secs(16), down.clone()),
+            ],
+        );
+        sc.sync = sync;
+        let r = run_scenario(sc, &SimOptions::default());
+        assert!(r.ok(), "{}", show(&r));
+        for n in ["node1", "node2", "node3"] {
+            let moves = r
+                .trace
+                .iter()
+                .filter(|l| l.contains(&format!("{n}: decide:")) && l.contains("moving from lease"))
+                .count();
+            assert_eq!(moves, 2, "{n} moved {moves} times\n{}", show(&r));
+        }
+        let churn: Vec<&String> = r
+            .trace
+            .iter()
+            .filter(|l| at(l) > 5.0)
+            .filter(|l| {
+                l.contains("took the leader key")
+                    || l.contains("session lease expired")
+                    || l.contains("promoting")
+                    || l.contains("fenc")
+            })
+            .collect();
+        assert!(churn.is_empty(), "{churn:?}\n{}", show(&r));
+        let gaps: Vec<&Duration> = r
+            .unwritable
+            .iter()
+            .filter(|t| **t > Duration::from_secs(5))
+            .collect();
+        assert!(gaps.is_empty(), "unwritable at {gaps:?}\n{}", show(&r));
+    }
+    let frozen = quiet(
+        12,
+        vec![
+            (Duration::from_secs(6), up),
+            (
+                Duration::from_secs(9),
+                Fault::FreezeAgent {
+                    node: Pick::Primary,
+                    dur: Duration::from_secs(20),
+                },
+            ),
+        ],
+    );
+    let r = run_scenario(frozen, &SimOptions::default());
+    assert!(r.ok(), "{}", show(&r));
+    assert!(
+        r.trace
+            .iter()
+            .any(|l| at(l) > 9.0 && l.contains("took the leader key")),
+        "another node leads after the frozen leader's 12s lease\n{}",
+        show(&r)
+    );
+}

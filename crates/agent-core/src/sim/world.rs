@@ -54,7 +54,8 @@ pub struct NodeSim {
 pub struct Dcs {
     pub revision: i64,
     next_lease: i64,
-    pub leases: BTreeMap<LeaseId, Instant>,
+    /// Each lease's expiry and the TTL it was granted with.
+    pub leases: BTreeMap<LeaseId, (Instant, Duration)>,
     /// (holder, lease, mod revision)
     pub leader: Option<(String, LeaseId, i64)>,
     pub members: BTreeMap<String, (MemberState, LeaseId)>,
@@ -79,7 +80,7 @@ impl Dcs {
 
     pub fn grant(&mut self, now: Instant, ttl: Duration) -> LeaseId {
         self.next_lease += 1;
-        self.leases.insert(self.next_lease, now + ttl);
+        self.leases.insert(self.next_lease, (now + ttl, ttl));
         self.next_lease
     }
 
@@ -92,7 +93,7 @@ impl Dcs {
         let gone: Vec<LeaseId> = self
             .leases
             .iter()
-            .filter(|(_, exp)| **exp <= now)
+            .filter(|(_, (exp, _))| *exp <= now)
             .map(|(l, _)| *l)
             .collect();
         let mut leader_gone = false;

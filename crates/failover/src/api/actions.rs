@@ -281,6 +281,10 @@ async fn set_paused(s: Arc<ApiState>, headers: HeaderMap, paused: bool) -> Respo
 #[derive(Debug, Deserialize)]
 pub struct FailsafeBody {
     pub leader: String,
+    /// How long the leader needs the promise to hold (its lease's TTL and a second); older
+    /// agents send none: our own quarantine.
+    #[serde(default)]
+    pub promise_ms: Option<u64>,
 }
 
 /// The leader, cut off from the DCS, asks whether it may keep serving. Yes only when this node
@@ -293,8 +297,9 @@ pub(super) async fn failsafe(
     if let Err(r) = authorized(&s, &headers, "failsafe") {
         return r;
     }
-    match s.shared.confirm_failsafe(&body.leader) {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+    let promise = body.promise_ms.map(std::time::Duration::from_millis);
+    match s.shared.confirm_failsafe(&body.leader, promise) {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::CONFLICT, format!("{why}\n")).into_response(),
     }
 }

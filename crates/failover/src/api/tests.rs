@@ -30,9 +30,10 @@ fn unsupported<T>(op: &'static str) -> pgha_agent_core::Result<T> {
 
 #[async_trait]
 impl Dcs for ViewDcs {
-    async fn grant_session(&self) -> pgha_agent_core::Result<LeaseId> {
+    async fn grant_session(&self, _: std::time::Duration) -> pgha_agent_core::Result<LeaseId> {
         unsupported("grant")
     }
+    fn set_request_timeout(&self, _: std::time::Duration) {}
     async fn keep_alive(&self, _: LeaseId) -> pgha_agent_core::Result<bool> {
         unsupported("keep_alive")
     }
@@ -146,6 +147,7 @@ fn member(name: &str, role: MemberRole, running: bool, lsn: u64) -> MemberState 
         noloadbalance: false,
         tags: BTreeMap::new(),
         pending_restart: Vec::new(),
+        loop_wait_ms: None,
     }
 }
 
@@ -539,14 +541,15 @@ async fn config_is_read_patched_and_replaced_with_patroni_bodies() {
         &request(
             "PATCH",
             "/config",
-            r#"{"ttl":5,"postgresql":{"parameters":{"port":1}}}"#,
+            r#"{"synchronous_mode":true,"postgresql":{"parameters":{"port":1}}}"#,
             tok,
         ),
     )
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(
-        body.contains("ttl: cannot be changed") && body.contains("postgresql.parameters.port"),
+        body.contains("synchronous_mode: cannot be changed")
+            && body.contains("postgresql.parameters.port"),
         "{body}"
     );
     assert_eq!(

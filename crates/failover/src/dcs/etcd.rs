@@ -37,8 +37,8 @@ pub struct EtcdDcs {
     conn: Arc<Conn>,
     prefix: String,
     me: String,
-    ttl_secs: i64,
-    timeout: Duration,
+    /// Request timeout in ms (`Dcs::set_request_timeout`).
+    timeout_ms: std::sync::atomic::AtomicU64,
     keeper: Mutex<Option<Keeper>>,
 }
 
@@ -90,7 +90,6 @@ impl EtcdDcs {
         namespace: &str,
         cluster: &str,
         me: &str,
-        ttl: Duration,
         timeout: Duration,
         base: ConnectOptions,
     ) -> Result<Self> {
@@ -105,8 +104,7 @@ impl EtcdDcs {
             conn: Conn::open(endpoints, opts, timeout, me).await?,
             prefix: format!("{}/{}/", namespace.trim_end_matches('/'), cluster),
             me: me.into(),
-            ttl_secs: ttl.as_secs().max(1) as i64,
-            timeout,
+            timeout_ms: std::sync::atomic::AtomicU64::new(timeout.as_millis() as u64),
             keeper: Mutex::new(None),
         })
     }
@@ -126,7 +124,6 @@ impl EtcdDcs {
             &d.namespace,
             &config.cluster.name,
             me,
-            config.failover.ttl,
             d.request_timeout,
             access_options(d)?,
         )
@@ -142,12 +139,10 @@ impl EtcdDcs {
         op: &'static str,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T> {
-        let r = match tokio::time::timeout(self.timeout, fut).await {
+        let ms = self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let r = match tokio::time::timeout(Duration::from_millis(ms), fut).await {
             Ok(r) => r.map_err(etcd_err(op)),
-            Err(_) => Err(CoreError::DcsTimeout {
-                op,
-                ms: self.timeout.as_millis() as u64,
-            }),
+            Err(_) => Err(CoreError::DcsTimeout { op, ms }),
         };
         if r.is_err() {
             self.conn.failed();
@@ -233,13 +228,24 @@ fn logged<T>(r: Result<T>) -> Option<T> {
 
 #[async_trait]
 impl Dcs for EtcdDcs {
-    async fn grant_session(&self) -> Result<LeaseId> {
+    async fn grant_session(&self, ttl: Duration) -> Result<LeaseId> {
         let mut c = self.client();
+        let secs = ttl.as_secs().max(1) as i64;
         let granted = self
-            .bounded("lease grant", c.lease_grant(self.ttl_secs, None))
+            .bounded("lease grant", c.lease_grant(secs, None))
             .await?;
         *self.keeper.lock().await = None;
         Ok(granted.id())
+    }
+
+    /// Bounds every request from now on. The gRPC channel keeps the deadline it was opened
+    /// with (`connect_with`'s), so a longer timeout than that applies after a reconnect or
+    /// an agent restart; a shorter one at once.
+    fn set_request_timeout(&self, timeout: Duration) {
+        self.timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool> {

@@ -140,6 +140,7 @@ async fn a_session_unrenewed_for_a_ttl_is_replaced() {
     m.session = Some(Session {
         lease: 42,
         renewed_at: now - c.t.ttl,
+        ttl: c.t.ttl,
     });
     let inp = inputs(
         now,
@@ -153,7 +154,10 @@ async fn a_session_unrenewed_for_a_ttl_is_replaced() {
         },
     );
     let d = decide(&c, &m, &inp);
-    assert!(has(&d, |a| matches!(a, Action::GrantSession)), "{d:?}");
+    assert!(
+        has(&d, |a| matches!(a, Action::GrantSession { .. })),
+        "{d:?}"
+    );
     assert_eq!(d.next.session, None);
 }
 

@@ -19,6 +19,7 @@ use crate::memory::{PendingSync, RunningJob};
 mod faults;
 mod planned;
 mod settings;
+mod timings;
 
 fn ctx_with(extra: &str) -> Ctx {
     let toml = format!(
@@ -113,6 +114,7 @@ fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
         noloadbalance: false,
         tags: Default::default(),
         pending_restart: Vec::new(),
+        loop_wait_ms: None,
     }
 }
 
@@ -171,6 +173,7 @@ fn mem(now: Instant, role: Role, lease: i64) -> Memory {
     m.session = Some(Session {
         lease,
         renewed_at: now,
+        ttl: Duration::from_secs(3),
     });
     m
 }
@@ -193,7 +196,7 @@ async fn without_a_session_the_first_thing_is_a_grant() {
     );
     let d = decide(&ctx(), &m, &inp);
     assert_eq!(d.reason, "no session: granting one");
-    assert!(has(&d, |a| matches!(a, Action::GrantSession)));
+    assert!(has(&d, |a| matches!(a, Action::GrantSession { .. })));
 }
 
 #[tokio::test(start_paused = true)]

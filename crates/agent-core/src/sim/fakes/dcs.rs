@@ -17,8 +17,8 @@ use crate::{CoreError, Result};
 #[derive(Debug, Clone)]
 pub struct SimDcs {
     pub h: Handle,
-    pub timeout: Duration,
-    pub ttl: Duration,
+    /// The request timeout in ms (`Dcs::set_request_timeout` changes it).
+    pub timeout_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SimDcs {
@@ -47,8 +47,8 @@ impl SimDcs {
             };
             (a, b, down)
         };
-        let timeout = self.timeout;
-        let ms = timeout.as_millis() as u64;
+        let ms = self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let timeout = Duration::from_millis(ms);
         match down {
             Some(true) => {
                 self.h.pause(Duration::from_millis(1)).await;
@@ -88,18 +88,23 @@ impl SimDcs {
 
 #[async_trait]
 impl Dcs for SimDcs {
-    async fn grant_session(&self) -> Result<LeaseId> {
-        let ttl = self.ttl;
+    async fn grant_session(&self, ttl: Duration) -> Result<LeaseId> {
         self.op("lease grant", move |w, now| w.dcs.grant(now, ttl))
             .await
     }
 
+    fn set_request_timeout(&self, timeout: Duration) {
+        self.timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool> {
-        let ttl = self.ttl;
         self.op("lease keep-alive", move |w, now| {
             match w.dcs.leases.get_mut(&lease) {
-                Some(exp) => {
-                    *exp = now + ttl;
+                Some((exp, ttl)) => {
+                    *exp = now + *ttl;
                     true
                 }
                 None => false,

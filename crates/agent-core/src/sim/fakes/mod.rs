@@ -171,7 +171,7 @@ impl Peers for SimPeers {
         Ok(pg.data.as_ref().map(|d| lsn(d.lsn())))
     }
 
-    async fn ask_failsafe(&self, node: &str, leader: &str) -> Result<()> {
+    async fn ask_failsafe(&self, node: &str, leader: &str, promise: Duration) -> Result<()> {
         let timeout = Duration::from_millis(500);
         if self.reach(node, timeout).await != Link::Up {
             return Err(CoreError::peer(node, "failsafe", "unreachable"));
@@ -183,10 +183,10 @@ impl Peers for SimPeers {
         };
         match (state, shared) {
             (AgentState::Alive, Some(s)) => {
-                s.confirm_failsafe(leader)
+                let until = s
+                    .confirm_failsafe(leader, Some(promise))
                     .map_err(|e| CoreError::peer(node, "failsafe", e))?;
                 let mut w = self.h.lock();
-                let until = Instant::now() + w.ttl + Duration::from_secs(1);
                 w.promises
                     .insert(node.to_string(), (leader.to_string(), until));
                 Ok(())
