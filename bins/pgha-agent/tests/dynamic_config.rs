@@ -320,8 +320,8 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
     })
     .await?;
     let slower = tagged.replacen(
-        "postgres_restart_timeout = \"1s\"",
-        "postgres_restart_timeout = \"2s\"",
+        "postgres_restart_timeout = \"1s\"\n",
+        "postgres_restart_timeout = \"1s\"\nsafety_margin = \"800ms\"\n",
         1,
     );
     assert_ne!(slower, tagged);

@@ -9,7 +9,8 @@ use pgha_config::{DynamicSettings, PghaConfig};
 /// the lease, the DCS session, the node's identity or the rendered server settings rest on.
 /// Tags, `nofailover`, `noloadbalance` and the dynamic keys (`postgres.parameters`,
 /// `failover.maximum_lag_on_failover`, `failover.ttl`, `failover.loop_wait`,
-/// `dcs.request_timeout`) change live; the sections other programs read
+/// `failover.postgres_restart_timeout`, `failover.failsafe`, `dcs.request_timeout`) change
+/// live; the sections other programs read
 /// (`[pooling]`, `[monitoring]`, `[router]`, `[backup]`) are taken as they are.
 pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static str> {
     let norm = |c: &PghaConfig| {
@@ -18,6 +19,8 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
         c.failover.maximum_lag_on_failover = Default::default();
         c.failover.ttl = Default::default();
         c.failover.loop_wait = Default::default();
+        c.failover.postgres_restart_timeout = Default::default();
+        c.failover.failsafe = Default::default();
         if let Some(d) = c.dcs.as_mut() {
             d.request_timeout = Default::default();
         }
@@ -93,6 +96,8 @@ mod tests {
         // The timings are dynamic keys: they change live (the agent moves to a new lease).
         new.failover.ttl *= 2;
         new.failover.loop_wait *= 2;
+        new.failover.failsafe = !new.failover.failsafe;
+        new.failover.postgres_restart_timeout *= 2;
         assert!(restart_only_changes(&old, &new).is_empty());
         new.failover.safety_margin *= 2;
         new.nodes[0].port += 1;

@@ -19,9 +19,6 @@ pub const NOT_DYNAMIC: &[(&str, &str)] = &[
     ("synchronous_mode", "replication.mode"),
     ("synchronous_mode_strict", "failover.sync_strict"),
     ("synchronous_node_count", "replication.sync_standbys"),
-    ("failsafe_mode", "failover.failsafe"),
-    ("primary_start_timeout", "failover.postgres_restart_timeout"),
-    ("master_start_timeout", "failover.postgres_restart_timeout"),
     ("standby_cluster", "[standby_cluster]"),
     ("slots", "replication.permanent_slots"),
 ];
@@ -31,6 +28,8 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "ttl",
     "loop_wait",
     "retry_timeout",
+    "primary_start_timeout",
+    "failsafe_mode",
     "maximum_lag_on_failover",
     "postgresql.parameters.<name>",
 ];
@@ -40,6 +39,8 @@ const FIELD_OF: &[(&str, &str)] = &[
     ("ttl", "failover.ttl"),
     ("loop_wait", "failover.loop_wait"),
     ("retry_timeout", "dcs.request_timeout"),
+    ("primary_start_timeout", "failover.postgres_restart_timeout"),
+    ("failsafe_mode", "failover.failsafe"),
     (
         "maximum_lag_on_failover",
         "failover.maximum_lag_on_failover",
@@ -93,6 +94,12 @@ pub struct DynamicSettings {
     pub loop_wait: Option<Duration>,
     /// `dcs.request_timeout` (Patroni's `retry_timeout`).
     pub retry_timeout: Option<Duration>,
+    /// `failover.postgres_restart_timeout` (Patroni's `primary_start_timeout`, also read as
+    /// `master_start_timeout`): how long the leader waits for its crashed PostgreSQL to come
+    /// back before it releases the lease.
+    pub primary_start_timeout: Option<Duration>,
+    /// `failover.failsafe` (Patroni's `failsafe_mode`).
+    pub failsafe_mode: Option<bool>,
     /// `failover.maximum_lag_on_failover`.
     pub maximum_lag_on_failover: Option<ByteSize>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
@@ -106,6 +113,8 @@ impl DynamicSettings {
             ttl: Some(cfg.failover.ttl),
             loop_wait: Some(cfg.failover.loop_wait),
             retry_timeout: cfg.dcs.as_ref().map(|d| d.request_timeout),
+            primary_start_timeout: Some(cfg.failover.postgres_restart_timeout),
+            failsafe_mode: Some(cfg.failover.failsafe),
             maximum_lag_on_failover: Some(cfg.failover.maximum_lag_on_failover),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
@@ -123,13 +132,30 @@ impl DynamicSettings {
         for (key, value) in obj {
             match key.as_str() {
                 "pause" => {}
-                "ttl" | "loop_wait" | "retry_timeout" => match duration(value) {
+                "ttl"
+                | "loop_wait"
+                | "retry_timeout"
+                | "primary_start_timeout"
+                | "master_start_timeout" => match duration(value) {
                     Ok(d) => match key.as_str() {
                         "ttl" => out.ttl = Some(d),
                         "loop_wait" => out.loop_wait = Some(d),
-                        _ => out.retry_timeout = Some(d),
+                        "retry_timeout" => out.retry_timeout = Some(d),
+                        "master_start_timeout" if obj.contains_key("primary_start_timeout") => errs
+                            .push(
+                                key.as_str(),
+                                "given with `primary_start_timeout`: it is that key's old name",
+                            ),
+                        _ => out.primary_start_timeout = Some(d),
                     },
                     Err(m) => errs.push(key.as_str(), m),
+                },
+                "failsafe_mode" => match value {
+                    Value::Bool(b) => out.failsafe_mode = Some(*b),
+                    other => errs.push(
+                        key.as_str(),
+                        format!("`{other}` is not a boolean: expected true or false"),
+                    ),
                 },
                 "maximum_lag_on_failover" => match byte_size(value) {
                     Ok(b) => out.maximum_lag_on_failover = Some(b),
@@ -153,10 +179,14 @@ impl DynamicSettings {
             ("ttl", self.ttl),
             ("loop_wait", self.loop_wait),
             ("retry_timeout", self.retry_timeout),
+            ("primary_start_timeout", self.primary_start_timeout),
         ] {
             if let Some(d) = d {
                 m.insert(key.into(), duration_json(d));
             }
+        }
+        if let Some(b) = self.failsafe_mode {
+            m.insert("failsafe_mode".into(), Value::Bool(b));
         }
         if let Some(lag) = self.maximum_lag_on_failover {
             m.insert("maximum_lag_on_failover".into(), Value::from(lag.bytes()));
@@ -184,6 +214,12 @@ impl DynamicSettings {
         }
         if let (Some(t), Some(d)) = (self.retry_timeout, cfg.dcs.as_mut()) {
             d.request_timeout = t;
+        }
+        if let Some(t) = self.primary_start_timeout {
+            cfg.failover.postgres_restart_timeout = t;
+        }
+        if let Some(b) = self.failsafe_mode {
+            cfg.failover.failsafe = b;
         }
         if let Some(lag) = self.maximum_lag_on_failover {
             cfg.failover.maximum_lag_on_failover = lag;

@@ -19,7 +19,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     let seed = DynamicSettings::seed(&cfg);
     assert_eq!(
         seed.to_json(),
-        json!({"ttl": 8, "loop_wait": "500ms", "maximum_lag_on_failover": 1048576, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "postgresql": {"parameters": {"work_mem": "4MB"}}})
     );
     assert_eq!(DynamicSettings::from_json(&seed.to_json()).unwrap(), seed);
     let edited = DynamicSettings::from_json(&json!({
@@ -41,11 +41,13 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     assert_eq!(
         edited.changed_keys(&seed),
         vec![
+            "failsafe_mode",
             "loop_wait",
             "maximum_lag_on_failover",
             "postgresql.parameters.jit",
             "postgresql.parameters.max_connections",
             "postgresql.parameters.work_mem",
+            "primary_start_timeout",
             "ttl"
         ]
     );
@@ -68,7 +70,7 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     for want in [
         "synchronous_mode: cannot be changed on a running cluster yet: set `replication.mode`",
         "ttl: `soon` is not a duration: expected seconds (e.g. 30) or e.g. `250ms`",
-        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, maximum_lag_on_failover",
+        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, primary_start_timeout, failsafe_mode, maximum_lag_on_failover",
         "maximum_lag_on_failover: `10XB` has an unknown unit",
         "postgresql.parameters.synchronous_standby_names: is managed by pgha",
         "postgresql.parameters.work_mem: `[1]` is not a setting value",
@@ -162,4 +164,44 @@ fn sync_mode_refuses_a_synchronous_commit_that_acknowledges_alone() {
         .unwrap()
         .apply_to(&cfg)
         .is_ok());
+}
+
+#[test]
+fn failsafe_mode_and_primary_start_timeout_are_dynamic() {
+    let cfg = local();
+    let d = DynamicSettings::from_json(&json!({"failsafe_mode": false, "master_start_timeout": 1}))
+        .unwrap();
+    let eff = d.apply_to(&cfg).unwrap();
+    assert!(!eff.failover.failsafe);
+    assert_eq!(
+        eff.failover.postgres_restart_timeout,
+        Duration::from_secs(1)
+    );
+    // Written under Patroni 4's name.
+    assert_eq!(d.to_json()["primary_start_timeout"], 1);
+    let text = DynamicSettings::from_json(&json!({
+        "failsafe_mode": "yes",
+        "primary_start_timeout": 1,
+        "master_start_timeout": 2,
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        text.contains("failsafe_mode: `\"yes\"` is not a boolean"),
+        "{text}"
+    );
+    assert!(
+        text.contains("master_start_timeout: given with `primary_start_timeout`"),
+        "{text}"
+    );
+    // Checked together with the node's own timings (ttl 8 s, loop_wait 500 ms).
+    let text = DynamicSettings::from_json(&json!({"primary_start_timeout": 8}))
+        .unwrap()
+        .apply_to(&cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("primary_start_timeout: 8s plus failover.loop_wait reaches failover.ttl"),
+        "{text}"
+    );
 }

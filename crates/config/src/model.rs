@@ -86,7 +86,10 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
-/// `[failover]`: timings and rules of the per-node agents.
+/// `[failover]`: timings and rules of the per-node agents. `ttl`, `loop_wait`,
+/// `maximum_lag_on_failover`, `failsafe` and `postgres_restart_timeout` (with
+/// `dcs.request_timeout` and `postgres.parameters`) seed the cluster settings in the DCS:
+/// once the cluster runs, the DCS copy wins and `pgha edit-config` changes them for every node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverSection {

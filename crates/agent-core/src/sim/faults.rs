@@ -159,14 +159,18 @@ impl Sim {
                 ttl,
                 loop_wait,
                 retry,
+                failsafe,
             } => {
                 let mut w = self.lock();
                 let ms = |d: &Duration| format!("{}ms", d.as_millis());
-                let patch = serde_json::json!({
+                let mut patch = serde_json::json!({
                     "ttl": ttl.as_secs(),
                     "loop_wait": ms(loop_wait),
                     "retry_timeout": ms(retry),
                 });
+                if let Some(f) = failsafe {
+                    patch["failsafe_mode"] = serde_json::Value::Bool(*f);
+                }
                 edit_settings(&mut w, patch.clone());
                 w.log(now, "FAULT", format!("operator: edit-config {patch}"));
                 None

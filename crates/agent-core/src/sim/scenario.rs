@@ -59,6 +59,8 @@ pub enum Fault {
         ttl: Duration,
         loop_wait: Duration,
         retry: Duration,
+        /// Also switch `failsafe_mode` to this.
+        failsafe: Option<bool>,
     },
 }
 
@@ -208,6 +210,7 @@ impl Scenario {
                 ttl,
                 loop_wait: waits[r.random_range(0..waits.len())],
                 retry: retries[r.random_range(0..retries.len())],
+                failsafe: r.random_bool(0.3).then(|| r.random_bool(0.5)),
             }
         });
         faults.sort_by_key(|(s, _)| *s);

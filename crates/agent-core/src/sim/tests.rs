@@ -243,6 +243,36 @@ fn without_failsafe_the_primary_stops_during_a_dcs_outage() {
     );
 }
 
+/// `failsafe_mode` is a cluster setting: switched on in the DCS over a pgha.toml that has it
+/// off, the primary stays writable through the outage; switched off, it fences.
+#[test]
+fn failsafe_mode_follows_the_cluster_settings() {
+    let (from, dur) = (Duration::from_secs(8), Duration::from_secs(12));
+    for on in [true, false] {
+        let edit = Fault::EditTimings {
+            ttl: Duration::from_secs(3),
+            loop_wait: Duration::from_millis(250),
+            retry: Duration::from_millis(500),
+            failsafe: Some(on),
+        };
+        let mut sc = quiet(
+            1,
+            vec![
+                (Duration::from_secs(4), edit),
+                (from, Fault::DcsDown { refuse: false, dur }),
+            ],
+        );
+        sc.failsafe = !on;
+        let r = run_scenario(sc, &SimOptions::default());
+        assert!(r.ok(), "{}", show(&r));
+        let stopped = r
+            .unwritable
+            .iter()
+            .any(|t| *t > from + Duration::from_secs(3) && *t < from + dur);
+        assert_eq!(stopped, !on, "failsafe_mode {on}\n{}", show(&r));
+    }
+}
+
 /// An operator's edit of the cluster settings reaches every node's pgha.conf (a run settles
 /// only once it did: `settled`), also when an agent is frozen or crashes around the edit.
 #[test]
@@ -369,11 +399,13 @@ fn edited_timings_move_every_lease_without_a_failover() {
         ttl: Duration::from_secs(12),
         loop_wait: Duration::from_secs(1),
         retry: Duration::from_secs(1),
+        failsafe: None,
     };
     let down = Fault::EditTimings {
         ttl: Duration::from_secs(4),
         loop_wait: Duration::from_millis(250),
         retry: Duration::from_millis(500),
+        failsafe: None,
     };
     let at = |l: &str| -> f64 { l[1..10].trim().parse().unwrap_or(0.0) };
     for sync in [false, true] {
