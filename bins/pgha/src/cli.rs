@@ -145,7 +145,7 @@ pub enum Command {
         what: TlsCommand,
     },
     /// Switch the running cluster between async and sync replication (ALTER SYSTEM + reload on
-    /// the primary).
+    /// the primary). Only for clusters without agents (no `[dcs]`): the agents manage the mode.
     SetMode {
         #[arg(value_enum)]
         mode: ModeArg,

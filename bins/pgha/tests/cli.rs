@@ -241,6 +241,11 @@ fn edit_config_refuses_bad_arguments_and_unconfirmed_writes() {
             vec!["edit-config", "--pg", "work_mem=8MB"],
             "pass --force to write without asking",
         ),
+        // The agents own synchronous_standby_names: no switch under them.
+        (
+            vec!["set-mode", "async", "--force"],
+            "[dcs] is set, so the agents manage the replication mode",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_pgha"))
             .args(["--config", path.to_str().unwrap()])
