@@ -390,3 +390,54 @@ fn unsafe_timings_are_rejected_naming_the_fields() {
         "{err}"
     );
 }
+
+/// `failover_priority` (a tag, reloaded live on SIGHUP) decides between two equally advanced
+/// replicas: node3 (priority 2) wins over node2, which the name order alone would pick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_priority_decides_between_equally_advanced_replicas() -> anyhow::Result<()> {
+    let mut h = ha(2, false, "").await?;
+    let path = h.cluster.config_path();
+    let original = std::fs::read_to_string(&path)?;
+    let edited = original.replacen(
+        "name = \"node3\"\n",
+        "name = \"node3\"\nfailover_priority = 2\n",
+        1,
+    );
+    assert_ne!(edited, original, "node3's table not found");
+    std::fs::write(&path, &edited)?;
+    for n in ["node1", "node2", "node3"] {
+        let pid = h.agents[n].pid().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+    }
+    let d = dcs(&h).await?;
+    TestCluster::eventually(T, "node3 publishes failover_priority 2", || async {
+        let v = d.view().await?;
+        Ok((v.members.get("node3").and_then(|m| m.failover_priority) == Some(2)).then_some(()))
+    })
+    .await?;
+    exec(&h, "node1", "CREATE TABLE prio (x int)").await?;
+    exec(&h, "node1", "INSERT INTO prio VALUES (1)").await?;
+    let lsn = |node: &'static str, sql: &'static str| {
+        let h = &h;
+        async move {
+            let mut c = h.cluster.conn(node).await?;
+            let l: String = sqlx::query_scalar(sql).fetch_one(&mut c).await?;
+            anyhow::Ok(l)
+        }
+    };
+    TestCluster::eventually(T, "both replicas hold all of the primary's WAL", || async {
+        let p = lsn("node1", "SELECT pg_current_wal_flush_lsn()::text").await?;
+        let received = "SELECT pg_last_wal_receive_lsn()::text";
+        let (a, b) = (lsn("node2", received).await?, lsn("node3", received).await?);
+        Ok((a == p && b == p).then_some(()))
+    })
+    .await?;
+    h.kill_node("node1")?;
+    let new = h.wait_single_primary(T, Some("node1")).await?;
+    assert_eq!(new, "node3", "the higher failover_priority must win a tie");
+    assert_eq!(count(&h, "node3", "SELECT count(*) FROM prio").await?, 1);
+    Ok(())
+}

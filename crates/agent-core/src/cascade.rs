@@ -95,6 +95,7 @@ replicate_from = "n2"
             tags: Default::default(),
             pending_restart: Vec::new(),
             loop_wait_ms: None,
+            failover_priority: None,
         }
     }
 

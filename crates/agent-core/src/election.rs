@@ -28,8 +28,13 @@ pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
         if m.name != to {
             return Err(format!("a {} to {to} is pending", kind_name(manual)));
         }
-    } else if m.nofailover {
+    }
+    // Never a leader, also not by request (Patroni refuses those too).
+    if m.nofailover {
         return Err("tagged nofailover".into());
+    }
+    if m.failover_rank() == 0 {
+        return Err("failover_priority 0: never a leader".into());
     }
     match (m.pg_state, m.role) {
         (_, MemberRole::Uninitialized) => return Err("no data directory yet".into()),
@@ -76,14 +81,16 @@ fn kind_name(manual: Option<(&str, RequestKind)>) -> &'static str {
 
 /// Ordering key: newest timeline, then a running primary (every replica on its timeline
 /// streams from it, so none holds WAL it lacks; a replica's position read a moment later than
-/// the primary's is ahead only while the primary keeps writing), then furthest WAL, then a
-/// node that is a primary on disk, then name (ascending) so every agent computes the same
-/// winner.
-fn rank(m: &MemberState) -> (i64, bool, u64, bool, std::cmp::Reverse<String>) {
+/// the primary's is ahead only while the primary keeps writing), then furthest WAL, then the
+/// higher `failover_priority` (it decides only between equally advanced candidates: never one
+/// that lacks WAL another has), then a node that is a primary on disk, then name (ascending)
+/// so every agent computes the same winner.
+fn rank(m: &MemberState) -> (i64, bool, u64, u32, bool, std::cmp::Reverse<String>) {
     (
         m.timeline.unwrap_or(0),
         m.role == MemberRole::Primary && m.pg_state == PgState::Running,
         m.lsn.map(|l| l.0).unwrap_or(0),
+        m.failover_rank(),
         m.role == MemberRole::Primary,
         std::cmp::Reverse(m.name.clone()),
     )
@@ -125,6 +132,7 @@ mod tests {
             tags: Default::default(),
             pending_restart: Vec::new(),
             loop_wait_ms: None,
+            failover_priority: None,
         }
     }
 
@@ -257,5 +265,33 @@ mod tests {
         let mut r = rules(None, None);
         r.request = Some(&req);
         assert_eq!(best([&a, &b], &r).unwrap().name, "a");
+        // A node that never leads is refused also by request, with the reason.
+        let mut never = a.clone();
+        never.failover_priority = Some(0);
+        assert_eq!(
+            eligibility(&never, &r).unwrap_err(),
+            "failover_priority 0: never a leader"
+        );
+        never.failover_priority = None;
+        never.nofailover = true;
+        assert_eq!(eligibility(&never, &r).unwrap_err(), "tagged nofailover");
+        assert!(best([&never, &b], &r).is_none());
+    }
+
+    /// failover_priority decides only between equally advanced candidates.
+    #[test]
+    fn priority_breaks_ties_of_position_never_of_wal() {
+        let r = rules(None, None);
+        let a = m("a", 500, MemberRole::Replica);
+        let mut b = m("b", 500, MemberRole::Replica);
+        assert_eq!(best([&a, &b], &r).unwrap().name, "a", "by name");
+        b.failover_priority = Some(2);
+        assert_eq!(best([&a, &b], &r).unwrap().name, "b");
+        let ahead = m("ahead", 501, MemberRole::Replica);
+        assert_eq!(best([&a, &b, &ahead], &r).unwrap().name, "ahead");
+        let mut newer = m("newer", 10, MemberRole::Replica);
+        newer.timeline = Some(2);
+        b.failover_priority = Some(100);
+        assert_eq!(best([&b, &newer], &r).unwrap().name, "newer");
     }
 }

@@ -27,6 +27,9 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
         for n in &mut c.nodes {
             n.tags.clear();
             n.nofailover = false;
+            n.failover_priority = None;
+            n.sync_priority = None;
+            n.nosync = false;
             n.noloadbalance = false;
         }
         c

@@ -65,6 +65,21 @@ pub struct MemberState {
     /// judge a stale key by it, not by their own, while a changed `loop_wait` spreads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loop_wait_ms: Option<u64>,
+    /// `nodes[].failover_priority` when it is not the default 1 (0 with `nofailover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_priority: Option<u32>,
+}
+
+impl MemberState {
+    /// The election priority it published: 0 never leads, higher wins among equally advanced
+    /// candidates.
+    pub fn failover_rank(&self) -> u32 {
+        if self.nofailover {
+            0
+        } else {
+            self.failover_priority.unwrap_or(1)
+        }
+    }
 }
 
 /// Who holds the leader key.

@@ -290,9 +290,24 @@ pub struct NodeConfig {
     /// unix_socket_directories; PostgreSQL's compiled-in default when absent.
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
-    /// Never promote this node automatically (it can still be a switchover target by hand).
+    /// Never promote this node, automatically or by a switchover or failover request (as
+    /// `failover_priority = 0`).
     #[serde(default)]
     pub nofailover: bool,
+    /// Among candidates equally advanced (same timeline and WAL position), the higher value
+    /// wins the election and is the default switchover target (Patroni's `failover_priority`
+    /// tag); 0: never a leader, as `nofailover`. Default 1.
+    #[serde(default)]
+    pub failover_priority: Option<u32>,
+    /// Sync mode: a standby with a higher value is chosen first as synchronous standby (the
+    /// current ones stay while they stream; Patroni's `sync_priority` tag); 0: never, as
+    /// `nosync`. Default 1.
+    #[serde(default)]
+    pub sync_priority: Option<u32>,
+    /// Sync mode: never a synchronous standby (Patroni's `nosync` tag); it is then never
+    /// promoted in sync mode either, as only synchronous standbys are.
+    #[serde(default)]
+    pub nosync: bool,
     /// Keep this node out of read load balancing: the agent API's `/replica`, `/read-only`,
     /// `/sync` and `/async` answer 503 on it (Patroni's `noloadbalance` tag).
     #[serde(default)]
@@ -331,6 +346,26 @@ impl PghaConfig {
 }
 
 impl NodeConfig {
+    /// The election priority: 0 (never a leader) with `nofailover`, else `failover_priority`
+    /// (default 1).
+    pub fn failover_rank(&self) -> u32 {
+        if self.nofailover {
+            0
+        } else {
+            self.failover_priority.unwrap_or(1)
+        }
+    }
+
+    /// The synchronous-standby priority: 0 (never) with `nosync` or when the node never
+    /// leads (a synchronous standby must be promotable), else `sync_priority` (default 1).
+    pub fn sync_rank(&self) -> u32 {
+        if self.nosync || self.failover_rank() == 0 {
+            0
+        } else {
+            self.sync_priority.unwrap_or(1)
+        }
+    }
+
     /// Directory holding this node's log and passfile.
     pub fn run_dir(&self) -> PathBuf {
         match &self.run_dir {

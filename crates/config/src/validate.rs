@@ -632,12 +632,35 @@ impl PghaConfig {
                         at(&format!("tags.{k}")),
                         "a tag name is letters, digits, `_` and `-` (it is matched as ?tag_NAME=)",
                     );
-                } else if matches!(k.as_str(), "nofailover" | "noloadbalance") {
+                } else if matches!(k.as_str(), "nofailover" | "noloadbalance" | "nosync") {
                     errs.push(
                         at(&format!("tags.{k}")),
                         format!("set `{k} = true` on the node instead of as a tag"),
                     );
+                } else if matches!(k.as_str(), "failover_priority" | "sync_priority") {
+                    errs.push(
+                        at(&format!("tags.{k}")),
+                        format!("set `{k} = N` (a number) on the node instead of as a tag"),
+                    );
                 }
+            }
+            if let Some(p) = n.failover_priority.filter(|p| *p > 0 && n.nofailover) {
+                errs.push(
+                    at("failover_priority"),
+                    format!(
+                        "{p} conflicts with `nofailover = true` (a node that never leads has \
+                         priority 0): drop one of them"
+                    ),
+                );
+            }
+            if let Some(p) = n.sync_priority.filter(|p| *p > 0 && n.nosync) {
+                errs.push(
+                    at("sync_priority"),
+                    format!(
+                        "{p} conflicts with `nosync = true` (a node that is never synchronous \
+                         has priority 0): drop one of them"
+                    ),
+                );
             }
             if let Some(d) = &n.socket_dir {
                 // sun_path is 108 bytes; the socket file name adds ".s.PGSQL.NNNNN".
@@ -845,12 +868,52 @@ data_dir = "/var/lib/pgha/node2"
                 "{ nofailover = \"true\" }",
                 "nodes[1].tags.nofailover: set `nofailover = true`",
             ),
+            (
+                "{ failover_priority = \"2\" }",
+                "nodes[1].tags.failover_priority: set `failover_priority = N`",
+            ),
         ] {
             let bad = GOOD.replace(
                 "data_dir = \"/var/lib/pgha/node2\"",
                 &format!("data_dir = \"/var/lib/pgha/node2\"\ntags = {tags}"),
             );
             let err = load_from_str(&bad, "bad.toml").unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        // Priorities: Patroni's failover_priority / sync_priority / nosync, typed.
+        let node2 = |extra: &str| {
+            GOOD.replace(
+                "data_dir = \"/var/lib/pgha/node2\"",
+                &format!("data_dir = \"/var/lib/pgha/node2\"\n{extra}"),
+            )
+        };
+        let cfg = load_from_str(&node2("failover_priority = 3\nnosync = true"), "ok.toml").unwrap();
+        assert_eq!(
+            (cfg.nodes[1].failover_rank(), cfg.nodes[1].sync_rank()),
+            (3, 0)
+        );
+        assert_eq!(
+            (cfg.nodes[0].failover_rank(), cfg.nodes[0].sync_rank()),
+            (1, 1)
+        );
+        let cfg = load_from_str(&node2("nofailover = true\nsync_priority = 5"), "ok.toml").unwrap();
+        assert_eq!(
+            (cfg.nodes[1].failover_rank(), cfg.nodes[1].sync_rank()),
+            (0, 0)
+        );
+        for (extra, want) in [
+            (
+                "nofailover = true\nfailover_priority = 2",
+                "nodes[1].failover_priority: 2 conflicts with `nofailover = true`",
+            ),
+            (
+                "nosync = true\nsync_priority = 1",
+                "nodes[1].sync_priority: 1 conflicts with `nosync = true`",
+            ),
+        ] {
+            let err = load_from_str(&node2(extra), "bad.toml")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err}");
         }
     }

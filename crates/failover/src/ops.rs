@@ -52,6 +52,20 @@ pub async fn request(
             format!("{to}'s PostgreSQL is not running"),
         ));
     }
+    // A node that must not lead: its own agent's word (the member key) or this config's.
+    let node = config.node(to).map(|n| (n.nofailover, n.failover_rank()));
+    if m.nofailover || node.is_some_and(|(nofailover, _)| nofailover) {
+        return Err(FailoverError::refused(
+            action,
+            format!("{to} is tagged nofailover: it never leads"),
+        ));
+    }
+    if m.failover_rank() == 0 || node.is_some_and(|(_, rank)| rank == 0) {
+        return Err(FailoverError::refused(
+            action,
+            format!("{to} has failover_priority 0: it never leads"),
+        ));
+    }
     if kind == RequestKind::Switchover {
         if leader.is_none() {
             return Err(FailoverError::refused(
@@ -134,7 +148,8 @@ pub fn pick_candidate(config: &PghaConfig, view: &ClusterView) -> Option<String>
             m.pg_state == PgState::Running
                 && m.role == MemberRole::Replica
                 && m.streaming
-                && !m.nofailover
+                && m.failover_rank() > 0
+                && config.node(&m.name).is_none_or(|n| n.failover_rank() > 0)
         })
         .filter(|m| match (&view.status, m.lsn) {
             (Some(st), Some(lsn)) => st.lsn.bytes_since(lsn) <= max,
@@ -148,7 +163,8 @@ pub fn pick_candidate(config: &PghaConfig, view: &ClusterView) -> Option<String>
                     .as_ref()
                     .is_none_or(|s| s.standbys.iter().any(|n| n == &m.name))
         })
-        .max_by_key(|m| m.lsn)
+        // The furthest, then the higher failover_priority among equally advanced ones.
+        .max_by_key(|m| (m.lsn, m.failover_rank()))
         .map(|m| m.name.clone())
 }
 

@@ -114,6 +114,7 @@ mod tests {
             tags: Default::default(),
             pending_restart: Vec::new(),
             loop_wait_ms: None,
+            failover_priority: None,
         }
     }
 

@@ -132,6 +132,7 @@ impl Ctx {
             tags: self.me.tags.clone(),
             pending_restart: o.pending_restart.clone(),
             loop_wait_ms: Some(self.t.loop_wait.as_millis() as u64),
+            failover_priority: Some(self.me.failover_rank()).filter(|p| *p != 1),
         }
     }
 }

@@ -91,8 +91,9 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
     let me = ctx.name();
     let now = inp.now;
     let others = ctx.others();
-    let eligible =
-        |n: &String| others.contains(n) && ctx.cfg.node(n).is_some_and(|c| !c.nofailover);
+    // A synchronous standby must be promotable and willing (`nosync`, `sync_priority = 0`).
+    let sync_rank = |n: &String| ctx.cfg.node(n).map_or(0, |c| c.sync_rank());
+    let eligible = |n: &String| others.contains(n) && sync_rank(n) > 0;
     let healthy: Vec<(String, pgha_postgres::Lsn)> = inp
         .local
         .standbys
@@ -151,8 +152,9 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         // Strict: keep waiting for the old standbys; /sync keeps naming them.
         desired = current.clone();
     }
+    // Newcomers by `sync_priority`, then progress; the current standbys stay while they stream.
     let mut by_progress = healthy.clone();
-    by_progress.sort_by_key(|x| std::cmp::Reverse(x.1));
+    by_progress.sort_by_key(|x| std::cmp::Reverse((sync_rank(&x.0), x.1)));
     for (n, _) in by_progress {
         if desired.len() >= want_n {
             break;

@@ -131,6 +131,9 @@ pub struct Scenario {
     pub faults: Vec<(Duration, Fault)>,
     /// Every data dir starts empty: the agents bootstrap the cluster.
     pub empty: bool,
+    /// Per node (node1 first): `failover_priority` and `sync_priority` other than the
+    /// default, never 0 (a node that may not lead would make liveness a matter of luck).
+    pub priorities: Vec<Option<(u32, u32)>>,
 }
 
 impl Scenario {
@@ -214,6 +217,14 @@ impl Scenario {
             }
         });
         faults.sort_by_key(|(s, _)| *s);
+        // Own stream: the other draws stay as they were.
+        let mut pr = StdRng::seed_from_u64(seed ^ 0x0070_1e5a_c0de);
+        let priorities = (0..nodes)
+            .map(|_| {
+                pr.random_bool(0.3)
+                    .then(|| (pr.random_range(1..=3), pr.random_range(1..=3)))
+            })
+            .collect();
         Scenario {
             seed,
             nodes,
@@ -225,6 +236,7 @@ impl Scenario {
             dcs_timeout,
             faults,
             empty: opts.empty,
+            priorities,
         }
     }
 
@@ -274,6 +286,9 @@ impl Scenario {
             s.push_str(&format!(
                 "[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.{i}\"\nport = 5432\ndata_dir = \"/sim/node{i}\"\nagent_address = \"127.0.0.{i}:8008\"\n"
             ));
+            if let Some(Some((f, y))) = self.priorities.get(i - 1) {
+                s.push_str(&format!("failover_priority = {f}\nsync_priority = {y}\n"));
+            }
         }
         s
     }
@@ -285,7 +300,7 @@ impl Scenario {
             .map(|(s, f)| format!("{:.1}s {f:?}", s.as_secs_f64()))
             .collect();
         format!(
-            "seed {}: {} nodes, {}, ttl {:?}, loop_wait {:?}, failsafe {}, fast path {}; faults: {}",
+            "seed {}: {} nodes, {}, ttl {:?}, loop_wait {:?}, failsafe {}, fast path {}, priorities {:?}; faults: {}",
             self.seed,
             self.nodes,
             if self.sync { "sync" } else { "async" },
@@ -293,6 +308,7 @@ impl Scenario {
             self.loop_wait,
             self.failsafe,
             self.fast_dead,
+            self.priorities,
             faults.join("; ")
         )
     }

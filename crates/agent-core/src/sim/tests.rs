@@ -202,6 +202,7 @@ fn quiet(seed: u64, faults: Vec<(Duration, Fault)>) -> Scenario {
     sc.loop_wait = Duration::from_millis(250);
     sc.dcs_timeout = Duration::from_millis(500);
     sc.faults = faults;
+    sc.priorities = Vec::new();
     sc
 }
 

@@ -101,6 +101,17 @@ impl Facts {
         if node.is_some_and(|n| n.noloadbalance) {
             tags.insert("noloadbalance".into(), "true".into());
         }
+        if node.is_some_and(|n| n.nosync) {
+            tags.insert("nosync".into(), "true".into());
+        }
+        for (k, v) in [
+            ("failover_priority", node.and_then(|n| n.failover_priority)),
+            ("sync_priority", node.and_then(|n| n.sync_priority)),
+        ] {
+            if let Some(v) = v {
+                tags.insert(k.into(), v.to_string());
+            }
+        }
         Facts {
             running,
             pg_role,

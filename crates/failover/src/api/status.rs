@@ -26,8 +26,12 @@ fn role_name(f: &Facts) -> &'static str {
 fn tags_json(f: &Facts) -> Value {
     let mut m = Map::new();
     for (k, v) in &f.tags {
-        let v = match v.as_str() {
-            "true" if k == "nofailover" || k == "noloadbalance" => Value::Bool(true),
+        // pgha's typed tags as Patroni writes them; free-form tags stay strings.
+        let v = match (k.as_str(), v.as_str()) {
+            ("nofailover" | "noloadbalance" | "nosync", "true") => Value::Bool(true),
+            ("failover_priority" | "sync_priority", n) => n
+                .parse::<u32>()
+                .map_or_else(|_| Value::String(n.into()), Value::from),
             _ => Value::String(v.clone()),
         };
         m.insert(k.clone(), v);
@@ -179,6 +183,9 @@ fn member_json(s: &ApiState, view: &ClusterView, m: &MemberState) -> Value {
     }
     if m.noloadbalance {
         tags.insert("noloadbalance".into(), json!(true));
+    }
+    if let Some(p) = m.failover_priority {
+        tags.insert("failover_priority".into(), json!(p));
     }
     if !tags.is_empty() {
         doc.insert("tags".into(), Value::Object(tags));

@@ -148,6 +148,7 @@ fn member(name: &str, role: MemberRole, running: bool, lsn: u64) -> MemberState 
         tags: BTreeMap::new(),
         pending_restart: Vec::new(),
         loop_wait_ms: None,
+        failover_priority: None,
     }
 }
 
@@ -431,6 +432,21 @@ async fn switchover_requests_get_patroni_codes() {
     .await;
     assert_eq!(code, 412, "{msg}");
     assert!(msg.contains("`node9` is not a node"), "{msg}");
+    // A node that must not lead is refused with the reason, also for a manual failover.
+    let never = |p: Option<u32>| {
+        if let Some(m) = dcs.0.lock().unwrap().members.get_mut("node3") {
+            m.failover_priority = p;
+        }
+    };
+    never(Some(0));
+    let (code, msg) = raw(addr, &post("/failover", r#"{"candidate":"node3"}"#, tok)).await;
+    assert_eq!(code, 412, "{msg}");
+    assert!(
+        msg.contains("node3 has failover_priority 0: it never leads"),
+        "{msg}"
+    );
+    assert!(dcs.0.lock().unwrap().switchover.is_none());
+    never(None);
     let (code, msg) = raw(
         addr,
         &post(

@@ -115,6 +115,7 @@ fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
         tags: Default::default(),
         pending_restart: Vec::new(),
         loop_wait_ms: None,
+        failover_priority: None,
     }
 }
 

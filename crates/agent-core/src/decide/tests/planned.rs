@@ -323,3 +323,35 @@ async fn a_new_leader_starting_its_primary_in_sync_mode_first_names_itself_in_sy
     let d = decide(&c, &m, &healthy(now, stopped, v));
     assert_eq!(order(&d).0, None, "{:?}", d.actions);
 }
+
+/// Sync mode: a new synchronous standby is the streaming one with the highest
+/// `sync_priority` (progress decides among equals); `nosync` is never chosen.
+#[tokio::test(start_paused = true)]
+async fn sync_priority_and_nosync_choose_the_synchronous_standby() {
+    let now = Instant::now();
+    let (c, m, inp) = sync_leader(now, &[], &[("n2", 1000), ("n3", 900)]);
+    let chosen = |c: &Ctx| {
+        let d = decide(c, &m, &inp);
+        d.next.pending_sync.map(|p| p.standbys).unwrap_or_default()
+    };
+    assert_eq!(chosen(&c), vec!["n2"], "furthest ahead among equals");
+    let with = |f: &dyn Fn(&mut pgha_config::NodeConfig)| {
+        let mut cfg = (*c.cfg).clone();
+        cfg.nodes.iter_mut().for_each(|n| {
+            if n.name == "n3" {
+                f(n)
+            }
+        });
+        Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap()
+    };
+    assert_eq!(
+        chosen(&with(&|n| n.sync_priority = Some(5))),
+        vec!["n3"],
+        "higher sync_priority first"
+    );
+    let mut cfg = (*c.cfg).clone();
+    cfg.nodes[1].nosync = true;
+    cfg.nodes[2].sync_priority = Some(0);
+    let none = Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap();
+    assert_eq!(chosen(&none), Vec::<String>::new(), "nosync and 0 never");
+}
