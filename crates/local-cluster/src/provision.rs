@@ -25,6 +25,8 @@ pub struct ClusterSpec {
     pub root: PathBuf,
     pub replicas: usize,
     pub mode: ReplicationMode,
+    /// `replication.sync_standbys` (sync mode; 1 when 0).
+    pub sync_standbys: u32,
     pub host: String,
     /// OS user the servers run as when we are root.
     pub os_user: String,
@@ -72,6 +74,7 @@ impl ClusterSpec {
             root: root.into(),
             replicas: 2,
             mode: ReplicationMode::Async,
+            sync_standbys: 1,
             host: "127.0.0.1".into(),
             os_user: "postgres".into(),
             bin_dir: None,
@@ -400,6 +403,9 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
     }
     let _ = writeln!(s, "\n[replication]");
     let _ = writeln!(s, "mode = \"{}\"", spec.mode);
+    if spec.sync_standbys > 1 {
+        let _ = writeln!(s, "sync_standbys = {}", spec.sync_standbys);
+    }
     let _ = writeln!(s, "user = \"replicator\"");
     let _ = writeln!(
         s,

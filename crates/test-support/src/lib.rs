@@ -37,6 +37,7 @@ pub fn init_tracing() {
 pub struct TestClusterBuilder {
     spec_replicas: usize,
     mode: ReplicationMode,
+    sync_standbys: u32,
     slots: bool,
     wal_keep_size_mb: Option<u64>,
     parameters: Vec<(String, String)>,
@@ -92,6 +93,12 @@ impl TestClusterBuilder {
         self.mode = ReplicationMode::Sync;
         self
     }
+    /// Sync mode with `n` synchronous standbys (`replication.sync_standbys`).
+    pub fn sync_standbys(mut self, n: u32) -> Self {
+        self.mode = ReplicationMode::Sync;
+        self.sync_standbys = n;
+        self
+    }
     pub fn slots(mut self, on: bool) -> Self {
         self.slots = on;
         self
@@ -128,6 +135,7 @@ impl TestClusterBuilder {
         spec.replicate_from = self.replicate_from.into_iter().collect();
         spec.replicas = self.spec_replicas;
         spec.mode = self.mode;
+        spec.sync_standbys = self.sync_standbys;
         spec.slots = self.slots;
         spec.wal_keep_size_mb = self.wal_keep_size_mb;
         // Small and fast: tests run several clusters at once on two cores.
@@ -169,6 +177,7 @@ impl TestCluster {
         TestClusterBuilder {
             spec_replicas: 2,
             mode: ReplicationMode::Async,
+            sync_standbys: 1,
             slots: true,
             wal_keep_size_mb: None,
             parameters: Vec::new(),

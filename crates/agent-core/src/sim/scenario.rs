@@ -134,6 +134,9 @@ pub struct Scenario {
     /// Per node (node1 first): `failover_priority` and `sync_priority` other than the
     /// default, never 0 (a node that may not lead would make liveness a matter of luck).
     pub priorities: Vec<Option<(u32, u32)>>,
+    /// Sync mode: `replication.sync_standbys` (1 or 2) and `failover.sync_strict`.
+    pub sync_standbys: u32,
+    pub strict: bool,
 }
 
 impl Scenario {
@@ -225,6 +228,9 @@ impl Scenario {
                     .then(|| (pr.random_range(1..=3), pr.random_range(1..=3)))
             })
             .collect();
+        let mut sr = StdRng::seed_from_u64(seed ^ 0x0005_7c00_0b1e);
+        let sync_standbys = if sr.random_bool(0.3) { 2 } else { 1 };
+        let strict = sr.random_bool(0.3);
         Scenario {
             seed,
             nodes,
@@ -237,6 +243,8 @@ impl Scenario {
             faults,
             empty: opts.empty,
             priorities,
+            sync_standbys,
+            strict,
         }
     }
 
@@ -272,15 +280,20 @@ impl Scenario {
 
     pub(crate) fn toml(&self) -> String {
         let mut s = format!(
-            "[cluster]\nname = \"sim\"\n[replication]\npassword = {{ env = \"PGHA_SIM_UNUSED\" }}\nmode = \"{}\"\n\
+            "[cluster]\nname = \"sim\"\n[replication]\npassword = {{ env = \"PGHA_SIM_UNUSED\" }}\nmode = {}\n\
              [dcs]\netcd = [\"http://127.0.0.1:1\"]\nrequest_timeout = \"{}ms\"\n\
-             [failover]\nttl = \"{}s\"\nloop_wait = \"{}ms\"\nfailsafe = {}\nfast_dead_detection = {}\npostgres_restart_timeout = \"1s\"\n",
-            if self.sync { "sync" } else { "async" },
+             [failover]\nttl = \"{}s\"\nloop_wait = \"{}ms\"\nfailsafe = {}\nfast_dead_detection = {}\npostgres_restart_timeout = \"1s\"\nsync_strict = {}\n",
+            if self.sync {
+                format!("\"sync\"\nsync_standbys = {}", self.sync_standbys)
+            } else {
+                "\"async\"".into()
+            },
             self.dcs_timeout.as_millis(),
             self.ttl.as_secs(),
             self.loop_wait.as_millis(),
             self.failsafe,
             self.fast_dead,
+            self.sync && self.strict,
         );
         for i in 1..=self.nodes {
             s.push_str(&format!(
@@ -303,7 +316,15 @@ impl Scenario {
             "seed {}: {} nodes, {}, ttl {:?}, loop_wait {:?}, failsafe {}, fast path {}, priorities {:?}; faults: {}",
             self.seed,
             self.nodes,
-            if self.sync { "sync" } else { "async" },
+            if self.sync {
+                format!(
+                    "sync {}{}",
+                    self.sync_standbys,
+                    if self.strict { " strict" } else { "" }
+                )
+            } else {
+                "async".into()
+            },
             self.ttl,
             self.loop_wait,
             self.failsafe,

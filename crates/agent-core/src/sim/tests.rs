@@ -203,6 +203,8 @@ fn quiet(seed: u64, faults: Vec<(Duration, Fault)>) -> Scenario {
     sc.dcs_timeout = Duration::from_millis(500);
     sc.faults = faults;
     sc.priorities = Vec::new();
+    sc.sync_standbys = 1;
+    sc.strict = false;
     sc
 }
 

@@ -1,0 +1,116 @@
+//! Synchronous replication policy with real agents, PostgreSQL and etcd: two synchronous
+//! standbys (`sync_standbys = 2`), the set shrinking as standbys go, strict mode
+//! (`sync_strict`) holding commits when none is left, and a failover that keeps every
+//! acknowledged commit.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use pgha_failover::dcs::{Dcs, EtcdDcs};
+use pgha_test_support::{HaCluster, TestCluster, TEST_FAILOVER_TOML};
+
+const T: Duration = Duration::from_secs(40);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_pgha-agent"))
+}
+
+/// Inserts `ids` on `node`, each its own acknowledged commit (10 s each at most).
+async fn insert(
+    h: &HaCluster,
+    node: &str,
+    ids: std::ops::RangeInclusive<i64>,
+) -> anyhow::Result<()> {
+    let mut c = h.cluster.conn(node).await?;
+    for id in ids {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query("INSERT INTO acks VALUES ($1)")
+                .bind(id)
+                .execute(&mut c),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("commit of {id} on {node} not acknowledged within 10 s"))??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sync_standbys_shrink_strict_mode_holds_commits_and_a_failover_keeps_them(
+) -> anyhow::Result<()> {
+    let b = TestCluster::builder().replicas(2).sync_standbys(2);
+    let mut h = HaCluster::start(
+        bin(),
+        b,
+        &format!("{TEST_FAILOVER_TOML}sync_strict = true\n"),
+    )
+    .await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    for n in ["node2", "node3"] {
+        h.wait_streaming_replica(n, T).await?;
+    }
+    let d = EtcdDcs::from_config(h.cluster.config(), "test").await?;
+    let sync = || async { Ok::<_, anyhow::Error>(d.view().await?.sync.map(|s| s.standbys)) };
+
+    // Both standbys synchronous: /sync names both, and PostgreSQL waits for both.
+    TestCluster::eventually(T, "/sync names node2 and node3", || async {
+        Ok((sync().await? == Some(vec!["node2".into(), "node3".into()])).then_some(()))
+    })
+    .await?;
+    let mut c = h.cluster.conn("node1").await?;
+    let ssn: String = sqlx::query_scalar("SHOW synchronous_standby_names")
+        .fetch_one(&mut c)
+        .await?;
+    assert!(ssn.starts_with("FIRST 2 "), "{ssn}");
+    sqlx::query("CREATE TABLE acks (id bigint PRIMARY KEY)")
+        .execute(&mut c)
+        .await?;
+    insert(&h, "node1", 1..=50).await?;
+
+    // One standby lost: the set shrinks to the other (removed from /sync first), writes go on.
+    h.kill_node("node3")?;
+    TestCluster::eventually(T, "/sync names node2 alone", || async {
+        Ok((sync().await? == Some(vec!["node2".into()])).then_some(()))
+    })
+    .await?;
+    insert(&h, "node1", 51..=60).await?;
+
+    // None left: strict mode holds the next commit, and /sync keeps naming node2.
+    h.kill_node("node2")?;
+    let params = h.cluster.instance("node1")?.connect_params().clone();
+    let held = tokio::spawn(async move {
+        let mut c = params.connect().await?;
+        sqlx::query("INSERT INTO acks VALUES (61)")
+            .execute(&mut c)
+            .await?;
+        anyhow::Ok(())
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !held.is_finished(),
+        "strict mode acknowledged a commit with no standby"
+    );
+    assert_eq!(sync().await?, Some(vec!["node2".to_string()]));
+
+    // node2 comes back and streams: the held commit is acknowledged.
+    h.start_agent("node2")?;
+    tokio::time::timeout(T, held).await.map_err(|_| {
+        anyhow::anyhow!("the held commit was not acknowledged after node2 returned")
+    })???;
+
+    // The primary dies: the synchronous standby is promoted with every acknowledged row.
+    h.kill_node("node1")?;
+    let new = h.wait_single_primary(T, Some("node1")).await?;
+    assert_eq!(new, "node2");
+    let mut c = h.cluster.conn("node2").await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM acks ORDER BY id")
+        .fetch_all(&mut c)
+        .await?;
+    assert_eq!(
+        ids,
+        (1..=61).collect::<Vec<i64>>(),
+        "acknowledged rows lost"
+    );
+    Ok(())
+}
