@@ -45,8 +45,8 @@ pub enum Command {
     /// seed while the first leader has not written them), as JSON.
     ShowConfig,
     /// Change the cluster settings in the DCS for every node: `ttl`, `loop_wait`,
-    /// `retry_timeout`, `primary_start_timeout`, `failsafe_mode`, `maximum_lag_on_failover`
-    /// and `postgresql.parameters`. Shows the
+    /// `retry_timeout`, `primary_start_timeout`, `failsafe_mode`, `maximum_lag_on_failover`,
+    /// `maximum_lag_on_syncnode` and `postgresql.parameters`. Shows the
     /// change and asks before writing; validated like pgha.toml. A new `ttl` moves every
     /// agent to a lease of that TTL (no failover). Parameters that need a restart show under
     /// PENDING RESTART in `pgha list`.

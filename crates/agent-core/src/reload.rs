@@ -21,6 +21,7 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
         c.failover.loop_wait = Default::default();
         c.failover.postgres_restart_timeout = Default::default();
         c.failover.failsafe = Default::default();
+        c.failover.maximum_lag_on_syncnode = Default::default();
         if let Some(d) = c.dcs.as_mut() {
             d.request_timeout = Default::default();
         }

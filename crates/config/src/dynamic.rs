@@ -31,6 +31,7 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "primary_start_timeout",
     "failsafe_mode",
     "maximum_lag_on_failover",
+    "maximum_lag_on_syncnode",
     "postgresql.parameters.<name>",
 ];
 
@@ -44,6 +45,10 @@ const FIELD_OF: &[(&str, &str)] = &[
     (
         "maximum_lag_on_failover",
         "failover.maximum_lag_on_failover",
+    ),
+    (
+        "maximum_lag_on_syncnode",
+        "failover.maximum_lag_on_syncnode",
     ),
 ];
 
@@ -102,6 +107,8 @@ pub struct DynamicSettings {
     pub failsafe_mode: Option<bool>,
     /// `failover.maximum_lag_on_failover`.
     pub maximum_lag_on_failover: Option<ByteSize>,
+    /// `failover.maximum_lag_on_syncnode`; `Some(None)`: off (Patroni's -1).
+    pub maximum_lag_on_syncnode: Option<Option<ByteSize>>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
     pub parameters: Option<BTreeMap<String, String>>,
 }
@@ -116,6 +123,7 @@ impl DynamicSettings {
             primary_start_timeout: Some(cfg.failover.postgres_restart_timeout),
             failsafe_mode: Some(cfg.failover.failsafe),
             maximum_lag_on_failover: Some(cfg.failover.maximum_lag_on_failover),
+            maximum_lag_on_syncnode: Some(cfg.failover.maximum_lag_on_syncnode),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
     }
@@ -161,6 +169,13 @@ impl DynamicSettings {
                     Ok(b) => out.maximum_lag_on_failover = Some(b),
                     Err(m) => errs.push(key.as_str(), m),
                 },
+                "maximum_lag_on_syncnode" if value.as_i64() == Some(-1) || value.is_null() => {
+                    out.maximum_lag_on_syncnode = Some(None)
+                }
+                "maximum_lag_on_syncnode" => match byte_size(value) {
+                    Ok(b) => out.maximum_lag_on_syncnode = Some(Some(b)),
+                    Err(m) => errs.push(key.as_str(), format!("{m}, or -1 (off)")),
+                },
                 "postgresql" => out.parameters = postgresql(value, &mut errs),
                 _ => errs.push(key.as_str(), unknown_key(key)),
             }
@@ -187,6 +202,10 @@ impl DynamicSettings {
         }
         if let Some(b) = self.failsafe_mode {
             m.insert("failsafe_mode".into(), Value::Bool(b));
+        }
+        if let Some(lag) = self.maximum_lag_on_syncnode {
+            let v = lag.map_or(Value::from(-1), |b| Value::from(b.bytes()));
+            m.insert("maximum_lag_on_syncnode".into(), v);
         }
         if let Some(lag) = self.maximum_lag_on_failover {
             m.insert("maximum_lag_on_failover".into(), Value::from(lag.bytes()));
@@ -223,6 +242,9 @@ impl DynamicSettings {
         }
         if let Some(lag) = self.maximum_lag_on_failover {
             cfg.failover.maximum_lag_on_failover = lag;
+        }
+        if let Some(lag) = self.maximum_lag_on_syncnode {
+            cfg.failover.maximum_lag_on_syncnode = lag;
         }
         if let Some(p) = &self.parameters {
             cfg.postgres.parameters = p.clone();

@@ -19,7 +19,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     let seed = DynamicSettings::seed(&cfg);
     assert_eq!(
         seed.to_json(),
-        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "maximum_lag_on_syncnode": -1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
     );
     assert_eq!(DynamicSettings::from_json(&seed.to_json()).unwrap(), seed);
     let edited = DynamicSettings::from_json(&json!({
@@ -44,6 +44,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
             "failsafe_mode",
             "loop_wait",
             "maximum_lag_on_failover",
+            "maximum_lag_on_syncnode",
             "postgresql.parameters.jit",
             "postgresql.parameters.max_connections",
             "postgresql.parameters.work_mem",
@@ -70,7 +71,7 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     for want in [
         "synchronous_mode: cannot be changed on a running cluster yet: set `replication.mode`",
         "ttl: `soon` is not a duration: expected seconds (e.g. 30) or e.g. `250ms`",
-        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, primary_start_timeout, failsafe_mode, maximum_lag_on_failover",
+        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, primary_start_timeout, failsafe_mode, maximum_lag_on_failover, maximum_lag_on_syncnode",
         "maximum_lag_on_failover: `10XB` has an unknown unit",
         "postgresql.parameters.synchronous_standby_names: is managed by pgha",
         "postgresql.parameters.work_mem: `[1]` is not a setting value",
@@ -203,5 +204,28 @@ fn failsafe_mode_and_primary_start_timeout_are_dynamic() {
     assert!(
         text.contains("primary_start_timeout: 8s plus failover.loop_wait reaches failover.ttl"),
         "{text}"
+    );
+}
+
+#[test]
+fn maximum_lag_on_syncnode_takes_a_size_or_minus_one() {
+    let cfg = local();
+    let on = DynamicSettings::from_json(&json!({"maximum_lag_on_syncnode": "16MB"})).unwrap();
+    assert_eq!(
+        on.apply_to(&cfg).unwrap().failover.maximum_lag_on_syncnode,
+        Some(ByteSize(16 << 20))
+    );
+    let off = DynamicSettings::from_json(&json!({"maximum_lag_on_syncnode": -1})).unwrap();
+    assert_eq!(off.to_json()["maximum_lag_on_syncnode"], -1);
+    assert_eq!(
+        off.apply_to(&cfg).unwrap().failover.maximum_lag_on_syncnode,
+        None
+    );
+    let e = DynamicSettings::from_json(&json!({"maximum_lag_on_syncnode": -2}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("maximum_lag_on_syncnode: `-2` is not a size"),
+        "{e}"
     );
 }

@@ -102,6 +102,12 @@ pub struct FailoverSection {
     pub loop_wait: Duration,
     /// A replica further behind the last known primary position is not promoted automatically.
     pub maximum_lag_on_failover: ByteSize,
+    /// Sync mode: a synchronous standby whose flushed WAL is further behind the primary's
+    /// position than this is swapped for a streaming standby within it (Patroni's
+    /// `maximum_lag_on_syncnode`); without one, non-strict mode drops it (commits stop
+    /// waiting for it). Unset: never (the default).
+    #[serde(default)]
+    pub maximum_lag_on_syncnode: Option<ByteSize>,
     /// DCS unreachable: the primary keeps serving only while every replica's agent confirms it
     /// cannot reach the DCS either; otherwise it stops itself before its lease can expire.
     pub failsafe: bool,
@@ -138,6 +144,7 @@ impl Default for FailoverSection {
             ttl: Duration::from_secs(8),
             loop_wait: Duration::from_millis(500),
             maximum_lag_on_failover: ByteSize(1 << 20),
+            maximum_lag_on_syncnode: None,
             failsafe: true,
             fast_dead_detection: true,
             safety_margin: Duration::from_secs(1),

@@ -94,11 +94,21 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
     // A synchronous standby must be promotable and willing (`nosync`, `sync_priority = 0`).
     let sync_rank = |n: &String| ctx.cfg.node(n).map_or(0, |c| c.sync_rank());
     let eligible = |n: &String| others.contains(n) && sync_rank(n) > 0;
+    // `maximum_lag_on_syncnode`: a standby whose flush is further behind than this is no
+    // candidate (a current one is swapped out as when it stops streaming).
+    let within = |r: &&crate::inputs::StandbyRow| match (
+        ctx.cfg.failover.maximum_lag_on_syncnode,
+        inp.local.lsn,
+    ) {
+        (Some(max), Some(at)) => at.bytes_since(r.flush_lsn.unwrap_or_default()) <= max.bytes(),
+        _ => true,
+    };
     let healthy: Vec<(String, pgha_postgres::Lsn)> = inp
         .local
         .standbys
         .iter()
         .filter(|r| eligible(&r.name) && r.streaming)
+        .filter(within)
         .map(|r| (r.name.clone(), r.flush_lsn.unwrap_or_default()))
         .collect();
     let is_healthy = |n: &String| healthy.iter().any(|(h, _)| h == n);

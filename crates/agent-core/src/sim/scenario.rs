@@ -137,6 +137,8 @@ pub struct Scenario {
     /// Sync mode: `replication.sync_standbys` (1 or 2) and `failover.sync_strict`.
     pub sync_standbys: u32,
     pub strict: bool,
+    /// Sync mode: `failover.maximum_lag_on_syncnode` in bytes (a WAL record is 100).
+    pub max_sync_lag: Option<u64>,
 }
 
 impl Scenario {
@@ -231,6 +233,9 @@ impl Scenario {
         let mut sr = StdRng::seed_from_u64(seed ^ 0x0005_7c00_0b1e);
         let sync_standbys = if sr.random_bool(0.3) { 2 } else { 1 };
         let strict = sr.random_bool(0.3);
+        let max_sync_lag =
+            sr.random_bool(0.3)
+                .then(|| if sr.random_bool(0.5) { 2_000 } else { 20_000 });
         Scenario {
             seed,
             nodes,
@@ -245,6 +250,7 @@ impl Scenario {
             priorities,
             sync_standbys,
             strict,
+            max_sync_lag,
         }
     }
 
@@ -295,6 +301,9 @@ impl Scenario {
             self.fast_dead,
             self.sync && self.strict,
         );
+        if let Some(b) = self.max_sync_lag.filter(|_| self.sync) {
+            s.push_str(&format!("maximum_lag_on_syncnode = \"{b}B\"\n"));
+        }
         for i in 1..=self.nodes {
             s.push_str(&format!(
                 "[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.{i}\"\nport = 5432\ndata_dir = \"/sim/node{i}\"\nagent_address = \"127.0.0.{i}:8008\"\n"
@@ -318,9 +327,11 @@ impl Scenario {
             self.nodes,
             if self.sync {
                 format!(
-                    "sync {}{}",
+                    "sync {}{}{}",
                     self.sync_standbys,
-                    if self.strict { " strict" } else { "" }
+                    if self.strict { " strict" } else { "" },
+                    self.max_sync_lag
+                        .map_or(String::new(), |b| format!(" max-sync-lag {b}B"))
                 )
             } else {
                 "async".into()

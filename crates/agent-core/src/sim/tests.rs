@@ -205,6 +205,7 @@ fn quiet(seed: u64, faults: Vec<(Duration, Fault)>) -> Scenario {
     sc.priorities = Vec::new();
     sc.sync_standbys = 1;
     sc.strict = false;
+    sc.max_sync_lag = None;
     sc
 }
 

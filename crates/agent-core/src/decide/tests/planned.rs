@@ -355,3 +355,32 @@ async fn sync_priority_and_nosync_choose_the_synchronous_standby() {
     let none = Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap();
     assert_eq!(chosen(&none), Vec::<String>::new(), "nosync and 0 never");
 }
+
+/// `maximum_lag_on_syncnode`: a synchronous standby lagging further than it is swapped for a
+/// streaming standby within it (removed from /sync before PostgreSQL stops waiting for it).
+#[tokio::test(start_paused = true)]
+async fn a_synchronous_standby_lagging_past_maximum_lag_on_syncnode_is_swapped() {
+    let now = Instant::now();
+    // The primary is at 1000; n2 (synchronous) flushed only 100, n3 all of it.
+    let (c, m, inp) = sync_leader(now, &["n2"], &[("n2", 100), ("n3", 1000)]);
+    let d = decide(&c, &m, &inp);
+    assert!(d.next.pending_sync.is_none(), "no limit: n2 stays");
+    let mut cfg = (*c.cfg).clone();
+    cfg.failover.maximum_lag_on_syncnode = Some(pgha_config::ByteSize(500));
+    let c = Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap();
+    let d = decide(&c, &m, &inp);
+    let put = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::PutSync(s) if s.standbys.is_empty()));
+    let ssn = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n3\")"));
+    assert!(
+        matches!((put, ssn), (Some(p), Some(s)) if p < s),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(d.next.pending_sync.unwrap().standbys, vec!["n3"]);
+}
