@@ -99,10 +99,12 @@ impl Executor {
         out
     }
 
-    /// `Action::RotateSession`. The leader key's move is a compare-and-swap; when its outcome
-    /// is unknown (the request failed) the key is looked up: only a key that did not move
-    /// lets the new lease go. Not found out either, the new lease is left to expire (the
-    /// next tick's view moves a key that did move back onto the lease we renew).
+    /// `Action::RotateSession`. The leader key's move is a compare-and-swap. Only a definite
+    /// "not moved" lets the new lease go: a request that failed may still commit after any
+    /// read, so then the new lease is left to expire, and we go on with it only when the key
+    /// is seen on it (a late move is taken up by a later tick's view; until then the
+    /// supervisor's deadline is not extended, as the key with our name is on a lease we do
+    /// not renew). The old lease is revoked only once our member key is on the new one.
     async fn rotate(
         &self,
         old: crate::dcs::LeaseId,
@@ -115,42 +117,53 @@ impl Executor {
         let node = self.ctx.name();
         let sent = Instant::now();
         let new = fx.dcs.grant_session(ttl).await?;
+        let refused =
+            |why: String| crate::CoreError::refused("move to a lease of the new TTL", why);
         if let Some(revision) = leader_revision {
-            let moved = match fx.dcs.take_over_leader(new, revision).await {
-                Ok(m) => Some(m),
+            match fx.dcs.take_over_leader(new, revision).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = fx.dcs.end_session(new).await {
+                        tracing::warn!(node = %node, "revoke the unused lease {new} (it expires by itself): {e}");
+                    }
+                    return Err(refused(
+                        "the leader key did not move (it changed since this tick's view)".into(),
+                    ));
+                }
                 Err(e) => {
                     tracing::warn!(node = %node, "move the leader key to the new lease: {e}; looking where it is");
                     match fx.dcs.view().await {
-                        Ok(v) => Some(v.leader.is_some_and(|l| l.lease == new)),
+                        Ok(v) if v.leader.as_ref().is_some_and(|l| l.lease == new) => {}
+                        Ok(_) => {
+                            return Err(refused(format!(
+                                "the leader key's move failed ({e}) and it is not on the new lease yet; lease {new} is left to expire"
+                            )))
+                        }
                         Err(e2) => {
-                            return Err(crate::CoreError::refused(
-                                "move to a lease of the new TTL",
-                                format!("the leader key's move failed ({e}) and it could not be read ({e2}); lease {new} is left to expire"),
-                            ))
+                            return Err(refused(format!(
+                                "the leader key's move failed ({e}) and it could not be read ({e2}); lease {new} is left to expire"
+                            )))
                         }
                     }
                 }
-            };
-            if moved == Some(false) {
-                if let Err(e) = fx.dcs.end_session(new).await {
-                    tracing::warn!(node = %node, "revoke the unused lease {new} (it expires by itself): {e}");
-                }
-                return Err(crate::CoreError::refused(
-                    "move to a lease of the new TTL",
-                    "the leader key did not move (it changed since this tick's view)",
-                ));
             }
         }
-        if let Err(e) = fx.dcs.publish_member(new, member).await {
-            tracing::warn!(node = %node, "publish our member key on the new lease (next tick does): {e}");
-        }
+        let published = match fx.dcs.publish_member(new, member).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(node = %node, "publish our member key on the new lease (next tick does; the old lease keeps it until then): {e}");
+                false
+            }
+        };
         out.push(Outcome::SessionGranted {
             lease: new,
             sent,
             ttl,
         });
-        if let Err(e) = fx.dcs.end_session(old).await {
-            tracing::warn!(node = %node, "revoke the old lease {old} (it expires by itself): {e}");
+        if published {
+            if let Err(e) = fx.dcs.end_session(old).await {
+                tracing::warn!(node = %node, "revoke the old lease {old} (it expires by itself): {e}");
+            }
         }
         tracing::info!(node = %node, lease = new, leader = leader_revision.is_some(), "moved to a lease of the new TTL ({ttl:?})");
         Ok(())
@@ -207,11 +220,21 @@ impl Executor {
                 let ok = fx.dcs.take_over_leader(*lease, *revision).await?;
                 out.push(Outcome::LeaderTaken { ok });
             }
-            Action::ReleaseLeader { lease } => {
-                fx.dcs.release_leader(*lease).await?;
-                tracing::info!(node = %self.ctx.name(), "released the leader lease");
-                out.push(Outcome::LeaderReleased);
-            }
+            Action::ReleaseLeader { lease } => match fx.dcs.release_leader(*lease).await {
+                Ok(_) => {
+                    tracing::info!(node = %self.ctx.name(), "released the leader lease");
+                    out.push(Outcome::LeaderReleased);
+                }
+                Err(e) => {
+                    // It may still be applied: never lead on this lease again.
+                    tracing::warn!(node = %self.ctx.name(), "release the leader key: {e}; giving up session {lease}");
+                    if let Err(e) = fx.dcs.end_session(*lease).await {
+                        tracing::warn!(node = %self.ctx.name(), "revoke session {lease} (it expires by itself): {e}");
+                    }
+                    out.push(Outcome::SessionAbandoned { lease: *lease });
+                    return Err(e);
+                }
+            },
             Action::RevokeLeader(l) => {
                 if fx.dcs.revoke_leader(l).await? {
                     tracing::warn!(node = %self.ctx.name(), leader = %l.name, "revoked the dead leader's lease");

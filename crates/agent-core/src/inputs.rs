@@ -170,6 +170,12 @@ pub enum Outcome {
         ok: bool,
     },
     LeaderReleased,
+    /// A release of the leader key whose outcome is unknown (the request failed: etcd may
+    /// still apply it later): the session is given up, since a key left on it could vanish
+    /// under a PostgreSQL started as primary on the strength of it.
+    SessionAbandoned {
+        lease: LeaseId,
+    },
     Fenced {
         ok: bool,
     },

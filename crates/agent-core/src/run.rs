@@ -300,10 +300,12 @@ impl Agent {
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
-        self.shutdown().await;
+        self.shutdown(&outcomes).await;
     }
 
-    async fn shutdown(&mut self) {
+    /// Stops PostgreSQL, then releases the key and revokes the session: ours, and one this
+    /// tick moved to that the loop has not taken up yet (`pending`).
+    async fn shutdown(&mut self, pending: &[Outcome]) {
         tracing::info!(node = %self.ctx.name(), "agent stopping: stopping PostgreSQL");
         self.exec.abort();
         let fx = self.exec.effects().clone();
@@ -314,13 +316,25 @@ impl Agent {
                 return; // keep the lease: a PostgreSQL that may take writes must not lose it
             }
         }
-        if let Some(s) = self.mem.session {
+        let mut leases: Vec<crate::dcs::LeaseId> =
+            self.mem.session.map(|s| s.lease).into_iter().collect();
+        for o in pending {
+            if let Outcome::SessionGranted { lease, .. } = o {
+                leases.push(*lease);
+            }
+        }
+        for lease in leases {
             if self.mem.role.holds_lease() {
-                if let Err(e) = fx.dcs.release_leader(s.lease).await {
-                    tracing::warn!(node = %self.ctx.name(), "release leader at shutdown: {e}");
+                match fx.dcs.release_leader(lease).await {
+                    Ok(released) => {
+                        tracing::debug!(node = %self.ctx.name(), lease, released, "release leader at shutdown")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.ctx.name(), "release leader at shutdown: {e}")
+                    }
                 }
             }
-            if let Err(e) = fx.dcs.end_session(s.lease).await {
+            if let Err(e) = fx.dcs.end_session(lease).await {
                 tracing::warn!(node = %self.ctx.name(), "revoke our session at shutdown (it expires by itself): {e}");
             }
         }
@@ -337,6 +351,13 @@ impl Agent {
             Outcome::SessionGranted { lease, ttl, .. } => Some((*lease, *ttl)),
             _ => None,
         });
+        let abandoned: Vec<crate::dcs::LeaseId> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::SessionAbandoned { lease } => Some(*lease),
+                _ => None,
+            })
+            .collect();
         let current = granted.map(|g| g.0).or(self.mem.session.map(|s| s.lease));
         let lease_ttl = granted
             .map(|g| g.1)
@@ -345,6 +366,8 @@ impl Agent {
         let renew = async {
             match current {
                 None => SessionRead::None,
+                // Given up (a release that may still land): as if it were gone.
+                Some(lease) if abandoned.contains(&lease) => SessionRead::Gone { lease },
                 Some(lease) => {
                     let sent = Instant::now();
                     match fx.dcs.keep_alive(lease).await {

@@ -176,7 +176,14 @@ pub async fn ensure_sole_agent(dcs: &dyn Dcs, config: &PghaConfig, node: &str) -
     let Some(before) = first.members.get(node) else {
         return Ok(());
     };
-    tokio::time::sleep(config.failover.loop_wait * 2 + std::time::Duration::from_millis(300)).await;
+    // Its period, as it publishes it (the DCS settings may make it longer than ours).
+    let period = before
+        .loop_wait_ms
+        .map(std::time::Duration::from_millis)
+        .map_or(config.failover.loop_wait, |p| {
+            p.max(config.failover.loop_wait)
+        });
+    tokio::time::sleep(period * 2 + std::time::Duration::from_millis(300)).await;
     let again = dcs.view().await?;
     match again.members.get(node) {
         Some(now) if now.updated_ms != before.updated_ms => Err(FailoverError::refused(

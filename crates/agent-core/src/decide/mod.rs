@@ -312,6 +312,7 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
             }
             Outcome::LeaderTaken { .. }
             | Outcome::LeaderReleased
+            | Outcome::SessionAbandoned { .. }
             | Outcome::Fenced { .. }
             | Outcome::SyncWritten { .. }
             | Outcome::SlotRetried => {}

@@ -108,6 +108,11 @@ const FOUND: &[(u64, Option<&str>, &str)] = &[
         None,
         "a leader revoked meanwhile still wrote /sync",
     ),
+    (
+        7658,
+        Some("edit-timings,dcs-slow"),
+        "a timed-out release of the leader key landed after the agent restarted PostgreSQL as primary on that key",
+    ),
 ];
 
 #[test]

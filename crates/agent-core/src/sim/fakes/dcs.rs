@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -23,11 +24,14 @@ pub struct SimDcs {
 
 impl SimDcs {
     /// Runs `f` at the DCS after the request's trip there, answers after the trip back; a
-    /// partition or an outage costs the full timeout (or is refused at once).
-    async fn op<T: Send>(
+    /// partition or an outage costs the full timeout (or is refused at once). A request whose
+    /// trip there outlasts the client's timeout is, in half the draws, still applied when it
+    /// arrives (etcd commits a proposal the client gave up on): a read right after the
+    /// timeout may not see it yet.
+    async fn op<T: Send + 'static>(
         &self,
         name: &'static str,
-        f: impl FnOnce(&mut crate::sim::world::World, Instant) -> T + Send,
+        f: impl FnOnce(&mut crate::sim::world::World, Instant) -> T + Send + 'static,
     ) -> Result<T> {
         self.h.gate.pass().await;
         let (there, back, down) = {
@@ -48,6 +52,7 @@ impl SimDcs {
             (a, b, down)
         };
         let ms = self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let late = there > Duration::from_millis(ms) && self.h.lock().rng.random_bool(0.5);
         let timeout = Duration::from_millis(ms);
         match down {
             Some(true) => {
@@ -80,7 +85,20 @@ impl SimDcs {
             tokio::time::sleep(back).await;
             r
         };
-        let r = tokio::time::timeout(timeout, fut).await;
+        let r = if late {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if tx.send(fut.await).is_err() {
+                    // The client gave up; the request was applied all the same.
+                }
+            });
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(r)) => Ok(r),
+                _ => Err(()),
+            }
+        } else {
+            tokio::time::timeout(timeout, fut).await.map_err(|_| ())
+        };
         self.h.gate.pass().await;
         r.map_err(|_| CoreError::DcsTimeout { op: name, ms })
     }
