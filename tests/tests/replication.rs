@@ -246,5 +246,27 @@ async fn switching_to_sync_without_standbys_is_refused() -> anyhow::Result<()> {
     .unwrap_err()
     .to_string();
     assert!(err.contains("no standby is connected"), "{err}");
+    // With [dcs] the agents own the mode: refused before anything is changed.
+    let mut managed = c.config().clone();
+    managed.dcs = pgha_config::load_from_str(
+        "[cluster]\nname = \"x\"\n[replication]\npassword = { env = \"PGHA_T_UNUSED\" }\n\
+         [dcs]\netcd = [\"http://127.0.0.1:1\"]\n\
+         [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\ndata_dir = \"/d\"\n",
+        "dcs.toml",
+    )?
+    .dcs;
+    let err = set_mode(
+        &mut p,
+        "node1",
+        &managed,
+        pgha_config::ReplicationMode::Async,
+        true,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, pgha_replication::ReplicationError::AgentsManageMode),
+        "{err}"
+    );
     Ok(())
 }

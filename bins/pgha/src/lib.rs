@@ -75,16 +75,14 @@ async fn run_plain(cli: &Cli) -> anyhow::Result<()> {
             None => render::run(&loaded.config, args).await?,
         },
         Command::SetMode { mode, force } => {
-            // With agents, synchronous_standby_names is theirs: a mode switched under them
-            // would acknowledge commits the DCS's `sync` key does not cover (or the reverse),
-            // and a failover could lose them.
-            anyhow::ensure!(
-                loaded.config.dcs.is_none(),
-                "{}: [dcs] is set, so the agents manage the replication mode: set \
-                 replication.mode in pgha.toml on every node and restart the agents one by \
-                 one (`pgha set-mode` is for clusters without agents)",
-                loaded.source.path().display()
-            );
+            if loaded.config.dcs.is_some() {
+                // Before connecting anywhere (set_mode refuses it too).
+                anyhow::bail!(
+                    "{}: {}",
+                    loaded.source.path().display(),
+                    pgha_replication::ReplicationError::AgentsManageMode
+                );
+            }
             let st = pgha_replication::ClusterStatus::collect(&loaded.config).await?;
             let primary = st.primary.as_deref().context(
                 "no single writable primary answered; cannot change the replication mode",

@@ -30,6 +30,10 @@ pub enum ReplicationError {
     NoPrimary { tried: String },
     #[error("cannot switch to sync mode: no standby is connected to {primary} (sync commits would hang)")]
     NoStandbyForSync { primary: String },
+    /// With agents, synchronous_standby_names is theirs: a mode switched under them would
+    /// acknowledge commits the DCS's `sync` key does not cover (or the reverse).
+    #[error("[dcs] is set, so the agents manage the replication mode: set replication.mode in pgha.toml on every node and restart the agents one by one (`pgha set-mode` is for clusters without agents)")]
+    AgentsManageMode,
     /// A certificate or key named by `[tls]` cannot be read.
     #[error("[tls] {what} {path}: {source} (create it with `pgha tls init`, or set the path in pgha.toml)")]
     TlsFile {

@@ -23,7 +23,8 @@ pub fn synchronous_standby_names(config: &PghaConfig) -> String {
 /// Switches the primary behind `conn` to `mode` with ALTER SYSTEM (kept in
 /// postgresql.auto.conf, so it survives restarts and travels with pg_rewind) and a reload, then
 /// waits until the new value is in effect. Switching to sync with no standby connected is
-/// refused unless `force`: every commit would hang.
+/// refused unless `force`: every commit would hang. Refused when `[dcs]` is set: the agents
+/// manage the mode then.
 pub async fn set_mode(
     conn: &mut PgConnection,
     node: &str,
@@ -31,6 +32,9 @@ pub async fn set_mode(
     mode: ReplicationMode,
     force: bool,
 ) -> Result<()> {
+    if config.dcs.is_some() {
+        return Err(ReplicationError::AgentsManageMode);
+    }
     let value = match mode {
         ReplicationMode::Sync => synchronous_standby_names(config),
         ReplicationMode::Async => String::new(),

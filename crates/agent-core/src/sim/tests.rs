@@ -234,6 +234,13 @@ fn failsafe_keeps_the_primary_writable_through_a_whole_dcs_outage() {
     );
 }
 
+/// No writable primary at some step of a DCS outage of `dur` from `from`, past its first 3 s.
+fn fenced_during_outage(r: &Report, from: Duration, dur: Duration) -> bool {
+    r.unwritable
+        .iter()
+        .any(|t| *t > from + Duration::from_secs(3) && *t < from + dur)
+}
+
 #[test]
 fn without_failsafe_the_primary_stops_during_a_dcs_outage() {
     let (from, dur) = (Duration::from_secs(5), Duration::from_secs(12));
@@ -241,12 +248,8 @@ fn without_failsafe_the_primary_stops_during_a_dcs_outage() {
     sc.failsafe = false;
     let r = run_scenario(sc, &SimOptions::default());
     assert!(r.ok(), "{}", show(&r));
-    let stopped = r
-        .unwritable
-        .iter()
-        .any(|t| *t > from + Duration::from_secs(3) && *t < from + dur);
     assert!(
-        stopped,
+        fenced_during_outage(&r, from, dur),
         "the primary must fence itself without failsafe\n{}",
         show(&r)
     );
@@ -274,11 +277,12 @@ fn failsafe_mode_follows_the_cluster_settings() {
         sc.failsafe = !on;
         let r = run_scenario(sc, &SimOptions::default());
         assert!(r.ok(), "{}", show(&r));
-        let stopped = r
-            .unwritable
-            .iter()
-            .any(|t| *t > from + Duration::from_secs(3) && *t < from + dur);
-        assert_eq!(stopped, !on, "failsafe_mode {on}\n{}", show(&r));
+        assert_eq!(
+            fenced_during_outage(&r, from, dur),
+            !on,
+            "failsafe_mode {on}\n{}",
+            show(&r)
+        );
     }
 }
 

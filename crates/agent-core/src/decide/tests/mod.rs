@@ -179,6 +179,36 @@ fn mem(now: Instant, role: Role, lease: i64) -> Memory {
     m
 }
 
+/// A follower of n2 (in `v`) whose probes find n2's ports refused, ticking every
+/// `dead_probe_every` from now: the tick at which it revokes n2's lease, and its reason.
+fn ticks_until_revoked(c: &Ctx, v: &ClusterView, max: u32) -> Option<(u32, String)> {
+    let now = Instant::now();
+    let mut m = mem(now, follower_of("n2"), 42);
+    for i in 0..max {
+        let mut inp = healthy(now + c.t.dead_probe_every * i, replica(), v.clone());
+        inp.probes.leader_refused = Some(true);
+        let d = decide(c, &m, &inp);
+        m = d.next.clone();
+        if has(&d, |a| matches!(a, Action::RevokeLeader(_))) {
+            return Some((i, d.reason));
+        }
+    }
+    None
+}
+
+fn follower_of(leader: &str) -> Role {
+    Role::Follower {
+        leader: leader.into(),
+    }
+}
+
+/// `c` with its config changed by `f` (the next generation, as a reload gives).
+fn ctx_changed(c: &Ctx, f: impl FnOnce(&mut pgha_config::PghaConfig)) -> Ctx {
+    let mut cfg = (*c.cfg).clone();
+    f(&mut cfg);
+    c.next_generation(Arc::new(cfg)).unwrap()
+}
+
 fn has(d: &Decision, f: impl Fn(&Action) -> bool) -> bool {
     d.actions.iter().any(f)
 }
@@ -338,31 +368,12 @@ async fn refused_ports_alone_never_revoke_a_leader() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_observer_and_a_stale_member_key_revoke_a_dead_leader() {
-    let now = Instant::now();
     let c = ctx();
-    let mut m = mem(
-        now,
-        Role::Follower {
-            leader: "n2".into(),
-        },
-        42,
-    );
     let mut v = view(Some(("n2", 9)));
     v.members.get_mut("n3").unwrap().suspects = Some(9);
-    let mut revoked = None;
     // Once the ports refuse, the follower looks every dead_probe_every (d.soon).
     let step = c.t.dead_probe_every;
-    for i in 0..40u32 {
-        let t = now + step * i;
-        let mut inp = healthy(t, replica(), v.clone());
-        inp.probes.leader_refused = Some(true);
-        let d = decide(&c, &m, &inp);
-        m = d.next.clone();
-        if has(&d, |a| matches!(a, Action::RevokeLeader(_))) {
-            revoked = Some((i, d.reason.clone()));
-            break;
-        }
-    }
+    let revoked = ticks_until_revoked(&c, &v, 40);
     let (i, reason) = revoked.expect("revoked");
     assert!(reason.contains("another member sees it too"), "{reason}");
     // Not before its key was unchanged for dead_leader_stale ...

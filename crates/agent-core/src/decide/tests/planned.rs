@@ -106,12 +106,8 @@ fn sync_leader(now: Instant, current: &[&str], streaming: &[(&str, u64)]) -> (Ct
     (c, m, inp)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_sync_standby_swap_removes_from_sync_before_postgres_stops_waiting() {
-    let now = Instant::now();
-    // n2 was the synchronous standby; it stopped streaming; n3 streams.
-    let (c, m, inp) = sync_leader(now, &["n2"], &[("n3", 1000)]);
-    let d = decide(&c, &m, &inp);
+/// `d` empties /sync before it points synchronous_standby_names at `names` (removals first).
+fn drops_from_sync_before(d: &Decision, names: &str) -> bool {
     let put = d
         .actions
         .iter()
@@ -119,9 +115,18 @@ async fn a_sync_standby_swap_removes_from_sync_before_postgres_stops_waiting() {
     let ssn = d
         .actions
         .iter()
-        .position(|a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n3\")"));
+        .position(|a| matches!(a, Action::SetSyncNames { value } if value == names));
+    matches!((put, ssn), (Some(p), Some(s)) if p < s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_standby_swap_removes_from_sync_before_postgres_stops_waiting() {
+    let now = Instant::now();
+    // n2 was the synchronous standby; it stopped streaming; n3 streams.
+    let (c, m, inp) = sync_leader(now, &["n2"], &[("n3", 1000)]);
+    let d = decide(&c, &m, &inp);
     assert!(
-        matches!((put, ssn), (Some(p), Some(s)) if p < s),
+        drops_from_sync_before(&d, "FIRST 1 (\"n3\")"),
         "/sync must drop n2 before PostgreSQL stops waiting for it: {:?}",
         d.actions
     );
@@ -335,24 +340,16 @@ async fn sync_priority_and_nosync_choose_the_synchronous_standby() {
         d.next.pending_sync.map(|p| p.standbys).unwrap_or_default()
     };
     assert_eq!(chosen(&c), vec!["n2"], "furthest ahead among equals");
-    let with = |f: &dyn Fn(&mut pgha_config::NodeConfig)| {
-        let mut cfg = (*c.cfg).clone();
-        cfg.nodes.iter_mut().for_each(|n| {
-            if n.name == "n3" {
-                f(n)
-            }
-        });
-        Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap()
-    };
+    let n3_priority_5 = ctx_changed(&c, |cfg| cfg.nodes[2].sync_priority = Some(5));
     assert_eq!(
-        chosen(&with(&|n| n.sync_priority = Some(5))),
+        chosen(&n3_priority_5),
         vec!["n3"],
         "higher sync_priority first"
     );
-    let mut cfg = (*c.cfg).clone();
-    cfg.nodes[1].nosync = true;
-    cfg.nodes[2].sync_priority = Some(0);
-    let none = Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap();
+    let none = ctx_changed(&c, |cfg| {
+        cfg.nodes[1].nosync = true;
+        cfg.nodes[2].sync_priority = Some(0);
+    });
     assert_eq!(chosen(&none), Vec::<String>::new(), "nosync and 0 never");
 }
 
@@ -365,20 +362,12 @@ async fn a_synchronous_standby_lagging_past_maximum_lag_on_syncnode_is_swapped()
     let (c, m, inp) = sync_leader(now, &["n2"], &[("n2", 100), ("n3", 1000)]);
     let d = decide(&c, &m, &inp);
     assert!(d.next.pending_sync.is_none(), "no limit: n2 stays");
-    let mut cfg = (*c.cfg).clone();
-    cfg.failover.maximum_lag_on_syncnode = Some(pgha_config::ByteSize(500));
-    let c = Ctx::new(std::sync::Arc::new(cfg), "n1").unwrap();
+    let c = ctx_changed(&c, |cfg| {
+        cfg.failover.maximum_lag_on_syncnode = Some(pgha_config::ByteSize(500))
+    });
     let d = decide(&c, &m, &inp);
-    let put = d
-        .actions
-        .iter()
-        .position(|a| matches!(a, Action::PutSync(s) if s.standbys.is_empty()));
-    let ssn = d
-        .actions
-        .iter()
-        .position(|a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n3\")"));
     assert!(
-        matches!((put, ssn), (Some(p), Some(s)) if p < s),
+        drops_from_sync_before(&d, "FIRST 1 (\"n3\")"),
         "{:?}",
         d.actions
     );

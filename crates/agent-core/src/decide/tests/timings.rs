@@ -96,13 +96,7 @@ async fn no_move_while_a_job_runs_or_the_tick_takes_or_gives_up_a_lease() {
     let now = Instant::now();
     let c = ctx_ttl(12);
     // A follower with a clone running.
-    let mut m = mem(
-        now,
-        Role::Follower {
-            leader: "n2".into(),
-        },
-        42,
-    );
+    let mut m = mem(now, follower_of("n2"), 42);
     m.job = Some(RunningJob {
         id: 1,
         job: Job::Reclone {
@@ -166,29 +160,10 @@ async fn a_stale_leader_key_is_judged_by_the_leaders_own_loop_period() {
         Some(250)
     );
     let revoked_after = |leader_period: Option<u64>| {
-        let now = Instant::now();
-        let mut m = mem(
-            now,
-            Role::Follower {
-                leader: "n2".into(),
-            },
-            42,
-        );
         let mut v = view(Some(("n2", 9)));
         v.members.get_mut("n3").unwrap().suspects = Some(9);
         v.members.get_mut("n2").unwrap().loop_wait_ms = leader_period;
-        let step = c.t.dead_probe_every;
-        for i in 0..200u32 {
-            let t = now + step * i;
-            let mut inp = healthy(t, replica(), v.clone());
-            inp.probes.leader_refused = Some(true);
-            let d = decide(&c, &m, &inp);
-            m = d.next.clone();
-            if has(&d, |a| matches!(a, Action::RevokeLeader(_))) {
-                return Some(step * i);
-            }
-        }
-        None
+        ticks_until_revoked(&c, &v, 200).map(|(i, _)| c.t.dead_probe_every * i)
     };
     let ours = revoked_after(None).expect("revoked on our own period");
     assert!(ours < Duration::from_secs(1), "{ours:?}");
