@@ -44,7 +44,11 @@ pub enum Action {
     /// Delete a dead leader's key (at its revision) and revoke its lease.
     RevokeLeader(LeaderInfo),
     PutStatus(LeaderStatus),
-    PutSync(SyncState),
+    /// Write `/sync` if it is still at `revision` (this tick's view) and the leader key ours.
+    PutSync {
+        sync: SyncState,
+        revision: i64,
+    },
     ClearSwitchover,
     /// Stop PostgreSQL at once (immediate shutdown; SIGKILL of the postmaster and its
     /// children when that fails), and make sure it is down.

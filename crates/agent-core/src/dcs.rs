@@ -66,8 +66,11 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     async fn put_config(&self, config: &DynamicConfig, revision: i64) -> Result<bool>;
     async fn put_switchover(&self, request: &SwitchoverRequest) -> Result<()>;
     async fn clear_switchover(&self) -> Result<()>;
-    /// Writes `sync` if the leader key is still on `lease`; false when it was not.
-    async fn put_sync(&self, lease: LeaseId, sync: &SyncState) -> Result<bool>;
+    /// Writes `sync` if the leader key is still on `lease` and the `sync` key is still at
+    /// `revision` (`ClusterView::sync_revision`, 0: absent); false when either changed. The
+    /// revision makes an older write that timed out, and is applied after a newer one, fail
+    /// instead of bringing back standbys that are no longer synchronous.
+    async fn put_sync(&self, lease: LeaseId, sync: &SyncState, revision: i64) -> Result<bool>;
     /// Allocates the timeline of a promotion (compare-and-swap on the `timeline` key, the
     /// highest timeline any promotion was given): a new one, at least `at_least` and above
     /// every one given before, so no two promotions of the cluster share a timeline.

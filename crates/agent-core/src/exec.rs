@@ -90,7 +90,7 @@ impl Executor {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(node = %node, action = action_name(a), "{e}");
-                    if matches!(a, Action::Fence { .. } | Action::PutSync(_)) {
+                    if matches!(a, Action::Fence { .. } | Action::PutSync { .. }) {
                         blocked = true;
                     }
                 }
@@ -245,14 +245,14 @@ impl Executor {
                     fx.dcs.put_status(lease, s).await?;
                 }
             }
-            Action::PutSync(s) => {
+            Action::PutSync { sync: s, revision } => {
                 let Some(lease) = lease else {
                     return Err(crate::CoreError::refused("write /sync", "no session"));
                 };
-                if !fx.dcs.put_sync(lease, s).await? {
+                if !fx.dcs.put_sync(lease, s, *revision).await? {
                     return Err(crate::CoreError::refused(
                         "write /sync",
-                        "the leader key is not ours any more",
+                        "the leader key is not ours any more, or /sync changed since this tick's view",
                     ));
                 }
                 tracing::info!(node = %self.ctx.name(), standbys = ?s.standbys, "synchronous standbys recorded");
@@ -556,7 +556,7 @@ fn action_name(a: &Action) -> &'static str {
         Action::ReleaseLeader { .. } => "release leader",
         Action::RevokeLeader(_) => "revoke dead leader",
         Action::PutStatus(_) => "put status",
-        Action::PutSync(_) => "put sync",
+        Action::PutSync { .. } => "put sync",
         Action::ClearSwitchover => "clear switchover",
         Action::Fence { .. } => "fence",
         Action::AbortJob => "abort job",

@@ -206,6 +206,10 @@ pub struct ClusterView {
     pub config_revision: i64,
     pub switchover: Option<SwitchoverRequest>,
     pub sync: Option<SyncState>,
+    /// mod_revision of the `sync` key (0: absent): every `/sync` write is a compare-and-swap
+    /// on it, so a write that timed out and lands late cannot undo a newer one.
+    #[serde(default)]
+    pub sync_revision: i64,
     /// Promotions, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,

@@ -5,7 +5,7 @@ use pgha_config::ReplicationMode;
 
 use super::{plan, Ctx, Decision};
 use crate::action::{Action, Job};
-use crate::dcs::{ClusterView, LeaderStatus, MemberRole, PgState, SwitchoverRequest, SyncState};
+use crate::dcs::{ClusterView, LeaderStatus, MemberRole, PgState, SwitchoverRequest};
 use crate::inputs::Inputs;
 use crate::memory::Role;
 
@@ -51,10 +51,7 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
                 // ran with /sync absent or naming another leader's standbys, and those could
                 // win an election without its acknowledged commits (cargo xtask simulate
                 // --empty, seed 14674). A failed write blocks the start.
-                d.act(Action::PutSync(SyncState {
-                    leader: ctx.name().into(),
-                    standbys: vec![],
-                }));
+                d.act(plan::put_sync(view, ctx.name(), vec![]));
             }
             d.spawn(ctx, now, job);
         } else {
@@ -97,10 +94,7 @@ fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
     if ctx.cfg.replication.mode == ReplicationMode::Sync {
         // No acknowledged commit can be lost: this node was a synchronous standby. Until a
         // standby is synchronous again, /sync names none, so nobody else can be promoted.
-        d.act(Action::PutSync(SyncState {
-            leader: ctx.name().into(),
-            standbys: vec![],
-        }));
+        d.act(plan::put_sync(view, ctx.name(), vec![]));
         sync_names = Some(if ctx.cfg.failover.sync_strict {
             plan::sync_names_for(1, &ctx.others())
         } else {

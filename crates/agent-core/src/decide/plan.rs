@@ -24,6 +24,18 @@ pub fn sync_names_for(n: usize, names: &[String]) -> String {
     )
 }
 
+/// The write of `/sync` naming `standbys` for `leader`, conditional on the key being as this
+/// tick's view read it.
+pub(super) fn put_sync(view: &ClusterView, leader: &str, standbys: Vec<String>) -> Action {
+    Action::PutSync {
+        sync: SyncState {
+            leader: leader.into(),
+            standbys,
+        },
+        revision: view.sync_revision,
+    }
+}
+
 /// Makes the slots on our PostgreSQL match who streams from us ([`cascade::wanted_slots`],
 /// plus `replication.permanent_slots` on a primary): creates missing ones; drops a slot named
 /// after one of our nodes that should not read from us once it stayed inactive for
@@ -138,10 +150,7 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
                 .all(|s| healthy.iter().any(|(n, l)| n == s && *l >= since))
         });
         if caught_up {
-            d.act(Action::PutSync(SyncState {
-                leader: me.into(),
-                standbys: p.standbys.clone(),
-            }));
+            d.act(put_sync(view, me, p.standbys.clone()));
             d.next.pending_sync = None;
             return;
         }
@@ -189,10 +198,7 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         .collect();
     if keep.len() < current.len() {
         // Removals: /sync first, PostgreSQL after.
-        d.act(Action::PutSync(SyncState {
-            leader: me.into(),
-            standbys: keep.clone(),
-        }));
+        d.act(put_sync(view, me, keep.clone()));
     }
     d.act(Action::SetSyncNames {
         value: names_for(&desired),

@@ -64,6 +64,8 @@ pub struct Dcs {
     pub config_revision: i64,
     pub switchover: Option<SwitchoverRequest>,
     pub sync: Option<SyncState>,
+    /// The `sync` key's mod revision (0: absent).
+    pub sync_revision: i64,
     /// The highest timeline allocated to a promotion.
     pub timeline: i64,
     pub history: Vec<crate::dcs::HistoryEntry>,
@@ -140,6 +142,7 @@ impl Dcs {
             config_revision: self.config_revision,
             switchover: self.switchover.clone(),
             sync: self.sync.clone(),
+            sync_revision: self.sync_revision,
             history: self.history.clone(),
             initialize: self
                 .initialize

@@ -79,7 +79,7 @@ impl Dcs for ViewDcs {
         self.0.lock().unwrap().switchover = None;
         Ok(())
     }
-    async fn put_sync(&self, _: LeaseId, _: &SyncState) -> pgha_agent_core::Result<bool> {
+    async fn put_sync(&self, _: LeaseId, _: &SyncState, _: i64) -> pgha_agent_core::Result<bool> {
         unsupported("put_sync")
     }
     async fn allocate_timeline(&self, _: i64) -> pgha_agent_core::Result<i64> {

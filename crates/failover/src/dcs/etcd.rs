@@ -347,6 +347,7 @@ impl Dcs for EtcdDcs {
                     view.initialize = Some(i);
                 }
                 "sync" => {
+                    view.sync_revision = kv.mod_revision();
                     view.sync = Some(decode(full, kv.value()).unwrap_or_else(|e| {
                         // No /sync would lift sync mode's restriction: an unreadable one
                         // names no standby, so nobody is promoted until the leader rewrites it.
@@ -538,8 +539,20 @@ impl Dcs for EtcdDcs {
         Ok(())
     }
 
-    async fn put_sync(&self, lease: LeaseId, sync: &SyncState) -> Result<bool> {
-        self.put_if_leader("put sync", "sync", sync, lease).await
+    async fn put_sync(&self, lease: LeaseId, sync: &SyncState, revision: i64) -> Result<bool> {
+        let body = serde_json::to_vec(sync).map_err(|source| CoreError::Decode {
+            key: "sync".into(),
+            source,
+        })?;
+        // A missing key compares as mod_revision 0.
+        let txn = Txn::new()
+            .when([
+                Compare::lease(self.key("leader"), CompareOp::Equal, lease),
+                Compare::mod_revision(self.key("sync"), CompareOp::Equal, revision),
+            ])
+            .and_then([TxnOp::put(self.key("sync"), body, None)]);
+        let mut c = self.client();
+        Ok(self.bounded("put sync", c.txn(txn)).await?.succeeded())
     }
 
     async fn allocate_timeline(&self, at_least: i64) -> Result<i64> {

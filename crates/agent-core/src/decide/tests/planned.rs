@@ -111,7 +111,7 @@ fn drops_from_sync_before(d: &Decision, names: &str) -> bool {
     let put = d
         .actions
         .iter()
-        .position(|a| matches!(a, Action::PutSync(s) if s.standbys.is_empty()));
+        .position(|a| matches!(a, Action::PutSync { sync: s, .. } if s.standbys.is_empty()));
     let ssn = d
         .actions
         .iter()
@@ -133,7 +133,7 @@ async fn a_sync_standby_swap_removes_from_sync_before_postgres_stops_waiting() {
     // n3 is named in /sync only once it caught up.
     assert!(!has(
         &d,
-        |a| matches!(a, Action::PutSync(s) if s.standbys == ["n3"])
+        |a| matches!(a, Action::PutSync { sync: s, .. } if s.standbys == ["n3"])
     ));
     assert_eq!(d.next.pending_sync.as_ref().unwrap().standbys, vec!["n3"]);
 }
@@ -259,7 +259,7 @@ async fn unread_replication_rows_change_no_synchronous_standby() {
     assert!(
         !has(&d, |a| matches!(
             a,
-            Action::PutSync(_) | Action::SetSyncNames { .. }
+            Action::PutSync { .. } | Action::SetSyncNames { .. }
         )),
         "{d:?}"
     );
@@ -270,7 +270,7 @@ async fn unread_replication_rows_change_no_synchronous_standby() {
     assert!(
         has(&d, |a| matches!(
             a,
-            Action::PutSync(_) | Action::SetSyncNames { .. }
+            Action::PutSync { .. } | Action::SetSyncNames { .. }
         )),
         "{d:?}"
     );
@@ -288,7 +288,7 @@ async fn a_new_leader_starting_its_primary_in_sync_mode_first_names_itself_in_sy
     let stopped = Local::stopped(MemberRole::Primary);
     let order = |d: &Decision| {
         let put = d.actions.iter().position(
-            |a| matches!(a, Action::PutSync(s) if s.leader == "n1" && s.standbys.is_empty()),
+            |a| matches!(a, Action::PutSync { sync: s, .. } if s.leader == "n1" && s.standbys.is_empty()),
         );
         let start = d.actions.iter().position(|a| {
             matches!(

@@ -333,17 +333,31 @@ impl Dcs for SimDcs {
             .await
     }
 
-    async fn put_sync(&self, lease: LeaseId, sync: &SyncState) -> Result<bool> {
+    async fn put_sync(&self, lease: LeaseId, sync: &SyncState, revision: i64) -> Result<bool> {
         let s = sync.clone();
         let me = self.h.me.clone();
         self.op("put sync", move |w, now| {
             let ours = w.dcs.leader.as_ref().is_some_and(|(_, l, _)| *l == lease);
-            if ours {
-                w.log(now, &me, format!("DCS: /sync = {:?}", s.standbys));
-                w.dcs.sync = Some(s);
-                w.dcs.notify();
+            if !ours {
+                return false;
             }
-            ours
+            if w.dcs.sync_revision != revision {
+                w.log(
+                    now,
+                    &me,
+                    format!(
+                        "DCS: /sync = {:?} refused: at revision {}, not {revision}",
+                        s.standbys, w.dcs.sync_revision
+                    ),
+                );
+                return false;
+            }
+            w.log(now, &me, format!("DCS: /sync = {:?}", s.standbys));
+            w.dcs.revision += 1;
+            w.dcs.sync_revision = w.dcs.revision;
+            w.dcs.sync = Some(s);
+            w.dcs.notify();
+            true
         })
         .await
     }
