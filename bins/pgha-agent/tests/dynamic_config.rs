@@ -190,7 +190,7 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
         &[
             "edit-config",
             "--set",
-            "synchronous_mode=on",
+            "synchronous_mode=quorum",
             "--pg",
             "port=1",
             "--force",

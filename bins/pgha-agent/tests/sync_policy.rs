@@ -114,3 +114,104 @@ async fn two_sync_standbys_shrink_strict_mode_holds_commits_and_a_failover_keeps
     );
     Ok(())
 }
+
+/// `synchronous_mode` switched at runtime with `pgha edit-config`: on, the leader names a
+/// standby in /sync and PostgreSQL waits for it; off, PostgreSQL stops waiting and /sync goes;
+/// on again, then the primary dies: the synchronous standby is promoted with every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_switches_at_runtime_and_a_failover_keeps_the_rows() -> anyhow::Result<()>
+{
+    let mut h = HaCluster::start(
+        bin(),
+        TestCluster::builder().replicas(2),
+        TEST_FAILOVER_TOML,
+    )
+    .await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    for n in ["node2", "node3"] {
+        h.wait_streaming_replica(n, T).await?;
+    }
+    let d = EtcdDcs::from_config(h.cluster.config(), "test").await?;
+    let sync = || async { Ok::<_, anyhow::Error>(d.view().await?.sync) };
+    let ssn = || async {
+        let mut c = h.cluster.conn("node1").await?;
+        let v: String = sqlx::query_scalar("SHOW synchronous_standby_names")
+            .fetch_one(&mut c)
+            .await?;
+        anyhow::Ok(v)
+    };
+    let set_mode = |on: bool| {
+        let config = h.cluster.config_path();
+        async move {
+            let argv = [
+                "pgha",
+                "-c",
+                config.to_str().unwrap(),
+                "edit-config",
+                "--set",
+                if on {
+                    "synchronous_mode=true"
+                } else {
+                    "synchronous_mode=false"
+                },
+                "--force",
+            ];
+            let code = pgha::run(<pgha::cli::Cli as clap::Parser>::try_parse_from(argv)?).await;
+            anyhow::ensure!(
+                code == std::process::ExitCode::SUCCESS,
+                "edit-config failed"
+            );
+            anyhow::Ok(())
+        }
+    };
+    TestCluster::eventually(T, "settings seeded", || async {
+        Ok(d.view().await?.config.settings.is_some().then_some(()))
+    })
+    .await?;
+    assert_eq!(sync().await?, None, "async mode: no /sync");
+    let mut c = h.cluster.conn("node1").await?;
+    sqlx::query("CREATE TABLE acks (id bigint PRIMARY KEY)")
+        .execute(&mut c)
+        .await?;
+
+    let sync_on = || async {
+        TestCluster::eventually(T, "/sync names a standby PostgreSQL waits for", || async {
+            let Some(s) = sync().await? else {
+                return Ok(None);
+            };
+            let names = ssn().await?;
+            Ok((s.leader == "node1"
+                && s.standbys.len() == 1
+                && names == format!("FIRST 1 (\"{}\")", s.standbys[0]))
+            .then(|| s.standbys[0].clone()))
+        })
+        .await
+    };
+    set_mode(true).await?;
+    sync_on().await?;
+    insert(&h, "node1", 1..=20).await?;
+
+    set_mode(false).await?;
+    TestCluster::eventually(T, "async again: no /sync, no names", || async {
+        Ok((sync().await?.is_none() && ssn().await?.is_empty()).then_some(()))
+    })
+    .await?;
+    insert(&h, "node1", 21..=30).await?;
+
+    set_mode(true).await?;
+    let standby = sync_on().await?;
+    insert(&h, "node1", 31..=40).await?;
+    h.kill_node("node1")?;
+    let new = h.wait_single_primary(T, Some("node1")).await?;
+    assert_eq!(new, standby, "only the synchronous standby may be promoted");
+    let mut c = h.cluster.conn(&new).await?;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM acks ORDER BY id")
+        .fetch_all(&mut c)
+        .await?;
+    assert_eq!(
+        ids,
+        (1..=40).collect::<Vec<i64>>(),
+        "acknowledged rows lost"
+    );
+    Ok(())
+}

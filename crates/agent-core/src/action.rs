@@ -49,6 +49,11 @@ pub enum Action {
         sync: SyncState,
         revision: i64,
     },
+    /// Delete `/sync` on the same conditions (back in async mode, PostgreSQL waits for no
+    /// standby any more).
+    DeleteSync {
+        revision: i64,
+    },
     ClearSwitchover,
     /// Stop PostgreSQL at once (immediate shutdown; SIGKILL of the postmaster and its
     /// children when that fails), and make sure it is down.

@@ -71,6 +71,9 @@ pub trait Dcs: Send + Sync + std::fmt::Debug {
     /// revision makes an older write that timed out, and is applied after a newer one, fail
     /// instead of bringing back standbys that are no longer synchronous.
     async fn put_sync(&self, lease: LeaseId, sync: &SyncState, revision: i64) -> Result<bool>;
+    /// Deletes `sync` on the same conditions as [`Dcs::put_sync`] (a leader gone back to async
+    /// mode, once PostgreSQL waits for no standby); false when either changed.
+    async fn delete_sync(&self, lease: LeaseId, revision: i64) -> Result<bool>;
     /// Allocates the timeline of a promotion (compare-and-swap on the `timeline` key, the
     /// highest timeline any promotion was given): a new one, at least `at_least` and above
     /// every one given before, so no two promotions of the cluster share a timeline.

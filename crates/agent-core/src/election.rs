@@ -1,7 +1,5 @@
 //! Who may be promoted and who is best: pure functions over published member states.
 
-use pgha_config::ReplicationMode;
-
 use crate::types::{
     LeaderStatus, MemberRole, MemberState, PgState, RequestKind, SwitchoverRequest, SyncState,
 };
@@ -9,10 +7,12 @@ use crate::types::{
 /// The rules one election applies.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
-    pub mode: ReplicationMode,
     /// maximum_lag_on_failover in bytes, against the last leader status.
     pub max_lag_bytes: u64,
     pub status: Option<&'a LeaderStatus>,
+    /// The `sync` key: while it exists only its leader and standbys may be promoted, in either
+    /// mode (a leader switching to async deletes it only after PostgreSQL stopped waiting
+    /// for the standbys it names, and writes it before PostgreSQL starts waiting).
     pub sync: Option<&'a SyncState>,
     /// A pending switchover/failover: only its target may win.
     pub request: Option<&'a SwitchoverRequest>,
@@ -59,14 +59,12 @@ pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
             ));
         }
     }
-    if rules.mode == ReplicationMode::Sync {
-        if let Some(sync) = rules.sync {
-            if m.name != sync.leader && !sync.standbys.contains(&m.name) {
-                return Err(format!(
-                    "sync mode: only the synchronous standbys [{}] may be promoted",
-                    sync.standbys.join(", ")
-                ));
-            }
+    if let Some(sync) = rules.sync {
+        if m.name != sync.leader && !sync.standbys.contains(&m.name) {
+            return Err(format!(
+                "sync mode: only the synchronous standbys [{}] may be promoted",
+                sync.standbys.join(", ")
+            ));
         }
     }
     Ok(())
@@ -138,11 +136,6 @@ mod tests {
 
     fn rules<'a>(status: Option<&'a LeaderStatus>, sync: Option<&'a SyncState>) -> Rules<'a> {
         Rules {
-            mode: if sync.is_some() {
-                ReplicationMode::Sync
-            } else {
-                ReplicationMode::Async
-            },
             max_lag_bytes: 1000,
             status,
             sync,

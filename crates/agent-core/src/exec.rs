@@ -90,7 +90,10 @@ impl Executor {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(node = %node, action = action_name(a), "{e}");
-                    if matches!(a, Action::Fence { .. } | Action::PutSync { .. }) {
+                    if matches!(
+                        a,
+                        Action::Fence { .. } | Action::PutSync { .. } | Action::DeleteSync { .. }
+                    ) {
                         blocked = true;
                     }
                 }
@@ -249,7 +252,13 @@ impl Executor {
                 let Some(lease) = lease else {
                     return Err(crate::CoreError::refused("write /sync", "no session"));
                 };
-                if !fx.dcs.put_sync(lease, s, *revision).await? {
+                let written = fx.dcs.put_sync(lease, s, *revision).await;
+                if written.is_err() {
+                    out.push(Outcome::SyncInDoubt {
+                        revision: *revision,
+                    });
+                }
+                if !written? {
                     return Err(crate::CoreError::refused(
                         "write /sync",
                         "the leader key is not ours any more, or /sync changed since this tick's view",
@@ -259,6 +268,24 @@ impl Executor {
                 out.push(Outcome::SyncWritten {
                     standbys: s.standbys.clone(),
                 });
+            }
+            Action::DeleteSync { revision } => {
+                let Some(lease) = lease else {
+                    return Err(crate::CoreError::refused("delete /sync", "no session"));
+                };
+                let deleted = fx.dcs.delete_sync(lease, *revision).await;
+                if deleted.is_err() {
+                    out.push(Outcome::SyncInDoubt {
+                        revision: *revision,
+                    });
+                }
+                if !deleted? {
+                    return Err(crate::CoreError::refused(
+                        "delete /sync",
+                        "the leader key is not ours any more, or /sync changed since this tick's view",
+                    ));
+                }
+                tracing::info!(node = %self.ctx.name(), "async mode: /sync deleted, every replica may be promoted");
             }
             Action::ClearSwitchover => fx.dcs.clear_switchover().await?,
             Action::Fence { why } => {
@@ -557,6 +584,7 @@ fn action_name(a: &Action) -> &'static str {
         Action::RevokeLeader(_) => "revoke dead leader",
         Action::PutStatus(_) => "put status",
         Action::PutSync { .. } => "put sync",
+        Action::DeleteSync { .. } => "delete sync",
         Action::ClearSwitchover => "clear switchover",
         Action::Fence { .. } => "fence",
         Action::AbortJob => "abort job",

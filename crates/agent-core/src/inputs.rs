@@ -194,6 +194,11 @@ pub enum Outcome {
         value: String,
         lsn: Lsn,
     },
+    /// A write (or delete) of `/sync` conditioned on `revision` whose outcome is unknown: the
+    /// request failed, and etcd may still apply it later.
+    SyncInDoubt {
+        revision: i64,
+    },
     /// /sync was written.
     SyncWritten {
         standbys: Vec<String>,

@@ -121,6 +121,9 @@ pub struct Memory {
     /// Highest timeline our running PostgreSQL reported since it started.
     pub seen_timeline: Option<i64>,
     pub pending_sync: Option<PendingSync>,
+    /// A `/sync` write conditioned on this revision may still land
+    /// ([`crate::inputs::Outcome::SyncInDoubt`]): settled before the next change.
+    pub sync_in_doubt: Option<i64>,
     /// Slots named after one of our nodes that nobody should read from us, since when.
     pub unwanted_slots: BTreeMap<String, Instant>,
     pub leader_watch: Option<LeaderWatch>,
@@ -158,6 +161,7 @@ impl Memory {
             current_upstream: None,
             seen_timeline: None,
             pending_sync: None,
+            sync_in_doubt: None,
             unwanted_slots: BTreeMap::new(),
             leader_watch: None,
             timers: Timers {

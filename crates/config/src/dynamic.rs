@@ -11,14 +11,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::{ByteSize, PghaConfig, ValidationErrors};
+use crate::{ByteSize, PghaConfig, ReplicationMode, ValidationErrors};
 
 /// Keys of Patroni's dynamic configuration pgha does not change on a running cluster, with the
 /// pgha.toml field that sets them (on every node, then a rolling restart of the agents).
 pub const NOT_DYNAMIC: &[(&str, &str)] = &[
-    ("synchronous_mode", "replication.mode"),
-    ("synchronous_mode_strict", "failover.sync_strict"),
-    ("synchronous_node_count", "replication.sync_standbys"),
     ("standby_cluster", "[standby_cluster]"),
     ("slots", "replication.permanent_slots"),
 ];
@@ -32,6 +29,9 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "failsafe_mode",
     "maximum_lag_on_failover",
     "maximum_lag_on_syncnode",
+    "synchronous_mode",
+    "synchronous_mode_strict",
+    "synchronous_node_count",
     "postgresql.parameters.<name>",
 ];
 
@@ -50,6 +50,9 @@ const FIELD_OF: &[(&str, &str)] = &[
         "maximum_lag_on_syncnode",
         "failover.maximum_lag_on_syncnode",
     ),
+    ("synchronous_mode", "replication.mode"),
+    ("synchronous_mode_strict", "failover.sync_strict"),
+    ("synchronous_node_count", "replication.sync_standbys"),
 ];
 
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
@@ -109,6 +112,14 @@ pub struct DynamicSettings {
     pub maximum_lag_on_failover: Option<ByteSize>,
     /// `failover.maximum_lag_on_syncnode`; `Some(None)`: off (Patroni's -1).
     pub maximum_lag_on_syncnode: Option<Option<ByteSize>>,
+    /// `replication.mode` (Patroni's `synchronous_mode`: true is `sync`). Switched at runtime
+    /// by the leader without a window where an acknowledged commit could be lost
+    /// (docs/FAILOVER.md, "Switching the mode").
+    pub synchronous_mode: Option<ReplicationMode>,
+    /// `failover.sync_strict`.
+    pub synchronous_mode_strict: Option<bool>,
+    /// `replication.sync_standbys`.
+    pub synchronous_node_count: Option<u32>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
     pub parameters: Option<BTreeMap<String, String>>,
 }
@@ -124,6 +135,9 @@ impl DynamicSettings {
             failsafe_mode: Some(cfg.failover.failsafe),
             maximum_lag_on_failover: Some(cfg.failover.maximum_lag_on_failover),
             maximum_lag_on_syncnode: Some(cfg.failover.maximum_lag_on_syncnode),
+            synchronous_mode: Some(cfg.replication.mode),
+            synchronous_mode_strict: Some(cfg.failover.sync_strict),
+            synchronous_node_count: Some(cfg.replication.sync_standbys),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
     }
@@ -158,11 +172,27 @@ impl DynamicSettings {
                     },
                     Err(m) => errs.push(key.as_str(), m),
                 },
-                "failsafe_mode" => match value {
-                    Value::Bool(b) => out.failsafe_mode = Some(*b),
-                    other => errs.push(
+                "failsafe_mode" | "synchronous_mode_strict" => match boolean(value) {
+                    Ok(b) if key == "failsafe_mode" => out.failsafe_mode = Some(b),
+                    Ok(b) => out.synchronous_mode_strict = Some(b),
+                    Err(m) => errs.push(key.as_str(), m),
+                },
+                "synchronous_mode" => match value {
+                    Value::String(s) if s == "quorum" => errs.push(
                         key.as_str(),
-                        format!("`{other}` is not a boolean: expected true or false"),
+                        "quorum commit (`ANY k`) is not supported yet: expected true or false",
+                    ),
+                    v => match boolean(v) {
+                        Ok(true) => out.synchronous_mode = Some(ReplicationMode::Sync),
+                        Ok(false) => out.synchronous_mode = Some(ReplicationMode::Async),
+                        Err(m) => errs.push(key.as_str(), m),
+                    },
+                },
+                "synchronous_node_count" => match value.as_u64() {
+                    Some(n @ 1..=64) => out.synchronous_node_count = Some(n as u32),
+                    _ => errs.push(
+                        key.as_str(),
+                        format!("`{value}` is not a standby count: expected a whole number from 1"),
                     ),
                 },
                 "maximum_lag_on_failover" => match byte_size(value) {
@@ -202,6 +232,16 @@ impl DynamicSettings {
         }
         if let Some(b) = self.failsafe_mode {
             m.insert("failsafe_mode".into(), Value::Bool(b));
+        }
+        if let Some(mode) = self.synchronous_mode {
+            let on = mode == ReplicationMode::Sync;
+            m.insert("synchronous_mode".into(), Value::Bool(on));
+        }
+        if let Some(b) = self.synchronous_mode_strict {
+            m.insert("synchronous_mode_strict".into(), Value::Bool(b));
+        }
+        if let Some(n) = self.synchronous_node_count {
+            m.insert("synchronous_node_count".into(), Value::from(n));
         }
         if let Some(lag) = self.maximum_lag_on_syncnode {
             let v = lag.map_or(Value::from(-1), |b| Value::from(b.bytes()));
@@ -245,6 +285,15 @@ impl DynamicSettings {
         }
         if let Some(lag) = self.maximum_lag_on_syncnode {
             cfg.failover.maximum_lag_on_syncnode = lag;
+        }
+        if let Some(mode) = self.synchronous_mode {
+            cfg.replication.mode = mode;
+        }
+        if let Some(b) = self.synchronous_mode_strict {
+            cfg.failover.sync_strict = b;
+        }
+        if let Some(n) = self.synchronous_node_count {
+            cfg.replication.sync_standbys = n;
         }
         if let Some(p) = &self.parameters {
             cfg.postgres.parameters = p.clone();
@@ -308,6 +357,19 @@ fn unknown_key(key: &str) -> String {
             "is not a dynamic setting: expected one of {}",
             DYNAMIC_KEYS.join(", ")
         ),
+    }
+}
+
+/// A boolean: JSON's, or Patroni's and PostgreSQL's words for one (`on`, `off`, `true`,
+/// `false`; what `--set key=on` sends).
+fn boolean(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if matches!(s.as_str(), "on" | "true") => Ok(true),
+        Value::String(s) if matches!(s.as_str(), "off" | "false") => Ok(false),
+        other => Err(format!(
+            "`{other}` is not a boolean: expected true or false"
+        )),
     }
 }
 

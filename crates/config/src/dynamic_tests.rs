@@ -19,7 +19,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     let seed = DynamicSettings::seed(&cfg);
     assert_eq!(
         seed.to_json(),
-        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "maximum_lag_on_syncnode": -1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "maximum_lag_on_syncnode": -1, "synchronous_mode": false, "synchronous_mode_strict": false, "synchronous_node_count": 1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
     );
     assert_eq!(DynamicSettings::from_json(&seed.to_json()).unwrap(), seed);
     let edited = DynamicSettings::from_json(&json!({
@@ -49,6 +49,9 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
             "postgresql.parameters.max_connections",
             "postgresql.parameters.work_mem",
             "primary_start_timeout",
+            "synchronous_mode",
+            "synchronous_mode_strict",
+            "synchronous_node_count",
             "ttl"
         ]
     );
@@ -60,7 +63,10 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
 #[test]
 fn bad_documents_name_every_key_and_what_was_expected() {
     let errs = DynamicSettings::from_json(&json!({
-        "synchronous_mode": true,
+        "slots": {},
+        "synchronous_mode": "quorum",
+        "synchronous_node_count": 0,
+        "synchronous_mode_strict": "yes",
         "ttl": "soon",
         "bogus": 1,
         "maximum_lag_on_failover": "10XB",
@@ -69,9 +75,12 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     .unwrap_err();
     let text = errs.to_string();
     for want in [
-        "synchronous_mode: cannot be changed on a running cluster yet: set `replication.mode`",
+        "slots: cannot be changed on a running cluster yet: set `replication.permanent_slots`",
+        "synchronous_mode: quorum commit (`ANY k`) is not supported yet",
+        "synchronous_node_count: `0` is not a standby count",
+        "synchronous_mode_strict: `\"yes\"` is not a boolean",
         "ttl: `soon` is not a duration: expected seconds (e.g. 30) or e.g. `250ms`",
-        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, primary_start_timeout, failsafe_mode, maximum_lag_on_failover, maximum_lag_on_syncnode",
+        "bogus: is not a dynamic setting: expected one of ttl, loop_wait, retry_timeout, primary_start_timeout, failsafe_mode, maximum_lag_on_failover, maximum_lag_on_syncnode, synchronous_mode,",
         "maximum_lag_on_failover: `10XB` has an unknown unit",
         "postgresql.parameters.synchronous_standby_names: is managed by pgha",
         "postgresql.parameters.work_mem: `[1]` is not a setting value",
@@ -79,7 +88,7 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
-    assert_eq!(errs.0.len(), 7, "{text}");
+    assert_eq!(errs.0.len(), 10, "{text}");
     // Names PostgreSQL would refuse are caught by the same validation as pgha.toml's.
     let bad = DynamicSettings::from_json(&json!({"postgresql": {"parameters": {"work mem": "1"}}}))
         .unwrap();
@@ -227,5 +236,43 @@ fn maximum_lag_on_syncnode_takes_a_size_or_minus_one() {
     assert!(
         e.contains("maximum_lag_on_syncnode: `-2` is not a size"),
         "{e}"
+    );
+}
+
+#[test]
+fn the_synchronous_settings_are_dynamic() {
+    let cfg = local();
+    let doc = json!({"synchronous_mode": "on", "synchronous_mode_strict": true, "synchronous_node_count": 2});
+    let d = DynamicSettings::from_json(&doc).unwrap();
+    assert_eq!(d.synchronous_mode, Some(crate::ReplicationMode::Sync));
+    assert_eq!(
+        DynamicSettings::from_json(&d.to_json()).unwrap(),
+        d,
+        "Patroni's shape round-trips"
+    );
+    // One node: sync mode would hang every commit; the error names the dynamic key.
+    let errs = d.apply_to(&cfg).unwrap_err();
+    assert_eq!(errs.0[0].path, "synchronous_mode", "{errs}");
+    let mut two = cfg.clone();
+    let b_node = |c: &PghaConfig| c.nodes[0].clone();
+    let mut b = b_node(&two);
+    b.name = "b".into();
+    b.host = "10.0.0.2".into();
+    two.nodes.push(b);
+    // Two standbys asked of one replica: named by its dynamic key.
+    let errs = d.apply_to(&two).unwrap_err();
+    assert_eq!(errs.0[0].path, "synchronous_node_count", "{errs}");
+    let mut c = b_node(&two);
+    c.name = "c".into();
+    c.host = "10.0.0.3".into();
+    two.nodes.push(c);
+    let eff = d.apply_to(&two).unwrap();
+    assert_eq!(eff.replication.mode, crate::ReplicationMode::Sync);
+    assert!(eff.failover.sync_strict);
+    assert_eq!(eff.replication.sync_standbys, 2);
+    let off = DynamicSettings::from_json(&json!({"synchronous_mode": false})).unwrap();
+    assert_eq!(
+        off.apply_to(&eff).unwrap().replication.mode,
+        crate::ReplicationMode::Async
     );
 }

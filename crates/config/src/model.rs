@@ -208,7 +208,7 @@ pub enum ReplicationMode {
     /// Commits return once local; a failover may lose the last transactions.
     #[default]
     Async,
-    /// Commits wait for `sync_standbys` standbys (synchronous_standby_names = ANY n (...)).
+    /// Commits wait for `sync_standbys` standbys (synchronous_standby_names = FIRST n (...)).
     Sync,
 }
 

@@ -1,7 +1,7 @@
 //! Operator actions through the DCS, shared by the `pgha` CLI and the agent API: switchover,
 //! manual failover, pause/resume, and the member list.
 
-use pgha_config::{PghaConfig, ReplicationMode, StandbyClusterSection};
+use pgha_config::{PghaConfig, StandbyClusterSection};
 
 use crate::dcs::{ClusterView, Dcs, MemberRole, PgState, RequestKind, SwitchoverRequest};
 use crate::{now_ms, FailoverError, Result};
@@ -95,17 +95,17 @@ pub async fn request(
                 format!("{to} is not streaming from the leader"),
             ));
         }
-        if config.replication.mode == ReplicationMode::Sync {
-            if let Some(sync) = &view.sync {
-                if !sync.standbys.iter().any(|s| s == to) {
-                    return Err(FailoverError::refused(
-                        action,
-                        format!(
-                            "sync mode: {to} is not a synchronous standby (sync: [{}])",
-                            sync.standbys.join(", ")
-                        ),
-                    ));
-                }
+        // The `sync` key restricts in either mode (the election's rule): it exists while a
+        // commit may have been acknowledged on its standbys only.
+        if let Some(sync) = &view.sync {
+            if !sync.standbys.iter().any(|s| s == to) {
+                return Err(FailoverError::refused(
+                    action,
+                    format!(
+                        "sync mode: {to} is not a synchronous standby (sync: [{}])",
+                        sync.standbys.join(", ")
+                    ),
+                ));
             }
         }
     }
@@ -157,11 +157,9 @@ pub fn pick_candidate(config: &PghaConfig, view: &ClusterView) -> Option<String>
             (None, _) => true,
         })
         .filter(|m| {
-            config.replication.mode != ReplicationMode::Sync
-                || view
-                    .sync
-                    .as_ref()
-                    .is_none_or(|s| s.standbys.iter().any(|n| n == &m.name))
+            view.sync
+                .as_ref()
+                .is_none_or(|s| s.standbys.iter().any(|n| n == &m.name))
         })
         // The furthest, then the higher failover_priority among equally advanced ones.
         .max_by_key(|m| (m.lsn, m.failover_rank()))

@@ -203,12 +203,12 @@ mod tests {
         let e = apply(
             &local(),
             &view,
-            &Edit::Replace(json!({"synchronous_mode": true})),
+            &Edit::Replace(json!({"standby_cluster": {}})),
         )
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("synchronous_mode: cannot be changed on a running cluster yet"),
+            e.contains("standby_cluster: cannot be changed on a running cluster yet"),
             "{e}"
         );
         // The timings are dynamic, checked together with the node's own settings.

@@ -32,7 +32,7 @@ pub enum ReplicationError {
     NoStandbyForSync { primary: String },
     /// With agents, synchronous_standby_names is theirs: a mode switched under them would
     /// acknowledge commits the DCS's `sync` key does not cover (or the reverse).
-    #[error("[dcs] is set, so the agents manage the replication mode: set replication.mode in pgha.toml on every node and restart the agents one by one (`pgha set-mode` is for clusters without agents)")]
+    #[error("[dcs] is set, so the agents manage the replication mode: switch it with `pgha edit-config --set synchronous_mode=true` (or false): the leader switches without a window where an acknowledged commit could be lost (`pgha set-mode` is for clusters without agents)")]
     AgentsManageMode,
     /// A certificate or key named by `[tls]` cannot be read.
     #[error("[tls] {what} {path}: {source} (create it with `pgha tls init`, or set the path in pgha.toml)")]

@@ -51,7 +51,6 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         return;
     }
     let mut rules = Rules {
-        mode: ctx.cfg.replication.mode,
         max_lag_bytes: ctx.cfg.failover.maximum_lag_on_failover.bytes(),
         status: view.status.as_ref(),
         sync: view.sync.as_ref(),

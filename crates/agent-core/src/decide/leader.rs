@@ -71,6 +71,8 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
     status_and_slots(ctx, d, inp, view);
     if ctx.cfg.replication.mode == ReplicationMode::Sync {
         plan::sync(ctx, d, inp, view);
+    } else {
+        plan::unsync(ctx, d, inp, view);
     }
     d.because("leader: primary running");
     if let (Some(tl), Some(ck)) = (obs.timeline, obs.checkpoint_timeline) {
@@ -194,7 +196,6 @@ fn hand_over(
     // else the key comes back to us and the request hands it over again, for ever.
     // Its lag is the hand-over job's to wait for, not a reason to refuse here.
     let rules = crate::election::Rules {
-        mode: ctx.cfg.replication.mode,
         max_lag_bytes: ctx.cfg.failover.maximum_lag_on_failover.bytes(),
         status: None,
         sync: view.sync.as_ref(),

@@ -310,6 +310,7 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
                     p.since_lsn.get_or_insert(*lsn);
                 }
             }
+            Outcome::SyncInDoubt { revision } => d.next.sync_in_doubt = Some(*revision),
             Outcome::LeaderTaken { .. }
             | Outcome::LeaderReleased
             | Outcome::SessionAbandoned { .. }

@@ -24,6 +24,72 @@ pub fn sync_names_for(n: usize, names: &[String]) -> String {
     )
 }
 
+/// Async mode on a running primary: PostgreSQL waits for no standby and `sync` goes, in an
+/// order that keeps every commit acknowledged while a standby was waited for on every node
+/// the election may promote: `sync` names this leader alone, then PostgreSQL stops waiting,
+/// then (a later tick, once PostgreSQL reads back no names) `sync` is deleted. While it
+/// exists it restricts every election, in either mode ([`crate::election::Rules::sync`]).
+pub(super) fn unsync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
+    let me = ctx.name();
+    d.next.pending_sync = None;
+    if settle_sync(d, view, me) {
+        return;
+    }
+    // Unknown (the query failed): nothing is deleted on a guess.
+    let Some(ssn) = inp.local.sync_names.as_deref() else {
+        return;
+    };
+    if !ssn.is_empty() {
+        let alone = view
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.leader == me && s.standbys.is_empty());
+        if view.sync.is_some() && !alone {
+            d.act(put_sync(view, me, vec![]));
+        }
+        d.act(Action::SetSyncNames {
+            value: String::new(),
+        });
+        d.because("leader: async mode: PostgreSQL stops waiting for synchronous standbys");
+        return;
+    }
+    if view.sync.is_some() {
+        d.act(Action::DeleteSync {
+            revision: view.sync_revision,
+        });
+        d.because("leader: async mode: deleting the sync key");
+    }
+}
+
+/// A `/sync` write of an earlier tick may still land (its request failed): while the key is
+/// still at the revision that write was conditioned on, write it again as this tick read it
+/// (or naming this leader alone, if absent), so the late one can no longer land (the
+/// revision moves), before anything else changes. Without this a late write could name a
+/// standby PostgreSQL stopped waiting for meanwhile, or delete the key once PostgreSQL waits
+/// again. True when this tick's sync plan ends here.
+fn settle_sync(d: &mut Decision, view: &ClusterView, me: &str) -> bool {
+    match d.next.sync_in_doubt {
+        Some(r) if r == view.sync_revision => {
+            let again = match &view.sync {
+                Some(s) => Action::PutSync {
+                    sync: s.clone(),
+                    revision: r,
+                },
+                None => put_sync(view, me, vec![]),
+            };
+            d.act(again);
+            d.next.pending_sync = None;
+            d.because("leader: settling a /sync write that may still land");
+            true
+        }
+        Some(_) => {
+            d.next.sync_in_doubt = None;
+            false
+        }
+        None => false,
+    }
+}
+
 /// The write of `/sync` naming `standbys` for `leader`, conditional on the key being as this
 /// tick's view read it.
 pub(super) fn put_sync(view: &ClusterView, leader: &str, standbys: Vec<String>) -> Action {
@@ -124,10 +190,20 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         .map(|r| (r.name.clone(), r.flush_lsn.unwrap_or_default()))
         .collect();
     let is_healthy = |n: &String| healthy.iter().any(|(h, _)| h == n);
+    if settle_sync(d, view, me) {
+        return;
+    }
+    if view.sync.as_ref().is_none_or(|s| s.leader != me) {
+        // Before PostgreSQL waits for a standby (a switch from async mode, or `sync` left by
+        // another leader), `sync` names this leader alone: a commit acknowledged from then
+        // on is never lost to a node `sync` does not name. A failed write stops the tick.
+        d.act(put_sync(view, me, vec![]));
+        d.next.pending_sync = None;
+        return;
+    }
     let mut current: Vec<String> = view
         .sync
         .as_ref()
-        .filter(|s| s.leader == me)
         .map(|s| s.standbys.clone())
         .unwrap_or_default();
     current.sort();

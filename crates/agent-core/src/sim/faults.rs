@@ -155,6 +155,19 @@ impl Sim {
                 w.log(now, "FAULT", format!("operator: edit-config {params}"));
                 None
             }
+            Fault::SwitchMode => {
+                let mut w = self.lock();
+                let sync = !w.checker.sync_mode;
+                w.checker.sync_mode = sync;
+                w.checker.mode_switched = true;
+                edit_settings(&mut w, serde_json::json!({ "synchronous_mode": sync }));
+                w.log(
+                    now,
+                    "FAULT",
+                    format!("operator: edit-config --set synchronous_mode={sync}"),
+                );
+                None
+            }
             Fault::EditTimings {
                 ttl,
                 loop_wait,

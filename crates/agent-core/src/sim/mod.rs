@@ -433,7 +433,7 @@ impl Sim {
             violations: std::mem::take(&mut w.checker.violations),
             trace: std::mem::take(&mut w.trace),
             promotions: w.checker.promotions,
-            acked: w.checker.acked.len(),
+            acked: w.checker.acks,
             limitations: std::mem::take(&mut w.checker.limitations),
             unwritable: std::mem::take(&mut w.checker.unwritable),
             bootstraps: w.checker.bootstraps,

@@ -62,6 +62,9 @@ pub enum Fault {
         /// Also switch `failsafe_mode` to this.
         failsafe: Option<bool>,
     },
+    /// An operator switches `synchronous_mode` in the DCS (`pgha edit-config --set
+    /// synchronous_mode=..`): to the other mode than the cluster runs in.
+    SwitchMode,
 }
 
 /// Which node a fault hits: decided when it starts.
@@ -91,6 +94,7 @@ impl Fault {
             Fault::EditConfig { .. } => "edit-config",
             Fault::RestartRequest { .. } => "restart-request",
             Fault::EditTimings { .. } => "edit-timings",
+            Fault::SwitchMode => "switch-mode",
         }
     }
 
@@ -111,6 +115,7 @@ impl Fault {
             | Fault::Switchover { .. }
             | Fault::EditConfig { .. }
             | Fault::EditTimings { .. }
+            | Fault::SwitchMode
             | Fault::RestartRequest { .. } => Duration::ZERO,
         }
     }
@@ -220,6 +225,11 @@ impl Scenario {
                 retry: retries[r.random_range(0..retries.len())],
                 failsafe: r.random_bool(0.3).then(|| r.random_bool(0.5)),
             }
+        });
+        // Once, and in a tenth of those back again.
+        own(0x0051_7c4d_0de5, 0.25, "switch-mode", |_| Fault::SwitchMode);
+        own(0x0051_7c4d_0de6, 0.025, "switch-mode", |_| {
+            Fault::SwitchMode
         });
         faults.sort_by_key(|(s, _)| *s);
         // Own stream: the other draws stay as they were.

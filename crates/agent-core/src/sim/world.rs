@@ -202,11 +202,18 @@ impl Net {
 #[derive(Debug, Default)]
 pub struct Checker {
     pub violations: Vec<String>,
+    /// Commits acknowledged under sync (those no failover may lose).
     pub acked: BTreeSet<u64>,
+    /// Every acknowledged commit.
+    pub acks: usize,
     pub acked_by: BTreeMap<u64, String>,
     /// Timeline -> node whose promotion created it.
     pub timelines: BTreeMap<i64, String>,
+    /// The cluster's mode (the scenario's, then as `SwitchMode` set it).
     pub sync_mode: bool,
+    /// The mode was switched at runtime: commits count as acknowledged under sync only while
+    /// the `sync` key exists or the primary waited for a standby.
+    pub mode_switched: bool,
     pub promotions: u32,
     pub reclones: u32,
     /// Completed bootstraps of a new cluster.
@@ -371,11 +378,20 @@ impl World {
         }
     }
 
-    /// Sync mode: the node that starts taking writes holds every acknowledged commit.
-    pub fn became_writable(&mut self, now: Instant, n: &str) {
+    /// The leader deleted the `sync` key: in async mode, what was acknowledged before may be
+    /// lost from now on, as in any async cluster; in sync mode (a leader that never ran its
+    /// PostgreSQL as primary put back an absent key) every acknowledged commit stays owed.
+    pub fn sync_deleted(&mut self) {
         if !self.checker.sync_mode {
-            return;
+            self.checker.acked.clear();
+            self.checker.acked_by.clear();
         }
+    }
+
+    /// The node that starts taking writes holds every commit acknowledged under sync (in
+    /// sync mode, or while the `sync` key existed; a deletion of the key in async mode ends
+    /// that promise for the commits before it).
+    pub fn became_writable(&mut self, now: Instant, n: &str) {
         let Some(d) = self.nodes.get(n).and_then(|x| x.pg.data.as_ref()) else {
             return;
         };
@@ -519,8 +535,16 @@ impl World {
                         format!("{n} acknowledged commit {id} without holding a valid leader lease (nor every other node's failsafe promise)"),
                     );
                 }
-                self.checker.acked.insert(id);
-                self.checker.acked_by.insert(id, n.clone());
+                let under_sync = if self.checker.mode_switched {
+                    self.dcs.sync.is_some() || n_sync > 0
+                } else {
+                    self.checker.sync_mode
+                };
+                self.checker.acks += 1;
+                if under_sync {
+                    self.checker.acked.insert(id);
+                    self.checker.acked_by.insert(id, n.clone());
+                }
             }
         }
     }

@@ -82,6 +82,9 @@ impl Dcs for ViewDcs {
     async fn put_sync(&self, _: LeaseId, _: &SyncState, _: i64) -> pgha_agent_core::Result<bool> {
         unsupported("put_sync")
     }
+    async fn delete_sync(&self, _: LeaseId, _: i64) -> pgha_agent_core::Result<bool> {
+        unsupported("delete_sync")
+    }
     async fn allocate_timeline(&self, _: i64) -> pgha_agent_core::Result<i64> {
         unsupported("timeline")
     }
@@ -557,15 +560,14 @@ async fn config_is_read_patched_and_replaced_with_patroni_bodies() {
         &request(
             "PATCH",
             "/config",
-            r#"{"synchronous_mode":true,"postgresql":{"parameters":{"port":1}}}"#,
+            r#"{"slots":{},"postgresql":{"parameters":{"port":1}}}"#,
             tok,
         ),
     )
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(
-        body.contains("synchronous_mode: cannot be changed")
-            && body.contains("postgresql.parameters.port"),
+        body.contains("slots: cannot be changed") && body.contains("postgresql.parameters.port"),
         "{body}"
     );
     assert_eq!(

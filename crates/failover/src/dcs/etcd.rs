@@ -555,6 +555,17 @@ impl Dcs for EtcdDcs {
         Ok(self.bounded("put sync", c.txn(txn)).await?.succeeded())
     }
 
+    async fn delete_sync(&self, lease: LeaseId, revision: i64) -> Result<bool> {
+        let txn = Txn::new()
+            .when([
+                Compare::lease(self.key("leader"), CompareOp::Equal, lease),
+                Compare::mod_revision(self.key("sync"), CompareOp::Equal, revision),
+            ])
+            .and_then([TxnOp::delete(self.key("sync"), None)]);
+        let mut c = self.client();
+        Ok(self.bounded("delete sync", c.txn(txn)).await?.succeeded())
+    }
+
     async fn allocate_timeline(&self, at_least: i64) -> Result<i64> {
         let key = self.key("timeline");
         for _ in 0..10 {

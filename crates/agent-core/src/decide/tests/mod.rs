@@ -17,6 +17,7 @@ use crate::inputs::{Local, Probes, StandbyRow};
 use crate::memory::{PendingSync, RunningJob};
 
 mod faults;
+mod mode_switch;
 mod planned;
 mod settings;
 mod timings;

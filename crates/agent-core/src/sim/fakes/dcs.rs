@@ -333,6 +333,24 @@ impl Dcs for SimDcs {
             .await
     }
 
+    async fn delete_sync(&self, lease: LeaseId, revision: i64) -> Result<bool> {
+        let me = self.h.me.clone();
+        self.op("delete sync", move |w, now| {
+            let ours = w.dcs.leader.as_ref().is_some_and(|(_, l, _)| *l == lease);
+            if !ours || w.dcs.sync_revision != revision {
+                return false;
+            }
+            w.log(now, &me, "DCS: /sync deleted");
+            w.dcs.revision += 1;
+            w.dcs.sync_revision = 0;
+            w.dcs.sync = None;
+            w.sync_deleted();
+            w.dcs.notify();
+            true
+        })
+        .await
+    }
+
     async fn put_sync(&self, lease: LeaseId, sync: &SyncState, revision: i64) -> Result<bool> {
         let s = sync.clone();
         let me = self.h.me.clone();
