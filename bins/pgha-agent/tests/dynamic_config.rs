@@ -360,3 +360,55 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
     );
     Ok(())
 }
+
+/// `member_slots_ttl` set in the DCS: the slot of a node whose agent and PostgreSQL are gone
+/// is dropped on the primary once its member key has been gone that long (its WAL no longer
+/// piles up there); the node comes back, gets its slot again and streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back() -> anyhow::Result<()> {
+    let mut h = HaCluster::start_three(bin(), T).await?;
+    let cfg = h.cluster.config().clone();
+    let dcs = EtcdDcs::from_config(&cfg, "test").await?;
+    let primary = h.wait_single_primary(T, None).await?;
+    let gone = if primary == "node3" { "node2" } else { "node3" };
+    h.wait_streaming_replica(gone, T).await?;
+    until("settings seeded", || async {
+        Ok(dcs.view().await?.config.settings.is_some())
+    })
+    .await?;
+    let code = pgha(
+        &h,
+        &["edit-config", "--set", "member_slots_ttl=2s", "--force"],
+    )
+    .await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let params = h.cluster.instance(&primary)?.connect_params().clone();
+    let slot = || async {
+        let mut c = params.connect().await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(gone)
+                .fetch_one(&mut c)
+                .await?;
+        anyhow::Ok(n == 1)
+    };
+    assert!(slot().await?, "{gone} has a slot on {primary}");
+
+    h.kill_node(gone)?;
+    let killed = Instant::now();
+    until(&format!("{gone}'s member key gone"), || async {
+        Ok(!dcs.view().await?.members.contains_key(gone))
+    })
+    .await?;
+    until(&format!("{gone}'s slot dropped"), || async {
+        Ok(!slot().await?)
+    })
+    .await?;
+    let dropped_after = killed.elapsed();
+
+    h.start_agent(gone)?;
+    until(&format!("{gone}'s slot back"), || async { slot().await }).await?;
+    h.wait_streaming_replica(gone, T).await?;
+    eprintln!("slot of {gone} dropped {dropped_after:?} after it was killed");
+    Ok(())
+}

@@ -150,6 +150,23 @@ pub fn render(checks: &[Check]) -> String {
 /// Every check, in a fixed order.
 pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
     let mut out = Vec::new();
+    // With agents, the cluster settings in the DCS win over pgha.toml (e.g. a mode switched
+    // with `pgha edit-config --set synchronous_mode=..`).
+    let overlaid;
+    let config = if config.dcs.is_none() {
+        config
+    } else {
+        match dcs_view(config).await {
+            Ok(view) => {
+                overlaid = pgha_failover::settings::effective(config, &view);
+                &overlaid
+            }
+            Err(e) => {
+                tracing::warn!("cluster settings unread ({e}): checking against pgha.toml");
+                config
+            }
+        }
+    };
     let status = match ClusterStatus::collect(config).await {
         Ok(s) => s,
         Err(e) => {

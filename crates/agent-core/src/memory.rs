@@ -124,6 +124,8 @@ pub struct Memory {
     /// A `/sync` write conditioned on this revision may still land
     /// ([`crate::inputs::Outcome::SyncInDoubt`]): settled before the next change.
     pub sync_in_doubt: Option<i64>,
+    /// Nodes whose member key we found gone, since when (`replication.member_slots_ttl`).
+    pub members_absent: BTreeMap<String, Instant>,
     /// Slots named after one of our nodes that nobody should read from us, since when.
     pub unwanted_slots: BTreeMap<String, Instant>,
     pub leader_watch: Option<LeaderWatch>,
@@ -163,6 +165,7 @@ impl Memory {
             pending_sync: None,
             sync_in_doubt: None,
             unwanted_slots: BTreeMap::new(),
+            members_absent: BTreeMap::new(),
             leader_watch: None,
             timers: Timers {
                 started: Some(now),

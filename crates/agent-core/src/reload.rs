@@ -9,8 +9,9 @@ use pgha_config::{DynamicSettings, PghaConfig};
 /// the lease, the DCS session, the node's identity or the rendered server settings rest on.
 /// Tags, `nofailover`, `noloadbalance` and the dynamic keys (`postgres.parameters`,
 /// `failover.maximum_lag_on_failover`, `failover.ttl`, `failover.loop_wait`,
-/// `failover.postgres_restart_timeout`, `failover.failsafe`, `dcs.request_timeout`) change
-/// live; the sections other programs read
+/// `failover.postgres_restart_timeout`, `failover.failsafe`, `dcs.request_timeout`,
+/// `replication.mode`, `replication.sync_standbys`, `failover.sync_strict`,
+/// `replication.member_slots_ttl`) change live; the sections other programs read
 /// (`[pooling]`, `[monitoring]`, `[router]`, `[backup]`) are taken as they are.
 pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static str> {
     let norm = |c: &PghaConfig| {
@@ -22,6 +23,10 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
         c.failover.postgres_restart_timeout = Default::default();
         c.failover.failsafe = Default::default();
         c.failover.maximum_lag_on_syncnode = Default::default();
+        c.failover.sync_strict = Default::default();
+        c.replication.mode = Default::default();
+        c.replication.sync_standbys = Default::default();
+        c.replication.member_slots_ttl = Default::default();
         if let Some(d) = c.dcs.as_mut() {
             d.request_timeout = Default::default();
         }

@@ -32,6 +32,7 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "synchronous_mode",
     "synchronous_mode_strict",
     "synchronous_node_count",
+    "member_slots_ttl",
     "postgresql.parameters.<name>",
 ];
 
@@ -53,6 +54,7 @@ const FIELD_OF: &[(&str, &str)] = &[
     ("synchronous_mode", "replication.mode"),
     ("synchronous_mode_strict", "failover.sync_strict"),
     ("synchronous_node_count", "replication.sync_standbys"),
+    ("member_slots_ttl", "replication.member_slots_ttl"),
 ];
 
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
@@ -120,6 +122,8 @@ pub struct DynamicSettings {
     pub synchronous_mode_strict: Option<bool>,
     /// `replication.sync_standbys`.
     pub synchronous_node_count: Option<u32>,
+    /// `replication.member_slots_ttl`.
+    pub member_slots_ttl: Option<Duration>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
     pub parameters: Option<BTreeMap<String, String>>,
 }
@@ -138,6 +142,7 @@ impl DynamicSettings {
             synchronous_mode: Some(cfg.replication.mode),
             synchronous_mode_strict: Some(cfg.failover.sync_strict),
             synchronous_node_count: Some(cfg.replication.sync_standbys),
+            member_slots_ttl: Some(cfg.replication.member_slots_ttl),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
     }
@@ -158,8 +163,10 @@ impl DynamicSettings {
                 | "loop_wait"
                 | "retry_timeout"
                 | "primary_start_timeout"
+                | "member_slots_ttl"
                 | "master_start_timeout" => match duration(value) {
                     Ok(d) => match key.as_str() {
+                        "member_slots_ttl" => out.member_slots_ttl = Some(d),
                         "ttl" => out.ttl = Some(d),
                         "loop_wait" => out.loop_wait = Some(d),
                         "retry_timeout" => out.retry_timeout = Some(d),
@@ -225,6 +232,7 @@ impl DynamicSettings {
             ("loop_wait", self.loop_wait),
             ("retry_timeout", self.retry_timeout),
             ("primary_start_timeout", self.primary_start_timeout),
+            ("member_slots_ttl", self.member_slots_ttl),
         ] {
             if let Some(d) = d {
                 m.insert(key.into(), duration_json(d));
@@ -294,6 +302,9 @@ impl DynamicSettings {
         }
         if let Some(n) = self.synchronous_node_count {
             cfg.replication.sync_standbys = n;
+        }
+        if let Some(t) = self.member_slots_ttl {
+            cfg.replication.member_slots_ttl = t;
         }
         if let Some(p) = &self.parameters {
             cfg.postgres.parameters = p.clone();

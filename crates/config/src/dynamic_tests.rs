@@ -19,7 +19,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     let seed = DynamicSettings::seed(&cfg);
     assert_eq!(
         seed.to_json(),
-        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "maximum_lag_on_syncnode": -1, "synchronous_mode": false, "synchronous_mode_strict": false, "synchronous_node_count": 1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        json!({"ttl": 8, "loop_wait": "500ms", "primary_start_timeout": 3, "failsafe_mode": true, "maximum_lag_on_failover": 1048576, "maximum_lag_on_syncnode": -1, "synchronous_mode": false, "synchronous_mode_strict": false, "synchronous_node_count": 1, "member_slots_ttl": 1800, "postgresql": {"parameters": {"work_mem": "4MB"}}})
     );
     assert_eq!(DynamicSettings::from_json(&seed.to_json()).unwrap(), seed);
     let edited = DynamicSettings::from_json(&json!({
@@ -30,6 +30,11 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
     .unwrap();
     let eff = edited.apply_to(&cfg).unwrap();
     assert_eq!(eff.failover.maximum_lag_on_failover, ByteSize(2 << 20));
+    let ttl = DynamicSettings::from_json(&json!({"member_slots_ttl": "90s"})).unwrap();
+    assert_eq!(
+        ttl.apply_to(&cfg).unwrap().replication.member_slots_ttl,
+        Duration::from_secs(90)
+    );
     // The DCS copy replaces the parameters as a whole: work_mem is no longer set.
     assert_eq!(
         eff.postgres.parameters.into_iter().collect::<Vec<_>>(),
@@ -45,6 +50,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
             "loop_wait",
             "maximum_lag_on_failover",
             "maximum_lag_on_syncnode",
+            "member_slots_ttl",
             "postgresql.parameters.jit",
             "postgresql.parameters.max_connections",
             "postgresql.parameters.work_mem",

@@ -249,6 +249,13 @@ pub struct ReplicationSection {
     /// through (`standby_cluster.primary_slot_name` there). Never dropped by pgha: a slot
     /// nobody reads keeps WAL, so bound it with `max_slot_wal_keep_size`.
     pub permanent_slots: Vec<String>,
+    /// How long the slot of a node whose agent left the cluster (its member key is gone) is
+    /// kept before it is dropped (Patroni 4's `member_slots_ttl`, dynamic); a slot in use is
+    /// never dropped. `0s`: dropped as soon as it is idle. A node that comes back gets its
+    /// slot again and streams if the WAL it needs is still there (else from the archive, or a
+    /// re-clone).
+    #[serde(with = "humantime_serde")]
+    pub member_slots_ttl: Duration,
 }
 
 impl Default for ReplicationSection {
@@ -268,6 +275,7 @@ impl Default for ReplicationSection {
             wal_keep_size: ByteSize(512 << 20),
             hot_standby_feedback: true,
             permanent_slots: Vec::new(),
+            member_slots_ttl: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -66,9 +66,13 @@ pub fn render_cluster_conf(config: &PghaConfig) -> String {
     // dropped, no reset: the walsender still says "streaming") is told from an idle one by
     // pg_stat_replication.reply_time; the agent stops counting it as a synchronous candidate.
     let _ = writeln!(s, "wal_receiver_status_interval = '1s'");
+    // With agents ([dcs]) the leader alone sets it (ALTER SYSTEM), in an order that keeps
+    // every acknowledged commit on a node `/sync` lets win: a rendered value would make
+    // PostgreSQL wait for a standby (and acknowledge commits it holds) before `/sync` names
+    // it, e.g. right after a runtime switch to sync mode.
     let names = match r.mode {
-        ReplicationMode::Sync => synchronous_standby_names(config),
-        ReplicationMode::Async => String::new(),
+        ReplicationMode::Sync if config.dcs.is_none() => synchronous_standby_names(config),
+        _ => String::new(),
     };
     let _ = writeln!(s, "synchronous_standby_names = {}", quote_literal(&names));
     let _ = writeln!(s, "synchronous_commit = on");
@@ -244,9 +248,14 @@ mod tests {
     use super::*;
 
     fn config(mode: &str) -> PghaConfig {
+        config_with(mode, "")
+    }
+
+    fn config_with(mode: &str, extra: &str) -> PghaConfig {
         pgha_config::load_from_str(
             &format!(
                 r#"
+{extra}
 [cluster]
 name = "demo"
 [replication]
@@ -287,7 +296,12 @@ data_dir = "/d/n2"
         assert!(
             sync.contains(r#"synchronous_standby_names = 'ANY 1 ("n1", "n2")'"#),
             "{sync}"
-        );
+        ); // With agents the leader sets it itself, after `/sync` names it: never rendered.
+        let s = render_cluster_conf(&config_with(
+            "sync",
+            "[dcs]\netcd = [\"http://127.0.0.1:2379\"]",
+        ));
+        assert!(s.contains("synchronous_standby_names = ''"), "{s}");
     }
 
     #[test]

@@ -41,16 +41,21 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
             };
             d.because(format!("leader: PostgreSQL is down: {}", job.name()));
             let ours = view.sync.as_ref().is_some_and(|s| s.leader == ctx.name());
-            if job == Job::StartPrimary
-                && ctx.cfg.replication.mode == ReplicationMode::Sync
-                && !ours
-            {
+            let as_primary = job == Job::StartPrimary
+                || (job == Job::Restart && obs.role == MemberRole::Primary);
+            // Also in async mode while `/sync` exists (a switch to async not finished by the
+            // last leader): it restricts the election until this leader deletes it.
+            let sync_rules =
+                ctx.cfg.replication.mode == ReplicationMode::Sync || view.sync.is_some();
+            if as_primary && sync_rules && !ours {
                 // As before a promotion: a primary with no synchronous standby acknowledges
                 // commits alone, so until one catches up nobody else may be promoted. Without
                 // this, a new cluster's first primary (or one started from a stopped cluster)
                 // ran with /sync absent or naming another leader's standbys, and those could
                 // win an election without its acknowledged commits (cargo xtask simulate
-                // --empty, seed 14674). A failed write blocks the start.
+                // --empty, seed 14674). A failed write skips the start: the job ends as not
+                // started and the key is released. A restart of a primary that went down
+                // under a `/sync` naming someone else writes it first too.
                 d.act(plan::put_sync(view, ctx.name(), vec![]));
             }
             d.spawn(ctx, now, job);
@@ -92,17 +97,27 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
 }
 
 fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
-    let mut sync_names = None;
-    if ctx.cfg.replication.mode == ReplicationMode::Sync {
+    let sync_names = if ctx.cfg.replication.mode == ReplicationMode::Sync || view.sync.is_some() {
         // No acknowledged commit can be lost: this node was a synchronous standby. Until a
         // standby is synchronous again, /sync names none, so nobody else can be promoted.
+        // In async mode with `/sync` still there (the last leader did not finish a switch
+        // to async) the same: commits we acknowledge before deleting it stay owed to it.
         d.act(plan::put_sync(view, ctx.name(), vec![]));
-        sync_names = Some(if ctx.cfg.failover.sync_strict {
+        let strict =
+            ctx.cfg.replication.mode == ReplicationMode::Sync && ctx.cfg.failover.sync_strict;
+        Some(if strict {
             plan::sync_names_for(1, &ctx.others())
         } else {
             String::new()
-        });
-    }
+        })
+    } else {
+        // Async: whatever a copied postgresql.auto.conf names, commits must not wait (only
+        // set when it names some, or is unknown: it costs the promotion a reload).
+        match inp.local.sync_names.as_deref() {
+            Some("") => None,
+            _ => Some(String::new()),
+        }
+    };
     d.next.pending_sync = None;
     let floor = view
         .members

@@ -177,6 +177,7 @@ impl Decision {
         self.next.role = Role::Fenced { why };
         self.next.needs_rewind = true;
         self.next.pending_sync = None;
+        self.next.sync_in_doubt = None;
     }
 
     /// Gives up the lease: PostgreSQL stops first, then the key is deleted.
@@ -215,6 +216,8 @@ pub fn decide(ctx: &Ctx, mem: &Memory, inp: &Inputs) -> Decision {
         // A change of synchronous standbys belongs to the role that started it.
         if !matches!(d.next.role, Role::Leader) {
             d.next.pending_sync = None;
+            // A write of a key we no longer may write (the lease compare refuses a late one).
+            d.next.sync_in_doubt = None;
         }
     }
     watchdog(ctx, &mut d, inp);

@@ -102,7 +102,8 @@ pub(super) fn put_sync(view: &ClusterView, leader: &str, standbys: Vec<String>) 
     }
 }
 
-/// Makes the slots on our PostgreSQL match who streams from us ([`cascade::wanted_slots`],
+/// Makes the slots on our PostgreSQL match who streams from us ([`cascade::wanted_slots`]
+/// of the nodes whose member key exists or went within `replication.member_slots_ttl`,
 /// plus `replication.permanent_slots` on a primary): creates missing ones; drops a slot named
 /// after one of our nodes that should not read from us once it stayed inactive for
 /// `slot_drop_grace` on checks no more than three `slot_check_every` apart.
@@ -125,6 +126,19 @@ pub(super) fn slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
     d.next.timers.slots_checked = Some(now);
     let me = ctx.name();
     let mut wanted = cascade::wanted_slots(&ctx.cfg, view, me, leader);
+    // A node whose member key is gone keeps its slot for `member_slots_ttl` (its WAL would
+    // otherwise pile up here for as long as it stays away).
+    let ttl = ctx.cfg.replication.member_slots_ttl;
+    d.next
+        .members_absent
+        .retain(|n, _| !view.members.contains_key(n));
+    wanted.retain(|n| {
+        if view.members.contains_key(n) {
+            return true;
+        }
+        let since = *d.next.members_absent.entry(n.clone()).or_insert(now);
+        now.duration_since(since) < ttl
+    });
     if leader == me && ctx.standby_source(view).is_none() {
         wanted.extend(ctx.cfg.replication.permanent_slots.iter().cloned());
     }

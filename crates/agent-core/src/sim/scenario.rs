@@ -226,7 +226,8 @@ impl Scenario {
                 failsafe: r.random_bool(0.3).then(|| r.random_bool(0.5)),
             }
         });
-        // Once, and in a tenth of those back again.
+        // A switch in a quarter of the seeds, and a second one (back, or the first of a
+        // seed without one) in 2.5 % (independent draws).
         own(0x0051_7c4d_0de5, 0.25, "switch-mode", |_| Fault::SwitchMode);
         own(0x0051_7c4d_0de6, 0.025, "switch-mode", |_| {
             Fault::SwitchMode

@@ -89,10 +89,10 @@ impl Facts {
             }
             _ => None,
         };
-        let sync_standby = cfg.replication.mode == pgha_config::ReplicationMode::Sync
-            && view
-                .and_then(|v| v.sync.as_ref())
-                .is_some_and(|s| s.standbys.iter().any(|n| n == &snap.name));
+        // Named in `/sync`: what the election follows, in either mode.
+        let sync_standby = view
+            .and_then(|v| v.sync.as_ref())
+            .is_some_and(|s| s.standbys.iter().any(|n| n == &snap.name));
         let node = cfg.node(&snap.name);
         let mut tags = node.map(|n| n.tags.clone()).unwrap_or_default();
         if node.is_some_and(|n| n.nofailover) {

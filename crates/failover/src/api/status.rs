@@ -135,11 +135,11 @@ fn api_url(s: &ApiState, m: &MemberState) -> Option<String> {
 fn member_json(s: &ApiState, view: &ClusterView, m: &MemberState) -> Value {
     let leads = view.leader.as_ref().is_some_and(|l| l.name == m.name);
     let standby_site = s.config.standby_cluster.is_some() && !view.config.standby_promoted;
-    let sync = s.config.replication.mode == pgha_config::ReplicationMode::Sync
-        && view
-            .sync
-            .as_ref()
-            .is_some_and(|y| y.standbys.iter().any(|n| n == &m.name));
+    // Named in `/sync`: what the election follows, in either mode.
+    let sync = view
+        .sync
+        .as_ref()
+        .is_some_and(|y| y.standbys.iter().any(|n| n == &m.name));
     let role = match (leads, standby_site) {
         (true, true) => "standby_leader",
         (true, false) => "leader",

@@ -20,6 +20,7 @@ mod faults;
 mod mode_switch;
 mod planned;
 mod settings;
+mod slots;
 mod timings;
 
 fn ctx_with(extra: &str) -> Ctx {

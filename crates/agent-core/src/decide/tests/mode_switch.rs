@@ -127,3 +127,53 @@ async fn a_sync_write_in_doubt_is_settled_before_the_next_change() {
     let d = decide(&c, &m, &inp2);
     assert_eq!(d.next.sync_in_doubt, Some(9));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_promotion_in_async_mode_under_a_left_over_sync_key_names_itself_first() {
+    // The last leader switched to async but died before deleting /sync, which names us.
+    let now = Instant::now();
+    let c = ctx();
+    let m = mem(now, Role::NoLeader, 42);
+    let mut v = view(Some(("n1", 42)));
+    v.sync = Some(SyncState {
+        leader: "n2".into(),
+        standbys: vec!["n1".into()],
+    });
+    v.sync_revision = 9;
+    let d = decide(&c, &m, &healthy(now, replica(), v));
+    let put = pos(&d, |a| alone(a, 9));
+    let promote = pos(
+        &d,
+        |a| matches!(a, Action::Spawn { job: Job::Promote { sync_names, .. }, .. } if sync_names.as_deref() == Some("")),
+    );
+    assert!(
+        matches!((put, promote), (Some(p), Some(q)) if p < q),
+        "{}: {:?}",
+        d.reason,
+        d.actions
+    );
+    // No /sync: no write; names a copied auto.conf may hold are cleared, known-empty ones left.
+    let mut v = view(Some(("n1", 42)));
+    v.sync = None;
+    let mut local = replica();
+    local.sync_names = Some("FIRST 1 (\"n3\")".into());
+    let d = decide(&c, &m, &healthy(now, local, v.clone()));
+    assert!(!has(&d, |a| matches!(a, Action::PutSync { .. })));
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::Spawn { job: Job::Promote { sync_names, .. }, .. } if sync_names.as_deref() == Some(""))
+    ));
+    let mut local = replica();
+    local.sync_names = Some(String::new());
+    let d = decide(&c, &m, &healthy(now, local, v));
+    assert!(has(&d, |a| matches!(
+        a,
+        Action::Spawn {
+            job: Job::Promote {
+                sync_names: None,
+                ..
+            },
+            ..
+        }
+    )));
+}

@@ -325,8 +325,27 @@ async fn a_new_leader_starting_its_primary_in_sync_mode_first_names_itself_in_sy
         leader: "n1".into(),
         standbys: vec!["n2".into()],
     });
-    let d = decide(&c, &m, &healthy(now, stopped, v));
+    let d = decide(&c, &m, &healthy(now, stopped.clone(), v));
     assert_eq!(order(&d).0, None, "{:?}", d.actions);
+    // A leader already (the write failed last tick, or PostgreSQL went down under a /sync
+    // that names someone else): its restart is preceded by the same write.
+    let leading = mem(now, Role::Leader, 42);
+    let mut v = view(Some(("n1", 42)));
+    v.sync = None;
+    let d = decide(&c, &leading, &healthy(now, stopped, v));
+    let put = d.actions.iter().position(
+        |a| matches!(a, Action::PutSync { sync: s, .. } if s.leader == "n1" && s.standbys.is_empty()),
+    );
+    let restart = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Spawn { .. }));
+    assert!(
+        restart.is_some() && put.is_some_and(|p| Some(p) < restart),
+        "{}: {:?}",
+        d.reason,
+        d.actions
+    );
 }
 
 /// Sync mode: a new synchronous standby is the streaming one with the highest

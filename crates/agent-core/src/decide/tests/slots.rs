@@ -1,0 +1,54 @@
+//! Replication slots on the primary: `member_slots_ttl`.
+
+use super::*;
+
+/// Leader n1 ticking every second for `secs` seconds with n3's member key gone and its slot
+/// idle: the second at which it drops n3's slot, if it does.
+fn drop_of_departed(c: &Ctx, secs: u64) -> Option<u64> {
+    let start = Instant::now();
+    let mut m = mem(start, Role::Leader, 42);
+    let mut v = view(Some(("n1", 42)));
+    v.members.remove("n3");
+    for s in 0..secs {
+        let now = start + Duration::from_secs(s);
+        m.session = Some(Session {
+            lease: 42,
+            renewed_at: now,
+            ttl: Duration::from_secs(3),
+        });
+        let mut local = primary();
+        local.slots = Some(vec![("n2".into(), true), ("n3".into(), false)]);
+        let d = decide(c, &m, &healthy(now, local, v.clone()));
+        if has(
+            &d,
+            |a| matches!(a, Action::DropSlot { name } if name == "n3"),
+        ) {
+            return Some(s);
+        }
+        assert!(
+            !has(&d, |a| matches!(a, Action::DropSlot { .. })),
+            "{:?}",
+            d.actions
+        );
+        m = d.next;
+    }
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_departed_members_slot_is_kept_for_member_slots_ttl_then_dropped() {
+    let c = ctx_with("member_slots_ttl = \"10s\"");
+    let at = drop_of_departed(&c, 30).expect("n3's slot is dropped");
+    // Kept for the TTL, then for the usual grace of an unwanted slot (one lease TTL).
+    assert!((10..=15).contains(&at), "dropped after {at} s");
+    // The default (30 min, as Patroni 4) keeps it through the same time.
+    assert_eq!(drop_of_departed(&ctx(), 30), None);
+    // With n3's member key present the slot is wanted: never dropped.
+    let start = Instant::now();
+    let m = mem(start, Role::Leader, 42);
+    let mut local = primary();
+    local.slots = Some(vec![("n2".into(), true), ("n3".into(), false)]);
+    let d = decide(&c, &m, &healthy(start, local, view(Some(("n1", 42)))));
+    assert!(!has(&d, |a| matches!(a, Action::DropSlot { .. })));
+    assert!(d.next.members_absent.is_empty());
+}
