@@ -275,7 +275,13 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
     desired.sort();
     let ssn_now = inp.local.sync_names.clone().unwrap_or_default();
     if desired == current {
-        let want = names_for(&desired);
+        let mut want = names_for(&desired);
+        if strict && want.is_empty() {
+            // Strict with no synchronous standby (after a promotion, or every one gone):
+            // commits wait, for any other node, instead of being acknowledged alone. `sync`
+            // names only this leader, so one that confirms them is added the usual way.
+            want = sync_names_for(1, &ctx.others());
+        }
         if ssn_now != want {
             d.act(Action::SetSyncNames { value: want });
         }

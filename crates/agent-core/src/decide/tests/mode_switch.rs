@@ -177,3 +177,39 @@ async fn a_promotion_in_async_mode_under_a_left_over_sync_key_names_itself_first
         }
     )));
 }
+
+#[tokio::test(start_paused = true)]
+async fn strict_mode_with_no_synchronous_standby_keeps_commits_waiting() {
+    // After a promotion in strict mode: /sync names the leader alone, no standby streams.
+    let hold = "FIRST 1 (\"n2\", \"n3\")";
+    let (c, m, mut inp) = leader("sync", Some(&[]), Some(hold));
+    let strict = ctx_changed(&c, |cfg| cfg.failover.sync_strict = true);
+    let c = &strict;
+    inp.local.standbys.clear();
+    let d = decide(c, &m, &inp);
+    assert!(
+        !has(&d, sets_names),
+        "strict: commits keep waiting: {:?}",
+        d.actions
+    );
+    // Names cleared (a non-strict past, or a switch to strict): set to hold commits.
+    let (_, m, mut inp) = leader("sync", Some(&[]), Some(""));
+    inp.local.standbys.clear();
+    let d = decide(c, &m, &inp);
+    assert!(
+        has(
+            &d,
+            |a| matches!(a, Action::SetSyncNames { value } if value == hold)
+        ),
+        "{:?}",
+        d.actions
+    );
+    // Not strict: commits stop waiting.
+    let (c, m, mut inp) = leader("sync", Some(&[]), Some(hold));
+    inp.local.standbys.clear();
+    let d = decide(&c, &m, &inp);
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::SetSyncNames { value } if value.is_empty())
+    ));
+}
