@@ -106,17 +106,15 @@ fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
         let strict =
             ctx.cfg.replication.mode == ReplicationMode::Sync && ctx.cfg.failover.sync_strict;
         Some(if strict {
-            plan::sync_names_for(1, &ctx.others())
+            plan::strict_hold(ctx)
         } else {
             String::new()
         })
     } else {
-        // Async: whatever a copied postgresql.auto.conf names, commits must not wait (only
-        // set when it names some, or is unknown: it costs the promotion a reload).
-        match inp.local.sync_names.as_deref() {
-            Some("") => None,
-            _ => Some(String::new()),
-        }
+        // Async: names a copied postgresql.auto.conf may hold are cleared by the running
+        // primary's first tick (`plan::unsync`), not here: a reload before pg_promote would
+        // cost every failover up to a second.
+        None
     };
     d.next.pending_sync = None;
     let floor = view

@@ -61,6 +61,26 @@ pub(super) fn unsync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
     }
 }
 
+/// Strict mode with no synchronous standby: `FIRST 1` of the nodes that may become one (not
+/// `nosync`, `sync_priority = 0`, `nofailover`, `failover_priority = 0`; all other nodes if
+/// none may), so commits wait instead of being acknowledged alone.
+pub(super) fn strict_hold(ctx: &Ctx) -> String {
+    let others = ctx.others();
+    let willing: Vec<String> = others
+        .iter()
+        .filter(|n| ctx.cfg.node(n).is_some_and(|c| c.sync_rank() > 0))
+        .cloned()
+        .collect();
+    sync_names_for(
+        1,
+        if willing.is_empty() {
+            &others
+        } else {
+            &willing
+        },
+    )
+}
+
 /// A `/sync` write of an earlier tick may still land (its request failed): while the key is
 /// still at the revision that write was conditioned on, write it again as this tick read it
 /// (or naming this leader alone, if absent), so the late one can no longer land (the
@@ -121,7 +141,9 @@ pub(super) fn slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         .slots_checked
         .is_none_or(|c| now.duration_since(c) > t.slot_check_every * 3)
     {
+        // Not checked for a while (another role, a job): what was seen then is stale.
         d.next.unwanted_slots.clear();
+        d.next.members_absent.clear();
     }
     d.next.timers.slots_checked = Some(now);
     let me = ctx.name();
@@ -280,7 +302,7 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
             // Strict with no synchronous standby (after a promotion, or every one gone):
             // commits wait, for any other node, instead of being acknowledged alone. `sync`
             // names only this leader, so one that confirms them is added the usual way.
-            want = sync_names_for(1, &ctx.others());
+            want = strict_hold(ctx);
         }
         if ssn_now != want {
             d.act(Action::SetSyncNames { value: want });

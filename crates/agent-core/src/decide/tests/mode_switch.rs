@@ -152,20 +152,12 @@ async fn a_promotion_in_async_mode_under_a_left_over_sync_key_names_itself_first
         d.reason,
         d.actions
     );
-    // No /sync: no write; names a copied auto.conf may hold are cleared, known-empty ones left.
+    // No /sync: no write, and no reload before pg_promote (the running primary's first tick
+    // clears names a copied auto.conf may hold, `plan::unsync`).
     let mut v = view(Some(("n1", 42)));
     v.sync = None;
-    let mut local = replica();
-    local.sync_names = Some("FIRST 1 (\"n3\")".into());
-    let d = decide(&c, &m, &healthy(now, local, v.clone()));
+    let d = decide(&c, &m, &healthy(now, replica(), v));
     assert!(!has(&d, |a| matches!(a, Action::PutSync { .. })));
-    assert!(has(
-        &d,
-        |a| matches!(a, Action::Spawn { job: Job::Promote { sync_names, .. }, .. } if sync_names.as_deref() == Some(""))
-    ));
-    let mut local = replica();
-    local.sync_names = Some(String::new());
-    let d = decide(&c, &m, &healthy(now, local, v));
     assert!(has(&d, |a| matches!(
         a,
         Action::Spawn {
@@ -176,6 +168,12 @@ async fn a_promotion_in_async_mode_under_a_left_over_sync_key_names_itself_first
             ..
         }
     )));
+    let (c, m, inp) = leader("async", None, Some("FIRST 1 (\"n3\")"));
+    let d = decide(&c, &m, &inp);
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::SetSyncNames { value } if value.is_empty())
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -200,6 +198,17 @@ async fn strict_mode_with_no_synchronous_standby_keeps_commits_waiting() {
         has(
             &d,
             |a| matches!(a, Action::SetSyncNames { value } if value == hold)
+        ),
+        "{:?}",
+        d.actions
+    );
+    // A node that may not become synchronous (`nosync`) is not waited for.
+    let n3_nosync = ctx_changed(c, |cfg| cfg.nodes[2].nosync = true);
+    let d = decide(&n3_nosync, &m, &inp);
+    assert!(
+        has(
+            &d,
+            |a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n2\")")
         ),
         "{:?}",
         d.actions

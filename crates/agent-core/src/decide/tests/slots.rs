@@ -52,3 +52,26 @@ async fn a_departed_members_slot_is_kept_for_member_slots_ttl_then_dropped() {
     assert!(!has(&d, |a| matches!(a, Action::DropSlot { .. })));
     assert!(d.next.members_absent.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_absence_seen_before_a_gap_in_slot_checks_starts_over() {
+    // n3's key was missing once, an hour ago, then this node stopped checking slots (another
+    // role, a job): the absence counts from now, not from then.
+    let c = ctx_with("member_slots_ttl = \"10s\"");
+    let now = Instant::now() + Duration::from_secs(3600);
+    let mut m = mem(now, Role::Leader, 42);
+    m.members_absent
+        .insert("n3".into(), now - Duration::from_secs(3600));
+    m.timers.slots_checked = Some(now - Duration::from_secs(3600));
+    let mut v = view(Some(("n1", 42)));
+    v.members.remove("n3");
+    let mut local = primary();
+    local.slots = Some(vec![("n2".into(), true), ("n3".into(), false)]);
+    let d = decide(&c, &m, &healthy(now, local, v));
+    assert_eq!(d.next.members_absent.get("n3"), Some(&now));
+    assert!(
+        d.next.unwanted_slots.is_empty(),
+        "{:?}",
+        d.next.unwanted_slots
+    );
+}
