@@ -253,17 +253,7 @@ impl Executor {
                     return Err(crate::CoreError::refused("write /sync", "no session"));
                 };
                 let written = fx.dcs.put_sync(lease, s, *revision).await;
-                if written.is_err() {
-                    out.push(Outcome::SyncInDoubt {
-                        revision: *revision,
-                    });
-                }
-                if !written? {
-                    return Err(crate::CoreError::refused(
-                        "write /sync",
-                        "the leader key is not ours any more, or /sync changed since this tick's view",
-                    ));
-                }
+                sync_written("write /sync", written, *revision, out)?;
                 tracing::info!(node = %self.ctx.name(), standbys = ?s.standbys, "synchronous standbys recorded");
                 out.push(Outcome::SyncWritten {
                     standbys: s.standbys.clone(),
@@ -274,17 +264,7 @@ impl Executor {
                     return Err(crate::CoreError::refused("delete /sync", "no session"));
                 };
                 let deleted = fx.dcs.delete_sync(lease, *revision).await;
-                if deleted.is_err() {
-                    out.push(Outcome::SyncInDoubt {
-                        revision: *revision,
-                    });
-                }
-                if !deleted? {
-                    return Err(crate::CoreError::refused(
-                        "delete /sync",
-                        "the leader key is not ours any more, or /sync changed since this tick's view",
-                    ));
-                }
+                sync_written("delete /sync", deleted, *revision, out)?;
                 tracing::info!(node = %self.ctx.name(), "async mode: /sync deleted, every replica may be promoted");
             }
             Action::ClearSwitchover => fx.dcs.clear_switchover().await?,
@@ -571,6 +551,26 @@ async fn wait_received(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The answer to a conditional `/sync` write: an error leaves its outcome unknown (etcd may
+/// still apply it: reported as in doubt, settled by the next tick), false is a refusal.
+fn sync_written(
+    what: &'static str,
+    r: crate::Result<bool>,
+    revision: i64,
+    out: &mut Vec<Outcome>,
+) -> crate::Result<()> {
+    if r.is_err() {
+        out.push(Outcome::SyncInDoubt { revision });
+    }
+    if !r? {
+        return Err(crate::CoreError::refused(
+            what,
+            "the leader key is not ours any more, or /sync changed since this tick's view",
+        ));
+    }
+    Ok(())
 }
 
 fn action_name(a: &Action) -> &'static str {

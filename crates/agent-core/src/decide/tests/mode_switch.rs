@@ -33,6 +33,14 @@ fn alone(a: &Action, revision: i64) -> bool {
         if sync.leader == "n1" && sync.standbys.is_empty() && *r == revision)
 }
 
+/// `d` sets synchronous_standby_names to `value`.
+fn sets(d: &Decision, value: &str) -> bool {
+    has(
+        d,
+        |a| matches!(a, Action::SetSyncNames { value: v } if v == value),
+    )
+}
+
 fn sets_names(a: &Action) -> bool {
     matches!(a, Action::SetSyncNames { .. })
 }
@@ -50,14 +58,7 @@ async fn a_switch_to_sync_names_the_leader_alone_before_postgres_waits_for_a_sta
     // Once /sync names us, the standby is added as in sync mode.
     let (c, m, inp) = leader("sync", Some(&[]), Some(""));
     let d = decide(&c, &m, &inp);
-    assert!(
-        has(
-            &d,
-            |a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n2\")")
-        ),
-        "{:?}",
-        d.actions
-    );
+    assert!(sets(&d, "FIRST 1 (\"n2\")"), "{:?}", d.actions);
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,14 +206,7 @@ async fn strict_mode_with_no_synchronous_standby_keeps_commits_waiting() {
     // A node that may not become synchronous (`nosync`) is not waited for.
     let n3_nosync = ctx_changed(c, |cfg| cfg.nodes[2].nosync = true);
     let d = decide(&n3_nosync, &m, &inp);
-    assert!(
-        has(
-            &d,
-            |a| matches!(a, Action::SetSyncNames { value } if value == "FIRST 1 (\"n2\")")
-        ),
-        "{:?}",
-        d.actions
-    );
+    assert!(sets(&d, "FIRST 1 (\"n2\")"), "{:?}", d.actions);
     // Not strict: commits stop waiting.
     let (c, m, mut inp) = leader("sync", Some(&[]), Some(hold));
     inp.local.standbys.clear();
