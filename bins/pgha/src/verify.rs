@@ -152,20 +152,23 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
     let mut out = Vec::new();
     // With agents, the cluster settings in the DCS win over pgha.toml (e.g. a mode switched
     // with `pgha edit-config --set synchronous_mode=..`).
-    let overlaid;
-    let config = if config.dcs.is_none() {
-        config
+    // One read serves the settings and a standby site's promotion check.
+    let view = if config.dcs.is_some() || config.standby_cluster.is_some() {
+        Some(dcs_view(config).await)
     } else {
-        match dcs_view(config).await {
-            Ok(view) => {
-                overlaid = pgha_failover::settings::effective(config, &view);
-                &overlaid
-            }
-            Err(e) => {
-                tracing::warn!("cluster settings unread ({e}): checking against pgha.toml");
-                config
-            }
+        None
+    };
+    let overlaid;
+    let config = match &view {
+        Some(Ok(v)) => {
+            overlaid = pgha_failover::settings::effective(config, v);
+            &overlaid
         }
+        Some(Err(e)) if config.dcs.is_some() => {
+            tracing::warn!("cluster settings unread ({e}): checking against pgha.toml");
+            config
+        }
+        _ => config,
     };
     let status = match ClusterStatus::collect(config).await {
         Ok(s) => s,
@@ -174,8 +177,8 @@ pub async fn verify(config: &PghaConfig, args: &VerifyArgs) -> Vec<Check> {
             return out;
         }
     };
-    if let Some(source) = &config.standby_cluster {
-        match dcs_view(config).await {
+    if let (Some(source), Some(view)) = (&config.standby_cluster, view) {
+        match view {
             Ok(view) if view.config.standby_promoted => {}
             Ok(view) => {
                 let leader = view.leader.map(|l| l.name);

@@ -43,11 +43,7 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
             let ours = view.sync.as_ref().is_some_and(|s| s.leader == ctx.name());
             let as_primary = job == Job::StartPrimary
                 || (job == Job::Restart && obs.role == MemberRole::Primary);
-            // Also in async mode while `/sync` exists (a switch to async not finished by the
-            // last leader): it restricts the election until this leader deletes it.
-            let sync_rules =
-                ctx.cfg.replication.mode == ReplicationMode::Sync || view.sync.is_some();
-            if as_primary && sync_rules && !ours {
+            if as_primary && plan::sync_rules(ctx, view) && !ours {
                 // As before a promotion: a primary with no synchronous standby acknowledges
                 // commits alone, so until one catches up nobody else may be promoted. Without
                 // this, a new cluster's first primary (or one started from a stopped cluster)
@@ -97,7 +93,7 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
 }
 
 fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
-    let sync_names = if ctx.cfg.replication.mode == ReplicationMode::Sync || view.sync.is_some() {
+    let sync_names = if plan::sync_rules(ctx, view) {
         // No acknowledged commit can be lost: this node was a synchronous standby. Until a
         // standby is synchronous again, /sync names none, so nobody else can be promoted.
         // In async mode with `/sync` still there (the last leader did not finish a switch

@@ -61,6 +61,19 @@ pub(super) fn unsync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
     }
 }
 
+/// Sync mode, or async while `/sync` still exists (a switch to async the last leader did not
+/// finish): it restricts the election until this leader deletes it, so a primary that may
+/// acknowledge commits (promoted, started) must first be the one it names.
+pub(super) fn sync_rules(ctx: &Ctx, view: &ClusterView) -> bool {
+    ctx.cfg.replication.mode == pgha_config::ReplicationMode::Sync || view.sync.is_some()
+}
+
+/// A node that may become a synchronous standby: promotable and willing (`nosync`,
+/// `sync_priority = 0`, `nofailover`, `failover_priority = 0` may not).
+fn may_be_sync(ctx: &Ctx, n: &str) -> bool {
+    ctx.cfg.node(n).is_some_and(|c| c.sync_rank() > 0)
+}
+
 /// Strict mode with no synchronous standby: `FIRST 1` of the nodes that may become one (not
 /// `nosync`, `sync_priority = 0`, `nofailover`, `failover_priority = 0`; all other nodes if
 /// none may), so commits wait instead of being acknowledged alone.
@@ -68,7 +81,7 @@ pub(super) fn strict_hold(ctx: &Ctx) -> String {
     let others = ctx.others();
     let willing: Vec<String> = others
         .iter()
-        .filter(|n| ctx.cfg.node(n).is_some_and(|c| c.sync_rank() > 0))
+        .filter(|n| may_be_sync(ctx, n))
         .cloned()
         .collect();
     sync_names_for(
@@ -207,7 +220,7 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
     let others = ctx.others();
     // A synchronous standby must be promotable and willing (`nosync`, `sync_priority = 0`).
     let sync_rank = |n: &String| ctx.cfg.node(n).map_or(0, |c| c.sync_rank());
-    let eligible = |n: &String| others.contains(n) && sync_rank(n) > 0;
+    let eligible = |n: &String| others.contains(n) && may_be_sync(ctx, n);
     // `maximum_lag_on_syncnode`: a standby whose flush is further behind than this is no
     // candidate (a current one is swapped out as when it stops streaming).
     let within = |r: &&crate::inputs::StandbyRow| match (

@@ -175,6 +175,15 @@ impl EtcdDcs {
         serde_json::json!({"by": self.me, "done": done}).to_string()
     }
 
+    /// The condition of every `sync` write: the leader key on `lease`, and `sync` still at
+    /// `revision` (a missing key compares as mod_revision 0).
+    fn sync_guard(&self, lease: LeaseId, revision: i64) -> [Compare; 2] {
+        [
+            Compare::lease(self.key("leader"), CompareOp::Equal, lease),
+            Compare::mod_revision(self.key("sync"), CompareOp::Equal, revision),
+        ]
+    }
+
     /// Puts `key` only while the leader key is on `lease` (one transaction).
     async fn put_if_leader<T: Serialize>(
         &self,
@@ -544,12 +553,8 @@ impl Dcs for EtcdDcs {
             key: "sync".into(),
             source,
         })?;
-        // A missing key compares as mod_revision 0.
         let txn = Txn::new()
-            .when([
-                Compare::lease(self.key("leader"), CompareOp::Equal, lease),
-                Compare::mod_revision(self.key("sync"), CompareOp::Equal, revision),
-            ])
+            .when(self.sync_guard(lease, revision))
             .and_then([TxnOp::put(self.key("sync"), body, None)]);
         let mut c = self.client();
         Ok(self.bounded("put sync", c.txn(txn)).await?.succeeded())
@@ -557,10 +562,7 @@ impl Dcs for EtcdDcs {
 
     async fn delete_sync(&self, lease: LeaseId, revision: i64) -> Result<bool> {
         let txn = Txn::new()
-            .when([
-                Compare::lease(self.key("leader"), CompareOp::Equal, lease),
-                Compare::mod_revision(self.key("sync"), CompareOp::Equal, revision),
-            ])
+            .when(self.sync_guard(lease, revision))
             .and_then([TxnOp::delete(self.key("sync"), None)]);
         let mut c = self.client();
         Ok(self.bounded("delete sync", c.txn(txn)).await?.succeeded())

@@ -121,7 +121,7 @@ async fn a_sync_write_in_doubt_is_settled_before_the_next_change() {
     let d = decide(&c, &m, &inp);
     assert_eq!(d.next.sync_in_doubt, None);
     assert!(has(&d, |a| alone(a, 9)), "{:?}", d.actions);
-    // The executor reports a failed write as in doubt.
+    // An in-doubt outcome of the executor is remembered for the next tick.
     let mut inp2 = inp.clone();
     inp2.outcomes = vec![Outcome::SyncInDoubt { revision: 9 }];
     m.sync_in_doubt = None;
