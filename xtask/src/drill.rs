@@ -49,9 +49,12 @@ impl Profile {
 pub struct DrillArgs {
     #[arg(long, default_value_t = 5)]
     pub(crate) trials: usize,
-    /// Synchronous replication.
-    #[arg(long)]
+    /// Synchronous replication (`FIRST n`).
+    #[arg(long, conflicts_with = "quorum")]
     pub(crate) sync: bool,
+    /// Quorum commit (`ANY k`): commits wait for any one of the two standbys.
+    #[arg(long)]
+    pub(crate) quorum: bool,
     #[arg(long, value_enum, default_value_t = Profile::Default)]
     pub(crate) profile: Profile,
     /// Disable the confirmed-dead fast path: wait for the lease to expire (what a vanished host
@@ -221,7 +224,9 @@ pub(crate) async fn harness(
     let etcd = EtcdServer::start(&root.join("etcd"))?;
     let (ttl, loop_wait) = args.profile.timings();
     let mut spec = ClusterSpec::new("drill", root);
-    spec.mode = if args.sync {
+    spec.mode = if args.quorum {
+        ReplicationMode::Quorum
+    } else if args.sync {
         ReplicationMode::Sync
     } else {
         ReplicationMode::Async
@@ -345,11 +350,11 @@ async fn drill(
         sorted[sorted.len() - 1]
     );
     println!("  acknowledged writes lost: {lost}    trials with two writable primaries: {splits}");
-    if lost > 0 && !args.sync {
+    if lost > 0 && !spec.mode.waits() {
         println!("  (async replication: the last commits before a crash may not have reached any replica)");
     }
     Ok(
-        if (lost == 0 || !args.sync) && splits == 0 && trials.len() == args.trials {
+        if (lost == 0 || !spec.mode.waits()) && splits == 0 && trials.len() == args.trials {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

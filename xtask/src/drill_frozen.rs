@@ -93,6 +93,7 @@ async fn drill(
     let base = DrillArgs {
         trials: args.trials,
         sync: args.sync,
+        quorum: false,
         profile: args.profile,
         no_fast_path: false,
         keep: false,

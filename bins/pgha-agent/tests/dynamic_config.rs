@@ -190,7 +190,7 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
         &[
             "edit-config",
             "--set",
-            "synchronous_mode=quorum",
+            "synchronous_mode=maybe",
             "--pg",
             "port=1",
             "--force",
@@ -383,16 +383,45 @@ async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back() -> any
     .await;
     assert_eq!(code, ExitCode::SUCCESS);
     let params = h.cluster.instance(&primary)?.connect_params().clone();
-    let slot = || async {
-        let mut c = params.connect().await?;
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
-                .bind(gone)
-                .fetch_one(&mut c)
-                .await?;
-        anyhow::Ok(n == 1)
+    let has_slot = |name: &'static str| {
+        let params = params.clone();
+        async move {
+            let mut c = params.connect().await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            )
+            .bind(name)
+            .fetch_one(&mut c)
+            .await?;
+            anyhow::Ok(n == 1)
+        }
     };
+    let slot = || has_slot(gone);
     assert!(slot().await?, "{gone} has a slot on {primary}");
+    // A slot pgha does not know (an operator's tool's): reported, never dropped.
+    let mut c = params.connect().await?;
+    sqlx::query("SELECT pg_create_physical_replication_slot('backup_tool')")
+        .execute(&mut c)
+        .await?;
+    let api = cfg.node(&primary).unwrap().agent_address.unwrap();
+    until("the unknown slot reported in GET /patroni", || async {
+        let d: serde_json::Value = reqwest::get(format!("http://{api}/patroni"))
+            .await?
+            .json()
+            .await?;
+        Ok(d["unknown_slots"] == serde_json::json!(["physical:backup_tool"]))
+    })
+    .await?;
+    let metrics = reqwest::get(format!("http://{api}/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(&format!(
+            "pgha_unknown_replication_slots{{node=\"{primary}\"}} 1"
+        )),
+        "{metrics}"
+    );
 
     h.kill_node(gone)?;
     let killed = Instant::now();
@@ -409,6 +438,10 @@ async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back() -> any
     h.start_agent(gone)?;
     until(&format!("{gone}'s slot back"), || async { slot().await }).await?;
     h.wait_streaming_replica(gone, T).await?;
+    assert!(
+        has_slot("backup_tool").await?,
+        "pgha dropped a slot it does not know"
+    );
     eprintln!("slot of {gone} dropped {dropped_after:?} after it was killed");
     Ok(())
 }

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use pgha_config::{PghaConfig, ReplicationMode};
+use pgha_config::PghaConfig;
 use pgha_postgres::connect_params;
 use pgha_replication::status::{ClusterStatus, Role};
 use pgha_replication::table::human_bytes;
@@ -523,7 +523,7 @@ fn replicas(
             });
         }
     }
-    if config.replication.mode == ReplicationMode::Sync {
+    if config.replication.mode.waits() {
         let sync = primary_status
             .map(|p| {
                 p.standbys

@@ -1,5 +1,7 @@
 //! Who may be promoted and who is best: pure functions over published member states.
 
+use std::collections::BTreeSet;
+
 use crate::types::{
     LeaderStatus, MemberRole, MemberState, PgState, RequestKind, SwitchoverRequest, SyncState,
 };
@@ -19,6 +21,9 @@ pub struct Rules<'a> {
     /// Electing the leader of a standby cluster: it stays a standby, so a stopped replica may
     /// win (it starts and streams from the primary site; nothing is promoted).
     pub standby_cluster: bool,
+    /// The members whose WAL position was read live this tick (this node, and the replicas
+    /// probed): under a quorum `sync` only those count as seen. None: every published one.
+    pub live: Option<&'a BTreeSet<String>>,
 }
 
 /// Why `m` may not be promoted, or Ok.
@@ -94,15 +99,70 @@ fn rank(m: &MemberState) -> (i64, bool, u64, u32, bool, std::cmp::Reverse<String
     )
 }
 
-/// The eligible member every agent agrees should lead.
+/// The eligible member every agent agrees should lead: under a quorum `sync`, only one that
+/// [`quorum_check`] accepts.
 pub fn best<'a>(
-    members: impl IntoIterator<Item = &'a MemberState>,
+    members: impl IntoIterator<Item = &'a MemberState> + Clone,
     rules: &Rules<'_>,
 ) -> Option<&'a MemberState> {
-    members
+    // Under a quorum `sync` every candidate streamed from its leader, so positions compare
+    // on one history; a replica's reported timeline is its last restartpoint's once its
+    // receiver stopped (possibly older than the one it received), so it does not rank.
+    let quorum = rules.sync.is_some_and(|s| s.quorum.is_some());
+    let winner = members
+        .clone()
         .into_iter()
         .filter(|m| eligibility(m, rules).is_ok())
-        .max_by_key(|m| rank(m))
+        .max_by_key(|m| {
+            let mut r = rank(m);
+            if quorum {
+                r.0 = 0;
+            }
+            r
+        })?;
+    quorum_check(winner, members, rules).ok()?;
+    Some(winner)
+}
+
+/// Quorum commit: any `quorum` of the standbys `sync` names include one holding every
+/// acknowledged commit, so `winner` (one of them) may be promoted only when it sees that many
+/// of them, positions read live, and none has more WAL (they all streamed from the leader
+/// that wrote `sync`: one history; a stopped receiver's timeline may read older). The
+/// leader `sync` names needs no quorum (it wrote every commit), nor does a `FIRST n` `sync`
+/// (each named standby holds them all).
+pub fn quorum_check<'a>(
+    winner: &MemberState,
+    members: impl IntoIterator<Item = &'a MemberState>,
+    rules: &Rules<'_>,
+) -> Result<(), String> {
+    let Some(sync) = rules.sync else {
+        return Ok(());
+    };
+    let Some(q) = sync.quorum else {
+        return Ok(());
+    };
+    if winner.name == sync.leader {
+        return Ok(());
+    }
+    let seen: Vec<&MemberState> = members
+        .into_iter()
+        .filter(|m| sync.standbys.contains(&m.name) && m.lsn.is_some())
+        .filter(|m| rules.live.is_none_or(|l| l.contains(&m.name)))
+        .collect();
+    if seen.len() < q as usize {
+        return Err(format!(
+            "quorum commit: {} of the standbys [{}] seen live, {q} needed to be sure of every acknowledged commit",
+            seen.len(),
+            sync.standbys.join(", ")
+        ));
+    }
+    if let Some(ahead) = seen.iter().find(|m| m.lsn > winner.lsn) {
+        return Err(format!(
+            "quorum commit: {} is further than {} and may not be promoted",
+            ahead.name, winner.name
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -141,6 +201,7 @@ mod tests {
             sync,
             request: None,
             standby_cluster: false,
+            live: None,
         }
     }
 
@@ -193,6 +254,7 @@ mod tests {
         let sync = SyncState {
             leader: "p".into(),
             standbys: vec!["b".into()],
+            quorum: None,
         };
         let a = m("a", 900, MemberRole::Replica);
         let b = m("b", 800, MemberRole::Replica);
@@ -200,8 +262,60 @@ mod tests {
         let none = SyncState {
             leader: "p".into(),
             standbys: vec![],
+            quorum: None,
         };
         assert!(best([&a, &b], &rules(None, Some(&none))).is_none());
+    }
+
+    /// Quorum commit: any 2 of a, b, c include one holding every acknowledged commit.
+    #[test]
+    fn a_quorum_sync_promotes_only_one_that_saw_enough_and_none_further() {
+        let sync = SyncState {
+            leader: "p".into(),
+            standbys: vec!["a".into(), "b".into(), "c".into()],
+            quorum: Some(2),
+        };
+        let a = m("a", 500, MemberRole::Replica);
+        let b = m("b", 400, MemberRole::Replica);
+        let c = m("c", 900, MemberRole::Replica);
+        let live = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        fn with<'a>(l: &'a BTreeSet<String>, sync: &'a SyncState) -> Rules<'a> {
+            Rules {
+                live: Some(l),
+                ..rules(None, Some(sync))
+            }
+        }
+        // a alone is not enough: c (not seen) may hold commits a lacks.
+        let only_a = live(&["a"]);
+        assert!(best([&a], &with(&only_a, &sync)).is_none());
+        assert!(quorum_check(&a, [&a], &with(&only_a, &sync))
+            .unwrap_err()
+            .contains("1 of the standbys [a, b, c] seen live, 2 needed"));
+        // a and b seen: one of them holds every commit, and a is the further.
+        let ab = live(&["a", "b"]);
+        assert_eq!(best([&a, &b], &with(&ab, &sync)).unwrap().name, "a");
+        // A published position that was not read live does not count.
+        assert!(best([&a, &b], &with(&only_a, &sync)).is_none());
+        // c seen and further: c, never a.
+        let abc = live(&["a", "b", "c"]);
+        assert_eq!(best([&a, &b, &c], &with(&abc, &sync)).unwrap().name, "c");
+        let mut never = c.clone();
+        never.nofailover = true;
+        assert!(quorum_check(&a, [&a, &b, &never], &with(&abc, &sync))
+            .unwrap_err()
+            .contains("c is further than a"));
+        assert!(best([&a, &b, &never], &with(&abc, &sync)).is_none());
+        // A stopped receiver reports its last restartpoint's timeline: WAL decides
+        // (simulator seed 11119: the one with the newer timeline and less WAL won).
+        let mut stale = c.clone();
+        stale.timeline = Some(0);
+        assert_eq!(
+            best([&a, &b, &stale], &with(&abc, &sync)).unwrap().name,
+            "c"
+        );
+        // The leader `sync` names needs no quorum.
+        let p = m("p", 100, MemberRole::Primary);
+        assert_eq!(best([&p], &with(&only_a, &sync)).unwrap().name, "p");
     }
 
     #[test]

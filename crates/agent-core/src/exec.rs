@@ -254,7 +254,7 @@ impl Executor {
                 };
                 let written = fx.dcs.put_sync(lease, s, *revision).await;
                 sync_written("write /sync", written, *revision, out)?;
-                tracing::info!(node = %self.ctx.name(), standbys = ?s.standbys, "synchronous standbys recorded");
+                tracing::info!(node = %self.ctx.name(), standbys = ?s.standbys, quorum = ?s.quorum, "synchronous standbys recorded");
                 out.push(Outcome::SyncWritten {
                     standbys: s.standbys.clone(),
                 });

@@ -55,6 +55,8 @@ pub struct Local {
     pub sync_names: Option<String>,
     /// Physical replication slots (name, active); None when not read.
     pub slots: Option<Vec<(String, bool)>>,
+    /// Logical replication slots, read with `slots`.
+    pub logical_slots: Vec<LogicalSlot>,
     /// Settings changed in the files that need a restart (`pg_settings.pending_restart`).
     pub pending_restart: Vec<String>,
 }
@@ -80,6 +82,7 @@ impl Local {
             standbys: Vec::new(),
             sync_names: None,
             slots: None,
+            logical_slots: Vec::new(),
             pending_restart: Vec::new(),
         }
     }
@@ -143,6 +146,14 @@ pub enum Event {
     RestartCancelled,
     /// An operator asks to wipe this replica and clone it afresh (`POST /reinitialize`).
     ReinitRequested,
+}
+
+/// A logical replication slot (pgha makes none yet: one is either ignored or reported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalSlot {
+    pub name: String,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
 }
 
 /// Peer reads the gather step made because the view called for them.

@@ -66,6 +66,8 @@ pub struct RunningJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSync {
     pub standbys: Vec<String>,
+    /// Quorum mode: `ANY acks (standbys)`; None: `FIRST n` of them all.
+    pub acks: Option<usize>,
     /// synchronous_standby_names as set for this change, and the WAL position then.
     pub since_lsn: Option<Lsn>,
     pub since: Instant,
@@ -126,6 +128,9 @@ pub struct Memory {
     pub sync_in_doubt: Option<i64>,
     /// Nodes whose member key we found gone, since when (`replication.member_slots_ttl`).
     pub members_absent: BTreeMap<String, Instant>,
+    /// Slots on our PostgreSQL that are neither a node's, nor permanent, nor ignored
+    /// (`replication.ignore_slots`): reported, never dropped. `logical:` or `physical:` name.
+    pub unknown_slots: Vec<String>,
     /// Slots named after one of our nodes that nobody should read from us, since when.
     pub unwanted_slots: BTreeMap<String, Instant>,
     pub leader_watch: Option<LeaderWatch>,
@@ -166,6 +171,7 @@ impl Memory {
             sync_in_doubt: None,
             unwanted_slots: BTreeMap::new(),
             members_absent: BTreeMap::new(),
+            unknown_slots: Vec::new(),
             leader_watch: None,
             timers: Timers {
                 started: Some(now),

@@ -492,6 +492,14 @@ impl Agent {
                     | Action::Watchdog { .. }
             )
         });
+        if d.next.unknown_slots != self.mem.unknown_slots && !d.next.unknown_slots.is_empty() {
+            tracing::warn!(
+                node = %self.ctx.name(),
+                slots = ?d.next.unknown_slots,
+                "replication slots that are neither a node's, nor in replication.permanent_slots, \
+                 nor matched by replication.ignore_slots: pgha leaves them, and they keep WAL"
+            );
+        }
         if d.reason != self.last_reason || notable {
             tracing::info!(node = %self.ctx.name(), role = ?d.next.role, "{}", d.reason);
             self.last_reason = d.reason.clone();
@@ -528,6 +536,7 @@ impl Agent {
             config: Some(self.ctx.cfg.clone()),
             reload_error: self.reload_error.clone(),
             scheduled_restart_ms: d.next.restart.as_ref().and_then(|r| r.at_ms),
+            unknown_slots: d.next.unknown_slots.clone(),
         });
     }
 }

@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub reload_error: Option<String>,
     /// When a scheduled restart is due (wall clock, ms since the epoch); None: none scheduled.
     pub scheduled_restart_ms: Option<u64>,
+    /// Slots pgha neither manages nor ignores (`physical:` or `logical:` name).
+    pub unknown_slots: Vec<String>,
 }
 
 /// State shared between the loop and the HTTP API.

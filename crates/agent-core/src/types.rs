@@ -141,6 +141,29 @@ pub struct SwitchoverRequest {
 pub struct SyncState {
     pub leader: String,
     pub standbys: Vec<String>,
+    /// Quorum commit (Patroni's `quorum`): any this many of `standbys` include one that holds
+    /// every acknowledged commit, so a candidate must see that many (itself included, their
+    /// positions read live) and be at least as far as each. None: each of `standbys` holds
+    /// every acknowledged commit (`FIRST n`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+}
+
+impl SyncState {
+    /// How many of `standbys` a candidate must see to be sure to see every acknowledged
+    /// commit: 1 without a quorum (each holds them all).
+    pub fn must_see(&self) -> usize {
+        self.quorum.map_or(1, |q| q as usize)
+    }
+
+    /// How many of `standbys` hold every acknowledged commit, at least (pigeonhole: any
+    /// `must_see` of them include one of those).
+    pub fn holders(&self) -> usize {
+        match self.quorum {
+            None => self.standbys.len(),
+            Some(q) => (self.standbys.len() + 1).saturating_sub(q as usize),
+        }
+    }
 }
 
 /// One promotion, kept in the DCS `history` key (Patroni's `/history`): the timeline that

@@ -185,14 +185,16 @@ impl DynamicSettings {
                     Err(m) => errs.push(key.as_str(), m),
                 },
                 "synchronous_mode" => match value {
-                    Value::String(s) if s == "quorum" => errs.push(
-                        key.as_str(),
-                        "quorum commit (`ANY k`) is not supported yet: expected true or false",
-                    ),
+                    Value::String(s) if s == "quorum" => {
+                        out.synchronous_mode = Some(ReplicationMode::Quorum)
+                    }
                     v => match boolean(v) {
                         Ok(true) => out.synchronous_mode = Some(ReplicationMode::Sync),
                         Ok(false) => out.synchronous_mode = Some(ReplicationMode::Async),
-                        Err(m) => errs.push(key.as_str(), m),
+                        Err(_) => errs.push(
+                            key.as_str(),
+                            format!("`{v}` is not a mode: expected true, false or \"quorum\""),
+                        ),
                     },
                 },
                 "synchronous_node_count" => match value.as_u64() {
@@ -242,8 +244,11 @@ impl DynamicSettings {
             m.insert("failsafe_mode".into(), Value::Bool(b));
         }
         if let Some(mode) = self.synchronous_mode {
-            let on = mode == ReplicationMode::Sync;
-            m.insert("synchronous_mode".into(), Value::Bool(on));
+            let v = match mode {
+                ReplicationMode::Quorum => Value::from("quorum"),
+                m => Value::Bool(m == ReplicationMode::Sync),
+            };
+            m.insert("synchronous_mode".into(), v);
         }
         if let Some(b) = self.synchronous_mode_strict {
             m.insert("synchronous_mode_strict".into(), Value::Bool(b));

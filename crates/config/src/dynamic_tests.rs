@@ -70,7 +70,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
 fn bad_documents_name_every_key_and_what_was_expected() {
     let errs = DynamicSettings::from_json(&json!({
         "slots": {},
-        "synchronous_mode": "quorum",
+        "synchronous_mode": "maybe",
         "synchronous_node_count": 0,
         "synchronous_mode_strict": "yes",
         "ttl": "soon",
@@ -82,7 +82,7 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     let text = errs.to_string();
     for want in [
         "slots: cannot be changed on a running cluster yet: set `replication.permanent_slots`",
-        "synchronous_mode: quorum commit (`ANY k`) is not supported yet",
+        "synchronous_mode: `\"maybe\"` is not a mode: expected true, false or \"quorum\"",
         "synchronous_node_count: `0` is not a standby count",
         "synchronous_mode_strict: `\"yes\"` is not a boolean",
         "ttl: `soon` is not a duration: expected seconds (e.g. 30) or e.g. `250ms`",
@@ -281,4 +281,11 @@ fn the_synchronous_settings_are_dynamic() {
         off.apply_to(&eff).unwrap().replication.mode,
         crate::ReplicationMode::Async
     );
+    // Patroni 4's quorum mode: `"quorum"`, round-tripped as a string.
+    let q = DynamicSettings::from_json(&json!({"synchronous_mode": "quorum"})).unwrap();
+    assert_eq!(q.to_json()["synchronous_mode"], json!("quorum"));
+    let eff = q.apply_to(&eff).unwrap();
+    assert_eq!(eff.replication.mode, crate::ReplicationMode::Quorum);
+    // One node: quorum mode would hang every commit too.
+    assert_eq!(q.apply_to(&cfg).unwrap_err().0[0].path, "synchronous_mode");
 }

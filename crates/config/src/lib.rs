@@ -28,6 +28,7 @@ pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
 pub use model::{
     AlertThresholds, ClusterSection, DcsSection, FailoverSection, MonitoringSection, NodeConfig,
     PghaConfig, PoolMode, PoolingSection, PostgresSection, ReplicationMode, ReplicationSection,
+    SlotKind, SlotMatcher,
 };
 pub use net::IpNet;
 pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};

@@ -210,6 +210,17 @@ pub enum ReplicationMode {
     Async,
     /// Commits wait for `sync_standbys` standbys (synchronous_standby_names = FIRST n (...)).
     Sync,
+    /// Quorum commit: commits wait for any `sync_standbys` of the streaming standbys
+    /// (synchronous_standby_names = ANY k (...)); a failover promotes a node only once it saw
+    /// enough of them to be sure it holds every acknowledged commit (Patroni 4's quorum mode).
+    Quorum,
+}
+
+impl ReplicationMode {
+    /// Sync or quorum: commits wait for standbys and the DCS `sync` key restricts failovers.
+    pub fn waits(self) -> bool {
+        matches!(self, ReplicationMode::Sync | ReplicationMode::Quorum)
+    }
 }
 
 impl std::fmt::Display for ReplicationMode {
@@ -217,6 +228,7 @@ impl std::fmt::Display for ReplicationMode {
         f.write_str(match self {
             ReplicationMode::Async => "async",
             ReplicationMode::Sync => "sync",
+            ReplicationMode::Quorum => "quorum",
         })
     }
 }
@@ -225,7 +237,8 @@ impl std::fmt::Display for ReplicationMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationSection {
-    /// async: commits return before a standby has the WAL; sync: they wait for `sync_standbys`.
+    /// async: commits return before a standby has the WAL; sync: they wait for `sync_standbys`
+    /// (`FIRST n`); quorum: for any `sync_standbys` of the streaming standbys (`ANY k`).
     pub mode: ReplicationMode,
     /// Number of standbys a commit waits for in sync mode.
     pub sync_standbys: u32,
@@ -256,6 +269,56 @@ pub struct ReplicationSection {
     /// re-clone).
     #[serde(with = "humantime_serde")]
     pub member_slots_ttl: Duration,
+    /// Slots pgha never touches nor reports (Patroni's `ignore_slots`), e.g.
+    /// `[{ type = "logical", database = "app", plugin = "pgoutput" }]`: a slot matches a rule
+    /// when every field the rule gives is equal. A slot that is neither a node's, nor
+    /// permanent, nor ignored is reported, never dropped (a warning in the agent's log,
+    /// `unknown_slots` in `GET /patroni`, the `pgha_unknown_replication_slots` metric).
+    pub ignore_slots: Vec<SlotMatcher>,
+}
+
+/// One `replication.ignore_slots` rule (Patroni's `ignore_slots`): slots pgha never touches
+/// nor reports, e.g. `ignore_slots = [{ type = "logical", database = "app", plugin = "pgoutput" }]`.
+/// A slot matches a rule when every field the rule gives (at least one) is the slot's. A slot
+/// that is neither a node's, nor permanent, nor ignored is reported, never dropped: a warning
+/// in the agent's log, `unknown_slots` in `GET /patroni`, the `pgha_unknown_replication_slots`
+/// metric.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotMatcher {
+    /// The slot's name.
+    pub name: Option<String>,
+    /// `physical` or `logical`.
+    #[serde(rename = "type")]
+    pub kind: Option<SlotKind>,
+    /// A logical slot's database.
+    pub database: Option<String>,
+    /// A logical slot's output plugin, e.g. `pgoutput`.
+    pub plugin: Option<String>,
+}
+
+/// A replication slot's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotKind {
+    Physical,
+    Logical,
+}
+
+impl SlotMatcher {
+    /// Every field this rule gives is the slot's.
+    pub fn matches(
+        &self,
+        name: &str,
+        kind: SlotKind,
+        database: Option<&str>,
+        plugin: Option<&str>,
+    ) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name)
+            && self.kind.is_none_or(|k| k == kind)
+            && self.database.as_deref().is_none_or(|d| Some(d) == database)
+            && self.plugin.as_deref().is_none_or(|p| Some(p) == plugin)
+    }
 }
 
 impl Default for ReplicationSection {
@@ -276,6 +339,7 @@ impl Default for ReplicationSection {
             hot_standby_feedback: true,
             permanent_slots: Vec::new(),
             member_slots_ttl: Duration::from_secs(30 * 60),
+            ignore_slots: Vec::new(),
         }
     }
 }

@@ -106,6 +106,8 @@ fn parse() -> BTreeMap<String, Item> {
         let mut current: Option<(String, Item, bool)> = None;
         let mut kebab = false;
         let mut lower = false;
+        // A field's `#[serde(rename = "..")]`: its name in pgha.toml.
+        let mut rename: Option<String> = None;
         for line in src.lines() {
             let l = line.trim();
             if l.starts_with("#[cfg(test)]") {
@@ -118,6 +120,8 @@ fn parse() -> BTreeMap<String, Item> {
             if l.starts_with("#[serde(rename_all") {
                 kebab = l.contains("kebab-case");
                 lower = l.contains("lowercase");
+            } else if let Some(r) = l.strip_prefix("#[serde(rename = \"") {
+                rename = r.split('"').next().map(str::to_owned);
             }
             if l.starts_with("#[") || l.is_empty() {
                 continue;
@@ -152,11 +156,12 @@ fn parse() -> BTreeMap<String, Item> {
                     } else if let Some(rest) = l.strip_prefix("pub ") {
                         if let Some((field, ty)) = rest.split_once(':') {
                             let ty = ty.trim().trim_end_matches(',').to_owned();
-                            item.fields
-                                .push((field.trim().to_owned(), ty, doc.join(" ")));
+                            let field = rename.take().unwrap_or_else(|| field.trim().to_owned());
+                            item.fields.push((field, ty, doc.join(" ")));
                         }
                     }
                     doc.clear();
+                    rename = None;
                 }
             }
         }

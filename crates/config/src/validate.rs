@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::{PghaConfig, ReplicationMode, SecretSource, ValidationErrors};
+use crate::{PghaConfig, SecretSource, ValidationErrors};
 
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_IDENT: usize = 63;
@@ -189,8 +189,8 @@ impl PghaConfig {
                 );
             }
         }
-        if let (ReplicationMode::Sync, Some(v)) = (
-            self.replication.mode,
+        if let (true, Some(v)) = (
+            self.replication.mode.waits(),
             pg.parameters.get("synchronous_commit"),
         ) {
             if !matches!(v.as_str(), "on" | "remote_apply" | "remote_write") {
@@ -267,9 +267,9 @@ impl PghaConfig {
                 ),
             );
         }
-        if r.mode == ReplicationMode::Sync {
+        if r.mode.waits() {
             if replicas == 0 {
-                errs.push("replication.mode", "sync needs at least one replica in nodes; with one node every commit would hang");
+                errs.push("replication.mode", "sync and quorum need at least one replica in nodes; with one node every commit would hang");
             } else if r.sync_standbys == 0 || r.sync_standbys > replicas {
                 errs.push(
                     "replication.sync_standbys",
@@ -478,6 +478,20 @@ impl PghaConfig {
             }
         }
         let r = &self.replication;
+        for (i, m) in r.ignore_slots.iter().enumerate() {
+            if m == &crate::SlotMatcher::default() {
+                errs.push(
+                    format!("replication.ignore_slots[{i}]"),
+                    "gives no field: it would match every slot; expected one of name, type, database, plugin",
+                );
+            }
+            if let Some(n) = m.name.as_deref().filter(|n| self.node(n).is_some()) {
+                errs.push(
+                    format!("replication.ignore_slots[{i}].name"),
+                    format!("`{n}` is a node's own slot: pgha manages it"),
+                );
+            }
+        }
         if !r.permanent_slots.is_empty() && !r.slots {
             errs.push(
                 "replication.permanent_slots",
@@ -969,6 +983,26 @@ data_dir = "/var/lib/pgha/node2"
             "{err}"
         );
         assert!(!err.contains("permanent_slots[1]"), "{err}");
+        let ignore = GOOD.replace(
+            "password = { env = \"REPL_PW\" }",
+            "password = { env = \"REPL_PW\" }\nignore_slots = [{ type = \"logical\", plugin = \"pgoutput\" }, {}, { name = \"node2\" }, { type = \"other\" }]",
+        );
+        let err = load_from_str(&ignore, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("replication.ignore_slots): unknown variant `other`, expected `physical` or `logical`"),
+            "{err}"
+        );
+        let ignore = ignore.replace(", { type = \"other\" }", "");
+        let err = load_from_str(&ignore, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("replication.ignore_slots[1]: gives no field: it would match every slot"),
+            "{err}"
+        );
+        assert!(
+            err.contains("replication.ignore_slots[2].name: `node2` is a node's own slot"),
+            "{err}"
+        );
+        assert!(!err.contains("ignore_slots[0]"), "{err}");
         let slots_off = GOOD.replace(
             "password = { env = \"REPL_PW\" }",
             "password = { env = \"REPL_PW\" }\nslots = false\npermanent_slots = [\"site_b\"]",
@@ -1124,7 +1158,7 @@ data_dir = "/d/a"
 "#;
         let err = load_from_str(one, "one.toml").unwrap_err().to_string();
         assert!(
-            err.contains("replication.mode: sync needs at least one replica"),
+            err.contains("replication.mode: sync and quorum need at least one replica"),
             "{err}"
         );
     }

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use pgha_agent_core::inputs::{Local, StandbyRow};
+use pgha_agent_core::inputs::{Local, LogicalSlot, StandbyRow};
 use pgha_agent_core::ports::{PgNode, Target};
 use pgha_agent_core::{CoreError, Result};
 use pgha_config::{NodeConfig, PghaConfig};
@@ -431,18 +431,34 @@ impl PgNode for LocalNode {
             }
         }
         if self.cfg().replication.slots {
+            type Row = (String, String, Option<String>, Option<String>, bool);
             let slots = self
                 .with_conn("pg_replication_slots", |c| {
                     Box::pin(async move {
-                        sqlx::query_as::<_, (String, bool)>(
-                            "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+                        sqlx::query_as::<_, Row>(
+                            "SELECT slot_name::text, slot_type::text, database::text, plugin::text, active FROM pg_replication_slots",
                         )
                         .fetch_all(c)
                         .await
                     })
                 })
                 .await;
-            o.slots = slots.ok();
+            match slots {
+                Ok(rows) => {
+                    let (physical, logical): (Vec<Row>, Vec<Row>) =
+                        rows.into_iter().partition(|r| r.1 == "physical");
+                    o.slots = Some(physical.into_iter().map(|r| (r.0, r.4)).collect());
+                    o.logical_slots = logical
+                        .into_iter()
+                        .map(|(name, _, database, plugin, _)| LogicalSlot {
+                            name,
+                            database,
+                            plugin,
+                        })
+                        .collect();
+                }
+                Err(e) => tracing::debug!(node = %self.node.name, "read pg_replication_slots: {e}"),
+            }
         }
         o
     }

@@ -411,14 +411,10 @@ pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 9]> {
             }
             (true, _) => "Leader".to_string(),
             (false, Some(MemberRole::Replica)) => {
-                if view
-                    .sync
-                    .as_ref()
-                    .is_some_and(|s| s.standbys.contains(&n.name))
-                {
-                    "Sync Standby".into()
-                } else {
-                    "Replica".into()
+                match view.sync.as_ref().filter(|s| s.standbys.contains(&n.name)) {
+                    Some(s) if s.quorum.is_some() => "Quorum Standby".into(),
+                    Some(_) => "Sync Standby".into(),
+                    None => "Replica".into(),
                 }
             }
             (false, Some(MemberRole::Primary)) => "Primary (no lease)".into(),

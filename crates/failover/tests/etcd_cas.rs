@@ -11,6 +11,7 @@ fn sync(standbys: &[&str]) -> SyncState {
     SyncState {
         leader: "node1".into(),
         standbys: standbys.iter().map(|s| s.to_string()).collect(),
+        quorum: None,
     }
 }
 

@@ -36,10 +36,10 @@ pub async fn set_mode(
         return Err(ReplicationError::AgentsManageMode);
     }
     let value = match mode {
-        ReplicationMode::Sync => synchronous_standby_names(config),
+        ReplicationMode::Sync | ReplicationMode::Quorum => synchronous_standby_names(config),
         ReplicationMode::Async => String::new(),
     };
-    if mode == ReplicationMode::Sync && !force {
+    if mode.waits() && !force {
         let standbys: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
         )

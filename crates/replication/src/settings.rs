@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use pgha_config::{NodeConfig, PghaConfig, ReplicationMode, StandbyClusterSection};
+use pgha_config::{NodeConfig, PghaConfig, StandbyClusterSection};
 use pgha_postgres::sql::{conninfo_value, quote_literal};
 
 use crate::mode::synchronous_standby_names;
@@ -71,7 +71,7 @@ pub fn render_cluster_conf(config: &PghaConfig) -> String {
     // PostgreSQL wait for a standby (and acknowledge commits it holds) before `/sync` names
     // it, e.g. right after a runtime switch to sync mode.
     let names = match r.mode {
-        ReplicationMode::Sync if config.dcs.is_none() => synchronous_standby_names(config),
+        m if m.waits() && config.dcs.is_none() => synchronous_standby_names(config),
         _ => String::new(),
     };
     let _ = writeln!(s, "synchronous_standby_names = {}", quote_literal(&names));

@@ -50,12 +50,21 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
     if !standby && bootstrap::new_cluster(ctx, d, inp, view) {
         return;
     }
+    // Positions read this tick: ours, and every running replica's probe.
+    let live: std::collections::BTreeSet<String> = inp
+        .probes
+        .positions
+        .keys()
+        .cloned()
+        .chain([me.clone()])
+        .collect();
     let mut rules = Rules {
         max_lag_bytes: ctx.cfg.failover.maximum_lag_on_failover.bytes(),
         status: view.status.as_ref(),
         sync: view.sync.as_ref(),
         request: fresh_request,
         standby_cluster: standby,
+        live: Some(&live),
     };
     let mut members = view.members.clone();
     members.insert(me.clone(), ctx.member(inp));
@@ -88,13 +97,17 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         // Say why we are not the one: the operator sees it in the log.
         let ours = members
             .get(&me)
-            .map(|m| match election::eligibility(m, &rules) {
-                Err(why) => format!("we may not lead: {why}"),
-                Ok(()) => format!(
-                    "we are at timeline {} {}",
-                    m.timeline.unwrap_or(0),
-                    m.lsn.map_or("-".into(), |l| l.to_string())
-                ),
+            .map(|m| {
+                match election::eligibility(m, &rules)
+                    .and_then(|()| election::quorum_check(m, members.values(), &rules))
+                {
+                    Err(why) => format!("we may not lead: {why}"),
+                    Ok(()) => format!(
+                        "we are at timeline {} {}",
+                        m.timeline.unwrap_or(0),
+                        m.lsn.map_or("-".into(), |l| l.to_string())
+                    ),
+                }
             })
             .unwrap_or_default();
         d.because(match best.as_ref().and_then(|b| members.get(b)) {

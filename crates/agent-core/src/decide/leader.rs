@@ -70,10 +70,10 @@ pub(super) fn lead(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         return;
     }
     status_and_slots(ctx, d, inp, view);
-    if ctx.cfg.replication.mode == ReplicationMode::Sync {
-        plan::sync(ctx, d, inp, view);
-    } else {
-        plan::unsync(ctx, d, inp, view);
+    match ctx.cfg.replication.mode {
+        ReplicationMode::Sync => plan::sync(ctx, d, inp, view),
+        ReplicationMode::Quorum => super::quorum::quorum(ctx, d, inp, view),
+        ReplicationMode::Async => plan::unsync(ctx, d, inp, view),
     }
     d.because("leader: primary running");
     if let (Some(tl), Some(ck)) = (obs.timeline, obs.checkpoint_timeline) {
@@ -99,8 +99,7 @@ fn promote(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView) {
         // In async mode with `/sync` still there (the last leader did not finish a switch
         // to async) the same: commits we acknowledge before deleting it stay owed to it.
         d.act(plan::put_sync(view, ctx.name(), vec![]));
-        let strict =
-            ctx.cfg.replication.mode == ReplicationMode::Sync && ctx.cfg.failover.sync_strict;
+        let strict = ctx.cfg.replication.mode.waits() && ctx.cfg.failover.sync_strict;
         Some(if strict {
             plan::strict_hold(ctx)
         } else {
@@ -210,6 +209,7 @@ fn hand_over(
         sync: view.sync.as_ref(),
         request: Some(req),
         standby_cluster: false,
+        live: None,
     };
     if let Some(Err(why)) = view
         .members

@@ -14,6 +14,7 @@ mod leader;
 mod manual;
 mod nodcs;
 mod plan;
+mod quorum;
 mod rotate;
 mod settings;
 

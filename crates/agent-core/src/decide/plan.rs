@@ -65,12 +65,12 @@ pub(super) fn unsync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
 /// finish): it restricts the election until this leader deletes it, so a primary that may
 /// acknowledge commits (promoted, started) must first be the one it names.
 pub(super) fn sync_rules(ctx: &Ctx, view: &ClusterView) -> bool {
-    ctx.cfg.replication.mode == pgha_config::ReplicationMode::Sync || view.sync.is_some()
+    ctx.cfg.replication.mode.waits() || view.sync.is_some()
 }
 
 /// A node that may become a synchronous standby: promotable and willing (`nosync`,
 /// `sync_priority = 0`, `nofailover`, `failover_priority = 0` may not).
-fn may_be_sync(ctx: &Ctx, n: &str) -> bool {
+pub(super) fn may_be_sync(ctx: &Ctx, n: &str) -> bool {
     ctx.cfg.node(n).is_some_and(|c| c.sync_rank() > 0)
 }
 
@@ -100,7 +100,7 @@ pub(super) fn strict_hold(ctx: &Ctx) -> String {
 /// revision moves), before anything else changes. Without this a late write could name a
 /// standby PostgreSQL stopped waiting for meanwhile, or delete the key once PostgreSQL waits
 /// again. True when this tick's sync plan ends here.
-fn settle_sync(d: &mut Decision, view: &ClusterView, me: &str) -> bool {
+pub(super) fn settle_sync(d: &mut Decision, view: &ClusterView, me: &str) -> bool {
     match d.next.sync_in_doubt {
         Some(r) if r == view.sync_revision => {
             let again = match &view.sync {
@@ -130,6 +130,7 @@ pub(super) fn put_sync(view: &ClusterView, leader: &str, standbys: Vec<String>) 
         sync: SyncState {
             leader: leader.into(),
             standbys,
+            quorum: None,
         },
         revision: view.sync_revision,
     }
@@ -180,6 +181,7 @@ pub(super) fn slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
     d.next
         .unwanted_slots
         .retain(|name, _| slots.iter().any(|(n, _)| n == name));
+    d.next.unknown_slots = unknown_slots(ctx, inp, slots);
     for w in &wanted {
         if !slots.iter().any(|(n, _)| n == w) {
             d.act(Action::CreateSlot { name: w.clone() });
@@ -197,6 +199,62 @@ pub(super) fn slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
             d.next.unwanted_slots.remove(name);
         }
     }
+}
+
+/// The standbys that may be synchronous right now, with their flush positions: streaming from
+/// us, promotable and willing (`nosync`, `sync_priority = 0` may not), and no further behind
+/// than `maximum_lag_on_syncnode` (a current one is swapped out as when it stops streaming).
+pub(super) fn healthy(ctx: &Ctx, inp: &Inputs) -> Vec<(String, pgha_postgres::Lsn)> {
+    let others = ctx.others();
+    let within = |r: &&crate::inputs::StandbyRow| match (
+        ctx.cfg.failover.maximum_lag_on_syncnode,
+        inp.local.lsn,
+    ) {
+        (Some(max), Some(at)) => at.bytes_since(r.flush_lsn.unwrap_or_default()) <= max.bytes(),
+        _ => true,
+    };
+    inp.local
+        .standbys
+        .iter()
+        .filter(|r| others.contains(&r.name) && may_be_sync(ctx, &r.name) && r.streaming)
+        .filter(within)
+        .map(|r| (r.name.clone(), r.flush_lsn.unwrap_or_default()))
+        .collect()
+}
+
+/// Slots that are neither a node's, nor permanent, nor matched by `replication.ignore_slots`,
+/// sorted: reported, never dropped (an operator's or a tool's; pgha cannot tell).
+fn unknown_slots(ctx: &Ctx, inp: &Inputs, physical: &[(String, bool)]) -> Vec<String> {
+    use pgha_config::SlotKind;
+    let r = &ctx.cfg.replication;
+    let ignored = |name: &str, kind, db: Option<&str>, plugin: Option<&str>| {
+        r.ignore_slots
+            .iter()
+            .any(|m| m.matches(name, kind, db, plugin))
+    };
+    let mut out: Vec<String> = physical
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| ctx.cfg.node(n).is_none() && !r.permanent_slots.contains(n))
+        .filter(|n| !ignored(n, SlotKind::Physical, None, None))
+        .map(|n| format!("physical:{n}"))
+        .chain(
+            inp.local
+                .logical_slots
+                .iter()
+                .filter(|s| {
+                    !ignored(
+                        &s.name,
+                        SlotKind::Logical,
+                        s.database.as_deref(),
+                        s.plugin.as_deref(),
+                    )
+                })
+                .map(|s| format!("logical:{}", s.name)),
+        )
+        .collect();
+    out.sort();
+    out
 }
 
 /// Keeps `sync_standbys` streaming standbys synchronous and /sync naming only standbys that
@@ -217,27 +275,8 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
     }
     let me = ctx.name();
     let now = inp.now;
-    let others = ctx.others();
-    // A synchronous standby must be promotable and willing (`nosync`, `sync_priority = 0`).
     let sync_rank = |n: &String| ctx.cfg.node(n).map_or(0, |c| c.sync_rank());
-    let eligible = |n: &String| others.contains(n) && may_be_sync(ctx, n);
-    // `maximum_lag_on_syncnode`: a standby whose flush is further behind than this is no
-    // candidate (a current one is swapped out as when it stops streaming).
-    let within = |r: &&crate::inputs::StandbyRow| match (
-        ctx.cfg.failover.maximum_lag_on_syncnode,
-        inp.local.lsn,
-    ) {
-        (Some(max), Some(at)) => at.bytes_since(r.flush_lsn.unwrap_or_default()) <= max.bytes(),
-        _ => true,
-    };
-    let healthy: Vec<(String, pgha_postgres::Lsn)> = inp
-        .local
-        .standbys
-        .iter()
-        .filter(|r| eligible(&r.name) && r.streaming)
-        .filter(within)
-        .map(|r| (r.name.clone(), r.flush_lsn.unwrap_or_default()))
-        .collect();
+    let healthy = healthy(ctx, inp);
     let is_healthy = |n: &String| healthy.iter().any(|(h, _)| h == n);
     if settle_sync(d, view, me) {
         return;
@@ -246,6 +285,23 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         // Before PostgreSQL waits for a standby (a switch from async mode, or `sync` left by
         // another leader), `sync` names this leader alone: a commit acknowledged from then
         // on is never lost to a node `sync` does not name. A failed write stops the tick.
+        d.act(put_sync(view, me, vec![]));
+        d.next.pending_sync = None;
+        return;
+    }
+    if d.next
+        .pending_sync
+        .as_ref()
+        .is_some_and(|p| p.acks.is_some())
+    {
+        // A quorum change (a switch from quorum mode): its catch-up position is not one
+        // from which PostgreSQL waited for every standby it names.
+        d.next.pending_sync = None;
+    }
+    if view.sync.as_ref().is_some_and(|s| s.quorum.is_some()) {
+        // A quorum `sync` (a switch from quorum mode): its standbys do not each hold every
+        // acknowledged commit. `sync` names this leader alone first; standbys are added the
+        // `FIRST n` way from there.
         d.act(put_sync(view, me, vec![]));
         d.next.pending_sync = None;
         return;
@@ -338,6 +394,7 @@ pub(super) fn sync(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterView
         // Additions: /sync names them once they caught up.
         d.next.pending_sync = Some(PendingSync {
             standbys: desired,
+            acks: None,
             since_lsn: None,
             since: now,
         });

@@ -155,16 +155,25 @@ impl Sim {
                 w.log(now, "FAULT", format!("operator: edit-config {params}"));
                 None
             }
-            Fault::SwitchMode => {
+            Fault::SwitchMode { flavour } => {
                 let mut w = self.lock();
-                let sync = !w.checker.sync_mode;
-                w.checker.sync_mode = sync;
-                w.checker.mode_switched = true;
-                edit_settings(&mut w, serde_json::json!({ "synchronous_mode": sync }));
+                let c = &mut w.checker;
+                match (c.sync_mode, flavour) {
+                    (true, true) => c.quorum = !c.quorum,
+                    (true, false) => c.sync_mode = false,
+                    (false, q) => (c.sync_mode, c.quorum) = (true, *q),
+                }
+                c.mode_switched = true;
+                let mode = match (c.sync_mode, c.quorum) {
+                    (false, _) => serde_json::json!(false),
+                    (true, false) => serde_json::json!(true),
+                    (true, true) => serde_json::json!("quorum"),
+                };
+                edit_settings(&mut w, serde_json::json!({ "synchronous_mode": mode }));
                 w.log(
                     now,
                     "FAULT",
-                    format!("operator: edit-config --set synchronous_mode={sync}"),
+                    format!("operator: edit-config --set synchronous_mode={mode}"),
                 );
                 None
             }

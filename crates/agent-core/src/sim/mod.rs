@@ -147,6 +147,7 @@ impl Sim {
             net: Default::default(),
             checker: world::Checker {
                 sync_mode: sc.sync,
+                quorum: sc.quorum,
                 ..Default::default()
             },
             trace: Vec::new(),

@@ -85,8 +85,9 @@ pub struct Pg {
     pub timeline_floor: Option<i64>,
     /// The checkpoint the server requests after a promotion ends then.
     pub checkpoint_at: Option<Instant>,
-    /// `FIRST n (names)`; n = 0: asynchronous.
+    /// `FIRST n (names)` or `ANY n (names)` (`sync_any`); n = 0: asynchronous.
     pub sync_n: usize,
+    pub sync_any: bool,
     pub sync_names: Vec<String>,
     pub sync_raw: String,
     pub slots: BTreeSet<String>,
@@ -171,14 +172,20 @@ impl Pg {
         self.pending.clear();
     }
 
-    /// Parses what the agent sets: `FIRST n ("a", "b")` or empty.
+    /// Parses what the agent sets: `FIRST n ("a", "b")`, `ANY n (...)` or empty.
     pub fn set_sync(&mut self, raw: &str) {
         self.sync_raw = raw.to_string();
         self.sync_n = 0;
+        self.sync_any = false;
         self.sync_names.clear();
-        let Some(rest) = raw.trim().strip_prefix("FIRST ") else {
+        let raw = raw.trim();
+        let Some(rest) = raw
+            .strip_prefix("FIRST ")
+            .or_else(|| raw.strip_prefix("ANY "))
+        else {
             return;
         };
+        self.sync_any = raw.starts_with("ANY ");
         let Some((n, list)) = rest.split_once(' ') else {
             return;
         };
@@ -202,6 +209,10 @@ mod tests {
         p.set_sync("FIRST 1 (\"node2\", \"node3\")");
         assert_eq!(p.sync_n, 1);
         assert_eq!(p.sync_names, vec!["node2", "node3"]);
+        assert!(!p.sync_any);
+        p.set_sync("ANY 2 (\"node2\", \"node3\", \"node4\")");
+        assert_eq!((p.sync_n, p.sync_any), (2, true));
+        assert_eq!(p.sync_names, vec!["node2", "node3", "node4"]);
         p.set_sync("");
         assert_eq!(p.sync_n, 0);
     }

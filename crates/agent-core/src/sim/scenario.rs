@@ -63,8 +63,9 @@ pub enum Fault {
         failsafe: Option<bool>,
     },
     /// An operator switches `synchronous_mode` in the DCS (`pgha edit-config --set
-    /// synchronous_mode=..`): to the other mode than the cluster runs in.
-    SwitchMode,
+    /// synchronous_mode=..`): from async to sync (to quorum if `flavour`), from sync or quorum
+    /// to async (to the other of the two if `flavour`).
+    SwitchMode { flavour: bool },
 }
 
 /// Which node a fault hits: decided when it starts.
@@ -94,7 +95,7 @@ impl Fault {
             Fault::EditConfig { .. } => "edit-config",
             Fault::RestartRequest { .. } => "restart-request",
             Fault::EditTimings { .. } => "edit-timings",
-            Fault::SwitchMode => "switch-mode",
+            Fault::SwitchMode { .. } => "switch-mode",
         }
     }
 
@@ -115,7 +116,7 @@ impl Fault {
             | Fault::Switchover { .. }
             | Fault::EditConfig { .. }
             | Fault::EditTimings { .. }
-            | Fault::SwitchMode
+            | Fault::SwitchMode { .. }
             | Fault::RestartRequest { .. } => Duration::ZERO,
         }
     }
@@ -127,6 +128,8 @@ pub struct Scenario {
     pub seed: u64,
     pub nodes: usize,
     pub sync: bool,
+    /// Sync mode is quorum commit (`ANY k`) rather than `FIRST n`.
+    pub quorum: bool,
     pub failsafe: bool,
     pub fast_dead: bool,
     pub ttl: Duration,
@@ -228,9 +231,15 @@ impl Scenario {
         });
         // A switch in a quarter of the seeds, and a second one (back, or the first of a
         // seed without one) in 2.5 % (independent draws).
-        own(0x0051_7c4d_0de5, 0.25, "switch-mode", |_| Fault::SwitchMode);
-        own(0x0051_7c4d_0de6, 0.025, "switch-mode", |_| {
-            Fault::SwitchMode
+        own(0x0051_7c4d_0de5, 0.25, "switch-mode", |r| {
+            Fault::SwitchMode {
+                flavour: r.random_bool(0.4),
+            }
+        });
+        own(0x0051_7c4d_0de6, 0.025, "switch-mode", |r| {
+            Fault::SwitchMode {
+                flavour: r.random_bool(0.4),
+            }
         });
         faults.sort_by_key(|(s, _)| *s);
         // Own stream: the other draws stay as they were.
@@ -241,6 +250,7 @@ impl Scenario {
                     .then(|| (pr.random_range(1..=3), pr.random_range(1..=3)))
             })
             .collect();
+        let quorum = StdRng::seed_from_u64(seed ^ 0x0000_a11c_0a75).random_bool(0.4);
         let mut sr = StdRng::seed_from_u64(seed ^ 0x0005_7c00_0b1e);
         let sync_standbys = if sr.random_bool(0.3) { 2 } else { 1 };
         let strict = sr.random_bool(0.3);
@@ -251,6 +261,7 @@ impl Scenario {
             seed,
             nodes,
             sync: r.random_bool(0.5),
+            quorum,
             failsafe: r.random_bool(0.7),
             fast_dead: r.random_bool(0.7),
             ttl,
@@ -301,7 +312,11 @@ impl Scenario {
              [dcs]\netcd = [\"http://127.0.0.1:1\"]\nrequest_timeout = \"{}ms\"\n\
              [failover]\nttl = \"{}s\"\nloop_wait = \"{}ms\"\nfailsafe = {}\nfast_dead_detection = {}\npostgres_restart_timeout = \"1s\"\nsync_strict = {}\n",
             if self.sync {
-                format!("\"sync\"\nsync_standbys = {}", self.sync_standbys)
+                format!(
+                    "\"{}\"\nsync_standbys = {}",
+                    if self.quorum { "quorum" } else { "sync" },
+                    self.sync_standbys
+                )
             } else {
                 "\"async\"".into()
             },
@@ -338,7 +353,8 @@ impl Scenario {
             self.nodes,
             if self.sync {
                 format!(
-                    "sync {}{}{}",
+                    "{} {}{}{}",
+                    if self.quorum { "quorum" } else { "sync" },
                     self.sync_standbys,
                     if self.strict { " strict" } else { "" },
                     self.max_sync_lag

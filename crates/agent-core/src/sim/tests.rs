@@ -109,6 +109,26 @@ const FOUND: &[(u64, Option<&str>, &str)] = &[
         "a leader revoked meanwhile still wrote /sync",
     ),
     (
+        1399,
+        None,
+        "quorum commit: a candidate that saw only itself of the standbys was promoted without commits another had acknowledged (found with the quorum rule of the election disabled)",
+    ),
+    (
+        1736,
+        None,
+        "quorum commit: synchronous_standby_names waited for a standby `sync` did not name yet (found with the widening of `sync` disabled)",
+    ),
+    (
+        11119,
+        None,
+        "quorum commit: a replica whose receiver stopped reported its last restartpoint's older timeline, so one with less WAL ranked first and was promoted without commits the other held",
+    ),
+    (
+        8573,
+        None,
+        "quorum commit after a switch from sync mode: the same older reported timeline",
+    ),
+    (
         7658,
         Some("edit-timings,dcs-slow"),
         "a timed-out release of the leader key landed after the agent restarted PostgreSQL as primary on that key",

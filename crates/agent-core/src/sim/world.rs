@@ -209,8 +209,10 @@ pub struct Checker {
     pub acked_by: BTreeMap<u64, String>,
     /// Timeline -> node whose promotion created it.
     pub timelines: BTreeMap<i64, String>,
-    /// The cluster's mode (the scenario's, then as `SwitchMode` set it).
+    /// The cluster's mode (the scenario's, then as `SwitchMode` set it): sync or quorum,
+    /// and which of the two.
     pub sync_mode: bool,
+    pub quorum: bool,
     /// The mode was switched at runtime: commits count as acknowledged under sync only while
     /// the `sync` key exists or the primary waited for a standby.
     pub mode_switched: bool,
@@ -495,28 +497,41 @@ impl World {
             pg.pending.push((id, pos));
         }
         for n in names {
-            let (n_sync, list, pending) = {
+            let (n_sync, any, list, pending) = {
                 let pg = &self.nodes[n].pg;
                 if pg.pending.is_empty() {
                     continue;
                 }
-                (pg.sync_n, pg.sync_names.clone(), pg.pending.clone())
+                (
+                    pg.sync_n,
+                    pg.sync_any,
+                    pg.sync_names.clone(),
+                    pg.pending.clone(),
+                )
             };
-            // FIRST n: the first n listed standbys that stream from us are synchronous.
-            let sync: Vec<u64> = list
+            // The listed standbys that stream from us, with their positions.
+            let streaming: Vec<u64> = list
                 .iter()
                 .filter_map(|s| {
                     let x = &self.nodes.get(s)?.pg;
                     (x.streaming_from.as_deref() == Some(n.as_str()))
                         .then(|| x.data.as_ref().map_or(0, |d| d.lsn()))
                 })
-                .take(n_sync)
                 .collect();
-            let waiting_ok = n_sync == 0 || sync.len() >= n_sync;
             let mut acked = Vec::new();
             let mut left = Vec::new();
             for (id, pos) in pending {
-                if waiting_ok && sync.iter().all(|f| *f >= pos) {
+                let ok = if n_sync == 0 {
+                    true
+                } else if any {
+                    // ANY n: any n of them flushed it.
+                    streaming.iter().filter(|f| **f >= pos).count() >= n_sync
+                } else {
+                    // FIRST n: the first n listed standbys that stream from us are
+                    // synchronous, and each flushed it.
+                    streaming.len() >= n_sync && streaming.iter().take(n_sync).all(|f| *f >= pos)
+                };
+                if ok {
                     acked.push(id);
                 } else {
                     left.push((id, pos));

@@ -89,10 +89,13 @@ impl Facts {
             }
             _ => None,
         };
-        // Named in `/sync`: what the election follows, in either mode.
-        let sync_standby = view
+        // Named in `/sync`: what the election follows, in either mode; a quorum `sync`
+        // (quorum commit) names quorum standbys, Patroni's `/quorum`.
+        let named = view
             .and_then(|v| v.sync.as_ref())
-            .is_some_and(|s| s.standbys.iter().any(|n| n == &snap.name));
+            .filter(|s| s.standbys.iter().any(|n| n == &snap.name));
+        let sync_standby = named.is_some_and(|s| s.quorum.is_none());
+        let quorum_standby = named.is_some_and(|s| s.quorum.is_some());
         let node = cfg.node(&snap.name);
         let mut tags = node.map(|n| n.tags.clone()).unwrap_or_default();
         if node.is_some_and(|n| n.nofailover) {
@@ -125,7 +128,7 @@ impl Facts {
             received_lsn: m.and_then(|m| m.lsn).map(|l| l.0),
             replayed_lsn: m.and_then(|m| m.replay_lsn.or(m.lsn)).map(|l| l.0),
             sync_standby,
-            quorum_standby: false,
+            quorum_standby,
             noloadbalance: node.is_some_and(|n| n.noloadbalance),
             tags,
             loop_age,

@@ -77,6 +77,13 @@ pub fn patroni(s: &ApiState, snap: &Snapshot, f: &Facts) -> Value {
     if f.sync_standby {
         doc.insert("sync_standby".into(), json!(true));
     }
+    if f.quorum_standby {
+        doc.insert("quorum_standby".into(), json!(true));
+    }
+    if !snap.unknown_slots.is_empty() {
+        // pgha's own field: slots it neither manages nor ignores (they keep WAL).
+        doc.insert("unknown_slots".into(), json!(snap.unknown_slots));
+    }
     if f.paused {
         doc.insert("pause".into(), json!(true));
     }
@@ -136,14 +143,15 @@ fn member_json(s: &ApiState, view: &ClusterView, m: &MemberState) -> Value {
     let leads = view.leader.as_ref().is_some_and(|l| l.name == m.name);
     let standby_site = s.config.standby_cluster.is_some() && !view.config.standby_promoted;
     // Named in `/sync`: what the election follows, in either mode.
-    let sync = view
+    let named = view
         .sync
         .as_ref()
-        .is_some_and(|y| y.standbys.iter().any(|n| n == &m.name));
+        .filter(|y| y.standbys.iter().any(|n| n == &m.name));
     let role = match (leads, standby_site) {
         (true, true) => "standby_leader",
         (true, false) => "leader",
-        (false, _) if sync => "sync_standby",
+        (false, _) if named.is_some_and(|y| y.quorum.is_some()) => "quorum_standby",
+        (false, _) if named.is_some() => "sync_standby",
         (false, _) => "replica",
     };
     let state = match (m.pg_state, m.role, m.streaming) {
@@ -292,6 +300,12 @@ pub fn metrics(s: &ApiState, snap: &Snapshot, f: &Facts) -> String {
         "Times this agent stopped its PostgreSQL to fence it.",
         "counter",
         s.shared.fencings.load(Ordering::Relaxed).to_string(),
+    );
+    own(
+        "pgha_unknown_replication_slots",
+        "Slots on this node that are neither a node's, nor permanent, nor in replication.ignore_slots.",
+        "gauge",
+        snap.unknown_slots.len().to_string(),
     );
     let labels = format!("{{scope=\"{}\",name=\"{name}\"}}", s.config.cluster.name);
     let mut patroni = |n: &str, help: &str, kind: &str, v: String| {

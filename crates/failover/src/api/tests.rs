@@ -171,6 +171,7 @@ fn view() -> ClusterView {
         sync: Some(SyncState {
             leader: "node1".into(),
             standbys: vec!["node2".into()],
+            quorum: None,
         }),
         ..ClusterView::default()
     };

@@ -366,6 +366,7 @@ impl Dcs for EtcdDcs {
                         SyncState {
                             leader: String::new(),
                             standbys: vec![],
+                            quorum: None,
                         }
                     }))
                 }

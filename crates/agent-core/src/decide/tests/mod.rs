@@ -13,12 +13,13 @@ use crate::dcs::{
     LeaderInfo, LeaderStatus, MemberRole, MemberState, PgState, RequestKind, SwitchoverRequest,
     SyncState,
 };
-use crate::inputs::{Local, Probes, StandbyRow};
+use crate::inputs::{Local, LogicalSlot, Probes, StandbyRow};
 use crate::memory::{PendingSync, RunningJob};
 
 mod faults;
 mod mode_switch;
 mod planned;
+mod quorum;
 mod settings;
 mod slots;
 mod timings;

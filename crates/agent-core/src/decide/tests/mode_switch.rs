@@ -12,6 +12,7 @@ fn leader(mode: &str, sync: Option<&[&str]>, ssn: Option<&str>) -> (Ctx, Memory,
     v.sync = sync.map(|s| SyncState {
         leader: "n1".into(),
         standbys: s.iter().map(|x| x.to_string()).collect(),
+        quorum: None,
     });
     v.sync_revision = if sync.is_some() { 9 } else { 0 };
     let mut local = primary();
@@ -110,6 +111,7 @@ async fn a_sync_write_in_doubt_is_settled_before_the_next_change() {
             sync: SyncState {
                 leader: "n1".into(),
                 standbys: vec!["n2".into()],
+                quorum: None,
             },
             revision: 9,
         }],
@@ -139,6 +141,7 @@ async fn a_promotion_in_async_mode_under_a_left_over_sync_key_names_itself_first
     v.sync = Some(SyncState {
         leader: "n2".into(),
         standbys: vec!["n1".into()],
+        quorum: None,
     });
     v.sync_revision = 9;
     let d = decide(&c, &m, &healthy(now, replica(), v));

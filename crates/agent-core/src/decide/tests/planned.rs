@@ -88,6 +88,7 @@ fn sync_leader(now: Instant, current: &[&str], streaming: &[(&str, u64)]) -> (Ct
     v.sync = Some(SyncState {
         leader: "n1".into(),
         standbys: current.iter().map(|s| s.to_string()).collect(),
+        quorum: None,
     });
     let mut local = primary();
     local.standbys = streaming
@@ -143,6 +144,7 @@ async fn a_new_sync_standby_that_disconnects_while_catching_up_stops_holding_com
     let now = Instant::now();
     let (c, mut m, mut inp) = sync_leader(now, &[], &[]);
     m.pending_sync = Some(PendingSync {
+        acks: None,
         standbys: vec!["n3".into()],
         since_lsn: Some(Lsn(900)),
         since: now - Duration::from_millis(500),
@@ -306,6 +308,7 @@ async fn a_new_leader_starting_its_primary_in_sync_mode_first_names_itself_in_sy
         Some(SyncState {
             leader: "n2".into(),
             standbys: vec!["n3".into()],
+            quorum: None,
         }),
     ] {
         let mut v = view(Some(("n1", 42)));
@@ -324,6 +327,7 @@ async fn a_new_leader_starting_its_primary_in_sync_mode_first_names_itself_in_sy
     v.sync = Some(SyncState {
         leader: "n1".into(),
         standbys: vec!["n2".into()],
+        quorum: None,
     });
     let d = decide(&c, &m, &healthy(now, stopped.clone(), v));
     assert_eq!(order(&d).0, None, "{:?}", d.actions);

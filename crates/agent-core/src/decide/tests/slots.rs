@@ -75,3 +75,42 @@ async fn an_absence_seen_before_a_gap_in_slot_checks_starts_over() {
         d.next.unwanted_slots
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn slots_pgha_does_not_know_are_reported_unless_ignored_and_never_dropped() {
+    let start = Instant::now();
+    let m = mem(start, Role::Leader, 42);
+    let mut local = primary();
+    local.slots = Some(vec![
+        ("n2".into(), true),
+        ("n3".into(), true),
+        ("site_b".into(), false),
+        ("backup_tool".into(), false),
+    ]);
+    local.logical_slots = vec![
+        LogicalSlot {
+            name: "cdc".into(),
+            database: Some("app".into()),
+            plugin: Some("pgoutput".into()),
+        },
+        LogicalSlot {
+            name: "audit".into(),
+            database: Some("audit".into()),
+            plugin: Some("wal2json".into()),
+        },
+    ];
+    let inp = healthy(start, local, view(Some(("n1", 42))));
+    let c = ctx_with("permanent_slots = [\"site_b\"]");
+    let d = decide(&c, &m, &inp);
+    assert_eq!(
+        d.next.unknown_slots,
+        vec!["logical:audit", "logical:cdc", "physical:backup_tool"]
+    );
+    assert!(!has(&d, |a| matches!(a, Action::DropSlot { .. })));
+    // Patroni's matchers: every field a rule gives must be the slot's.
+    let c = ctx_with(
+        "permanent_slots = [\"site_b\"]\nignore_slots = [{ type = \"logical\", plugin = \"pgoutput\" }, { name = \"backup_tool\" }, { database = \"audit\", plugin = \"pgoutput\" }]",
+    );
+    let d = decide(&c, &m, &inp);
+    assert_eq!(d.next.unknown_slots, vec!["logical:audit"]);
+}
