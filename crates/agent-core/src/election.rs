@@ -147,7 +147,11 @@ pub fn quorum_check<'a>(
     let seen: Vec<&MemberState> = members
         .into_iter()
         .filter(|m| sync.standbys.contains(&m.name) && m.lsn.is_some())
-        .filter(|m| rules.live.is_none_or(|l| l.contains(&m.name)))
+        .filter(|m| match rules.live {
+            Some(l) => l.contains(&m.name),
+            // Published positions (a leader's check before it hands over): running ones.
+            None => m.pg_state == PgState::Running,
+        })
         .collect();
     if seen.len() < q as usize {
         return Err(format!(

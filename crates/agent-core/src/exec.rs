@@ -27,6 +27,10 @@ pub struct Effects {
     pub clock: Arc<dyn WallClock>,
 }
 
+/// The error of a job the executor never started (an earlier step of its tick failed): the
+/// decision that asked for it learns that nothing of it happened.
+pub const NOT_STARTED: &str = "not started: an earlier step of the tick failed";
+
 #[derive(Debug)]
 pub struct Executor {
     ctx: Ctx,
@@ -81,7 +85,7 @@ impl Executor {
                     out.push(Outcome::JobDone {
                         id: *id,
                         job: job.clone(),
-                        error: Some("not started: an earlier step of the tick failed".into()),
+                        error: Some(NOT_STARTED.into()),
                     });
                 }
                 continue;

@@ -11,7 +11,7 @@ use pgha_config::{DynamicSettings, PghaConfig};
 /// `failover.maximum_lag_on_failover`, `failover.ttl`, `failover.loop_wait`,
 /// `failover.postgres_restart_timeout`, `failover.failsafe`, `dcs.request_timeout`,
 /// `replication.mode`, `replication.sync_standbys`, `failover.sync_strict`,
-/// `replication.member_slots_ttl`) change live; the sections other programs read
+/// `replication.member_slots_ttl`, `replication.ignore_slots`) change live; the sections other programs read
 /// (`[pooling]`, `[monitoring]`, `[router]`, `[backup]`) are taken as they are.
 pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static str> {
     let norm = |c: &PghaConfig| {
@@ -27,6 +27,7 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
         c.replication.mode = Default::default();
         c.replication.sync_standbys = Default::default();
         c.replication.member_slots_ttl = Default::default();
+        c.replication.ignore_slots = Default::default();
         if let Some(d) = c.dcs.as_mut() {
             d.request_timeout = Default::default();
         }

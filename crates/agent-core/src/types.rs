@@ -150,14 +150,8 @@ pub struct SyncState {
 }
 
 impl SyncState {
-    /// How many of `standbys` a candidate must see to be sure to see every acknowledged
-    /// commit: 1 without a quorum (each holds them all).
-    pub fn must_see(&self) -> usize {
-        self.quorum.map_or(1, |q| q as usize)
-    }
-
     /// How many of `standbys` hold every acknowledged commit, at least (pigeonhole: any
-    /// `must_see` of them include one of those).
+    /// `quorum` of them include one of those).
     pub fn holders(&self) -> usize {
         match self.quorum {
             None => self.standbys.len(),

@@ -33,6 +33,7 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "synchronous_mode_strict",
     "synchronous_node_count",
     "member_slots_ttl",
+    "ignore_slots",
     "postgresql.parameters.<name>",
 ];
 
@@ -55,6 +56,7 @@ const FIELD_OF: &[(&str, &str)] = &[
     ("synchronous_mode_strict", "failover.sync_strict"),
     ("synchronous_node_count", "replication.sync_standbys"),
     ("member_slots_ttl", "replication.member_slots_ttl"),
+    ("ignore_slots", "replication.ignore_slots"),
 ];
 
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
@@ -124,6 +126,8 @@ pub struct DynamicSettings {
     pub synchronous_node_count: Option<u32>,
     /// `replication.member_slots_ttl`.
     pub member_slots_ttl: Option<Duration>,
+    /// `replication.ignore_slots` (Patroni's list of `{name, type, database, plugin}`).
+    pub ignore_slots: Option<Vec<crate::SlotMatcher>>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
     pub parameters: Option<BTreeMap<String, String>>,
 }
@@ -143,6 +147,8 @@ impl DynamicSettings {
             synchronous_mode_strict: Some(cfg.failover.sync_strict),
             synchronous_node_count: Some(cfg.replication.sync_standbys),
             member_slots_ttl: Some(cfg.replication.member_slots_ttl),
+            ignore_slots: (!cfg.replication.ignore_slots.is_empty())
+                .then(|| cfg.replication.ignore_slots.clone()),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
     }
@@ -215,6 +221,13 @@ impl DynamicSettings {
                     Ok(b) => out.maximum_lag_on_syncnode = Some(Some(b)),
                     Err(m) => errs.push(key.as_str(), format!("{m}, or -1 (off)")),
                 },
+                "ignore_slots" => match serde_json::from_value(value.clone()) {
+                    Ok(v) => out.ignore_slots = Some(v),
+                    Err(e) => errs.push(
+                        key.as_str(),
+                        format!("{e}: expected a list of {{name, type, database, plugin}}"),
+                    ),
+                },
                 "postgresql" => out.parameters = postgresql(value, &mut errs),
                 _ => errs.push(key.as_str(), unknown_key(key)),
             }
@@ -255,6 +268,12 @@ impl DynamicSettings {
         }
         if let Some(n) = self.synchronous_node_count {
             m.insert("synchronous_node_count".into(), Value::from(n));
+        }
+        if let Some(i) = &self.ignore_slots {
+            m.insert(
+                "ignore_slots".into(),
+                serde_json::to_value(i).unwrap_or(Value::Null),
+            );
         }
         if let Some(lag) = self.maximum_lag_on_syncnode {
             let v = lag.map_or(Value::from(-1), |b| Value::from(b.bytes()));
@@ -311,6 +330,9 @@ impl DynamicSettings {
         if let Some(t) = self.member_slots_ttl {
             cfg.replication.member_slots_ttl = t;
         }
+        if let Some(i) = &self.ignore_slots {
+            cfg.replication.ignore_slots = i.clone();
+        }
         if let Some(p) = &self.parameters {
             cfg.postgres.parameters = p.clone();
         }
@@ -334,6 +356,8 @@ impl DynamicSettings {
             }
             let renamed = if let Some(rest) = e.path.strip_prefix("postgres.parameters") {
                 format!("postgresql.parameters{rest}")
+            } else if let Some(rest) = e.path.strip_prefix("replication.ignore_slots") {
+                format!("ignore_slots{rest}")
             } else if let Some((key, _)) = FIELD_OF.iter().find(|(_, f)| *f == e.path) {
                 key.to_string()
             } else {

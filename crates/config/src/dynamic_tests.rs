@@ -289,3 +289,28 @@ fn the_synchronous_settings_are_dynamic() {
     // One node: quorum mode would hang every commit too.
     assert_eq!(q.apply_to(&cfg).unwrap_err().0[0].path, "synchronous_mode");
 }
+
+#[test]
+fn ignore_slots_is_dynamic_in_patronis_shape() {
+    let doc = json!({"ignore_slots": [{"type": "logical", "database": "app", "plugin": "pgoutput"}, {"name": "backup_tool"}]});
+    let d = DynamicSettings::from_json(&doc).unwrap();
+    assert_eq!(d.to_json(), doc, "round-trips without nulls");
+    let eff = d.apply_to(&local()).unwrap();
+    assert_eq!(eff.replication.ignore_slots.len(), 2);
+    assert_eq!(
+        eff.replication.ignore_slots[1].name.as_deref(),
+        Some("backup_tool")
+    );
+    // Named by the dynamic key: a rule that matches everything, a field Patroni lacks.
+    let errs = DynamicSettings::from_json(&json!({"ignore_slots": [{}]}))
+        .unwrap()
+        .apply_to(&local())
+        .unwrap_err();
+    assert_eq!(errs.0[0].path, "ignore_slots[0]", "{errs}");
+    let errs = DynamicSettings::from_json(&json!({"ignore_slots": [{"slot": "x"}]})).unwrap_err();
+    assert!(
+        errs.to_string()
+            .contains("ignore_slots: unknown field `slot`"),
+        "{errs}"
+    );
+}

@@ -287,13 +287,16 @@ pub struct ReplicationSection {
 #[serde(deny_unknown_fields)]
 pub struct SlotMatcher {
     /// The slot's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `physical` or `logical`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<SlotKind>,
     /// A logical slot's database.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// A logical slot's output plugin, e.g. `pgoutput`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
 }
 

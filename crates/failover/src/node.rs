@@ -338,7 +338,12 @@ impl PgNode for LocalNode {
         match (st.role, &st.receiver) {
             (Some(Role::Replica), Some(r)) => {
                 o.role = MemberRole::Replica;
-                o.lsn = r.receive_lsn.or(r.replay_lsn);
+                // The received position starts at its segment's start when streaming
+                // starts, below what was replayed: the greater of the two.
+                o.lsn = match (r.receive_lsn, r.replay_lsn) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
                 o.replay_lsn = r.replay_lsn;
                 o.streaming = st.streaming == Some(true);
                 o.upstream = match (&r.upstream_host, r.upstream_port) {

@@ -82,8 +82,12 @@ impl Peers for NetPeers {
 
     async fn position(&self, node: &str) -> Option<Lsn> {
         let mut c = self.connect(node, self.probe_timeout).await.ok()?;
+        // None until its startup process asked for streaming, i.e. replayed the WAL it has
+        // locally (before, the replay position may be short of what is on disk); then the
+        // greater of the two (the received position starts at the segment's start).
         let live: Result<(bool, Option<Lsn>), _> = sqlx::query_as(
-            "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())",
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_last_wal_receive_lsn() IS NULL THEN NULL \
+             ELSE greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) END",
         )
         .fetch_one(&mut c)
         .await;

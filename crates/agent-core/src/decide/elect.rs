@@ -76,10 +76,12 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         }
     }
     let mut best = election::best(members.values(), &rules).map(|b| b.name.clone());
+    let mut request_failed = false;
     if best.is_none() && rules.request.is_some() {
         // The request's target cannot be promoted (down, lagging): the best other node can.
         rules.request = None;
         best = election::best(members.values(), &rules).map(|b| b.name.clone());
+        request_failed = true;
     }
     let first_copy = standby
         && best.is_none()
@@ -129,4 +131,13 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
     d.act(Action::AcquireLeader { lease: s.lease });
     d.again = true;
     d.because("no leader: we are the best candidate: taking the leader key");
+    if request_failed {
+        // Its target could not win: leading with it pending would hand over again, for
+        // ever (simulator seed 47961: a quorum the target could not see).
+        d.act(Action::ClearSwitchover);
+        d.because(format!(
+            "no leader: the request's target {} cannot be promoted; we are the best other candidate: taking the leader key and dropping the request",
+            view.switchover.as_ref().map_or("-", |r| r.to.as_str())
+        ));
+    }
 }

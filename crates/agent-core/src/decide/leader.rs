@@ -211,11 +211,10 @@ fn hand_over(
         standby_cluster: false,
         live: None,
     };
-    if let Some(Err(why)) = view
-        .members
-        .get(&req.to)
-        .map(|m| crate::election::eligibility(m, &rules))
-    {
+    if let Some(Err(why)) = view.members.get(&req.to).map(|m| {
+        crate::election::eligibility(m, &rules)
+            .and_then(|()| crate::election::quorum_check(m, view.members.values(), &rules))
+    }) {
         d.act(Action::ClearSwitchover);
         d.because(format!(
             "leader: {} cannot be promoted ({why}); request dropped",

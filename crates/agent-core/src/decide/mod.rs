@@ -382,8 +382,21 @@ fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
             d.next.current_upstream = Some(upstream.clone());
         }
         (Job::StopForRewind, _) => d.next.needs_rewind = true,
-        (Job::HandOver { .. }, _) => {
+        (Job::HandOver { .. }, Some(e)) if e == crate::exec::NOT_STARTED => {
+            // Nothing of it ran (an earlier step of its tick failed, e.g. a `/sync` write
+            // that timed out): PostgreSQL still runs as primary on our lease, so the key stays
+            // ours; a later tick hands over again. Releasing here left a writable primary
+            // without a lease (simulator seed 102797).
+        }
+        (Job::HandOver { .. }, e) => {
             // PostgreSQL is stopped (or the fallback immediate stop ran): hand the key over.
+            // After a failure, once more at once: the key goes only with PostgreSQL down (a
+            // failed fence stops the tick before the release).
+            if let Some(e) = e {
+                d.act(Action::Fence {
+                    why: format!("hand-over failed ({e})"),
+                });
+            }
             if let Some(s) = d.next.session {
                 d.act(Action::ReleaseLeader { lease: s.lease });
             }

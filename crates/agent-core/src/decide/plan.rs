@@ -213,13 +213,19 @@ pub(super) fn healthy(ctx: &Ctx, inp: &Inputs) -> Vec<(String, pgha_postgres::Ls
         (Some(max), Some(at)) => at.bytes_since(r.flush_lsn.unwrap_or_default()) <= max.bytes(),
         _ => true,
     };
-    inp.local
+    let mut out: Vec<(String, pgha_postgres::Lsn)> = inp
+        .local
         .standbys
         .iter()
         .filter(|r| others.contains(&r.name) && may_be_sync(ctx, &r.name) && r.streaming)
         .filter(within)
         .map(|r| (r.name.clone(), r.flush_lsn.unwrap_or_default()))
-        .collect()
+        .collect();
+    // Two walsenders of one name (an old connection that lingers): one standby, at the
+    // lower position.
+    out.sort();
+    out.dedup_by(|later, first| later.0 == first.0);
+    out
 }
 
 /// Slots that are neither a node's, nor permanent, nor matched by `replication.ignore_slots`,

@@ -7,11 +7,13 @@
 //! synchronous_standby_names the primary ever had. Writing it as (standbys V, holders h: at
 //! least h of V hold every acknowledged commit), one change from (V, h) to a target
 //! `ANY k (S)` goes in three steps:
-//! 1. `sync` becomes (V ∪ S, min(h, k)): true of the commits acknowledged so far (h of V) and
-//!    of those PostgreSQL acknowledges once it waits for k of S;
+//! 1. `sync` becomes (V ∪ S', min(h, k')): true of the commits acknowledged so far (h of V)
+//!    and of those PostgreSQL acknowledges once it waits for k of S, where S' is the part of S
+//!    that streamed from this leader and k' = k − |S ∖ S'| (strict mode may wait for nodes
+//!    that never did; they are never named);
 //! 2. synchronous_standby_names becomes `ANY k (S)`;
-//! 3. once k of S flushed past the WAL position at which PostgreSQL started waiting for them
-//!    (WAL is a prefix: they then hold every earlier commit too), `sync` becomes (S, k).
+//! 3. once k' of S' flushed past the WAL position at which PostgreSQL started waiting for
+//!    them (WAL is a prefix: they then hold every earlier commit too), `sync` becomes (S', k').
 //!
 //! A change of target half-way starts again from step 1 on what `sync` says then, which is
 //! true of both synchronous_standby_names involved.
@@ -108,12 +110,22 @@ pub(super) fn quorum(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
     set.sort();
     let acks = want.min(set.len());
     let target_ssn = any_names(acks, &set);
-    let target = claim(me, set.clone(), acks);
+    // `sync` names only standbys that streamed from this leader (streaming now, or named by
+    // it before, which it did only while they streamed): a node strict mode waits for that
+    // never did may hold WAL of another history, and positions would not compare. Of the
+    // `acks` standbys that confirm a commit, all but the unnamed ones are named.
+    let named: Vec<String> = set
+        .iter()
+        .filter(|n| healthy.iter().any(|(h, _)| h == *n) || cur.standbys.contains(n))
+        .cloned()
+        .collect();
+    let holders = acks.saturating_sub(set.len() - named.len());
+    let target = claim(me, named.clone(), holders);
     if ssn != target_ssn {
         // Steps 1 and 2 (a failed `sync` write stops the tick before PostgreSQL changes).
         let mut both = cur.standbys.clone();
-        both.extend(set.iter().cloned());
-        let weak = claim(me, both, cur.holders().min(acks));
+        both.extend(named.iter().cloned());
+        let weak = claim(me, both, cur.holders().min(holders));
         if &weak != cur {
             d.act(Action::PutSync {
                 sync: weak,
@@ -137,8 +149,8 @@ pub(super) fn quorum(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
         d.next.pending_sync = None;
         return;
     }
-    // Step 3: PostgreSQL waits as targeted; `sync` says so once `acks` of the set caught up
-    // with the position PostgreSQL started waiting at.
+    // Step 3: PostgreSQL waits as targeted; `sync` says so once `holders` of the named caught
+    // up with the position PostgreSQL started waiting at.
     let pending = d
         .next
         .pending_sync
@@ -148,9 +160,9 @@ pub(super) fn quorum(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
         Some(since) => {
             let caught_up = healthy
                 .iter()
-                .filter(|(n, l)| set.contains(n) && *l >= since)
+                .filter(|(n, l)| named.contains(n) && *l >= since)
                 .count();
-            if caught_up >= acks {
+            if caught_up >= holders {
                 d.act(Action::PutSync {
                     sync: target,
                     revision: view.sync_revision,

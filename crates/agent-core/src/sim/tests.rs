@@ -119,6 +119,16 @@ const FOUND: &[(u64, Option<&str>, &str)] = &[
         "quorum commit: synchronous_standby_names waited for a standby `sync` did not name yet (found with the widening of `sync` disabled)",
     ),
     (
+        102797,
+        None,
+        "a hand-over job its tick never started (a /sync write timed out first) released the key while PostgreSQL ran as primary: commits acknowledged without a lease",
+    ),
+    (
+        47961,
+        None,
+        "quorum commit, strict: an operator's failover to a node the election could not pick (it could not see the other standby live) looped: the old leader took the key back and handed over again, no writable node for 44 s",
+    ),
+    (
         11119,
         None,
         "quorum commit: a replica whose receiver stopped reported its last restartpoint's older timeline, so one with less WAL ranked first and was promoted without commits the other held",

@@ -249,6 +249,62 @@ async fn the_tick_that_hands_the_key_over_ends_without_leading() {
     assert_eq!(d.next.role, Role::NoLeader, "{}", d.reason);
 }
 
+/// Simulator seed 102797: the tick that asked for the hand-over stopped at a `/sync` write
+/// that timed out, so the job never started; releasing the key then left PostgreSQL running
+/// as a primary without a lease (it acknowledged commits).
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_that_never_started_keeps_the_key_and_a_failed_one_fences_first() {
+    let now = Instant::now();
+    let c = ctx();
+    let job = Job::HandOver {
+        to: "n2".into(),
+        wait: Duration::from_secs(10),
+    };
+    let mut m = mem(now, Role::Leader, 42);
+    m.job = Some(RunningJob {
+        id: 5,
+        job: job.clone(),
+        started: now,
+    });
+    let tick = |error: &str| {
+        let mut inp = inputs(
+            now,
+            primary(),
+            DcsRead::Ok {
+                session: renewed(42, now),
+                view: view(Some(("n1", 42))),
+            },
+        );
+        inp.outcomes = vec![crate::inputs::Outcome::JobDone {
+            id: 5,
+            job: job.clone(),
+            error: Some(error.into()),
+        }];
+        decide(&c, &m, &inp)
+    };
+    let d = tick(crate::exec::NOT_STARTED);
+    assert!(
+        !has(&d, |a| matches!(a, Action::ReleaseLeader { .. })),
+        "{d:?}"
+    );
+    assert_eq!(d.next.role, Role::Leader, "{}", d.reason);
+    // A hand-over that failed (e.g. its stop): stopped at once before the key goes.
+    let d = tick("stop: timed out");
+    let fence = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Fence { .. }));
+    let release = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::ReleaseLeader { .. }));
+    assert!(
+        matches!((fence, release), (Some(f), Some(r)) if f < r),
+        "{:?}",
+        d.actions
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn unread_replication_rows_change_no_synchronous_standby() {
     // pg_stat_replication could not be read this tick (sync_names None, no rows): that is no

@@ -177,3 +177,42 @@ async fn strict_keeps_waiting_when_no_standby_is_left() {
     let d = decide(&c, &m, &inp);
     assert_eq!(writes(&d), vec![format!("ssn {BOTH}")]);
 }
+
+/// Review finding: strict mode fills the set with a node that never streamed from this
+/// leader (it may hold WAL of another history, so positions would not compare): PostgreSQL
+/// waits for it, `sync` never names it.
+#[tokio::test(start_paused = true)]
+async fn strict_waits_for_a_node_that_never_streamed_and_sync_never_names_it() {
+    let (c, m, inp) = leader(
+        ("sync_standbys = 2", true),
+        claim(&[], None),
+        "",
+        &[("n2", 1000)],
+    );
+    let d = decide(&c, &m, &inp);
+    assert_eq!(writes(&d), vec!["ssn ANY 2 (\"n2\", \"n3\")"]);
+    let mut m = d.next.clone();
+    m.pending_sync.as_mut().unwrap().since_lsn = Some(Lsn(900));
+    let (_, _, inp) = leader(
+        ("sync_standbys = 2", true),
+        claim(&[], None),
+        "ANY 2 (\"n2\", \"n3\")",
+        &[("n2", 1000)],
+    );
+    let d = decide(&c, &m, &inp);
+    // Of two confirmations one is n2's: n2 alone holds every commit.
+    assert_eq!(writes(&d), vec!["sync [\"n2\"] Some(1)"]);
+}
+
+/// Two walsenders of one name count as one standby, at the lower position.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_second_walsender_is_one_standby() {
+    let (c, m, inp) = leader(
+        ("sync_standbys = 2", false),
+        claim(&[], None),
+        "",
+        &[("n2", 1000), ("n2", 500)],
+    );
+    let d = decide(&c, &m, &inp);
+    assert_eq!(writes(&d), vec!["ssn ANY 1 (\"n2\")"]);
+}
