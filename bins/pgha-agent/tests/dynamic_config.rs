@@ -365,7 +365,8 @@ async fn cluster_settings_reach_every_node_and_sighup_reloads_tags() -> anyhow::
 /// is dropped on the primary once its member key has been gone that long (its WAL no longer
 /// piles up there); the node comes back, gets its slot again and streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back() -> anyhow::Result<()> {
+async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back_and_unknown_slots_are_reported(
+) -> anyhow::Result<()> {
     let mut h = HaCluster::start_three(bin(), T).await?;
     let cfg = h.cluster.config().clone();
     let dcs = EtcdDcs::from_config(&cfg, "test").await?;
@@ -422,6 +423,26 @@ async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back() -> any
         )),
         "{metrics}"
     );
+    // Ignored at runtime (Patroni's dynamic `ignore_slots`): no longer reported.
+    let code = pgha(
+        &h,
+        &[
+            "edit-config",
+            "--set",
+            r#"ignore_slots=[{"name":"backup_tool","type":"physical"}]"#,
+            "--force",
+        ],
+    )
+    .await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    until("the ignored slot no longer reported", || async {
+        let d: serde_json::Value = reqwest::get(format!("http://{api}/patroni"))
+            .await?
+            .json()
+            .await?;
+        Ok(d.get("unknown_slots").is_none())
+    })
+    .await?;
 
     h.kill_node(gone)?;
     let killed = Instant::now();

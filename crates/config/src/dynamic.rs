@@ -549,10 +549,11 @@ pub fn patch_for(path: &str, value: Value) -> Value {
     })
 }
 
-/// A `--set`/`--pg` value: JSON when it parses as a number, boolean or null, else the text.
+/// A `--set`/`--pg` value: JSON when it parses as a number, boolean, null or a list (e.g.
+/// `ignore_slots=[{"name":"x"}]`), else the text.
 pub fn cli_value(text: &str) -> Value {
     match serde_json::from_str::<Value>(text) {
-        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => v,
+        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null | Value::Array(_))) => v,
         _ => Value::String(text.to_string()),
     }
 }

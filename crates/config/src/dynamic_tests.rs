@@ -151,6 +151,11 @@ fn merge_patch_follows_rfc_7386() {
     );
     assert_eq!(cli_value("200"), json!(200));
     assert_eq!(cli_value("null"), json!(null));
+    assert_eq!(
+        cli_value(r#"[{"name":"x"}]"#),
+        json!([{"name": "x"}]),
+        "a list (ignore_slots)"
+    );
     assert_eq!(cli_value("on"), json!("on"));
     assert_eq!(
         flatten(&doc),
