@@ -133,12 +133,7 @@ pub(super) fn quorum(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
             });
         }
         d.act(Action::SetSyncNames { value: target_ssn });
-        d.next.pending_sync = Some(PendingSync {
-            standbys: set,
-            acks: Some(acks),
-            since_lsn: None,
-            since: inp.now,
-        });
+        d.next.pending_sync = Some(change(set, acks, inp));
         d.because(format!(
             "leader: quorum commit: PostgreSQL waits for {acks} of [{}]",
             target.standbys.join(", ")
@@ -174,12 +169,17 @@ pub(super) fn quorum(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVi
             // Set by an earlier leader, before this agent restarted, or by a request whose
             // answer was lost: set again for the position from which PostgreSQL waits.
             d.act(Action::SetSyncNames { value: target_ssn });
-            d.next.pending_sync = Some(PendingSync {
-                standbys: set,
-                acks: Some(acks),
-                since_lsn: None,
-                since: inp.now,
-            });
+            d.next.pending_sync = Some(change(set, acks, inp));
         }
+    }
+}
+
+/// A change to `ANY acks (set)` whose catch-up position the executor reports.
+fn change(set: Vec<String>, acks: usize, inp: &Inputs) -> PendingSync {
+    PendingSync {
+        standbys: set,
+        acks: Some(acks),
+        since_lsn: None,
+        since: inp.now,
     }
 }

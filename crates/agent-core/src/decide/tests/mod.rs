@@ -212,6 +212,17 @@ fn ctx_changed(c: &Ctx, f: impl FnOnce(&mut pgha_config::PghaConfig)) -> Ctx {
     c.next_generation(Arc::new(cfg)).unwrap()
 }
 
+/// pg_stat_replication rows: these standbys stream at these flush positions.
+fn streaming_rows(rows: &[(&str, u64)]) -> Vec<StandbyRow> {
+    rows.iter()
+        .map(|(n, l)| StandbyRow {
+            name: n.to_string(),
+            streaming: true,
+            flush_lsn: Some(Lsn(*l)),
+        })
+        .collect()
+}
+
 fn has(d: &Decision, f: impl Fn(&Action) -> bool) -> bool {
     d.actions.iter().any(f)
 }

@@ -91,14 +91,7 @@ fn sync_leader(now: Instant, current: &[&str], streaming: &[(&str, u64)]) -> (Ct
         quorum: None,
     });
     let mut local = primary();
-    local.standbys = streaming
-        .iter()
-        .map(|(n, l)| StandbyRow {
-            name: n.to_string(),
-            streaming: true,
-            flush_lsn: Some(Lsn(*l)),
-        })
-        .collect();
+    local.standbys = streaming_rows(streaming);
     local.sync_names = Some(sync_names_for(
         current.len(),
         &current.iter().map(|s| s.to_string()).collect::<Vec<_>>(),

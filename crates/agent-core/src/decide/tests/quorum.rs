@@ -32,14 +32,7 @@ fn leader(
     v.sync = Some(sync);
     v.sync_revision = 9;
     let mut local = primary();
-    local.standbys = streaming
-        .iter()
-        .map(|(n, l)| StandbyRow {
-            name: n.to_string(),
-            streaming: true,
-            flush_lsn: Some(Lsn(*l)),
-        })
-        .collect();
+    local.standbys = streaming_rows(streaming);
     local.sync_names = Some(ssn.into());
     (c, m, healthy(now, local, v))
 }
