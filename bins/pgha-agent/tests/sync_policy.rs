@@ -37,6 +37,46 @@ async fn insert(
     Ok(())
 }
 
+/// Three nodes with agents (node1 the primary, node2 and node3 streaming), a DCS client, and
+/// the cluster settings seeded in the DCS (so `edit-config` can change them).
+async fn three_with_settings() -> anyhow::Result<(HaCluster, EtcdDcs)> {
+    let h = HaCluster::start(
+        bin(),
+        TestCluster::builder().replicas(2),
+        TEST_FAILOVER_TOML,
+    )
+    .await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    for n in ["node2", "node3"] {
+        h.wait_streaming_replica(n, T).await?;
+    }
+    let d = EtcdDcs::from_config(h.cluster.config(), "test").await?;
+    TestCluster::eventually(T, "settings seeded", || async {
+        Ok(d.view().await?.config.settings.is_some().then_some(()))
+    })
+    .await?;
+    Ok((h, d))
+}
+
+/// `pgha edit-config --set KEY=VALUE --force`.
+async fn edit_config(config: &Path, set: &str) -> anyhow::Result<()> {
+    let argv = [
+        "pgha",
+        "-c",
+        config.to_str().unwrap(),
+        "edit-config",
+        "--set",
+        set,
+        "--force",
+    ];
+    let code = pgha::run(<pgha::cli::Cli as clap::Parser>::try_parse_from(argv)?).await;
+    anyhow::ensure!(
+        code == std::process::ExitCode::SUCCESS,
+        "edit-config --set {set} failed"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sync_standbys_shrink_strict_mode_holds_commits_and_a_failover_keeps_them(
 ) -> anyhow::Result<()> {
@@ -122,17 +162,7 @@ async fn two_sync_standbys_shrink_strict_mode_holds_commits_and_a_failover_keeps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_mode_switches_at_runtime_and_a_failover_keeps_the_rows() -> anyhow::Result<()>
 {
-    let mut h = HaCluster::start(
-        bin(),
-        TestCluster::builder().replicas(2),
-        TEST_FAILOVER_TOML,
-    )
-    .await?;
-    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
-    for n in ["node2", "node3"] {
-        h.wait_streaming_replica(n, T).await?;
-    }
-    let d = EtcdDcs::from_config(h.cluster.config(), "test").await?;
+    let (mut h, d) = three_with_settings().await?;
     let sync = || async { Ok::<_, anyhow::Error>(d.view().await?.sync) };
     let ssn = || async {
         let mut c = h.cluster.conn("node1").await?;
@@ -141,34 +171,17 @@ async fn synchronous_mode_switches_at_runtime_and_a_failover_keeps_the_rows() ->
             .await?;
         anyhow::Ok(v)
     };
+    let config = h.cluster.config_path();
     let set_mode = |on: bool| {
-        let config = h.cluster.config_path();
-        async move {
-            let argv = [
-                "pgha",
-                "-c",
-                config.to_str().unwrap(),
-                "edit-config",
-                "--set",
-                if on {
-                    "synchronous_mode=true"
-                } else {
-                    "synchronous_mode=false"
-                },
-                "--force",
-            ];
-            let code = pgha::run(<pgha::cli::Cli as clap::Parser>::try_parse_from(argv)?).await;
-            anyhow::ensure!(
-                code == std::process::ExitCode::SUCCESS,
-                "edit-config failed"
-            );
-            anyhow::Ok(())
-        }
+        edit_config(
+            &config,
+            if on {
+                "synchronous_mode=true"
+            } else {
+                "synchronous_mode=false"
+            },
+        )
     };
-    TestCluster::eventually(T, "settings seeded", || async {
-        Ok(d.view().await?.config.settings.is_some().then_some(()))
-    })
-    .await?;
     assert_eq!(sync().await?, None, "async mode: no /sync");
     let mut c = h.cluster.conn("node1").await?;
     sqlx::query("CREATE TABLE acks (id bigint PRIMARY KEY)")
@@ -223,17 +236,7 @@ async fn synchronous_mode_switches_at_runtime_and_a_failover_keeps_the_rows() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_commit_survives_a_lost_standby_and_a_failover_keeps_every_row() -> anyhow::Result<()>
 {
-    let mut h = HaCluster::start(
-        bin(),
-        TestCluster::builder().replicas(2),
-        TEST_FAILOVER_TOML,
-    )
-    .await?;
-    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
-    for n in ["node2", "node3"] {
-        h.wait_streaming_replica(n, T).await?;
-    }
-    let d = EtcdDcs::from_config(h.cluster.config(), "test").await?;
+    let (mut h, d) = three_with_settings().await?;
     let primary = h.cluster.instance("node1")?.connect_params().clone();
     let state = || async {
         let s = d.view().await?.sync;
@@ -243,22 +246,7 @@ async fn quorum_commit_survives_a_lost_standby_and_a_failover_keeps_every_row() 
             .await?;
         anyhow::Ok((s.map(|s| (s.standbys, s.quorum)), names))
     };
-    TestCluster::eventually(T, "settings seeded", || async {
-        Ok(d.view().await?.config.settings.is_some().then_some(()))
-    })
-    .await?;
-    let config = h.cluster.config_path();
-    let argv = [
-        "pgha",
-        "-c",
-        config.to_str().unwrap(),
-        "edit-config",
-        "--set",
-        "synchronous_mode=quorum",
-        "--force",
-    ];
-    let code = pgha::run(<pgha::cli::Cli as clap::Parser>::try_parse_from(argv)?).await;
-    assert_eq!(code, std::process::ExitCode::SUCCESS, "edit-config failed");
+    edit_config(&h.cluster.config_path(), "synchronous_mode=quorum").await?;
 
     // Any one of node2, node3 confirms each commit; `sync` says a failover must see two.
     let both = (

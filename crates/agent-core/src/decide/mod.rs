@@ -301,6 +301,13 @@ fn absorb(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
                     d.next.job = None;
                 }
                 d.next.timers.job_failed = error.as_ref().map(|_| inp.now);
+                if error.as_deref() == Some(crate::exec::NOT_STARTED) {
+                    // Nothing of it ran (an earlier step of its tick failed, e.g. a `/sync`
+                    // write that timed out): nothing to conclude; a later tick plans again.
+                    // Concluding from it released the key of a running primary after a
+                    // hand-over that never stopped it (simulator seed 102797).
+                    continue;
+                }
                 job_done(ctx, d, job, error.as_deref());
             }
             Outcome::PointedAt { upstream } => {
@@ -382,12 +389,6 @@ fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
             d.next.current_upstream = Some(upstream.clone());
         }
         (Job::StopForRewind, _) => d.next.needs_rewind = true,
-        (Job::HandOver { .. }, Some(e)) if e == crate::exec::NOT_STARTED => {
-            // Nothing of it ran (an earlier step of its tick failed, e.g. a `/sync` write
-            // that timed out): PostgreSQL still runs as primary on our lease, so the key stays
-            // ours; a later tick hands over again. Releasing here left a writable primary
-            // without a lease (simulator seed 102797).
-        }
         (Job::HandOver { .. }, e) => {
             // PostgreSQL is stopped (or the fallback immediate stop ran): hand the key over.
             // After a failure, once more at once: the key goes only with PostgreSQL down (a
