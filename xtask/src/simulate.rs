@@ -24,7 +24,7 @@ pub struct SimulateArgs {
     trace: bool,
     /// Only faults of this kind (freeze-agent, crash-agent, crash-pg, slow-promotion,
     /// slow-start, dcs-cut, peers-cut, isolate, dcs-down, dcs-slow, refuse-to-primary,
-    /// receiver-cut, switchover, edit-config, restart-request, edit-timings, switch-mode).
+    /// receiver-cut, switchover, edit-config, restart-request, edit-timings, switch-mode, dcs-cut-but-one).
     #[arg(long)]
     only: Option<String>,
     /// Without the supervisor's deadline (shows what it prevents).

@@ -227,6 +227,24 @@ async fn sync_mode_failover_loses_no_acknowledged_write() -> anyhow::Result<()> 
 async fn etcd_down_means_no_promotion_and_failsafe_keeps_the_primary_only_while_it_sees_every_replica(
 ) -> anyhow::Result<()> {
     let mut h = ha(2, false, "").await?;
+    // The failsafe topology (Patroni's `GET /failsafe`): every node node1's round asks, as
+    // node1 published it in `status`; only these may be elected while failsafe is on.
+    let cfg = h.cluster.config().clone();
+    let api = |n: &str| cfg.node(n).and_then(|c| c.agent_address).unwrap();
+    let want: serde_json::Value = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| (n.to_string(), format!("http://{}/patroni", api(n)).into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    TestCluster::eventually(
+        Duration::from_secs(10),
+        "GET /failsafe on node3",
+        || async {
+            let r = reqwest::get(format!("http://{}/failsafe", api("node3"))).await?;
+            Ok((r.status() == 200 && r.json::<serde_json::Value>().await? == want).then_some(()))
+        },
+    )
+    .await?;
     h.etcd.kill();
     // Longer than the TTL: without failsafe the primary would have fenced itself by now.
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -1,6 +1,6 @@
 //! Who may be promoted and who is best: pure functions over published member states.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::types::{
     LeaderStatus, MemberRole, MemberState, PgState, RequestKind, SwitchoverRequest, SyncState,
@@ -24,6 +24,24 @@ pub struct Rules<'a> {
     /// The members whose WAL position was read live this tick (this node, and the replicas
     /// probed): under a quorum `sync` only those count as seen. None: every published one.
     pub live: Option<&'a BTreeSet<String>>,
+    /// The last leader's failsafe topology (`LeaderStatus::failsafe`, written while failsafe
+    /// was on for it). Only its nodes may be promoted: the leader never asked any other
+    /// whether it sees the DCS, so one outside it could take the lease while the leader
+    /// serves on the others' confirmations (Patroni's `/failsafe` rule). It is the leader's
+    /// word that counts, not this node's view of `failsafe_mode`: a leader cut off from the
+    /// DCS does not see failsafe switched off, and serves on (simulator seed 13764).
+    pub failsafe: Option<&'a BTreeMap<String, String>>,
+}
+
+impl<'a> Rules<'a> {
+    /// [`Rules::failsafe`] as `status` makes it.
+    pub fn failsafe_topology(
+        status: Option<&'a LeaderStatus>,
+    ) -> Option<&'a BTreeMap<String, String>> {
+        status
+            .and_then(|s| s.failsafe.as_ref())
+            .filter(|t| !t.is_empty())
+    }
 }
 
 /// Why `m` may not be promoted, or Ok.
@@ -40,6 +58,12 @@ pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
     }
     if m.failover_rank() == 0 {
         return Err("failover_priority 0: never a leader".into());
+    }
+    if let Some(t) = rules.failsafe.filter(|t| !t.contains_key(&m.name)) {
+        return Err(format!(
+            "failsafe: not in the last leader's failsafe topology [{}] (it never asked this node whether it sees the DCS)",
+            t.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     match (m.pg_state, m.role) {
         (_, MemberRole::Uninitialized) => return Err("no data directory yet".into()),
@@ -206,6 +230,7 @@ mod tests {
             request: None,
             standby_cluster: false,
             live: None,
+            failsafe: None,
         }
     }
 
@@ -241,6 +266,7 @@ mod tests {
             lsn: Lsn(5000),
             timeline: 1,
             updated_ms: 0,
+            failsafe: None,
         };
         let far = m("far", 100, MemberRole::Replica);
         let mut tagged = m("tagged", 4900, MemberRole::Replica);

@@ -144,6 +144,10 @@ pub struct Memory {
     pub restart: Option<RestartRequest>,
     /// An operator asked to clone this replica afresh.
     pub reinit: bool,
+    /// The last view we read held our failsafe topology in `status` (ours, written as
+    /// leader): only then does a confirmed failsafe round count as a proof, since only then
+    /// may no node outside the topology be elected (`election::Rules::failsafe`).
+    pub failsafe_published: bool,
 }
 
 impl Memory {
@@ -181,6 +185,7 @@ impl Memory {
             config_applied: 0,
             restart: None,
             reinit: false,
+            failsafe_published: false,
         }
     }
 }

@@ -99,6 +99,12 @@ pub struct LeaderStatus {
     pub lsn: Lsn,
     pub timeline: i64,
     pub updated_ms: u64,
+    /// The leader's failsafe topology (Patroni's `/failsafe` key): every node its failsafe
+    /// round asks, with the URL of its `/patroni`, itself included. With failsafe on, a
+    /// node not in it may not be elected: the leader never asked it, so it could take the
+    /// lease while the leader serves on its peers' confirmations. None: an older agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe: Option<BTreeMap<String, String>>,
 }
 
 /// Cluster-wide switches set by operators.

@@ -65,6 +65,7 @@ pub(super) fn elect(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
         request: fresh_request,
         standby_cluster: standby,
         live: Some(&live),
+        failsafe: Rules::failsafe_topology(view.status.as_ref()),
     };
     let mut members = view.members.clone();
     members.insert(me.clone(), ctx.member(inp));

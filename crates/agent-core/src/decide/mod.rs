@@ -419,6 +419,10 @@ fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
 
 fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, view: &ClusterView) {
     d.next.timers.dcs_unreachable_since = None;
+    d.next.failsafe_published = view
+        .status
+        .as_ref()
+        .is_some_and(|s| s.leader == ctx.name() && s.failsafe.is_some());
     match session {
         SessionRead::None => {
             d.act(Action::GrantSession { ttl: ctx.t.ttl });

@@ -25,8 +25,11 @@ pub(super) fn without_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, _session: &
         return;
     }
     let t = &ctx.t;
-    if let Some(Ok(started)) = &inp.probes.failsafe {
-        // This tick's round: every other agent promised not to take the lease.
+    if let (Some(Ok(started)), true) = (&inp.probes.failsafe, d.next.failsafe_published) {
+        // This tick's round: every other agent promised not to take the lease, and no node
+        // outside them may be elected, once a view showed our topology in `status` (failsafe
+        // switched on just before the DCS went: a node only its own pgha.toml lists could
+        // still be elected; decide test only, the simulator never hit that window).
         let f = &mut d.next.timers.failsafe_ok;
         *f = Some(f.map_or(*started, |old| old.max(*started)));
     }

@@ -63,6 +63,24 @@ impl Sim {
                 self.lock().net.dcs_cut.insert(n);
                 Some(Undo::Net)
             }
+            Fault::DcsCutAllBut { .. } => {
+                let keep = match self.joiner() {
+                    Some(j) => j,
+                    None => self.resolve(Pick::Replica),
+                };
+                let mut w = self.lock();
+                let cut: Vec<String> = w.names.iter().filter(|n| **n != keep).cloned().collect();
+                w.log(
+                    now,
+                    "FAULT",
+                    format!(
+                        "{} cut off from the DCS; {keep} still reaches it",
+                        cut.join(", ")
+                    ),
+                );
+                w.net.dcs_cut.extend(cut);
+                Some(Undo::Net)
+            }
             Fault::DcsDown { refuse, .. } => {
                 log(self, format!("the DCS is down (refusing: {refuse})"));
                 self.lock().net.dcs_down = Some(*refuse);

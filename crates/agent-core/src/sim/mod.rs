@@ -105,7 +105,10 @@ struct Slot {
 struct Sim {
     sc: Scenario,
     opts: SimOptions,
+    /// Every node's, the joiner's included.
     cfg: Arc<pgha_config::PghaConfig>,
+    /// What the other nodes run with in a joiner seed: `cfg` without the joiner.
+    known: Arc<pgha_config::PghaConfig>,
     world: WorldRef,
     slots: BTreeMap<String, Slot>,
     start: Instant,
@@ -116,6 +119,13 @@ impl Sim {
         let cfg = pgha_config::load_from_str(&sc.toml(), "simulation")
             .map(Arc::new)
             .unwrap_or_else(|e| panic!("simulation config is invalid: {e}")); // a bug here, not input
+        let known = if sc.joiner {
+            let mut k = (*cfg).clone();
+            k.nodes.pop();
+            Arc::new(k)
+        } else {
+            cfg.clone()
+        };
         let start = Instant::now();
         let mut nodes = BTreeMap::new();
         for (i, n) in cfg.nodes.iter().enumerate() {
@@ -148,6 +158,10 @@ impl Sim {
             checker: world::Checker {
                 sync_mode: sc.sync,
                 quorum: sc.quorum,
+                joiner: sc
+                    .joiner
+                    .then(|| cfg.nodes.last().map(|n| n.name.clone()))
+                    .flatten(),
                 ..Default::default()
             },
             trace: Vec::new(),
@@ -163,6 +177,7 @@ impl Sim {
             sc,
             opts,
             cfg,
+            known,
             world: Arc::new(std::sync::Mutex::new(world)),
             slots: BTreeMap::new(),
             start,
@@ -189,7 +204,12 @@ impl Sim {
             );
             return;
         }
-        let Some(ctx) = Ctx::new(self.cfg.clone(), name) else {
+        let cfg = if self.joiner().as_deref() == Some(name) {
+            self.cfg.clone()
+        } else {
+            self.known.clone()
+        };
+        let Some(ctx) = Ctx::new(cfg.clone(), name) else {
             return;
         };
         let gate = Gate::new();
@@ -197,7 +217,7 @@ impl Sim {
             world: self.world.clone(),
             me: name.to_string(),
             gate: gate.clone(),
-            cfg: self.cfg.clone(),
+            cfg,
         };
         let clock = Arc::new(SimClock { start: self.start });
         let (shared, events) = Shared::new(
@@ -316,6 +336,11 @@ impl Sim {
     }
 
     /// The node a fault hits, now.
+    /// The node only its own pgha.toml lists (`Scenario::joiner`).
+    fn joiner(&self) -> Option<String> {
+        self.lock().checker.joiner.clone()
+    }
+
     fn resolve(&self, p: Pick) -> String {
         let mut w = self.lock();
         let now = Instant::now();
@@ -450,6 +475,11 @@ fn settled(w: &World, now: Instant, names: &[String]) -> Option<String> {
         .collect();
     if writable.len() != 1 {
         return Some(format!("{} writable nodes", writable.len()));
+    }
+    if w.checker.joiner.as_ref() == Some(writable[0]) {
+        // The others do not follow a leader their pgha.toml lacks ("not in our config"):
+        // the operator's rollout is not finished. It may lead only with failsafe off.
+        return None;
     }
     let mut lagging = Vec::new();
     for n in names {

@@ -38,6 +38,10 @@ pub enum Fault {
     PeersCut { node: Pick, dur: Duration },
     /// Both.
     Isolate { node: Pick, dur: Duration },
+    /// Every node but one loses the DCS (dropped): the joiner when the seed has one, else
+    /// a replica. The leader's failsafe round must not be confirmed by nodes that cannot
+    /// see the one node that can still take the lease.
+    DcsCutAllBut { dur: Duration },
     /// Every DCS member is down: refused at once, or silent.
     DcsDown { refuse: bool, dur: Duration },
     /// DCS requests are delayed up to `max` each way (late answers, late writes).
@@ -87,6 +91,7 @@ impl Fault {
             Fault::DcsCut { .. } => "dcs-cut",
             Fault::PeersCut { .. } => "peers-cut",
             Fault::Isolate { .. } => "isolate",
+            Fault::DcsCutAllBut { .. } => "dcs-cut-but-one",
             Fault::DcsDown { .. } => "dcs-down",
             Fault::DcsSlow { .. } => "dcs-slow",
             Fault::RefuseToPrimary { .. } => "refuse-to-primary",
@@ -107,6 +112,7 @@ impl Fault {
             | Fault::DcsCut { dur, .. }
             | Fault::PeersCut { dur, .. }
             | Fault::Isolate { dur, .. }
+            | Fault::DcsCutAllBut { dur }
             | Fault::DcsDown { dur, .. }
             | Fault::DcsSlow { dur, .. }
             | Fault::RefuseToPrimary { dur }
@@ -147,6 +153,10 @@ pub struct Scenario {
     pub strict: bool,
     /// Sync mode: `failover.maximum_lag_on_syncnode` in bytes (a WAL record is 100).
     pub max_sync_lag: Option<u64>,
+    /// The last node is in its own pgha.toml only: added to the cluster while the others
+    /// still run with the old node list (an operator's rollout), so no leader's failsafe
+    /// round asks it. Never with `empty` (it could bootstrap a cluster the others ignore).
+    pub joiner: bool,
 }
 
 impl Scenario {
@@ -257,6 +267,23 @@ impl Scenario {
         let max_sync_lag =
             sr.random_bool(0.3)
                 .then(|| if sr.random_bool(0.5) { 2_000 } else { 20_000 });
+        // Own streams: the other draws stay as they were.
+        let joiner = !opts.empty && StdRng::seed_from_u64(seed ^ 0x0000_d01e_05ed).random_bool(0.1);
+        let mut jr = StdRng::seed_from_u64(seed ^ 0x00c7_a11b_0071);
+        let p_cut = if joiner { 0.6 } else { 0.05 };
+        if jr.random_bool(p_cut)
+            && opts
+                .only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|k| k.trim() == "dcs-cut-but-one"))
+        {
+            let start = Duration::from_millis(jr.random_range(3_000..30_000));
+            let dur = Duration::from_millis(
+                jr.random_range(ttl.as_millis() as u64..=ttl.as_millis() as u64 * 4),
+            );
+            faults.push((start, Fault::DcsCutAllBut { dur }));
+            faults.sort_by_key(|(s, _)| *s);
+        }
         Scenario {
             seed,
             nodes,
@@ -273,6 +300,7 @@ impl Scenario {
             sync_standbys,
             strict,
             max_sync_lag,
+            joiner,
         }
     }
 
@@ -348,9 +376,14 @@ impl Scenario {
             .map(|(s, f)| format!("{:.1}s {f:?}", s.as_secs_f64()))
             .collect();
         format!(
-            "seed {}: {} nodes, {}, ttl {:?}, loop_wait {:?}, failsafe {}, fast path {}, priorities {:?}; faults: {}",
+            "seed {}: {} nodes{}, {}, ttl {:?}, loop_wait {:?}, failsafe {}, fast path {}, priorities {:?}; faults: {}",
             self.seed,
             self.nodes,
+            if self.joiner {
+                format!(" (node{} in its own pgha.toml only)", self.nodes)
+            } else {
+                String::new()
+            },
             if self.sync {
                 format!(
                     "{} {}{}{}",

@@ -139,6 +139,21 @@ const FOUND: &[(u64, Option<&str>, &str)] = &[
         "quorum commit after a switch from sync mode: the same older reported timeline",
     ),
     (
+        75,
+        Some("dcs-cut-but-one"),
+        "a node only its own pgha.toml listed (the others ran with the old node list) still saw the DCS: the leader served on the others' failsafe confirmations and it took the expired lease, two writable",
+    ),
+    (
+        177,
+        Some("dcs-cut-but-one"),
+        "same, with priorities",
+    ),
+    (
+        13764,
+        None,
+        "same, with failsafe_mode switched off in the DCS meanwhile: that node saw it off and ignored the leader's topology, which the leader (cut off) still served on",
+    ),
+    (
         7658,
         Some("edit-timings,dcs-slow"),
         "a timed-out release of the leader key landed after the agent restarted PostgreSQL as primary on that key",
@@ -241,6 +256,7 @@ fn quiet(seed: u64, faults: Vec<(Duration, Fault)>) -> Scenario {
     sc.sync_standbys = 1;
     sc.strict = false;
     sc.max_sync_lag = None;
+    sc.joiner = false;
     sc
 }
 

@@ -230,6 +230,8 @@ pub struct Checker {
     pub limitations: Vec<String>,
     /// Steps (time since start) at which no node took writes.
     pub unwritable: Vec<Duration>,
+    /// The node only its own pgha.toml lists (`Scenario::joiner`).
+    pub joiner: Option<String>,
 }
 
 /// Everything.
@@ -309,11 +311,18 @@ impl World {
     /// Every other node promised `node` (failsafe) not to take the lease: it may keep taking
     /// writes without a lease the DCS can confirm.
     pub fn failsafe_covers(&self, node: &str, now: Instant) -> bool {
-        self.nodes.keys().filter(|n| *n != node).all(|n| {
-            self.promises
-                .get(n)
-                .is_some_and(|(l, until)| l == node && *until > now)
-        })
+        // A node outside the failsafe topology the DCS holds may not be elected
+        // (`election::Rules::failsafe`): its promise is not needed.
+        let topology = crate::election::Rules::failsafe_topology(self.dcs.status.as_ref());
+        let needed = |n: &String| topology.is_none_or(|t| t.contains_key(n));
+        self.nodes
+            .keys()
+            .filter(|n| *n != node && needed(n))
+            .all(|n| {
+                self.promises
+                    .get(n)
+                    .is_some_and(|(l, until)| l == node && *until > now)
+            })
     }
 
     /// One step of the world at `now`.

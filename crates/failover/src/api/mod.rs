@@ -11,7 +11,8 @@
 //!   so do the documents (`GET /patroni`, `/cluster`, `/metrics`, and GET bodies of checks).
 //! - `GET|PATCH|PUT /config`: the cluster settings in the DCS; `POST /reload`: pgha.toml
 //!   again (both need the token to change anything).
-//! - `POST /failsafe`: the agents' failsafe round (token too).
+//! - `POST /failsafe`: the agents' failsafe round (token too); `GET /failsafe`: the last
+//!   leader's failsafe topology (Patroni's `/failsafe` key), 502 while failsafe is off.
 
 mod actions;
 mod config;
@@ -65,7 +66,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/failover", post(actions::failover))
         .route("/pause", post(actions::pause))
         .route("/resume", post(actions::resume))
-        .route("/failsafe", post(actions::failsafe))
+        .route("/failsafe", get(failsafe_topology).post(actions::failsafe))
         .route(
             "/config",
             get(config::get).patch(config::patch).put(config::put),
@@ -189,6 +190,21 @@ async fn history(State(s): State<Arc<ApiState>>, method: Method, headers: Header
         return StatusCode::OK.into_response();
     }
     (StatusCode::OK, Json(status::history(&s.shared.snapshot()))).into_response()
+}
+
+/// Patroni's `GET /failsafe`: `{node: its /patroni URL}` for every node the last leader's
+/// failsafe round asks (only those may be elected), 502 while the last leader runs with
+/// failsafe off (or none published one yet).
+async fn failsafe_topology(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = read_allowed(&s, &headers, "GET /failsafe") {
+        return r;
+    }
+    let snap = s.shared.snapshot();
+    let status = snap.view.as_ref().and_then(|v| v.status.as_ref());
+    match crate::election::Rules::failsafe_topology(status) {
+        Some(t) => (StatusCode::OK, Json(t.clone())).into_response(),
+        None => StatusCode::BAD_GATEWAY.into_response(),
+    }
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {

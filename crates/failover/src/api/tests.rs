@@ -167,6 +167,12 @@ fn view() -> ClusterView {
             lsn: Lsn(5000),
             timeline: 3,
             updated_ms: 0,
+            failsafe: Some(
+                ["node1", "node2", "node3"]
+                    .iter()
+                    .map(|n| (n.to_string(), format!("http://{n}:8008/patroni")))
+                    .collect(),
+            ),
         }),
         sync: Some(SyncState {
             leader: "node1".into(),
@@ -204,7 +210,15 @@ async fn server_with(
     cfg: Arc<PghaConfig>,
     token: bool,
 ) -> (SocketAddr, Arc<ViewDcs>, CancellationToken) {
-    let v = view();
+    server_on_view(node, cfg, token, view()).await
+}
+
+async fn server_on_view(
+    node: &str,
+    cfg: Arc<PghaConfig>,
+    token: bool,
+    v: ClusterView,
+) -> (SocketAddr, Arc<ViewDcs>, CancellationToken) {
     let dcs = Arc::new(ViewDcs(Mutex::new(v.clone())));
     let (shared, _events) = Shared::new(
         std::time::Duration::from_secs(10),
@@ -325,6 +339,23 @@ async fn haproxy_default_check_routes_writes_to_the_leader_only() {
     assert_eq!(raw(a2, read).await.0, 200);
     c1.cancel();
     c2.cancel();
+}
+
+#[tokio::test]
+async fn get_failsafe_shows_the_leaders_topology_and_502_while_it_runs_without() {
+    let (addr, _, cancel) = server("node2", false, false).await;
+    let (code, body) = raw(addr, "GET /failsafe HTTP/1.0\r\n\r\n").await;
+    assert_eq!(code, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["node3"], "http://node3:8008/patroni", "{d}");
+    assert_eq!(d.as_object().map(|m| m.len()), Some(3), "{d}");
+    cancel.cancel();
+    let mut v = view();
+    v.status.as_mut().unwrap().failsafe = None;
+    let (addr, _, cancel) = server_on_view("node2", config(false, false), false, v).await;
+    let (code, _) = raw(addr, "GET /failsafe HTTP/1.0\r\n\r\n").await;
+    assert_eq!(code, 502);
+    cancel.cancel();
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ async fn without_the_dcs_a_leader_serves_until_fence_after_then_fences() {
 async fn this_ticks_failsafe_round_counts_before_the_fence() {
     let now = Instant::now();
     let c = ctx();
-    let m = mem(now, Role::Leader, 42);
+    let mut m = mem(now, Role::Leader, 42);
+    m.failsafe_published = true;
     let t = now + c.t.fence_after + Duration::from_millis(100);
     let mut inp = inputs(
         t,
@@ -57,6 +58,17 @@ async fn this_ticks_failsafe_round_counts_before_the_fence() {
             .starts_with("DCS unreachable: leader keeps serving"),
         "{}",
         d.reason
+    );
+    // A round counts only once a view showed our topology in `status`: before that, a
+    // node outside it could be elected.
+    let unpublished = Memory {
+        failsafe_published: false,
+        ..m.clone()
+    };
+    let d = decide(&c, &unpublished, &inp);
+    assert_eq!(
+        d.reason,
+        "DCS unreachable: fenced before the lease can expire"
     );
     inp.probes.failsafe = Some(Err("n2: this node reaches the DCS".into()));
     let d = decide(&c, &m, &inp);
@@ -97,6 +109,59 @@ async fn a_confirmed_failsafe_round_is_a_proof_like_a_renewal() {
         == Action::Watchdog {
             deadline: Some(round + c.t.watchdog_after)
         }));
+}
+
+/// Patroni's `/failsafe` rule. A node the last leader's failsafe round never asks (it is not
+/// in that leader's pgha.toml: added while it ran) may reach the DCS while the leader and
+/// every node it asks do not; the leader then serves on their confirmations past its lease,
+/// so that node must not take the key (simulator seed in `sim::tests::FOUND`, joiner seeds).
+#[tokio::test(start_paused = true)]
+async fn a_node_outside_the_last_leaders_failsafe_topology_is_never_elected() {
+    let now = Instant::now();
+    let m = mem(now, Role::NoLeader, 42);
+    let mut v = view(None);
+    let topology: std::collections::BTreeMap<String, String> = ["n2", "n3", "n4"]
+        .iter()
+        .map(|n| (n.to_string(), format!("http://{n}/patroni")))
+        .collect();
+    v.status = Some(LeaderStatus {
+        leader: "n4".into(),
+        lsn: Lsn(1000),
+        timeline: 1,
+        updated_ms: 0,
+        failsafe: Some(topology),
+    });
+    let mut local = replica();
+    local.lsn = Some(Lsn(2000));
+    let inp = healthy(now, local, v);
+    let d = decide(&ctx(), &m, &inp);
+    assert!(
+        d.reason.starts_with("no leader: n2 is the best candidate")
+            && d.reason.contains(
+                "we may not lead: failsafe: not in the last leader's failsafe topology [n2, n3, n4]"
+            ),
+        "{}",
+        d.reason
+    );
+    assert!(!has(&d, |a| matches!(a, Action::AcquireLeader { .. })));
+    // A leader that runs with failsafe off publishes no topology: the furthest node leads.
+    // Our own view of `failsafe_mode` does not matter (a leader cut off from the DCS does
+    // not see it switched off, and serves on: seed 13764).
+    let mut cfg = (*ctx().cfg).clone();
+    cfg.failover.failsafe = false;
+    let off = Ctx::new(Arc::new(cfg), "n1").unwrap();
+    assert!(decide(&off, &m, &inp)
+        .reason
+        .starts_with("no leader: n2 is"));
+    let mut inp = inp;
+    if let DcsRead::Ok { view, .. } = &mut inp.dcs {
+        view.status.as_mut().unwrap().failsafe = None;
+    }
+    let d = decide(&off, &m, &inp);
+    assert_eq!(
+        d.reason,
+        "no leader: we are the best candidate: taking the leader key"
+    );
 }
 
 #[tokio::test(start_paused = true)]
