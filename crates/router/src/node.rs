@@ -94,7 +94,7 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery() AS in_recovery, \
     CASE WHEN pg_is_in_recovery() THEN NULL \
          ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END AS timeline";
 
-#[derive(Debug)]
+/// `Debug` shows the node's state, never its connect options (they hold the password).
 pub(crate) struct Node {
     pub name: String,
     pub address: String,
@@ -118,6 +118,20 @@ pub(crate) struct Node {
     acquired_seen: AtomicU64,
     last_ok: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("role", &self.role())
+            .field("state", &self.state())
+            .field("lsn", &self.lsn.load(Relaxed))
+            .field("lag_bytes", &self.lag_bytes.load(Relaxed))
+            .field("failures", &self.failures.load(Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Node {

@@ -48,6 +48,20 @@ async fn reads_land_on_replicas_and_token_reads_are_never_stale() -> anyhow::Res
     let c = TestCluster::start(2).await?;
     let router = router_for(&c, fast_options()).await?;
     assert_eq!(router.primary_name().as_deref(), Some("node1"));
+    // `Debug` never shows the password (every node's connect options hold it).
+    let pw = c
+        .config()
+        .postgres
+        .superuser_password
+        .as_ref()
+        .unwrap()
+        .read()?;
+    let shown = format!("{router:?} {:?} {:?}", router.writer(), router.reader());
+    assert!(shown.contains("node2"), "{shown}");
+    assert!(
+        !shown.contains(pw.expose()),
+        "the password is in Debug output: {shown}"
+    );
 
     let mut ports = HashSet::new();
     for _ in 0..20 {
