@@ -156,3 +156,113 @@ async fn cascading_replica_streams_from_its_upstream_survives_its_restart_and_fa
     assert!(h.cluster.panics_in_logs().is_empty());
     Ok(())
 }
+
+async fn exec(h: &HaCluster, node: &str, sql: &str) -> anyhow::Result<()> {
+    let mut c = h.cluster.conn(node).await?;
+    sqlx::raw_sql(sql).execute(&mut c).await?;
+    Ok(())
+}
+
+/// `nostream` (Patroni's tag), switched on at runtime (SIGHUP): node3 stops streaming and
+/// replays from the WAL archive (`replication.restore_command`); the leader drops its slot
+/// and streams to node2 only; `pgha list` and `GET /patroni` show node3 in archive recovery.
+/// After the leader dies, node2 is promoted and node3 follows its timeline from the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nostream_replica_replays_from_the_archive_through_a_failover() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::Builder::new()
+        .prefix("pgha-nostream-")
+        .tempdir()?;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
+    let archive = work.path().join("wal");
+    std::fs::create_dir(&archive)?;
+    if let Some(u) = pgha_postgres::OsUser::for_server("postgres")? {
+        u.chown(&archive)?;
+    }
+    let a = archive.display();
+    let b = TestCluster::builder()
+        .replicas(2)
+        .parameter("archive_mode", "on")
+        .parameter(
+            "archive_command",
+            &format!("test ! -f {a}/%f && cp %p {a}/%f"),
+        )
+        .replication_toml(&format!("restore_command = \"cp {a}/%f %p\"\n"));
+    let h = HaCluster::start(bin(), b, TEST_FAILOVER_TOML).await?;
+    assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    h.wait_streaming_replica("node3", T).await?;
+    exec(&h, "node1", "CREATE TABLE t (id int)").await?;
+
+    let path = h.cluster.config_path();
+    let original = std::fs::read_to_string(&path)?;
+    let tagged = original.replacen(
+        "name = \"node3\"\n",
+        "name = \"node3\"\nnostream = true\n",
+        1,
+    );
+    assert_ne!(tagged, original, "node3 not found in {}", path.display());
+    std::fs::write(&path, &tagged)?;
+    for n in ["node1", "node2", "node3"] {
+        let pid = h.agents[n].pid().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+    }
+    TestCluster::eventually(T, "node3 off streaming, its slot dropped", || async {
+        let off = streams_from(&h, "node3").await?.is_none();
+        let s = slots(&h, "node1").await?;
+        Ok((off && s == vec![("node2".to_string(), true)]).then_some(()))
+    })
+    .await
+    .map_err(|e| e.context(h.tail_agent_log("node3", 20)))?;
+
+    insert(&h, 1).await?;
+    exec(&h, "node1", "SELECT pg_switch_wal()").await?;
+    wait_row(&h, "node3", 1).await?;
+    let mut c = h.cluster.conn("node1").await?;
+    let senders: Vec<String> =
+        sqlx::query_scalar("SELECT application_name::text FROM pg_stat_replication")
+            .fetch_all(&mut c)
+            .await?;
+    assert_eq!(senders, vec!["node2".to_string()]);
+    drop(c);
+    let cfg = h.cluster.config().clone();
+    let api3 = cfg.node("node3").and_then(|n| n.agent_address).unwrap();
+    TestCluster::eventually(T, "node3 in archive recovery in GET /patroni", || async {
+        let doc: serde_json::Value = reqwest::get(format!("http://{api3}/patroni"))
+            .await?
+            .json()
+            .await?;
+        Ok(
+            (doc["replication_state"] == "in archive recovery" && doc["tags"]["nostream"] == true)
+                .then_some(()),
+        )
+    })
+    .await?;
+    let dcs = pgha_failover::dcs::EtcdDcs::from_config(&cfg, "test").await?;
+    let view = pgha_failover::dcs::Dcs::view(&dcs).await?;
+    let rows = pgha_failover::ops::list_rows(&cfg, &view);
+    let node3 = rows.iter().find(|r| r[0] == "node3").unwrap();
+    assert!(node3.iter().any(|c| c == "in archive recovery"), "{rows:?}");
+
+    let mut h = h;
+    h.kill_node("node1")?;
+    assert_eq!(h.wait_single_primary(T, Some("node1")).await?, "node2");
+    // Two statements: in one implicit transaction the commit would follow the switch.
+    exec(&h, "node2", "INSERT INTO t VALUES (2)").await?;
+    exec(&h, "node2", "SELECT pg_switch_wal()").await?;
+    wait_row(&h, "node3", 2).await.map_err(|e| {
+        let log =
+            std::fs::read_to_string(cfg.node("node3").unwrap().log_file()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        e.context(format!(
+            "{}\nnode3's server log:\n{}",
+            h.tail_agent_log("node3", 10),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    })?;
+    assert!(streams_from(&h, "node3").await?.is_none());
+    assert!(h.cluster.panics_in_logs().is_empty());
+    Ok(())
+}

@@ -35,7 +35,8 @@ pub fn wanted_slots(
     config
         .nodes
         .iter()
-        .filter(|n| n.name != me)
+        // A `nostream` replica reads the archive, never a slot.
+        .filter(|n| n.name != me && !n.nostream)
         .filter(|n| upstream_for(config, view, &n.name, leader).is_some_and(|u| u.name == me))
         .map(|n| n.name.clone())
         .collect()

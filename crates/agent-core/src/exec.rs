@@ -286,7 +286,7 @@ impl Executor {
             }
             Action::Spawn { id, job } => self.spawn(*id, job.clone()),
             Action::PointAt { upstream } => {
-                if self.ctx.cfg.replication.slots {
+                if self.ctx.cfg.replication.slots && !self.ctx.me.nostream {
                     // The WAL receiver finds its slot at once on the new upstream.
                     if let Err(e) = fx.peers.create_slot_on(upstream, self.ctx.name()).await {
                         tracing::warn!(node = %self.ctx.name(), upstream = %upstream, "create our slot on the upstream: {e}");

@@ -28,6 +28,7 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
         c.replication.sync_standbys = Default::default();
         c.replication.member_slots_ttl = Default::default();
         c.replication.ignore_slots = Default::default();
+        c.replication.restore_command = Default::default();
         if let Some(d) = c.dcs.as_mut() {
             d.request_timeout = Default::default();
         }
@@ -37,6 +38,7 @@ pub fn restart_only_changes(old: &PghaConfig, new: &PghaConfig) -> Vec<&'static 
             n.failover_priority = None;
             n.sync_priority = None;
             n.nosync = false;
+            n.nostream = false;
             n.noloadbalance = false;
         }
         c

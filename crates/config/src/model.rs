@@ -275,6 +275,11 @@ pub struct ReplicationSection {
     /// permanent, nor ignored is reported, never dropped (a warning in the agent's log,
     /// `unknown_slots` in `GET /patroni`, the `pgha_unknown_replication_slots` metric).
     pub ignore_slots: Vec<SlotMatcher>,
+    /// restore_command of every replica, e.g. `"/usr/local/bin/pgha-backup --config
+    /// /etc/pgha/pgha.toml wal-fetch %f %p"`: a `nostream` replica replays only from it, the
+    /// others fall back to it when their upstream no longer has the WAL they need. Required
+    /// by `nodes[].nostream`. Reloadable.
+    pub restore_command: Option<String>,
 }
 
 /// One `replication.ignore_slots` rule (Patroni's `ignore_slots`): slots pgha never touches
@@ -343,6 +348,7 @@ impl Default for ReplicationSection {
             permanent_slots: Vec::new(),
             member_slots_ttl: Duration::from_secs(30 * 60),
             ignore_slots: Vec::new(),
+            restore_command: None,
         }
     }
 }
@@ -390,6 +396,12 @@ pub struct NodeConfig {
     /// promoted in sync mode either, as only synchronous standbys are.
     #[serde(default)]
     pub nosync: bool,
+    /// Never stream WAL: this replica replays only from the WAL archive through
+    /// `replication.restore_command` (Patroni's `nostream` tag). It holds no slot on the
+    /// primary, is never a synchronous standby, and follows a new primary's timeline from
+    /// the archive. `pgha list` shows it `in archive recovery`. No effect on a primary.
+    #[serde(default)]
+    pub nostream: bool,
     /// Keep this node out of read load balancing: the agent API's `/replica`, `/read-only`,
     /// `/sync` and `/async` answer 503 on it (Patroni's `noloadbalance` tag).
     #[serde(default)]
@@ -438,10 +450,11 @@ impl NodeConfig {
         }
     }
 
-    /// The synchronous-standby priority: 0 (never) with `nosync` or when the node never
-    /// leads (a synchronous standby must be promotable), else `sync_priority` (default 1).
+    /// The synchronous-standby priority: 0 (never) with `nosync` or `nostream`, or when the
+    /// node never leads (a synchronous standby must be promotable), else `sync_priority`
+    /// (default 1).
     pub fn sync_rank(&self) -> u32 {
-        if self.nosync || self.failover_rank() == 0 {
+        if self.nosync || self.nostream || self.failover_rank() == 0 {
             0
         } else {
             self.sync_priority.unwrap_or(1)

@@ -225,6 +225,15 @@ impl PghaConfig {
 
     fn validate_replication(&self, errs: &mut ValidationErrors) {
         let r = &self.replication;
+        if r.restore_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            errs.push(
+                "replication.restore_command",
+                "is empty: remove it or give a command",
+            );
+        }
         check_role_name(errs, "replication.user", &r.user);
         if r.user == self.postgres.superuser {
             errs.push(
@@ -646,7 +655,10 @@ impl PghaConfig {
                         at(&format!("tags.{k}")),
                         "a tag name is letters, digits, `_` and `-` (it is matched as ?tag_NAME=)",
                     );
-                } else if matches!(k.as_str(), "nofailover" | "noloadbalance" | "nosync") {
+                } else if matches!(
+                    k.as_str(),
+                    "nofailover" | "noloadbalance" | "nosync" | "nostream"
+                ) {
                     errs.push(
                         at(&format!("tags.{k}")),
                         format!("set `{k} = true` on the node instead of as a tag"),
@@ -675,6 +687,29 @@ impl PghaConfig {
                          has priority 0): drop one of them"
                     ),
                 );
+            }
+            if n.nostream {
+                if self.replication.restore_command.is_none() {
+                    errs.push(
+                        at("nostream"),
+                        "a replica that never streams replays from the archive: set \
+                         replication.restore_command",
+                    );
+                }
+                if n.replicate_from.is_some() {
+                    errs.push(
+                        at("nostream"),
+                        "conflicts with `replicate_from` (a nostream replica streams from nobody)",
+                    );
+                }
+            }
+            if let Some(up) = n.replicate_from.as_deref().and_then(|u| self.node(u)) {
+                if up.nostream {
+                    errs.push(
+                        at("replicate_from"),
+                        format!("`{}` is tagged nostream: it sends no WAL", up.name),
+                    );
+                }
             }
             if let Some(d) = &n.socket_dir {
                 // sun_path is 108 bytes; the socket file name adds ".s.PGSQL.NNNNN".
@@ -930,6 +965,38 @@ data_dir = "/var/lib/pgha/node2"
                 .to_string();
             assert!(err.contains(want), "{err}");
         }
+        // nostream (Patroni's tag): replays from the archive only, never synchronous.
+        let err = load_from_str(&node2("nostream = true"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nodes[1].nostream: a replica that never streams replays from the archive: set replication.restore_command"),
+            "{err}"
+        );
+        let with_cmd = node2("nostream = true").replace(
+            "password = { env = \"REPL_PW\" }",
+            "password = { env = \"REPL_PW\" }\nrestore_command = \"cp /a/%f %p\"",
+        );
+        let cfg = load_from_str(&with_cmd, "ok.toml").unwrap();
+        assert_eq!(
+            (cfg.nodes[1].failover_rank(), cfg.nodes[1].sync_rank()),
+            (1, 0)
+        );
+        let cascade = with_cmd.replace(
+            "data_dir = \"/var/lib/pgha/node1\"",
+            "data_dir = \"/var/lib/pgha/node1\"\nreplicate_from = \"node2\"",
+        );
+        let err = load_from_str(&cascade, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("nodes[0].replicate_from: `node2` is tagged nostream"),
+            "{err}"
+        );
+        let empty = with_cmd.replace("\"cp /a/%f %p\"", "\" \"");
+        let err = load_from_str(&empty, "bad.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("replication.restore_command: is empty"),
+            "{err}"
+        );
     }
 
     #[test]

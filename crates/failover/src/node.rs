@@ -161,6 +161,12 @@ impl LocalNode {
         })
     }
 
+    /// This node as the current settings describe it (its tags, e.g. `nostream`, reload);
+    /// the one it started with if a reload dropped it.
+    fn me<'a>(cfg: &'a PghaConfig, started: &'a NodeConfig) -> &'a NodeConfig {
+        cfg.node(&started.name).unwrap_or(started)
+    }
+
     fn node_named<'a>(cfg: &'a PghaConfig, name: &str) -> Result<&'a NodeConfig> {
         cfg.node(name).ok_or_else(|| {
             CoreError::refused("follow", format!("node `{name}` is not in the config"))
@@ -472,7 +478,7 @@ impl PgNode for LocalNode {
         self.remove_placeholders();
         let cfg = self.cfg();
         let role = Self::role(&cfg, target)?;
-        install_settings(&cfg, &self.node, role, self.local())?;
+        install_settings(&cfg, Self::me(&cfg, &self.node), role, self.local())?;
         self.pg.start().await?;
         Ok(())
     }
@@ -565,12 +571,12 @@ impl PgNode for LocalNode {
     async fn point_at(&self, target: &Target) -> Result<bool> {
         let cfg = self.cfg();
         let role = Self::role(&cfg, target)?;
-        let want = render_node_conf_for(&cfg, &self.node, role);
+        let want = render_node_conf_for(&cfg, Self::me(&cfg, &self.node), role);
         let path = self.local().data_dir().join(NODE_CONF);
         if std::fs::read_to_string(&path).ok().as_deref() == Some(want.as_str()) {
             return Ok(false);
         }
-        install_settings(&cfg, &self.node, role, self.local())?;
+        install_settings(&cfg, Self::me(&cfg, &self.node), role, self.local())?;
         self.pg.reload().await?;
         Ok(true)
     }

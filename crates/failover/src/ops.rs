@@ -427,6 +427,9 @@ pub fn list_rows(config: &PghaConfig, view: &ClusterView) -> Vec<[String; 9]> {
             Some(m) if m.role == MemberRole::Replica => {
                 if m.streaming {
                     "streaming".into()
+                } else if m.tags.get("nostream").is_some_and(|v| v == "true") {
+                    // Patroni's state for a replica without a WAL receiver.
+                    "in archive recovery".into()
                 } else {
                     "running (not streaming)".into()
                 }

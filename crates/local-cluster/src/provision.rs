@@ -51,6 +51,8 @@ pub struct ClusterSpec {
     pub allowed_networks: Vec<String>,
     /// `replicate_from` per node name (cascading replicas).
     pub replicate_from: BTreeMap<String, String>,
+    /// TOML lines added to the `[replication]` section, e.g. `restore_command = "..."`.
+    pub replication_extra: String,
 }
 
 /// A standby site: a copy of the local cluster in `primary_root` (same secrets) with a
@@ -88,6 +90,7 @@ impl ClusterSpec {
             replicate_from: BTreeMap::new(),
             node_hosts: Vec::new(),
             allowed_networks: Vec::new(),
+            replication_extra: String::new(),
         }
     }
 }
@@ -425,6 +428,7 @@ fn render_config(spec: &ClusterSpec, ports: &[u16]) -> String {
     if let Some(mb) = spec.wal_keep_size_mb {
         let _ = writeln!(s, "wal_keep_size = \"{mb}MB\"");
     }
+    s.push_str(&spec.replication_extra);
     for i in 0..=spec.replicas {
         let name = format!("node{}", i + 1);
         let dir = spec.root.join("nodes").join(&name);

@@ -125,6 +125,8 @@ pub fn render_node_conf_for(config: &PghaConfig, node: &NodeConfig, role: NodeRo
     }
     let source = match role {
         NodeRole::Primary => None,
+        // Replays from the archive only (`restore_command` below), streams from nobody.
+        NodeRole::Replica { .. } if node.nostream => None,
         NodeRole::Replica { upstream: up } => Some((
             format!("host={} port={}", conninfo_value(&up.host), up.port),
             node.name.clone(),
@@ -162,14 +164,12 @@ pub fn render_node_conf_for(config: &PghaConfig, node: &NodeConfig, role: NodeRo
         let _ = writeln!(s, "primary_conninfo = ''");
         let _ = writeln!(s, "primary_slot_name = ''");
     }
-    if let NodeRole::StandbyLeader {
-        source:
-            StandbyClusterSection {
-                restore_command: Some(cmd),
-                ..
-            },
-    } = role
-    {
+    let restore = match role {
+        NodeRole::StandbyLeader { source } => source.restore_command.as_deref(),
+        NodeRole::Replica { .. } => config.replication.restore_command.as_deref(),
+        NodeRole::Primary => None,
+    };
+    if let Some(cmd) = restore {
         let _ = writeln!(s, "restore_command = {}", quote_literal(cmd));
     }
     s
@@ -317,6 +317,30 @@ data_dir = "/d/n2"
         );
         assert!(s.contains("primary_slot_name = 'n2'"), "{s}");
         assert!(!s.contains("password="), "{s}");
+    }
+
+    #[test]
+    fn a_nostream_replica_replays_from_the_archive_and_the_others_fall_back_to_it() {
+        let mut c = config("async");
+        c.replication.restore_command = Some("fetch %f %p".into());
+        let streaming = render_node_conf(&c, &c.nodes[1], Some(&c.nodes[0]));
+        assert!(
+            streaming.contains("primary_slot_name = 'n2'"),
+            "{streaming}"
+        );
+        assert!(
+            streaming.contains("restore_command = 'fetch %f %p'"),
+            "{streaming}"
+        );
+        let mut n2 = c.nodes[1].clone();
+        n2.nostream = true;
+        let s = render_node_conf(&c, &n2, Some(&c.nodes[0]));
+        assert!(s.contains("primary_conninfo = ''"), "{s}");
+        assert!(s.contains("primary_slot_name = ''"), "{s}");
+        assert!(s.contains("restore_command = 'fetch %f %p'"), "{s}");
+        // A primary restores nothing.
+        let p = render_node_conf(&c, &c.nodes[0], None);
+        assert!(!p.contains("restore_command"), "{p}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub struct TestClusterBuilder {
     replicate_from: Vec<(String, String)>,
     permanent_slots: Vec<String>,
     standby: Option<pgha_local_cluster::StandbySpec>,
+    replication_toml: String,
 }
 
 impl TestClusterBuilder {
@@ -107,6 +108,11 @@ impl TestClusterBuilder {
         self.wal_keep_size_mb = Some(mb);
         self
     }
+    /// TOML lines added to the `[replication]` section (each ending in a newline).
+    pub fn replication_toml(mut self, toml: &str) -> Self {
+        self.replication_toml.push_str(toml);
+        self
+    }
     /// TOML appended to the cluster's pgha.toml.
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
@@ -148,6 +154,7 @@ impl TestClusterBuilder {
         }
         spec.parameters.extend(self.parameters);
         spec.extra_toml = self.extra_toml;
+        spec.replication_extra = self.replication_toml;
         spec.tls = self.tls;
         let t = Instant::now();
         let cluster = match LocalCluster::create(&spec).await {
@@ -187,6 +194,7 @@ impl TestCluster {
             replicate_from: Vec::new(),
             permanent_slots: Vec::new(),
             standby: None,
+            replication_toml: String::new(),
         }
     }
 

@@ -112,6 +112,18 @@ fn follow_leader(
             d.act(Action::PointAt {
                 upstream: up.clone(),
             });
+            if ctx.me.nostream {
+                // Replays from the archive (pgha-node.conf names no upstream): never
+                // streaming is how it should be, not a reason to rewind. A timeline the
+                // archive does not continue stays PostgreSQL's to report.
+                d.next.timers.not_streaming_since = None;
+                d.next.rewind_attempts = 0;
+                d.because(format!(
+                    "follower of {}: replaying from the archive (nostream)",
+                    leader.name
+                ));
+                return;
+            }
             if obs.streaming {
                 d.next.timers.not_streaming_since = None;
                 d.next.rewind_attempts = 0;

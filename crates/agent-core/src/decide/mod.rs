@@ -130,7 +130,14 @@ impl Ctx {
             checkpoint_timeline: o.checkpoint_timeline,
             suspects,
             noloadbalance: self.me.noloadbalance,
-            tags: self.me.tags.clone(),
+            tags: {
+                let mut t = self.me.tags.clone();
+                if self.me.nostream {
+                    // Patroni publishes its typed tags with the others.
+                    t.insert("nostream".into(), "true".into());
+                }
+                t
+            },
             pending_restart: o.pending_restart.clone(),
             loop_wait_ms: Some(self.t.loop_wait.as_millis() as u64),
             failover_priority: Some(self.me.failover_rank()).filter(|p| *p != 1),

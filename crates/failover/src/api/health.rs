@@ -84,7 +84,9 @@ impl Facts {
         let pg_role = m.map(|m| m.role);
         let replication_state = match (running, pg_role, streaming) {
             (true, Some(MemberRole::Replica), true) => Some("streaming"),
-            (true, Some(MemberRole::Replica), false) if cfg.backup.is_some() => {
+            (true, Some(MemberRole::Replica), false)
+                if cfg.backup.is_some() || cfg.replication.restore_command.is_some() =>
+            {
                 Some("in archive recovery")
             }
             _ => None,
@@ -106,6 +108,9 @@ impl Facts {
         }
         if node.is_some_and(|n| n.nosync) {
             tags.insert("nosync".into(), "true".into());
+        }
+        if node.is_some_and(|n| n.nostream) {
+            tags.insert("nostream".into(), "true".into());
         }
         for (k, v) in [
             ("failover_priority", node.and_then(|n| n.failover_priority)),

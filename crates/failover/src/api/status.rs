@@ -28,7 +28,7 @@ fn tags_json(f: &Facts) -> Value {
     for (k, v) in &f.tags {
         // pgha's typed tags as Patroni writes them; free-form tags stay strings.
         let v = match (k.as_str(), v.as_str()) {
-            ("nofailover" | "noloadbalance" | "nosync", "true") => Value::Bool(true),
+            ("nofailover" | "noloadbalance" | "nosync" | "nostream", "true") => Value::Bool(true),
             ("failover_priority" | "sync_priority", n) => n
                 .parse::<u32>()
                 .map_or_else(|_| Value::String(n.into()), Value::from),
@@ -185,7 +185,14 @@ fn member_json(s: &ApiState, view: &ClusterView, m: &MemberState) -> Value {
         };
         doc.insert("lag".into(), lag);
     }
-    let mut tags: Map<String, Value> = m.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut tags: Map<String, Value> = m
+        .tags
+        .iter()
+        .map(|(k, v)| match (k.as_str(), v.as_str()) {
+            ("nostream", "true") => (k.clone(), json!(true)),
+            _ => (k.clone(), json!(v)),
+        })
+        .collect();
     if m.nofailover {
         tags.insert("nofailover".into(), json!(true));
     }

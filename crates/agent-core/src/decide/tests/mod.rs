@@ -18,6 +18,7 @@ use crate::memory::{PendingSync, RunningJob};
 
 mod faults;
 mod mode_switch;
+mod nostream;
 mod planned;
 mod quorum;
 mod settings;
