@@ -35,8 +35,15 @@ pub fn wanted_slots(
     config
         .nodes
         .iter()
-        // A `nostream` replica reads the archive, never a slot.
-        .filter(|n| n.name != me && !n.nostream)
+        // A `nostream` replica reads the archive, never a slot: as our pgha.toml says, or
+        // as its member key does (only its own agent may have reloaded the tag).
+        .filter(|n| {
+            let tagged = view
+                .members
+                .get(&n.name)
+                .is_some_and(|m| m.tags.get("nostream").is_some_and(|v| v == "true"));
+            n.name != me && !n.nostream && !tagged
+        })
         .filter(|n| upstream_for(config, view, &n.name, leader).is_some_and(|u| u.name == me))
         .map(|n| n.name.clone())
         .collect()

@@ -59,7 +59,14 @@ pub fn eligibility(m: &MemberState, rules: &Rules<'_>) -> Result<(), String> {
     if m.failover_rank() == 0 {
         return Err("failover_priority 0: never a leader".into());
     }
-    if let Some(t) = rules.failsafe.filter(|t| !t.contains_key(&m.name)) {
+    // An operator's failover (`pgha failover --candidate`) may name a node outside it: with
+    // the last leader dead and none of its nodes electable (renamed, replaced, lagging),
+    // nothing else could ever lead again. The operator vouches that the old leader is down.
+    let forced_here = matches!(manual, Some((to, RequestKind::Failover)) if to == m.name);
+    if let Some(t) = rules
+        .failsafe
+        .filter(|t| !t.contains_key(&m.name) && !forced_here)
+    {
         return Err(format!(
             "failsafe: not in the last leader's failsafe topology [{}] (it never asked this node whether it sees the DCS)",
             t.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -413,6 +420,30 @@ mod tests {
         never.nofailover = true;
         assert_eq!(eligibility(&never, &r).unwrap_err(), "tagged nofailover");
         assert!(best([&never, &b], &r).is_none());
+    }
+
+    #[test]
+    fn outside_the_failsafe_topology_only_an_operators_failover_may_elect() {
+        let t: BTreeMap<String, String> = [("p".to_string(), String::new())].into();
+        let b = m("b", 900, MemberRole::Replica);
+        let mut r = rules(None, None);
+        r.failsafe = Some(&t);
+        assert!(eligibility(&b, &r)
+            .unwrap_err()
+            .starts_with("failsafe: not in the last leader's failsafe topology [p]"));
+        let req = |kind| SwitchoverRequest {
+            kind,
+            from: Some("p".into()),
+            to: "b".into(),
+            at_ms: None,
+            requested_ms: 0,
+        };
+        let switchover = req(RequestKind::Switchover);
+        r.request = Some(&switchover);
+        assert!(eligibility(&b, &r).is_err());
+        let failover = req(RequestKind::Failover);
+        r.request = Some(&failover);
+        assert_eq!(eligibility(&b, &r), Ok(()));
     }
 
     /// failover_priority decides only between equally advanced candidates.

@@ -638,7 +638,7 @@ impl PgNode for LocalNode {
     async fn rewind(&self, source: &str) -> Result<()> {
         let cfg = self.cfg();
         let src = Self::node_named(&cfg, source)?;
-        pgha_replication::rewind(&cfg, &self.node, src, self.local()).await?;
+        pgha_replication::rewind(&cfg, Self::me(&cfg, &self.node), src, self.local()).await?;
         Ok(())
     }
 
@@ -660,7 +660,7 @@ impl PgNode for LocalNode {
             })?;
         }
         let params = connect_params(&cfg, up)?;
-        bootstrap_replica(&cfg, &self.node, up, self.local(), &params).await?;
+        bootstrap_replica(&cfg, Self::me(&cfg, &self.node), up, self.local(), &params).await?;
         Ok(())
     }
 

@@ -50,7 +50,10 @@ pub async fn bootstrap_replica(
     ensure_empty(instance)?;
     instance.prepare_dirs()?;
     write_passfile(config, replica, instance.run_as())?;
-    if config.replication.slots {
+    // A `nostream` replica reads the archive afterwards: no slot of its own on the upstream
+    // (pg_basebackup streams the copy's WAL through a temporary one).
+    let own_slot = config.replication.slots && !replica.nostream;
+    if own_slot {
         let mut conn = upstream_conn.connect().await?;
         create_slot(&mut conn, &upstream.name, &replica.name).await?;
     }
@@ -59,7 +62,7 @@ pub async fn bootstrap_replica(
         conninfo_value(&upstream.host),
         upstream.port
     );
-    let slot = config.replication.slots.then_some(replica.name.as_str());
+    let slot = own_slot.then_some(replica.name.as_str());
     base_backup(
         config,
         replica,

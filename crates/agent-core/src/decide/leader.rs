@@ -152,32 +152,10 @@ fn status_and_slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
             lsn,
             timeline: tl,
             updated_ms: inp.wall_ms,
-            failsafe: ctx.cfg.failover.failsafe.then(|| failsafe_topology(ctx)),
+            failsafe: ctx.cfg.failover.failsafe.then(|| ctx.failsafe_topology()),
         }));
     }
     plan::slots(ctx, d, inp, view, ctx.name());
-}
-
-/// Every node our failsafe round asks (all of pgha.toml's), with its `/patroni` URL ("" for
-/// a node without `agent_address`, which can never confirm). Written while failsafe is on;
-/// a round counts only once a view showed it (`Memory::failsafe_published`), and a node
-/// that sees failsafe switched off still finds it while we may serve on confirmations.
-fn failsafe_topology(ctx: &Ctx) -> std::collections::BTreeMap<String, String> {
-    let scheme = if ctx.cfg.tls.as_ref().is_some_and(|t| t.agent_api) {
-        "https"
-    } else {
-        "http"
-    };
-    ctx.cfg
-        .nodes
-        .iter()
-        .map(|n| {
-            let url = n
-                .agent_address
-                .map_or(String::new(), |a| format!("{scheme}://{a}/patroni"));
-            (n.name.clone(), url)
-        })
-        .collect()
 }
 
 /// Leader of a standby cluster: stays in recovery streaming from the primary site, never

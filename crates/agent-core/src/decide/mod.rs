@@ -18,6 +18,7 @@ mod quorum;
 mod rotate;
 mod settings;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +87,29 @@ impl Ctx {
 
     pub fn name(&self) -> &str {
         &self.me.name
+    }
+
+    /// Every node our failsafe round asks (all of pgha.toml's), with its `/patroni` URL ("" for
+    /// a node without `agent_address`, which can never confirm). The leader writes it in
+    /// `status` while failsafe is on; a round counts only once a view showed exactly this
+    /// (`Memory::failsafe_published`), and a node that sees failsafe switched off still finds
+    /// it while we may serve on confirmations.
+    pub fn failsafe_topology(&self) -> BTreeMap<String, String> {
+        let scheme = if self.cfg.tls.as_ref().is_some_and(|t| t.agent_api) {
+            "https"
+        } else {
+            "http"
+        };
+        self.cfg
+            .nodes
+            .iter()
+            .map(|n| {
+                let url = n
+                    .agent_address
+                    .map_or(String::new(), |a| format!("{scheme}://{a}/patroni"));
+                (n.name.clone(), url)
+            })
+            .collect()
     }
 
     /// The other nodes' names.
@@ -426,10 +450,12 @@ fn job_done(ctx: &Ctx, d: &mut Decision, job: &Job, error: Option<&str>) {
 
 fn with_dcs(ctx: &Ctx, d: &mut Decision, inp: &Inputs, session: &SessionRead, view: &ClusterView) {
     d.next.timers.dcs_unreachable_since = None;
-    d.next.failsafe_published = view
-        .status
-        .as_ref()
-        .is_some_and(|s| s.leader == ctx.name() && s.failsafe.is_some());
+    // Exactly our round's nodes: a `status` still listing a node our round no longer asks
+    // (an agent restarted with a shorter node list, its first views) would let that node
+    // be elected while we serve on the others' confirmations.
+    d.next.failsafe_published = view.status.as_ref().is_some_and(|s| {
+        s.leader == ctx.name() && s.failsafe.as_ref() == Some(&ctx.failsafe_topology())
+    });
     match session {
         SessionRead::None => {
             d.act(Action::GrantSession { ttl: ctx.t.ttl });

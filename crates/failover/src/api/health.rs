@@ -250,13 +250,21 @@ fn liveness(f: &Facts) -> bool {
     f.paused || f.loop_age.is_some_and(|a| a < limit)
 }
 
-/// The leader; or a streaming replica within `?lag=` (default `maximum_lag_on_failover`) of
-/// the leader, measured on replayed WAL (`?mode=apply`, the default) or received (`write`).
+/// The leader; or a streaming replica (a `nostream` one: in archive recovery) within `?lag=`
+/// (default `maximum_lag_on_failover`) of the leader, measured on replayed WAL
+/// (`?mode=apply`, the default) or received (`write`).
 fn readiness(q: &HashMap<String, String>, f: &Facts) -> Result<bool, BadQuery> {
     if f.holds_lease {
         return Ok(true);
     }
-    if !f.running || f.replication_state != Some("streaming") {
+    // A `nostream` replica is ready replaying from the archive (it never streams).
+    let nostream = f.tags.get("nostream").is_some_and(|v| v == "true");
+    let replicating = match f.replication_state {
+        Some("streaming") => true,
+        Some("in archive recovery") => nostream,
+        _ => false,
+    };
+    if !f.running || !replicating {
         return Ok(false);
     }
     let Some(leader) = f.leader_lsn.filter(|_| f.dcs_known) else {

@@ -281,6 +281,17 @@ fn readiness_lag_and_mode() {
     assert!(!answer("/readiness", &q(&[]), &not_streaming)
         .unwrap()
         .unwrap());
+    // In archive recovery: ready only when tagged nostream (it never streams).
+    let mut archive = Facts {
+        replication_state: Some("in archive recovery"),
+        ..f.clone()
+    };
+    assert!(!answer("/readiness", &q(&[]), &archive).unwrap().unwrap());
+    archive.tags.insert("nostream".into(), "true".into());
+    assert!(answer("/readiness", &q(&[]), &archive).unwrap().unwrap());
+    assert!(!answer("/readiness", &q(&[("lag", "50000")]), &archive)
+        .unwrap()
+        .unwrap());
 }
 
 #[test]

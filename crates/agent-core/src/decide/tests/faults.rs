@@ -78,6 +78,39 @@ async fn this_ticks_failsafe_round_counts_before_the_fence() {
     );
 }
 
+/// `Memory::failsafe_published`: the view shows exactly the nodes our round asks, as ours.
+#[tokio::test(start_paused = true)]
+async fn a_round_counts_only_once_the_dcs_shows_exactly_our_topology() {
+    let now = Instant::now();
+    let c = ctx();
+    let m = mem(now, Role::Leader, 42);
+    let mut st = LeaderStatus {
+        leader: "n1".into(),
+        lsn: Lsn(1000),
+        timeline: 1,
+        updated_ms: 0,
+        failsafe: Some(c.failsafe_topology()),
+    };
+    let published = |st: &LeaderStatus| {
+        let mut v = view(Some(("n1", 42)));
+        v.status = Some(st.clone());
+        decide(&c, &m, &healthy(now, primary(), v))
+            .next
+            .failsafe_published
+    };
+    assert!(published(&st));
+    // Still listing a node our round no longer asks (our agent restarted with a shorter
+    // node list and reads its predecessor's status): that node could be elected.
+    st.failsafe
+        .as_mut()
+        .unwrap()
+        .insert("n4".into(), String::new());
+    assert!(!published(&st));
+    st.failsafe = Some(c.failsafe_topology());
+    st.leader = "n2".into();
+    assert!(!published(&st));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_confirmed_failsafe_round_is_a_proof_like_a_renewal() {
     let now = Instant::now();

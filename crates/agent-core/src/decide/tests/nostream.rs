@@ -112,10 +112,28 @@ async fn the_leader_keeps_no_slot_for_a_nostream_replica_and_drops_its_old_one()
     // After the grace of an unwanted slot (one lease TTL).
     assert!(dropped.is_some_and(|s| (3..=5).contains(&s)), "{dropped:?}");
     // Without the tag, n3's slot is wanted.
-    let d = decide(&ctx(), &mem(start, Role::Leader, 42), &{
+    let idle_n3 = |v: &ClusterView| {
         let mut local = primary();
-        local.slots = Some(vec![("n2".into(), true), ("n3".into(), false)]);
-        healthy(start, local, v.clone())
-    });
-    assert!(!has(&d, |a| matches!(a, Action::DropSlot { .. })));
+        local.slots = Some(vec![("n2".into(), true)]);
+        decide(
+            &ctx(),
+            &mem(start, Role::Leader, 42),
+            &healthy(start, local, v.clone()),
+        )
+    };
+    let d = idle_n3(&v);
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::CreateSlot { name } if name == "n3")
+    ));
+    // Tagged in n3's own pgha.toml only (only its agent reloaded): its member key says so.
+    let mut tagged = v.clone();
+    tagged
+        .members
+        .get_mut("n3")
+        .unwrap()
+        .tags
+        .insert("nostream".into(), "true".into());
+    let d = idle_n3(&tagged);
+    assert!(!has(&d, |a| matches!(a, Action::CreateSlot { .. })));
 }
