@@ -240,6 +240,22 @@ async fn a_nostream_replica_replays_from_the_archive_through_a_failover() -> any
         )
     })
     .await?;
+    // Status, `pgha check` and the exporter's series know it never streams (from the
+    // edited pgha.toml, as a `pgha check` run now reads it).
+    let edited = pgha_config::load(pgha_config::ConfigSource::Flag(path.clone()))?.config;
+    let st = pgha_replication::status::ClusterStatus::collect(&edited).await?;
+    assert!(st.node("node3").unwrap().archive_only);
+    let check = pgha::check::evaluate_replication(
+        &st,
+        2,
+        pgha::check::LagThresholds {
+            crit_bytes: u64::MAX,
+            warn_bytes: u64::MAX,
+            crit_seconds: f64::MAX,
+            warn_seconds: f64::MAX,
+        },
+    );
+    assert!(!check.summary.contains("not streaming"), "{check:?}");
     let dcs = pgha_failover::dcs::EtcdDcs::from_config(&cfg, "test").await?;
     let view = pgha_failover::dcs::Dcs::view(&dcs).await?;
     let rows = pgha_failover::ops::list_rows(&cfg, &view);

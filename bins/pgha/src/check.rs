@@ -109,6 +109,11 @@ pub fn evaluate_replication(
     };
     let others: Vec<_> = st.nodes.iter().filter(|n| n.name != primary).collect();
     let streaming = others.iter().filter(|n| n.streaming == Some(true)).count();
+    // `nostream` replicas replay from the archive: they count as replicating when running.
+    let archive_only = others
+        .iter()
+        .filter(|n| n.archive_only && n.reachable)
+        .count();
     let mut max_bytes = 0u64;
     let mut max_secs = 0f64;
     for n in &others {
@@ -117,7 +122,7 @@ pub fn evaluate_replication(
             state = state.worst(CheckState::Warning);
             continue;
         }
-        if n.streaming != Some(true) {
+        if n.streaming != Some(true) && !n.archive_only {
             problems.push(format!("{} not streaming", n.name));
             state = state.worst(CheckState::Warning);
         }
@@ -162,7 +167,7 @@ pub fn evaluate_replication(
             }
         }
     }
-    if expected_replicas > 0 && streaming == 0 {
+    if expected_replicas > 0 && streaming + archive_only == 0 {
         state = CheckState::Critical;
     }
     let _ = write!(perf, "streaming={streaming};;;0;{expected_replicas}");

@@ -107,7 +107,8 @@ pub fn cluster(st: &ClusterStatus, m: &mut MetricSet) {
         if n.role != Some(Role::Replica) {
             continue;
         }
-        if let Some(s) = n.streaming {
+        // A `nostream` replica never streams: no series (the alert on it would always fire).
+        if let Some(s) = n.streaming.filter(|_| !n.archive_only) {
             m.gauge(
                 "pgha_wal_receiver_streaming",
                 "1 when the replica's WAL receiver is streaming from its upstream",

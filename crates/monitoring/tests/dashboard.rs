@@ -47,6 +47,15 @@ fn dashboard_queries_exported_pgha_metrics() {
         m.family("pgha_wal_receiver_streaming").unwrap().samples[0].1,
         0.0
     );
+    // A `nostream` replica never streams: no series, so `PostgresqlReplicaNotStreaming`
+    // does not fire for it for ever.
+    let mut archive = st.clone();
+    archive.nodes[1].archive_only = true;
+    let mut a = MetricSet::new();
+    pgha_monitoring::ha::cluster(&archive, &mut a);
+    assert!(a
+        .family("pgha_wal_receiver_streaming")
+        .is_none_or(|f| f.samples.is_empty()));
 
     // The runner's CARGO_MANIFEST_DIR first (a binary reused from another clone's build).
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());

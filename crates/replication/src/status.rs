@@ -89,6 +89,9 @@ pub struct NodeStatus {
     pub lag_seconds: Option<f64>,
     /// Replica: sync_state as the primary reports it.
     pub sync_state: Option<String>,
+    /// Tagged `nostream` in the config: replays from the archive, never streams (not
+    /// streaming is how it should be).
+    pub archive_only: bool,
 }
 
 impl NodeStatus {
@@ -109,6 +112,7 @@ impl NodeStatus {
             lag_bytes: None,
             lag_seconds: None,
             sync_state: None,
+            archive_only: false,
         }
     }
 
@@ -229,9 +233,11 @@ impl ClusterStatus {
             .into_iter()
             .zip(&config.nodes)
             .map(|(st, n)| {
-                st.unwrap_or_else(|| {
+                let mut st = st.unwrap_or_else(|| {
                     NodeStatus::unreachable(&n.name, n.address(), "status task failed".into())
-                })
+                });
+                st.archive_only = n.nostream;
+                st
             })
             .collect();
         Ok(Self::derive(config.cluster.name.clone(), nodes))
