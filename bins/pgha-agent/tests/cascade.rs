@@ -194,21 +194,7 @@ async fn a_nostream_replica_replays_from_the_archive_through_a_failover() -> any
     exec(&h, "node1", "CREATE TABLE t (id int)").await?;
 
     let path = h.cluster.config_path();
-    let original = std::fs::read_to_string(&path)?;
-    let tagged = original.replacen(
-        "name = \"node3\"\n",
-        "name = \"node3\"\nnostream = true\n",
-        1,
-    );
-    assert_ne!(tagged, original, "node3 not found in {}", path.display());
-    std::fs::write(&path, &tagged)?;
-    for n in ["node1", "node2", "node3"] {
-        let pid = h.agents[n].pid().unwrap() as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )?;
-    }
+    h.edit_node_and_reload("node3", "nostream = true\n")?;
     TestCluster::eventually(T, "node3 off streaming, its slot dropped", || async {
         let off = streams_from(&h, "node3").await?.is_none();
         let s = slots(&h, "node1").await?;

@@ -414,22 +414,7 @@ fn unsafe_timings_are_rejected_naming_the_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_priority_decides_between_equally_advanced_replicas() -> anyhow::Result<()> {
     let mut h = ha(2, false, "").await?;
-    let path = h.cluster.config_path();
-    let original = std::fs::read_to_string(&path)?;
-    let edited = original.replacen(
-        "name = \"node3\"\n",
-        "name = \"node3\"\nfailover_priority = 2\n",
-        1,
-    );
-    assert_ne!(edited, original, "node3's table not found");
-    std::fs::write(&path, &edited)?;
-    for n in ["node1", "node2", "node3"] {
-        let pid = h.agents[n].pid().unwrap() as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )?;
-    }
+    h.edit_node_and_reload("node3", "failover_priority = 2\n")?;
     let d = dcs(&h).await?;
     TestCluster::eventually(T, "node3 publishes failover_priority 2", || async {
         let v = d.view().await?;

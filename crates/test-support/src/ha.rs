@@ -108,6 +108,30 @@ impl HaCluster {
         Ok(())
     }
 
+    /// Adds `lines` (TOML, each ending in a newline) to `node`'s `[[nodes]]` table in the
+    /// cluster's pgha.toml and sends SIGHUP to every running agent (a reload).
+    pub fn edit_node_and_reload(&self, node: &str, lines: &str) -> anyhow::Result<()> {
+        let path = self.cluster.config_path();
+        let original = std::fs::read_to_string(&path)?;
+        let at = format!("name = \"{node}\"\n");
+        let edited = original.replacen(&at, &format!("{at}{lines}"), 1);
+        anyhow::ensure!(
+            edited != original,
+            "{node}'s table not found in {}",
+            path.display()
+        );
+        std::fs::write(&path, &edited)?;
+        for a in self.agents.values() {
+            if let Some(pid) = a.pid() {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGHUP,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn agent_log(&self, node: &str) -> PathBuf {
         self.cluster.root().join(format!("{node}-agent.log"))
     }

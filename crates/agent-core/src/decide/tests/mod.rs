@@ -183,6 +183,15 @@ fn mem(now: Instant, role: Role, lease: i64) -> Memory {
     m
 }
 
+/// Our session (lease 42, TTL 3 s) as renewed at `now`: a loop of ticks that all renew.
+fn renew(m: &mut Memory, now: Instant) {
+    m.session = Some(Session {
+        lease: 42,
+        renewed_at: now,
+        ttl: Duration::from_secs(3),
+    });
+}
+
 /// A follower of n2 (in `v`) whose probes find n2's ports refused, ticking every
 /// `dead_probe_every` from now: the tick at which it revokes n2's lease, and its reason.
 fn ticks_until_revoked(c: &Ctx, v: &ClusterView, max: u32) -> Option<(u32, String)> {

@@ -23,11 +23,7 @@ fn rewind_while_not_streaming(c: &Ctx) -> Option<u64> {
     let v = view(Some(("n2", 7)));
     for s in 0..60 {
         let now = start + Duration::from_secs(s);
-        m.session = Some(Session {
-            lease: 42,
-            renewed_at: now,
-            ttl: Duration::from_secs(3),
-        });
+        renew(&mut m, now);
         let mut local = replica();
         local.streaming = false;
         let d = decide(c, &m, &healthy(now, local, v.clone()));
@@ -77,11 +73,7 @@ async fn the_leader_keeps_no_slot_for_a_nostream_replica_and_drops_its_old_one()
     let mut dropped = None;
     for s in 0..30 {
         let now = start + Duration::from_secs(s);
-        m.session = Some(Session {
-            lease: 42,
-            renewed_at: now,
-            ttl: Duration::from_secs(3),
-        });
+        renew(&mut m, now);
         let mut local = primary();
         // n3's slot from before the tag, idle now that it reads the archive; n2's missing.
         local.slots = Some(vec![("n3".into(), false)]);

@@ -11,11 +11,7 @@ fn drop_of_departed(c: &Ctx, secs: u64) -> Option<u64> {
     v.members.remove("n3");
     for s in 0..secs {
         let now = start + Duration::from_secs(s);
-        m.session = Some(Session {
-            lease: 42,
-            renewed_at: now,
-            ttl: Duration::from_secs(3),
-        });
+        renew(&mut m, now);
         let mut local = primary();
         local.slots = Some(vec![("n2".into(), true), ("n3".into(), false)]);
         let d = decide(c, &m, &healthy(now, local, v.clone()));
