@@ -154,6 +154,11 @@ const FOUND: &[(u64, Option<&str>, &str)] = &[
         "same, with failsafe_mode switched off in the DCS meanwhile: that node saw it off and ignored the leader's topology, which the leader (cut off) still served on",
     ),
     (
+        82060,
+        None,
+        "same, by an operator's failover to that node (a review had let a manual failover elect outside the topology)",
+    ),
+    (
         7658,
         Some("edit-timings,dcs-slow"),
         "a timed-out release of the leader key landed after the agent restarted PostgreSQL as primary on that key",
