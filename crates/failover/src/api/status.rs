@@ -23,20 +23,25 @@ fn role_name(f: &Facts) -> &'static str {
     }
 }
 
-fn tags_json(f: &Facts) -> Value {
-    let mut m = Map::new();
-    for (k, v) in &f.tags {
-        // pgha's typed tags as Patroni writes them; free-form tags stay strings.
-        let v = match (k.as_str(), v.as_str()) {
-            ("nofailover" | "noloadbalance" | "nosync" | "nostream", "true") => Value::Bool(true),
-            ("failover_priority" | "sync_priority", n) => n
-                .parse::<u32>()
-                .map_or_else(|_| Value::String(n.into()), Value::from),
-            _ => Value::String(v.clone()),
-        };
-        m.insert(k.clone(), v);
+/// One tag as Patroni writes it: pgha's typed tags as booleans and numbers, free-form tags
+/// as strings.
+fn tag_value(k: &str, v: &str) -> Value {
+    match (k, v) {
+        ("nofailover" | "noloadbalance" | "nosync" | "nostream", "true") => Value::Bool(true),
+        ("failover_priority" | "sync_priority", n) => n
+            .parse::<u32>()
+            .map_or_else(|_| Value::String(n.into()), Value::from),
+        _ => Value::String(v.into()),
     }
-    Value::Object(m)
+}
+
+fn tags_json(f: &Facts) -> Value {
+    Value::Object(
+        f.tags
+            .iter()
+            .map(|(k, v)| (k.clone(), tag_value(k, v)))
+            .collect(),
+    )
 }
 
 /// The node's status, as Patroni's `GET /patroni`.
@@ -188,10 +193,7 @@ fn member_json(s: &ApiState, view: &ClusterView, m: &MemberState) -> Value {
     let mut tags: Map<String, Value> = m
         .tags
         .iter()
-        .map(|(k, v)| match (k.as_str(), v.as_str()) {
-            ("nostream", "true") => (k.clone(), json!(true)),
-            _ => (k.clone(), json!(v)),
-        })
+        .map(|(k, v)| (k.clone(), tag_value(k, v)))
         .collect();
     if m.nofailover {
         tags.insert("nofailover".into(), json!(true));
