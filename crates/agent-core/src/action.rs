@@ -82,6 +82,19 @@ pub enum Action {
     DropSlot {
         name: String,
     },
+    /// A `replication.logical_slots` entry missing on our primary.
+    CreateLogicalSlot {
+        name: String,
+        database: String,
+        plugin: String,
+    },
+    /// Move our copy of logical slot `name` forward to `to` (a replica: the leader's
+    /// confirmed position, at most what we replayed).
+    AdvanceSlot {
+        name: String,
+        database: String,
+        to: pgha_postgres::Lsn,
+    },
     /// Make our slot on `node` (idempotent).
     CreateSlotOn {
         node: String,
@@ -163,6 +176,9 @@ pub enum Job {
     /// An operator's reinit of a replica: stop, move the data dir aside, clone from
     /// `upstream`, start streaming.
     Reinit { upstream: String },
+    /// Copy the logical slots `names` from the primary `from` (their state files) and
+    /// restart to load them: a replica's copies of `replication.logical_slots`.
+    CopyLogicalSlots { from: String, names: Vec<String> },
 }
 
 /// What the history entry of a promotion says, known when it is decided.
@@ -193,6 +209,7 @@ impl Job {
             Job::Bootstrap { .. } => "bootstrap the cluster",
             Job::FinishBootstrap => "finish the committed bootstrap",
             Job::Reinit { .. } => "reinitialize",
+            Job::CopyLogicalSlots { .. } => "copy logical slots",
         }
     }
 

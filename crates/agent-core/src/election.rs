@@ -269,6 +269,7 @@ mod tests {
             lsn: Lsn(5000),
             timeline: 1,
             updated_ms: 0,
+            slots: Default::default(),
             failsafe: None,
         };
         let far = m("far", 100, MemberRole::Replica);

@@ -323,6 +323,18 @@ impl Executor {
                 fx.pg.drop_slot(name).await?;
                 tracing::info!(node = %self.ctx.name(), slot = %name, "dropped an unused replication slot (its node streams from elsewhere)");
             }
+            Action::CreateLogicalSlot {
+                name,
+                database,
+                plugin,
+            } => {
+                fx.pg.create_logical_slot(name, database, plugin).await?;
+                tracing::info!(node = %self.ctx.name(), slot = %name, %database, %plugin, "logical replication slot created (replication.logical_slots)");
+            }
+            Action::AdvanceSlot { name, database, to } => {
+                let end = fx.pg.advance_slot(name, database, *to).await?;
+                tracing::debug!(node = %self.ctx.name(), slot = %name, %database, to = %to, end = %end, "copy of a logical slot advanced");
+            }
             Action::CreateSlotOn { node, slot } => {
                 fx.peers.create_slot_on(node, slot).await?;
                 out.push(Outcome::SlotRetried);
@@ -506,6 +518,20 @@ async fn run_job(ctx: &Ctx, fx: &Effects, job: &Job) -> Result<(), String> {
             clone_afresh(fx, upstream).await?;
         }
         Job::Checkpoint => pg.checkpoint().await.map_err(step("checkpoint"))?,
+        Job::CopyLogicalSlots { from, names } => {
+            let got = pg
+                .copy_logical_slots(from, names)
+                .await
+                .map_err(step("copy logical slots"))?;
+            let missing: Vec<&String> = names.iter().filter(|n| !got.contains(n)).collect();
+            if got.is_empty() {
+                return Err(format!("{from} has none of the logical slots {names:?}"));
+            }
+            tracing::info!(node = %ctx.name(), from = %from, slots = ?got, "logical slots copied from the primary; restarted to load them");
+            if !missing.is_empty() {
+                tracing::warn!(node = %ctx.name(), from = %from, slots = ?missing, "the primary does not have these logical slots (yet)");
+            }
+        }
     }
     Ok(())
 }
@@ -598,6 +624,8 @@ fn action_name(a: &Action) -> &'static str {
         Action::SetSyncNames { .. } => "set synchronous_standby_names",
         Action::CreateSlot { .. } => "create slot",
         Action::DropSlot { .. } => "drop slot",
+        Action::CreateLogicalSlot { .. } => "create logical slot",
+        Action::AdvanceSlot { .. } => "advance logical slot",
         Action::CreateSlotOn { .. } => "create our slot on the upstream",
         Action::Watchdog { .. } => "watchdog",
         Action::ApplyConfig { .. } => "apply cluster settings",

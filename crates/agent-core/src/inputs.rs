@@ -148,12 +148,16 @@ pub enum Event {
     ReinitRequested,
 }
 
-/// A logical replication slot (pgha makes none yet: one is either ignored or reported).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A logical replication slot: one of `replication.logical_slots`, an ignored one, or
+/// reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogicalSlot {
     pub name: String,
     pub database: Option<String>,
     pub plugin: Option<String>,
+    /// `confirmed_flush_lsn`: what its consumer confirmed (on a replica's copy: how far it
+    /// was advanced).
+    pub confirmed_flush: Option<Lsn>,
 }
 
 /// Peer reads the gather step made because the view called for them.

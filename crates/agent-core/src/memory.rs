@@ -104,6 +104,9 @@ pub struct Timers {
     pub job_failed: Option<Instant>,
     /// When applying the cluster settings failed last (retried `loop_wait` later).
     pub config_failed: Option<Instant>,
+    /// When we last copied logical slots from the leader (a copy restarts PostgreSQL: not
+    /// more often than `decide::logical::COPY_BACKOFF`).
+    pub logical_copied: Option<Instant>,
 }
 
 /// Everything the agent carries from one tick to the next.
@@ -148,6 +151,9 @@ pub struct Memory {
     /// leader): only then does a confirmed failsafe round count as a proof, since only then
     /// may no node outside the topology be elected (`election::Rules::failsafe`).
     pub failsafe_published: bool,
+    /// Our copies of `replication.logical_slots` found ahead of the leader's slot, since
+    /// when: past a few loops, not the leader's slot (a former primary's own): copied anew.
+    pub logical_ahead: BTreeMap<String, Instant>,
 }
 
 impl Memory {
@@ -186,6 +192,7 @@ impl Memory {
             restart: None,
             reinit: false,
             failsafe_published: false,
+            logical_ahead: BTreeMap::new(),
         }
     }
 }

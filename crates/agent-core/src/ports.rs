@@ -64,6 +64,15 @@ pub trait PgNode: Send + Sync + std::fmt::Debug {
     async fn clone_standby_leader(&self) -> Result<()>;
     async fn create_slot(&self, name: &str) -> Result<()>;
     async fn drop_slot(&self, name: &str) -> Result<()>;
+    /// Creates logical slot `name` (one of `replication.logical_slots`) with `plugin` in
+    /// `database` on this primary (idempotent).
+    async fn create_logical_slot(&self, name: &str, database: &str, plugin: &str) -> Result<()>;
+    /// Moves logical slot `name` (in `database`) forward to `to`; returns where it ended.
+    async fn advance_slot(&self, name: &str, database: &str, to: Lsn) -> Result<Lsn>;
+    /// Copies the logical slots `names` from `source` (the primary: their state files) into
+    /// this replica and restarts it to load them; returns the names copied. PostgreSQL is
+    /// left running as before when the primary has none of them.
+    async fn copy_logical_slots(&self, source: &str, names: &[String]) -> Result<Vec<String>>;
     /// The checkpoint LSN in pg_control (after a shutdown: the final one).
     async fn checkpoint_lsn(&self) -> Result<Lsn>;
 }

@@ -62,7 +62,10 @@ const FIELD_OF: &[(&str, &str)] = &[
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
 /// `postgres.parameters` would override its management. Each names the field to use instead.
 pub const MANAGED_PARAMETERS: &[(&str, &str)] = &[
-    ("wal_level", "pgha sets `replica`"),
+    (
+        "wal_level",
+        "pgha sets `replica` (`logical` with replication.logical_slots)",
+    ),
     ("hot_standby", "pgha sets `on`"),
     ("max_wal_senders", "use replication.max_wal_senders"),
     (

@@ -19,6 +19,7 @@ mod standby;
 mod tls;
 mod units;
 mod validate;
+mod validate_logical;
 
 pub use backup::{BackupSection, RepositoryConfig, RetentionConfig, S3Config};
 pub use bootstrap::{BootstrapMethod, BootstrapSection};
@@ -26,9 +27,9 @@ pub use dynamic::DynamicSettings;
 pub use error::{error_chain, ConfigError, Result, ValidationError, ValidationErrors};
 pub use load::{load, load_from_str, ConfigSource, LoadedConfig};
 pub use model::{
-    AlertThresholds, ClusterSection, DcsSection, FailoverSection, MonitoringSection, NodeConfig,
-    PghaConfig, PoolMode, PoolingSection, PostgresSection, ReplicationMode, ReplicationSection,
-    SlotKind, SlotMatcher,
+    AlertThresholds, ClusterSection, DcsSection, FailoverSection, LogicalSlotSpec,
+    MonitoringSection, NodeConfig, PghaConfig, PoolMode, PoolingSection, PostgresSection,
+    ReplicationMode, ReplicationSection, SlotKind, SlotMatcher,
 };
 pub use net::IpNet;
 pub use router::{RouterFallback, RouterReaderPolicy, RouterSection};

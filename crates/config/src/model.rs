@@ -262,6 +262,13 @@ pub struct ReplicationSection {
     /// through (`standby_cluster.primary_slot_name` there). Never dropped by pgha: a slot
     /// nobody reads keeps WAL, so bound it with `max_slot_wal_keep_size`.
     pub permanent_slots: Vec<String>,
+    /// Permanent logical slots (Patroni's `slots` of `type: logical`), e.g.
+    /// `[{ name = "cdc", database = "app", plugin = "pgoutput" }]`: the leader creates them,
+    /// every replica that may lead keeps a copy (taken from the leader with a restart, then
+    /// advanced as the leader's consumers confirm), so a failover keeps them at a position no
+    /// later than what consumers confirmed (a consumer may see some changes twice, never
+    /// miss one). Sets `wal_level = logical`; needs `hot_standby_feedback`. Restart to change.
+    pub logical_slots: Vec<LogicalSlotSpec>,
     /// How long the slot of a node whose agent left the cluster (its member key is gone) is
     /// kept before it is dropped (Patroni 4's `member_slots_ttl`, dynamic); a slot in use is
     /// never dropped. `0s`: dropped as soon as it is idle. A node that comes back gets its
@@ -305,6 +312,26 @@ pub struct SlotMatcher {
     pub plugin: Option<String>,
 }
 
+/// One `replication.logical_slots` entry: a permanent logical slot (Patroni's `slots` of
+/// `type: logical`), e.g. `logical_slots = [{ name = "cdc", database = "app", plugin =
+/// "pgoutput" }]`. The leader creates it; every replica that may lead keeps a copy (taken from
+/// the leader's state file with one restart, then advanced as the leader's consumer confirms,
+/// never past what it replayed), so after a failover the new primary has the slot before its
+/// first write, at a position no later than what the consumer confirmed: a consumer may see
+/// some changes twice, never miss one. Sets `wal_level = logical` (a restart) and needs
+/// `hot_standby_feedback`; the superuser must be able to read the leader's files
+/// (`pg_read_binary_file`). Not kept on `nofailover` or `nostream` nodes. Restart to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogicalSlotSpec {
+    /// The slot's name (a-z, 0-9, `_`).
+    pub name: String,
+    /// The database it decodes.
+    pub database: String,
+    /// The output plugin, e.g. `pgoutput` or `test_decoding`.
+    pub plugin: String,
+}
+
 /// A replication slot's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -346,6 +373,7 @@ impl Default for ReplicationSection {
             wal_keep_size: ByteSize(512 << 20),
             hot_standby_feedback: true,
             permanent_slots: Vec::new(),
+            logical_slots: Vec::new(),
             member_slots_ttl: Duration::from_secs(30 * 60),
             ignore_slots: Vec::new(),
             restore_command: None,

@@ -19,6 +19,7 @@ impl PghaConfig {
         self.validate_pooling(&mut errs);
         self.validate_monitoring(&mut errs);
         self.validate_standby(&mut errs);
+        self.validate_logical_slots(&mut errs);
         self.bootstrap.validate(self.backup.is_some(), &mut errs);
         if let Some(r) = &self.router {
             r.validate(&mut errs);
@@ -508,7 +509,11 @@ impl PghaConfig {
             );
         }
         let needed = self.nodes.len().saturating_sub(1) + r.permanent_slots.len();
-        if r.slots && !r.permanent_slots.is_empty() && (r.max_replication_slots as usize) < needed {
+        if r.slots
+            && !r.permanent_slots.is_empty()
+            && r.logical_slots.is_empty()
+            && (r.max_replication_slots as usize) < needed
+        {
             errs.push(
                 "replication.max_replication_slots",
                 format!(
@@ -742,7 +747,7 @@ impl PghaConfig {
     }
 }
 
-fn is_slot_name(s: &str) -> bool {
+pub(crate) fn is_slot_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_IDENT
         && s.chars()

@@ -16,6 +16,7 @@ pub mod dcs;
 mod error;
 pub mod first;
 pub mod node;
+mod node_logical;
 pub mod ops;
 pub mod peers;
 pub mod settings;

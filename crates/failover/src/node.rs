@@ -44,7 +44,7 @@ const PLACEHOLDER: &str = "# pgha placeholder:";
 pub struct LocalNode {
     /// Replaced when the cluster settings change ([`PgNode::apply_config`]).
     cfg: std::sync::RwLock<Arc<PghaConfig>>,
-    node: NodeConfig,
+    pub(crate) node: NodeConfig,
     pg: SupervisedInstance,
     /// One connection kept across ticks; dropped when it broke or the server stopped.
     conn: Mutex<Option<PgConnection>>,
@@ -80,7 +80,7 @@ impl LocalNode {
         self
     }
 
-    fn local(&self) -> &LocalInstance {
+    pub(crate) fn local(&self) -> &LocalInstance {
         self.pg.local()
     }
 
@@ -140,7 +140,7 @@ impl LocalNode {
     }
 
     /// The config settings are rendered from now.
-    fn cfg(&self) -> Arc<PghaConfig> {
+    pub(crate) fn cfg(&self) -> Arc<PghaConfig> {
         match self.cfg.read() {
             Ok(c) => c.clone(),
             Err(p) => p.into_inner().clone(),
@@ -442,12 +442,19 @@ impl PgNode for LocalNode {
             }
         }
         if self.cfg().replication.slots {
-            type Row = (String, String, Option<String>, Option<String>, bool);
+            type Row = (
+                String,
+                String,
+                Option<String>,
+                Option<String>,
+                bool,
+                Option<String>,
+            );
             let slots = self
                 .with_conn("pg_replication_slots", |c| {
                     Box::pin(async move {
                         sqlx::query_as::<_, Row>(
-                            "SELECT slot_name::text, slot_type::text, database::text, plugin::text, active FROM pg_replication_slots",
+                            "SELECT slot_name::text, slot_type::text, database::text, plugin::text, active, confirmed_flush_lsn::text FROM pg_replication_slots",
                         )
                         .fetch_all(c)
                         .await
@@ -461,10 +468,11 @@ impl PgNode for LocalNode {
                     o.slots = Some(physical.into_iter().map(|r| (r.0, r.4)).collect());
                     o.logical_slots = logical
                         .into_iter()
-                        .map(|(name, _, database, plugin, _)| LogicalSlot {
+                        .map(|(name, _, database, plugin, _, confirmed)| LogicalSlot {
                             name,
                             database,
                             plugin,
+                            confirmed_flush: confirmed.and_then(|c| c.parse().ok()),
                         })
                         .collect();
                 }
@@ -695,6 +703,18 @@ impl PgNode for LocalNode {
             self.forget_conn().await;
         }
         Ok(r?)
+    }
+
+    async fn create_logical_slot(&self, name: &str, database: &str, plugin: &str) -> Result<()> {
+        self.create_logical(name, database, plugin).await
+    }
+
+    async fn advance_slot(&self, name: &str, database: &str, to: Lsn) -> Result<Lsn> {
+        self.advance(name, database, to).await
+    }
+
+    async fn copy_logical_slots(&self, source: &str, names: &[String]) -> Result<Vec<String>> {
+        self.copy_logical(source, names).await
     }
 
     async fn checkpoint_lsn(&self) -> Result<Lsn> {

@@ -86,7 +86,7 @@ pub enum PgError {
 }
 
 impl PgError {
-    pub(crate) fn io(
+    pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> PgError {

@@ -10,6 +10,7 @@ mod bootstrap;
 mod error;
 mod first;
 mod install;
+pub mod logical;
 mod mode;
 mod rewind;
 mod roles;

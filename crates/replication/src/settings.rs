@@ -46,7 +46,13 @@ pub fn render_cluster_conf(config: &PghaConfig) -> String {
     let on = |b: bool| if b { "on" } else { "off" };
     let mut s = String::from(HEADER);
     let _ = writeln!(s, "# cluster {}", config.cluster.name);
-    let _ = writeln!(s, "wal_level = replica");
+    // Permanent logical slots decode WAL (on the leader, and kept on replicas that may lead).
+    let level = if r.logical_slots.is_empty() {
+        "replica"
+    } else {
+        "logical"
+    };
+    let _ = writeln!(s, "wal_level = {level}");
     let _ = writeln!(s, "max_wal_senders = {}", r.max_wal_senders);
     let _ = writeln!(s, "max_replication_slots = {}", r.max_replication_slots);
     let _ = writeln!(
@@ -277,6 +283,20 @@ data_dir = "/d/n2"
             "test",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn logical_slots_set_wal_level_logical() {
+        let mut c = config("async");
+        assert!(render_cluster_conf(&c).contains("wal_level = replica"));
+        c.replication.logical_slots = vec![pgha_config::LogicalSlotSpec {
+            name: "cdc".into(),
+            database: "app".into(),
+            plugin: "pgoutput".into(),
+        }];
+        let s = render_cluster_conf(&c);
+        assert!(s.contains("wal_level = logical"), "{s}");
+        assert!(!s.contains("wal_level = replica"), "{s}");
     }
 
     #[test]

@@ -152,10 +152,12 @@ fn status_and_slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
             lsn,
             timeline: tl,
             updated_ms: inp.wall_ms,
+            slots: super::logical::positions(ctx, inp),
             failsafe: ctx.cfg.failover.failsafe.then(|| ctx.failsafe_topology()),
         }));
     }
     plan::slots(ctx, d, inp, view, ctx.name());
+    super::logical::on_primary(ctx, d, inp);
 }
 
 /// Leader of a standby cluster: stays in recovery streaming from the primary site, never

@@ -11,6 +11,7 @@ mod bootstrap;
 mod elect;
 mod follower;
 mod leader;
+pub(crate) mod logical;
 mod manual;
 mod nodcs;
 mod plan;

@@ -228,7 +228,8 @@ pub(super) fn healthy(ctx: &Ctx, inp: &Inputs) -> Vec<(String, pgha_postgres::Ls
     out
 }
 
-/// Slots that are neither a node's, nor permanent, nor matched by `replication.ignore_slots`,
+/// Slots that are neither a node's, nor permanent (`permanent_slots`, `logical_slots` of the
+/// same database and plugin), nor matched by `replication.ignore_slots`,
 /// sorted: reported, never dropped (an operator's or a tool's; pgha cannot tell).
 fn unknown_slots(ctx: &Ctx, inp: &Inputs, physical: &[(String, bool)]) -> Vec<String> {
     use pgha_config::SlotKind;
@@ -248,6 +249,11 @@ fn unknown_slots(ctx: &Ctx, inp: &Inputs, physical: &[(String, bool)]) -> Vec<St
             inp.local
                 .logical_slots
                 .iter()
+                .filter(|s| {
+                    !r.logical_slots
+                        .iter()
+                        .any(|spec| super::logical::is_spec(s, spec))
+                })
                 .filter(|s| {
                     !ignored(
                         &s.name,

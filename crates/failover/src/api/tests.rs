@@ -167,6 +167,7 @@ fn view() -> ClusterView {
             lsn: Lsn(5000),
             timeline: 3,
             updated_ms: 0,
+            slots: Default::default(),
             failsafe: Some(
                 ["node1", "node2", "node3"]
                     .iter()

@@ -89,6 +89,7 @@ async fn a_round_counts_only_once_the_dcs_shows_exactly_our_topology() {
         lsn: Lsn(1000),
         timeline: 1,
         updated_ms: 0,
+        slots: Default::default(),
         failsafe: Some(c.failsafe_topology()),
     };
     let published = |st: &LeaderStatus| {
@@ -162,6 +163,7 @@ async fn a_node_outside_the_last_leaders_failsafe_topology_is_never_elected() {
         lsn: Lsn(1000),
         timeline: 1,
         updated_ms: 0,
+        slots: Default::default(),
         failsafe: Some(topology),
     });
     let mut local = replica();

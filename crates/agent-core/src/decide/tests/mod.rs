@@ -17,6 +17,7 @@ use crate::inputs::{Local, LogicalSlot, Probes, StandbyRow};
 use crate::memory::{PendingSync, RunningJob};
 
 mod faults;
+mod logical;
 mod mode_switch;
 mod nostream;
 mod planned;

@@ -36,6 +36,7 @@ async fn a_new_leader_promotes_on_a_fresh_timeline_and_checkpoints() {
         lsn: Lsn(1000),
         timeline: 4,
         updated_ms: 0,
+        slots: Default::default(),
         failsafe: None,
     });
     let inp = healthy(now, replica(), v);

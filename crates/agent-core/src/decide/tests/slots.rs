@@ -88,11 +88,13 @@ async fn slots_pgha_does_not_know_are_reported_unless_ignored_and_never_dropped(
             name: "cdc".into(),
             database: Some("app".into()),
             plugin: Some("pgoutput".into()),
+            ..Default::default()
         },
         LogicalSlot {
             name: "audit".into(),
             database: Some("audit".into()),
             plugin: Some("wal2json".into()),
+            ..Default::default()
         },
     ];
     let inp = healthy(start, local, view(Some(("n1", 42))));

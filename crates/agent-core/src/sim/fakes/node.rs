@@ -552,6 +552,27 @@ impl PgNode for SimPg {
         Ok(())
     }
 
+    async fn create_logical_slot(&self, _name: &str, _db: &str, _plugin: &str) -> Result<()> {
+        Err(CoreError::simulated(
+            "create logical slot",
+            "no logical slots in the simulator",
+        ))
+    }
+
+    async fn advance_slot(&self, _name: &str, _db: &str, _to: Lsn) -> Result<Lsn> {
+        Err(CoreError::simulated(
+            "advance slot",
+            "no logical slots in the simulator",
+        ))
+    }
+
+    async fn copy_logical_slots(&self, _source: &str, _names: &[String]) -> Result<Vec<String>> {
+        Err(CoreError::simulated(
+            "copy logical slots",
+            "no logical slots in the simulator",
+        ))
+    }
+
     async fn checkpoint_lsn(&self) -> Result<Lsn> {
         self.h.latency(1, 2).await;
         let mut w = self.h.lock();

@@ -1,0 +1,136 @@
+//! Permanent logical slots (`replication.logical_slots`, Patroni's `slots` of type logical).
+//! The leader creates them and publishes their `confirmed_flush_lsn` in `status`; a replica
+//! that may lead keeps a copy: taken from the leader (its state file, with a restart: a
+//! standby of PostgreSQL 15 cannot create one), then advanced to the leader's position, never
+//! past what it replayed. Promoted, it has each slot at a position no later than what
+//! consumers confirmed: they may see changes twice, never miss one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use pgha_postgres::Lsn;
+
+use super::{Ctx, Decision};
+use crate::action::{Action, Job};
+use crate::dcs::{ClusterView, LeaderInfo};
+use crate::inputs::Inputs;
+
+/// A copy restarts the replica: not more often than this.
+pub(crate) const COPY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How many loops a copy may stay ahead of the leader's slot (the leader publishes its
+/// position once a loop; a fresh copy can be ahead of the last one) before it counts as
+/// another slot (a former primary's own, from before a failover: past the fork it would skip
+/// the new timeline's changes) and is copied anew.
+const AHEAD_LOOPS: u32 = 3;
+
+/// On our primary: creates the configured slots it lacks.
+pub(super) fn on_primary(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
+    if !ctx.cfg.replication.slots || inp.local.in_recovery() || inp.local.slots.is_none() {
+        return;
+    }
+    for spec in &ctx.cfg.replication.logical_slots {
+        if !inp.local.logical_slots.iter().any(|s| s.name == spec.name) {
+            d.act(Action::CreateLogicalSlot {
+                name: spec.name.clone(),
+                database: spec.database.clone(),
+                plugin: spec.plugin.clone(),
+            });
+        }
+    }
+}
+
+/// The leader's `status.slots`: where each configured slot's consumer confirmed.
+pub(super) fn positions(ctx: &Ctx, inp: &Inputs) -> BTreeMap<String, Lsn> {
+    ctx.cfg
+        .replication
+        .logical_slots
+        .iter()
+        .filter_map(|spec| {
+            let s = inp.local.logical_slots.iter().find(|s| is_spec(s, spec))?;
+            Some((spec.name.clone(), s.confirmed_flush?))
+        })
+        .collect()
+}
+
+pub(super) fn is_spec(s: &crate::inputs::LogicalSlot, spec: &pgha_config::LogicalSlotSpec) -> bool {
+    s.name == spec.name
+        && s.database.as_deref() == Some(spec.database.as_str())
+        && s.plugin.as_deref() == Some(spec.plugin.as_str())
+}
+
+/// On a streaming replica: advances its copies to the leader's positions; copies the ones it
+/// lacks (or holds of another slot) from the leader. Nodes that never lead keep none (a copy
+/// holds back the primary's catalog rows through hot_standby_feedback).
+pub(super) fn on_replica(
+    ctx: &Ctx,
+    d: &mut Decision,
+    inp: &Inputs,
+    view: &ClusterView,
+    leader: &LeaderInfo,
+) {
+    let specs = &ctx.cfg.replication.logical_slots;
+    if specs.is_empty() || !ctx.cfg.replication.slots || ctx.me.failover_rank() == 0 {
+        return;
+    }
+    let Some(st) = view.status.as_ref().filter(|s| s.leader == leader.name) else {
+        return;
+    };
+    let now = inp.now;
+    let mut copy = Vec::new();
+    let mut ahead = BTreeSet::new();
+    for spec in specs {
+        let Some(&at) = st.slots.get(&spec.name) else {
+            continue; // the leader has not made it yet
+        };
+        match inp.local.logical_slots.iter().find(|s| s.name == spec.name) {
+            None => copy.push(spec.name.clone()),
+            Some(s) if !is_spec(s, spec) => copy.push(spec.name.clone()),
+            Some(s) => {
+                let conf = s.confirmed_flush.unwrap_or_default();
+                if conf > at {
+                    ahead.insert(spec.name.clone());
+                    let since = *d.next.logical_ahead.entry(spec.name.clone()).or_insert(now);
+                    if now.duration_since(since) >= ctx.t.loop_wait * AHEAD_LOOPS {
+                        copy.push(spec.name.clone());
+                    }
+                    continue;
+                }
+                let to = inp.local.replay_lsn.map_or(at, |r| r.min(at));
+                if to > conf {
+                    d.act(Action::AdvanceSlot {
+                        name: spec.name.clone(),
+                        database: spec.database.clone(),
+                        to,
+                    });
+                }
+            }
+        }
+    }
+    d.next.logical_ahead.retain(|n, _| ahead.contains(n));
+    if copy.is_empty()
+        || d.next.job.is_some()
+        || d.next
+            .timers
+            .logical_copied
+            .is_some_and(|t| now.duration_since(t) < COPY_BACKOFF)
+    {
+        return;
+    }
+    d.because(format!(
+        "follower of {}: copying logical slots {} from it (restarts PostgreSQL)",
+        leader.name,
+        copy.join(", ")
+    ));
+    if d.spawn(
+        ctx,
+        now,
+        Job::CopyLogicalSlots {
+            from: leader.name.clone(),
+            names: copy,
+        },
+    ) {
+        d.next.timers.logical_copied = Some(now);
+        d.next.logical_ahead.clear();
+    }
+}
