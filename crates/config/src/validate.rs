@@ -810,10 +810,11 @@ fn check_secret(errs: &mut ValidationErrors, path: &str, s: Option<&SecretSource
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::load_from_str;
 
-    const GOOD: &str = r#"
+    /// A valid two-node config the tests edit.
+    pub(crate) const GOOD: &str = r#"
 [cluster]
 name = "demo"
 

@@ -93,25 +93,7 @@ impl PghaConfig {
 mod tests {
     use crate::load_from_str;
 
-    const GOOD: &str = r#"
-[cluster]
-name = "demo"
-
-[replication]
-password = { env = "REPL_PW" }
-
-[[nodes]]
-name = "node1"
-host = "127.0.0.1"
-port = 5432
-data_dir = "/var/lib/pgha/node1"
-
-[[nodes]]
-name = "node2"
-host = "127.0.0.1"
-port = 5433
-data_dir = "/var/lib/pgha/node2"
-"#;
+    use crate::validate::tests::GOOD;
 
     fn with(extra: &str) -> String {
         GOOD.replace(
