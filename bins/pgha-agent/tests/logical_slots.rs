@@ -115,6 +115,16 @@ async fn a_logical_slot_survives_a_failover_and_its_consumer_loses_nothing() -> 
         "{}",
         h.tail_agent_log("node2", 30)
     );
+    // Read from PostgreSQL's own state files (what keeps wal_level logical should the slot
+    // leave the config): the logical slot, not the nodes' physical ones.
+    for n in &h.cluster.config().nodes {
+        assert_eq!(
+            pgha_replication::logical::logical_slots_on_disk(&n.data_dir),
+            vec!["cdc".to_string()],
+            "{}",
+            n.name
+        );
+    }
 
     // Some consumed (10 of 50 transactions), the rest not; every row replicated.
     insert(&h, "node1", 51..=100).await?;

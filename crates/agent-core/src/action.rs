@@ -88,8 +88,8 @@ pub enum Action {
         database: String,
         plugin: String,
     },
-    /// Move our copy of logical slot `name` forward to `to` (a replica: the leader's
-    /// confirmed position, at most what we replayed).
+    /// Move our copy of permanent slot `name` (logical, or physical: then `database` is any)
+    /// forward to `to` (the leader's position, at most what we replayed).
     AdvanceSlot {
         name: String,
         database: String,

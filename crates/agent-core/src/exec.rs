@@ -333,7 +333,7 @@ impl Executor {
             }
             Action::AdvanceSlot { name, database, to } => {
                 let end = fx.pg.advance_slot(name, database, *to).await?;
-                tracing::debug!(node = %self.ctx.name(), slot = %name, %database, to = %to, end = %end, "copy of a logical slot advanced");
+                tracing::debug!(node = %self.ctx.name(), slot = %name, %database, to = %to, end = %end, "copy of a permanent slot advanced");
             }
             Action::CreateSlotOn { node, slot } => {
                 fx.peers.create_slot_on(node, slot).await?;
@@ -625,7 +625,7 @@ fn action_name(a: &Action) -> &'static str {
         Action::CreateSlot { .. } => "create slot",
         Action::DropSlot { .. } => "drop slot",
         Action::CreateLogicalSlot { .. } => "create logical slot",
-        Action::AdvanceSlot { .. } => "advance logical slot",
+        Action::AdvanceSlot { .. } => "advance slot",
         Action::CreateSlotOn { .. } => "create our slot on the upstream",
         Action::Watchdog { .. } => "watchdog",
         Action::ApplyConfig { .. } => "apply cluster settings",

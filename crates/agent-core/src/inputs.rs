@@ -57,6 +57,8 @@ pub struct Local {
     pub slots: Option<Vec<(String, bool)>>,
     /// Logical replication slots, read with `slots`.
     pub logical_slots: Vec<LogicalSlot>,
+    /// `restart_lsn` of the physical slots that have one, read with `slots`.
+    pub slot_restart: BTreeMap<String, Lsn>,
     /// Settings changed in the files that need a restart (`pg_settings.pending_restart`).
     pub pending_restart: Vec<String>,
 }
@@ -83,6 +85,7 @@ impl Local {
             sync_names: None,
             slots: None,
             logical_slots: Vec::new(),
+            slot_restart: BTreeMap::new(),
             pending_restart: Vec::new(),
         }
     }

@@ -151,9 +151,20 @@ pub struct Memory {
     /// leader): only then does a confirmed failsafe round count as a proof, since only then
     /// may no node outside the topology be elected (`election::Rules::failsafe`).
     pub failsafe_published: bool,
-    /// Our copies of `replication.logical_slots` found ahead of the leader's slot, since
-    /// when: past a few loops, not the leader's slot (a former primary's own): copied anew.
-    pub logical_ahead: BTreeMap<String, Instant>,
+    /// Our copies of `replication.logical_slots` found ahead of the leader's slot: since
+    /// when, and how many statuses the leader wrote since. Still ahead after a few: not the
+    /// leader's slot (a former primary's own), copied anew.
+    pub logical_ahead: BTreeMap<String, Ahead>,
+}
+
+/// A copy of a logical slot seen ahead of the leader's published position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    pub since: Instant,
+    /// `updated_ms` of the last leader status we compared with.
+    pub status_ms: u64,
+    /// Statuses the leader wrote after the first one, all still behind our copy.
+    pub statuses: u32,
 }
 
 impl Memory {

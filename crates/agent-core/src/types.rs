@@ -105,9 +105,11 @@ pub struct LeaderStatus {
     /// lease while the leader serves on its peers' confirmations. None: an older agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failsafe: Option<BTreeMap<String, String>>,
-    /// `confirmed_flush_lsn` of each of `replication.logical_slots` on the leader: a replica
-    /// advances its copy up to it (never past it, nor past what it replayed). A copy ahead
-    /// of it is not this slot's (a former primary's own, from before a failover).
+    /// The leader's permanent slots: `confirmed_flush_lsn` of each of
+    /// `replication.logical_slots`, `restart_lsn` of each of `replication.permanent_slots`
+    /// (the names never overlap). A replica advances its copy up to it (never past it, nor
+    /// past what it replayed). A logical copy ahead of it is not this slot's (a former
+    /// primary's own, from before a failover).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub slots: BTreeMap<String, Lsn>,
 }

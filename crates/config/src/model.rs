@@ -259,8 +259,9 @@ pub struct ReplicationSection {
     /// Replicas tell the primary which rows their queries still need (fewer query cancellations, some bloat).
     pub hot_standby_feedback: bool,
     /// Slots the leader keeps besides one per node, e.g. the one a standby site streams
-    /// through (`standby_cluster.primary_slot_name` there). Never dropped by pgha: a slot
-    /// nobody reads keeps WAL, so bound it with `max_slot_wal_keep_size`.
+    /// through (`standby_cluster.primary_slot_name` there). Replicas that may lead hold them
+    /// too, moved up with the leader's, so a failover keeps their place. Never dropped by
+    /// pgha: a slot nobody reads keeps WAL, so bound it with `max_slot_wal_keep_size`.
     pub permanent_slots: Vec<String>,
     /// Permanent logical slots (Patroni's `slots` of `type: logical`), e.g.
     /// `[{ name = "cdc", database = "app", plugin = "pgoutput" }]`: the leader creates them,

@@ -20,7 +20,7 @@ use pgha_postgres::{
 use pgha_replication::status::NodeStatus;
 use pgha_replication::{
     bootstrap_replica, bootstrap_standby_leader, create_slot, drop_slot, install_settings,
-    render_cluster_conf, render_node_conf_for, NodeRole, Role, CLUSTER_CONF, NODE_CONF,
+    render_cluster_conf_keeping, render_node_conf_for, NodeRole, Role, CLUSTER_CONF, NODE_CONF,
 };
 
 use crate::dcs::{MemberRole, PgState};
@@ -449,12 +449,13 @@ impl PgNode for LocalNode {
                 Option<String>,
                 bool,
                 Option<String>,
+                Option<String>,
             );
             let slots = self
                 .with_conn("pg_replication_slots", |c| {
                     Box::pin(async move {
                         sqlx::query_as::<_, Row>(
-                            "SELECT slot_name::text, slot_type::text, database::text, plugin::text, active, confirmed_flush_lsn::text FROM pg_replication_slots",
+                            "SELECT slot_name::text, slot_type::text, database::text, plugin::text, active, confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots",
                         )
                         .fetch_all(c)
                         .await
@@ -465,10 +466,14 @@ impl PgNode for LocalNode {
                 Ok(rows) => {
                     let (physical, logical): (Vec<Row>, Vec<Row>) =
                         rows.into_iter().partition(|r| r.1 == "physical");
+                    o.slot_restart = physical
+                        .iter()
+                        .filter_map(|r| Some((r.0.clone(), r.6.as_deref()?.parse().ok()?)))
+                        .collect();
                     o.slots = Some(physical.into_iter().map(|r| (r.0, r.4)).collect());
                     o.logical_slots = logical
                         .into_iter()
-                        .map(|(name, _, database, plugin, _, confirmed)| LogicalSlot {
+                        .map(|(name, _, database, plugin, _, confirmed, _)| LogicalSlot {
                             name,
                             database,
                             plugin,
@@ -476,7 +481,7 @@ impl PgNode for LocalNode {
                         })
                         .collect();
                 }
-                Err(e) => tracing::debug!(node = %self.node.name, "read pg_replication_slots: {e}"),
+                Err(e) => tracing::warn!(node = %self.node.name, "read pg_replication_slots: {e}"),
             }
         }
         o
@@ -629,7 +634,8 @@ impl PgNode for LocalNode {
         let Ok(current) = std::fs::read_to_string(&path) else {
             return Ok(false);
         };
-        let want = render_cluster_conf(&cfg);
+        let on_disk = pgha_replication::logical::logical_slots_on_disk(self.local().data_dir());
+        let want = render_cluster_conf_keeping(&cfg, &on_disk);
         if current == want {
             return Ok(false);
         }

@@ -30,8 +30,8 @@ pub use pgha_postgres::Lsn;
 pub use rewind::rewind;
 pub use roles::ensure_replication_role;
 pub use settings::{
-    render_cluster_conf, render_hba, render_node_conf, render_node_conf_for, RenderedNode, TLS_CA,
-    TLS_CERT, TLS_KEY,
+    render_cluster_conf, render_cluster_conf_keeping, render_hba, render_node_conf,
+    render_node_conf_for, RenderedNode, TLS_CA, TLS_CERT, TLS_KEY,
 };
 pub use slots::{create_slot, drop_slot, list_slots, SlotStatus};
 pub use status::{ClusterStatus, NodeStatus, Role};

@@ -52,6 +52,25 @@ pub async fn advance_slot(conn: &mut PgConnection, node: &str, name: &str, to: L
     })
 }
 
+/// What a standby replayed (`pg_last_wal_replay_lsn()`); None on a primary, or a standby
+/// that replayed nothing yet.
+pub async fn replay_lsn(conn: &mut PgConnection, node: &str) -> Result<Option<Lsn>> {
+    let lsn: Option<String> = sqlx::query_scalar(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END",
+    )
+    .fetch_one(conn)
+    .await
+    .map_err(ReplicationError::query(node, "read the replay position"))?;
+    match lsn {
+        None => Ok(None),
+        Some(l) => l.parse().map(Some).map_err(|_| ReplicationError::Query {
+            node: node.into(),
+            what: "read the replay position",
+            source: sqlx::Error::Protocol(format!("`{l}` is not an LSN")),
+        }),
+    }
+}
+
 /// A logical slot as the primary keeps it on disk.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SlotState {
@@ -140,9 +159,67 @@ pub fn install_slot_state(data_dir: &Path, slot: &SlotState, owner: Option<&OsUs
     Ok(())
 }
 
+/// `ReplicationSlotOnDisk`'s magic number (PostgreSQL's slot.c).
+const SLOT_MAGIC: u32 = 0x1051CA1;
+/// Where `slotdata.database` starts: magic, checksum, version, length (4 bytes each), then
+/// the slot's name (NameData, 64 bytes).
+const DATABASE_AT: usize = 16 + 64;
+
+/// The logical slots in a data dir, from their state files (a server need not run): those
+/// bound to a database. A file that is not a slot's state is skipped.
+pub fn logical_slots_on_disk(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("pg_replslot")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                return None; // PostgreSQL removes these at start
+            }
+            let state = std::fs::read(e.path().join("state")).ok()?;
+            let word = |at: usize| -> Option<u32> {
+                Some(u32::from_le_bytes(state.get(at..at + 4)?.try_into().ok()?))
+            };
+            (word(0)? == SLOT_MAGIC && word(DATABASE_AT)? != 0).then_some(name)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state_file(database: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 200];
+        b[..4].copy_from_slice(&SLOT_MAGIC.to_le_bytes());
+        b[DATABASE_AT..DATABASE_AT + 4].copy_from_slice(&database.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn only_slots_bound_to_a_database_are_logical() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(logical_slots_on_disk(d.path()).is_empty());
+        let slots = d.path().join("pg_replslot");
+        for (name, bytes) in [
+            ("cdc", state_file(16384)),
+            ("node2", state_file(0)),
+            ("old.tmp", state_file(16384)),
+            ("junk", b"short".to_vec()),
+        ] {
+            std::fs::create_dir_all(slots.join(name)).unwrap();
+            std::fs::write(slots.join(name).join("state"), bytes).unwrap();
+        }
+        let mut bad_magic = state_file(16384);
+        bad_magic[0] ^= 1;
+        std::fs::create_dir_all(slots.join("other")).unwrap();
+        std::fs::write(slots.join("other/state"), bad_magic).unwrap();
+        assert_eq!(logical_slots_on_disk(d.path()), vec!["cdc".to_string()]);
+    }
 
     #[test]
     fn install_replaces_an_old_copy_and_leaves_no_temp_dir() {

@@ -42,15 +42,29 @@ const HEADER: &str =
 
 /// Settings identical on every node (pgha.conf).
 pub fn render_cluster_conf(config: &PghaConfig) -> String {
+    render_cluster_conf_keeping(config, &[])
+}
+
+/// [`render_cluster_conf`] for a data dir holding the logical slots `on_disk`: while it holds
+/// one, `wal_level` stays `logical` (PostgreSQL refuses to start below it with a logical slot,
+/// so taking a slot out of `replication.logical_slots` must not leave the node down).
+pub fn render_cluster_conf_keeping(config: &PghaConfig, on_disk: &[String]) -> String {
     let r = &config.replication;
     let on = |b: bool| if b { "on" } else { "off" };
     let mut s = String::from(HEADER);
     let _ = writeln!(s, "# cluster {}", config.cluster.name);
     // Permanent logical slots decode WAL (on the leader, and kept on replicas that may lead).
-    let level = if r.logical_slots.is_empty() {
-        "replica"
-    } else {
+    let level = if !r.logical_slots.is_empty() {
         "logical"
+    } else if !on_disk.is_empty() {
+        let _ = writeln!(
+            s,
+            "# logical: the data dir still holds logical slot(s) {} (drop them to lower it)",
+            on_disk.join(", ")
+        );
+        "logical"
+    } else {
+        "replica"
     };
     let _ = writeln!(s, "wal_level = {level}");
     let _ = writeln!(s, "max_wal_senders = {}", r.max_wal_senders);
@@ -283,6 +297,18 @@ data_dir = "/d/n2"
             "test",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_logical_slot_left_on_disk_keeps_wal_level_logical() {
+        let c = config("async");
+        let s = render_cluster_conf_keeping(&c, &["cdc".to_string()]);
+        assert!(s.contains("wal_level = logical"), "{s}");
+        assert!(s.contains("logical slot(s) cdc"), "{s}");
+        assert_eq!(
+            render_cluster_conf_keeping(&c, &[]),
+            render_cluster_conf(&c)
+        );
     }
 
     #[test]

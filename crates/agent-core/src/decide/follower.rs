@@ -129,6 +129,7 @@ fn follow_leader(
                 d.next.rewind_attempts = 0;
                 d.because(format!("follower of {}: streaming from {up}", leader.name));
                 super::logical::on_replica(ctx, d, inp, view, leader);
+                super::permanent::on_replica(ctx, d, inp, view, leader);
                 return;
             }
             let since = *d.next.timers.not_streaming_since.get_or_insert(now);

@@ -152,7 +152,11 @@ fn status_and_slots(ctx: &Ctx, d: &mut Decision, inp: &Inputs, view: &ClusterVie
             lsn,
             timeline: tl,
             updated_ms: inp.wall_ms,
-            slots: super::logical::positions(ctx, inp),
+            slots: {
+                let mut s = super::logical::positions(ctx, inp);
+                s.extend(super::permanent::positions(ctx, inp));
+                s
+            },
             failsafe: ctx.cfg.failover.failsafe.then(|| ctx.failsafe_topology()),
         }));
     }

@@ -14,14 +14,22 @@ use super::{Ctx, Decision};
 use crate::action::{Action, Job};
 use crate::dcs::{ClusterView, LeaderInfo};
 use crate::inputs::Inputs;
+use crate::memory::Ahead;
+
+/// We replayed up to `at`.
+fn replayed(inp: &Inputs, at: Lsn) -> bool {
+    inp.local.replay_lsn.is_some_and(|r| r >= at)
+}
 
 /// A copy restarts the replica: not more often than this.
 pub(crate) const COPY_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How many loops a copy may stay ahead of the leader's slot (the leader publishes its
-/// position once a loop; a fresh copy can be ahead of the last one) before it counts as
+/// How many fresh statuses of the leader (it publishes one a loop, none while it runs a job)
+/// may show its slot behind our copy, over at least as many loops, before the copy counts as
 /// another slot (a former primary's own, from before a failover: past the fork it would skip
-/// the new timeline's changes) and is copied anew.
+/// the new timeline's changes) and is copied anew. A fresh copy can be ahead of the status
+/// written before it was read; the leader's slot never moves back, so a status written after
+/// the copy is at or past it.
 const AHEAD_LOOPS: u32 = 3;
 
 /// On our primary: creates the configured slots it lacks.
@@ -73,6 +81,11 @@ pub(super) fn on_replica(
     if specs.is_empty() || !ctx.cfg.replication.slots || ctx.me.failover_rank() == 0 {
         return;
     }
+    if inp.local.slots.is_none() {
+        // pg_replication_slots was not read this tick: no slot seen is not "no copy" (a
+        // copy restarts PostgreSQL and replaces an advanced copy with an older state).
+        return;
+    }
     let Some(st) = view.status.as_ref().filter(|s| s.leader == leader.name) else {
         return;
     };
@@ -84,14 +97,33 @@ pub(super) fn on_replica(
             continue; // the leader has not made it yet
         };
         match inp.local.logical_slots.iter().find(|s| s.name == spec.name) {
-            None => copy.push(spec.name.clone()),
-            Some(s) if !is_spec(s, spec) => copy.push(spec.name.clone()),
+            // Only once we replayed up to the leader's position: a copy ahead of our replay
+            // would, promoted, skip what the new timeline writes between the two.
+            None if replayed(inp, at) => copy.push(spec.name.clone()),
+            Some(s) if !is_spec(s, spec) && replayed(inp, at) => copy.push(spec.name.clone()),
+            None => {}
+            Some(s) if !is_spec(s, spec) => {}
             Some(s) => {
                 let conf = s.confirmed_flush.unwrap_or_default();
                 if conf > at {
                     ahead.insert(spec.name.clone());
-                    let since = *d.next.logical_ahead.entry(spec.name.clone()).or_insert(now);
-                    if now.duration_since(since) >= ctx.t.loop_wait * AHEAD_LOOPS {
+                    let a = d
+                        .next
+                        .logical_ahead
+                        .entry(spec.name.clone())
+                        .or_insert(Ahead {
+                            since: now,
+                            status_ms: st.updated_ms,
+                            statuses: 0,
+                        });
+                    if st.updated_ms > a.status_ms {
+                        a.status_ms = st.updated_ms;
+                        a.statuses += 1;
+                    }
+                    if a.statuses >= AHEAD_LOOPS
+                        && now.duration_since(a.since) >= ctx.t.loop_wait * AHEAD_LOOPS
+                        && replayed(inp, at)
+                    {
                         copy.push(spec.name.clone());
                     }
                     continue;

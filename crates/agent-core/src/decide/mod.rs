@@ -14,6 +14,7 @@ mod leader;
 pub(crate) mod logical;
 mod manual;
 mod nodcs;
+mod permanent;
 mod plan;
 mod quorum;
 mod rotate;

@@ -81,6 +81,13 @@ fn follower_view(at: u64) -> ClusterView {
     v
 }
 
+/// `follower_view(at)` as the leader's `n`th status.
+fn written(at: u64, n: u32) -> ClusterView {
+    let mut v = follower_view(at);
+    v.status.as_mut().unwrap().updated_ms = 1 + u64::from(n);
+    v
+}
+
 fn copies(d: &Decision) -> bool {
     has(d, |a| {
         matches!(a, Action::Spawn { job: Job::CopyLogicalSlots { from, names }, .. }
@@ -102,7 +109,11 @@ async fn a_replica_copies_a_missing_slot_once_then_advances_it_never_past_its_re
     let c = ctx_with(CDC);
     let now = Instant::now();
     let m = mem(now, follower_of("n2"), 42);
+    // Not before we replayed (1000) up to the leader's slot: a copy ahead of our replay
+    // would, promoted, skip what the new timeline writes in between.
     let d = decide(&c, &m, &healthy(now, replica(), follower_view(1500)));
+    assert!(!copies(&d), "{:?}", d.actions);
+    let d = decide(&c, &m, &healthy(now, replica(), follower_view(900)));
     assert!(copies(&d), "{:?} {}", d.actions, d.reason);
     assert!(
         d.reason.contains("copying logical slots cdc"),
@@ -115,15 +126,11 @@ async fn a_replica_copies_a_missing_slot_once_then_advances_it_never_past_its_re
     m2.job = None;
     let later = now + Duration::from_secs(5);
     renew(&mut m2, later);
-    let d = decide(&c, &m2, &healthy(later, replica(), follower_view(1500)));
+    let d = decide(&c, &m2, &healthy(later, replica(), follower_view(900)));
     assert!(!copies(&d), "{:?}", d.actions);
     let much_later = now + crate::decide::logical::COPY_BACKOFF;
     renew(&mut m2, much_later);
-    let d = decide(
-        &c,
-        &m2,
-        &healthy(much_later, replica(), follower_view(1500)),
-    );
+    let d = decide(&c, &m2, &healthy(much_later, replica(), follower_view(900)));
     assert!(copies(&d), "{:?}", d.actions);
 
     // With a copy: advanced to the leader's position, at most to what we replayed (1000).
@@ -140,12 +147,17 @@ async fn a_replica_copies_a_missing_slot_once_then_advances_it_never_past_its_re
 
     // A status from another leader (the last one's, before this leader published) says
     // nothing about this leader's slot.
-    let mut v = follower_view(1500);
+    let mut v = follower_view(900);
     v.status.as_mut().unwrap().leader = "n3".into();
     let d = decide(&c, &m, &healthy(now, replica(), v));
     assert!(!copies(&d) && advanced_to(&d).is_none(), "{:?}", d.actions);
+    // pg_replication_slots could not be read this tick: not a missing copy (no restart).
+    let mut unread = replica();
+    unread.slots = None;
+    let d = decide(&c, &m, &healthy(now, unread, follower_view(900)));
+    assert!(!copies(&d), "{:?}", d.actions);
     // The leader has not made it yet: nothing to copy.
-    let mut v = follower_view(1500);
+    let mut v = follower_view(900);
     v.status.as_mut().unwrap().slots.clear();
     let d = decide(&c, &m, &healthy(now, replica(), v));
     assert!(!copies(&d));
@@ -179,7 +191,7 @@ async fn a_copy_ahead_of_the_leaders_slot_for_a_few_loops_is_copied_anew() {
     for i in 0..10u32 {
         let now = start + c.t.loop_wait * i;
         renew(&mut m, now);
-        let d = decide(&c, &m, &healthy(now, local.clone(), follower_view(1500)));
+        let d = decide(&c, &m, &healthy(now, local.clone(), written(1500, i)));
         assert_eq!(advanced_to(&d), None, "never moved while ahead");
         if copies(&d) {
             copied_at = Some(i);
@@ -189,13 +201,37 @@ async fn a_copy_ahead_of_the_leaders_slot_for_a_few_loops_is_copied_anew() {
     }
     assert_eq!(copied_at, Some(3));
 
+    // The leader wrote no new status (it runs a job, or the watch is late): however long,
+    // nothing says its slot did not pass our copy since.
+    let mut m = mem(start, follower_of("n2"), 42);
+    for i in 0..10u32 {
+        let now = start + c.t.loop_wait * i;
+        renew(&mut m, now);
+        let d = decide(
+            &c,
+            &m,
+            &healthy(now, local.clone(), written(1500, i.min(2))),
+        );
+        assert!(!copies(&d), "tick {i}: {:?}", d.actions);
+        m = d.next;
+    }
+    // Three fresh statuses in one loop's time are not three loops.
+    let mut m = mem(start, follower_of("n2"), 42);
+    for i in 0..4u32 {
+        let now = start + c.t.loop_wait / 8 * i;
+        renew(&mut m, now);
+        let d = decide(&c, &m, &healthy(now, local.clone(), written(1500, i)));
+        assert!(!copies(&d), "tick {i}: {:?}", d.actions);
+        m = d.next;
+    }
+
     // The leader's position catches up within two loops: no copy, and the next time it is
     // ahead counts from then.
     let mut m = mem(start, follower_of("n2"), 42);
     for (i, at) in [(0u32, 1500u64), (1, 1500), (2, 2100), (3, 2100), (4, 2100)] {
         let now = start + c.t.loop_wait * i;
         renew(&mut m, now);
-        let d = decide(&c, &m, &healthy(now, local.clone(), follower_view(at)));
+        let d = decide(&c, &m, &healthy(now, local.clone(), written(at, i)));
         assert!(!copies(&d), "tick {i}: {:?}", d.actions);
         m = d.next;
     }

@@ -20,6 +20,7 @@ mod faults;
 mod logical;
 mod mode_switch;
 mod nostream;
+mod permanent;
 mod planned;
 mod quorum;
 mod settings;

@@ -1,0 +1,146 @@
+//! `replication.permanent_slots` on replicas: published by the leader, held and advanced by
+//! the replicas that may lead, so a promoted one keeps what the slot's consumer needs.
+
+use super::*;
+
+const SITE: &str = "permanent_slots = [\"site_b\"]";
+
+/// n1 follows leader n2, whose status says its slot `site_b` holds WAL from `at`.
+fn follower_view(at: u64) -> ClusterView {
+    let mut v = view(Some(("n2", 7)));
+    v.status = Some(LeaderStatus {
+        leader: "n2".into(),
+        lsn: Lsn(1000),
+        timeline: 1,
+        updated_ms: 1,
+        slots: BTreeMap::from([("site_b".to_string(), Lsn(at))]),
+        failsafe: None,
+    });
+    v
+}
+
+fn creates(d: &Decision) -> bool {
+    has(
+        d,
+        |a| matches!(a, Action::CreateSlot { name } if name == "site_b"),
+    )
+}
+
+fn advanced_to(d: &Decision) -> Option<Lsn> {
+    d.actions.iter().find_map(|a| match a {
+        Action::AdvanceSlot { name, to, .. } if name == "site_b" => Some(*to),
+        _ => None,
+    })
+}
+
+fn holding(at: Option<u64>, active: bool) -> Local {
+    let mut l = replica();
+    l.slots = Some(vec![("site_b".into(), active)]);
+    if let Some(at) = at {
+        l.slot_restart.insert("site_b".into(), Lsn(at));
+    }
+    l
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leader_publishes_where_its_permanent_slots_hold_wal() {
+    let c = ctx_with(SITE);
+    let now = Instant::now();
+    let m = mem(now, Role::Leader, 42);
+    let mut local = primary();
+    local.slots = Some(vec![("site_b".into(), false), ("n2".into(), true)]);
+    local.slot_restart = BTreeMap::from([("site_b".into(), Lsn(700)), ("n2".into(), Lsn(990))]);
+    let d = decide(&c, &m, &healthy(now, local, view(Some(("n1", 42)))));
+    let st = d
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::PutStatus(s) => Some(s),
+            _ => None,
+        })
+        .expect("status");
+    // Only permanent slots: a member's slot moves with its member, not with a failover.
+    assert_eq!(st.slots, BTreeMap::from([("site_b".to_string(), Lsn(700))]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_holds_the_leaders_permanent_slots_advanced_never_past_its_replay() {
+    let c = ctx_with(SITE);
+    let now = Instant::now();
+    let m = mem(now, follower_of("n2"), 42);
+    let d = decide(&c, &m, &healthy(now, replica(), follower_view(700)));
+    assert!(creates(&d), "{:?} {}", d.actions, d.reason);
+    // The leader has not published it (not made yet, or an older agent): not yet.
+    let mut v = follower_view(700);
+    v.status.as_mut().unwrap().slots.clear();
+    let d = decide(&c, &m, &healthy(now, replica(), v));
+    assert!(!creates(&d), "{:?}", d.actions);
+    // A status another leader wrote says nothing of this one's slot.
+    let mut v = follower_view(700);
+    v.status.as_mut().unwrap().leader = "n3".into();
+    assert!(!creates(&decide(&c, &m, &healthy(now, replica(), v))));
+    // Slots not read this tick: nothing is missing.
+    let mut unread = replica();
+    unread.slots = None;
+    assert!(!creates(&decide(
+        &c,
+        &m,
+        &healthy(now, unread, follower_view(700))
+    )));
+
+    // Held: advanced to the leader's position, at most to our replay (1000).
+    let d = decide(
+        &c,
+        &m,
+        &healthy(now, holding(Some(500), false), follower_view(700)),
+    );
+    assert_eq!(advanced_to(&d), Some(Lsn(700)));
+    assert!(!creates(&d));
+    let d = decide(
+        &c,
+        &m,
+        &healthy(now, holding(Some(500), false), follower_view(4000)),
+    );
+    assert_eq!(advanced_to(&d), Some(Lsn(1000)));
+    // Already there, or ahead (a slot cannot move back): left alone.
+    for at in [700, 900] {
+        let d = decide(
+            &c,
+            &m,
+            &healthy(now, holding(Some(at), false), follower_view(700)),
+        );
+        assert_eq!(advanced_to(&d), None, "{at}");
+    }
+    // Someone streams through it from us: theirs to move.
+    let d = decide(
+        &c,
+        &m,
+        &healthy(now, holding(Some(500), true), follower_view(700)),
+    );
+    assert_eq!(advanced_to(&d), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_never_leads_holds_no_permanent_slot() {
+    let c = ctx_changed(&ctx_with(SITE), |cfg| cfg.nodes[0].nofailover = true);
+    let now = Instant::now();
+    let m = mem(now, follower_of("n2"), 42);
+    assert!(!creates(&decide(
+        &c,
+        &m,
+        &healthy(now, replica(), follower_view(700))
+    )));
+    let d = decide(
+        &c,
+        &m,
+        &healthy(now, holding(Some(500), false), follower_view(700)),
+    );
+    assert_eq!(advanced_to(&d), None);
+    // Nor without slots at all.
+    let c = ctx_changed(&ctx_with(SITE), |cfg| cfg.replication.slots = false);
+    assert!(!creates(&decide(
+        &c,
+        &m,
+        &healthy(now, replica(), follower_view(700))
+    )));
+}
