@@ -2,7 +2,8 @@
 //! etcd: the leader publishes where its slot holds WAL, the replicas make the slot and move
 //! it with the leader's; after the leader is killed the new primary holds the slot at no later
 //! position than the old one did, with that WAL still on disk (a fresh slot would start
-//! after the promotion, and the slot's consumer would have lost its place).
+//! after the promotion, and the slot's consumer would have lost its place). The slot is
+//! added on the running cluster, through Patroni's `PATCH /config` (`slots` is dynamic).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -50,11 +51,23 @@ async fn churn(h: &HaCluster, primary: &str, nodes: &[&str]) -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_slot_is_held_on_replicas_and_keeps_its_place_across_a_failover(
 ) -> anyhow::Result<()> {
-    let b = TestCluster::builder()
-        .replicas(2)
-        .replication_toml("permanent_slots = [\"keep\"]\n");
+    let b = TestCluster::builder().replicas(2);
     let mut h = HaCluster::start(bin(), b, TEST_FAILOVER_TOML).await?;
     assert_eq!(h.wait_single_primary(T, None).await?, "node1");
+    // Patroni's body, sent to a replica's agent: it reaches the leader through the DCS.
+    let api2 = h
+        .cluster
+        .config()
+        .node("node2")
+        .unwrap()
+        .agent_address
+        .unwrap();
+    let r = reqwest::Client::new()
+        .patch(format!("http://{api2}/config"))
+        .body(r#"{"slots": {"keep": {"type": "physical"}}}"#)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
     TestCluster::eventually(T, "slot keep on node1", || async {
         Ok(keep_at(&h, "node1").await?.map(|_| ()))
     })

@@ -15,10 +15,7 @@ use crate::{ByteSize, PghaConfig, ReplicationMode, ValidationErrors};
 
 /// Keys of Patroni's dynamic configuration pgha does not change on a running cluster, with the
 /// pgha.toml field that sets them (on every node, then a rolling restart of the agents).
-pub const NOT_DYNAMIC: &[(&str, &str)] = &[
-    ("standby_cluster", "[standby_cluster]"),
-    ("slots", "replication.permanent_slots"),
-];
+pub const NOT_DYNAMIC: &[(&str, &str)] = &[("standby_cluster", "[standby_cluster]")];
 
 /// The keys [`DynamicSettings`] understands, for error messages and `--help`.
 pub const DYNAMIC_KEYS: &[&str] = &[
@@ -34,6 +31,7 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "synchronous_node_count",
     "member_slots_ttl",
     "ignore_slots",
+    "slots",
     "postgresql.parameters.<name>",
 ];
 
@@ -57,6 +55,8 @@ const FIELD_OF: &[(&str, &str)] = &[
     ("synchronous_node_count", "replication.sync_standbys"),
     ("member_slots_ttl", "replication.member_slots_ttl"),
     ("ignore_slots", "replication.ignore_slots"),
+    ("slots", "replication.permanent_slots"),
+    ("slots", "replication.logical_slots"),
 ];
 
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in
@@ -131,8 +131,80 @@ pub struct DynamicSettings {
     pub member_slots_ttl: Option<Duration>,
     /// `replication.ignore_slots` (Patroni's list of `{name, type, database, plugin}`).
     pub ignore_slots: Option<Vec<crate::SlotMatcher>>,
+    /// `replication.permanent_slots` and `replication.logical_slots` together (Patroni's
+    /// `slots`: `{name: {type: physical}}`, `{name: {type: logical, database, plugin}}`).
+    pub slots: Option<PermanentSlots>,
     /// `postgres.parameters`, as a whole (a parameter absent here is not set on any node).
     pub parameters: Option<BTreeMap<String, String>>,
+}
+
+/// Patroni's `slots`: the permanent physical and logical slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PermanentSlots {
+    pub physical: Vec<String>,
+    pub logical: Vec<crate::LogicalSlotSpec>,
+}
+
+impl PermanentSlots {
+    fn of(cfg: &PghaConfig) -> Self {
+        PermanentSlots {
+            physical: cfg.replication.permanent_slots.clone(),
+            logical: cfg.replication.logical_slots.clone(),
+        }
+    }
+
+    fn from_json(value: &Value) -> Result<Self, String> {
+        let expected = "expected {name: {type: \"physical\"}} or {name: {type: \"logical\", database, plugin}}";
+        let obj = match value {
+            Value::Null => return Ok(PermanentSlots::default()),
+            Value::Object(o) => o,
+            v => return Err(format!("`{v}` is not a map of slots: {expected}")),
+        };
+        let mut out = PermanentSlots::default();
+        for (name, spec) in obj {
+            let field = |k: &str| spec.get(k).and_then(Value::as_str);
+            let Some(fields) = spec.as_object() else {
+                return Err(format!(
+                    "slot `{name}`: `{spec}` is not an object: {expected}"
+                ));
+            };
+            if let Some(k) = fields
+                .keys()
+                .find(|k| !["type", "database", "plugin"].contains(&k.as_str()))
+            {
+                return Err(format!("slot `{name}`: unknown field `{k}`: {expected}"));
+            }
+            match field("type") {
+                Some("physical") | None if fields.len() <= 1 => out.physical.push(name.clone()),
+                Some("logical") => out.logical.push(crate::LogicalSlotSpec {
+                    name: name.clone(),
+                    database: field("database").unwrap_or_default().to_string(),
+                    plugin: field("plugin").unwrap_or_default().to_string(),
+                }),
+                Some("physical") | None => {
+                    return Err(format!(
+                        "slot `{name}`: a physical slot has no database nor plugin"
+                    ))
+                }
+                Some(t) => return Err(format!("slot `{name}`: type `{t}`: {expected}")),
+            }
+        }
+        Ok(out)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        for n in &self.physical {
+            m.insert(n.clone(), serde_json::json!({"type": "physical"}));
+        }
+        for l in &self.logical {
+            m.insert(
+                l.name.clone(),
+                serde_json::json!({"type": "logical", "database": l.database, "plugin": l.plugin}),
+            );
+        }
+        Value::Object(m)
+    }
 }
 
 impl DynamicSettings {
@@ -152,6 +224,8 @@ impl DynamicSettings {
             member_slots_ttl: Some(cfg.replication.member_slots_ttl),
             ignore_slots: (!cfg.replication.ignore_slots.is_empty())
                 .then(|| cfg.replication.ignore_slots.clone()),
+            slots: Some(PermanentSlots::of(cfg))
+                .filter(|s| !s.physical.is_empty() || !s.logical.is_empty()),
             parameters: Some(cfg.postgres.parameters.clone()),
         }
     }
@@ -231,6 +305,10 @@ impl DynamicSettings {
                         format!("{e}: expected a list of {{name, type, database, plugin}}"),
                     ),
                 },
+                "slots" => match PermanentSlots::from_json(value) {
+                    Ok(v) => out.slots = Some(v),
+                    Err(m) => errs.push(key.as_str(), m),
+                },
                 "postgresql" => out.parameters = postgresql(value, &mut errs),
                 _ => errs.push(key.as_str(), unknown_key(key)),
             }
@@ -277,6 +355,9 @@ impl DynamicSettings {
                 "ignore_slots".into(),
                 serde_json::to_value(i).unwrap_or(Value::Null),
             );
+        }
+        if let Some(slots) = &self.slots {
+            m.insert("slots".into(), slots.to_json());
         }
         if let Some(lag) = self.maximum_lag_on_syncnode {
             let v = lag.map_or(Value::from(-1), |b| Value::from(b.bytes()));
@@ -336,6 +417,10 @@ impl DynamicSettings {
         if let Some(i) = &self.ignore_slots {
             cfg.replication.ignore_slots = i.clone();
         }
+        if let Some(slots) = &self.slots {
+            cfg.replication.permanent_slots = slots.physical.clone();
+            cfg.replication.logical_slots = slots.logical.clone();
+        }
         if let Some(p) = &self.parameters {
             cfg.postgres.parameters = p.clone();
         }
@@ -361,6 +446,8 @@ impl DynamicSettings {
                 format!("postgresql.parameters{rest}")
             } else if let Some(rest) = e.path.strip_prefix("replication.ignore_slots") {
                 format!("ignore_slots{rest}")
+            } else if let Some(p) = slot_path(&cfg, &e.path) {
+                p
             } else if let Some((key, _)) = FIELD_OF.iter().find(|(_, f)| *f == e.path) {
                 key.to_string()
             } else {
@@ -388,6 +475,32 @@ impl DynamicSettings {
         keys.sort();
         keys.dedup();
         keys
+    }
+}
+
+/// `replication.permanent_slots[1]` → `slots.<its name>` (`slots` alone for the lists).
+fn slot_path(cfg: &PghaConfig, path: &str) -> Option<String> {
+    let r = &cfg.replication;
+    if let Some(rest) = path.strip_prefix("replication.permanent_slots") {
+        Some(index_to_name(rest, |i| {
+            r.permanent_slots.get(i).map(String::as_str)
+        }))
+    } else {
+        let rest = path.strip_prefix("replication.logical_slots")?;
+        Some(index_to_name(rest, |i| {
+            r.logical_slots.get(i).map(|s| s.name.as_str())
+        }))
+    }
+}
+
+fn index_to_name<'a>(rest: &str, name: impl Fn(usize) -> Option<&'a str>) -> String {
+    let parsed = rest
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(i, tail)| Some((name(i.parse().ok()?)?, tail)));
+    match parsed {
+        Some((n, tail)) => format!("slots.{n}{tail}"),
+        None => format!("slots{rest}"),
     }
 }
 

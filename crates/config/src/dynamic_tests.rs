@@ -69,7 +69,7 @@ fn seed_round_trips_and_overlay_replaces_the_local_values() {
 #[test]
 fn bad_documents_name_every_key_and_what_was_expected() {
     let errs = DynamicSettings::from_json(&json!({
-        "slots": {},
+        "standby_cluster": {},
         "synchronous_mode": "maybe",
         "synchronous_node_count": 0,
         "synchronous_mode_strict": "yes",
@@ -81,7 +81,7 @@ fn bad_documents_name_every_key_and_what_was_expected() {
     .unwrap_err();
     let text = errs.to_string();
     for want in [
-        "slots: cannot be changed on a running cluster yet: set `replication.permanent_slots`",
+        "standby_cluster: cannot be changed on a running cluster yet: set `[standby_cluster]`",
         "synchronous_mode: `\"maybe\"` is not a mode: expected true, false or \"quorum\"",
         "synchronous_node_count: `0` is not a standby count",
         "synchronous_mode_strict: `\"yes\"` is not a boolean",
@@ -318,4 +318,78 @@ fn ignore_slots_is_dynamic_in_patronis_shape() {
             .contains("ignore_slots: unknown field `slot`"),
         "{errs}"
     );
+}
+
+#[test]
+fn slots_are_dynamic_in_patronis_shape() {
+    let doc = json!({"slots": {
+        "site_b": {"type": "physical"},
+        "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+    }});
+    let d = DynamicSettings::from_json(&doc).unwrap();
+    assert_eq!(d.to_json(), doc, "round-trips");
+    let mut feedback = local();
+    feedback.replication.hot_standby_feedback = true;
+    let eff = d.apply_to(&feedback).unwrap();
+    assert_eq!(eff.replication.permanent_slots, vec!["site_b".to_string()]);
+    assert_eq!(eff.replication.logical_slots.len(), 1);
+    assert_eq!(eff.replication.logical_slots[0].plugin, "pgoutput");
+    // The seed holds what pgha.toml has, nothing when it has none.
+    assert_eq!(DynamicSettings::seed(&eff).slots, d.slots);
+    assert_eq!(DynamicSettings::seed(&local()).slots, None);
+    // `null` / `{}`: no permanent slot (taken out of pgha.toml's too).
+    let none = DynamicSettings::from_json(&json!({"slots": null})).unwrap();
+    assert!(none
+        .apply_to(&eff)
+        .unwrap()
+        .replication
+        .permanent_slots
+        .is_empty());
+    assert_eq!(
+        d.changed_keys(&none),
+        vec![
+            "slots",
+            "slots.cdc.database",
+            "slots.cdc.plugin",
+            "slots.cdc.type",
+            "slots.site_b.type"
+        ]
+    );
+
+    // Each mistake names the slot.
+    for (doc, want) in [
+        (json!({"slots": ["x"]}), "is not a map of slots"),
+        (
+            json!({"slots": {"x": {"type": "other"}}}),
+            "slot `x`: type `other`",
+        ),
+        (
+            json!({"slots": {"x": {"type": "physical", "plugin": "p"}}}),
+            "slot `x`: a physical slot has no database nor plugin",
+        ),
+        (
+            json!({"slots": {"x": {"kind": "logical"}}}),
+            "slot `x`: unknown field `kind`",
+        ),
+    ] {
+        let errs = DynamicSettings::from_json(&doc).unwrap_err();
+        assert_eq!(errs.0[0].path, "slots", "{errs}");
+        assert!(errs.to_string().contains(want), "{want}: {errs}");
+    }
+    // Rules checked on the result, under the dynamic key and the slot's name.
+    let errs = DynamicSettings::from_json(
+        &json!({"slots": {"cdc": {"type": "logical", "database": "app"}}}),
+    )
+    .unwrap()
+    .apply_to(&feedback)
+    .unwrap_err();
+    assert!(
+        errs.0.iter().all(|e| e.path.starts_with("slots.cdc")),
+        "{errs}"
+    );
+    let errs = DynamicSettings::from_json(&json!({"slots": {"a": {"type": "physical"}}}))
+        .unwrap()
+        .apply_to(&feedback)
+        .unwrap_err();
+    assert_eq!(errs.0[0].path, "slots.a", "{errs}");
 }

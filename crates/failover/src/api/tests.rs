@@ -593,14 +593,15 @@ async fn config_is_read_patched_and_replaced_with_patroni_bodies() {
         &request(
             "PATCH",
             "/config",
-            r#"{"slots":{},"postgresql":{"parameters":{"port":1}}}"#,
+            r#"{"standby_cluster":{},"postgresql":{"parameters":{"port":1}}}"#,
             tok,
         ),
     )
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(
-        body.contains("slots: cannot be changed") && body.contains("postgresql.parameters.port"),
+        body.contains("standby_cluster: cannot be changed")
+            && body.contains("postgresql.parameters.port"),
         "{body}"
     );
     assert_eq!(
