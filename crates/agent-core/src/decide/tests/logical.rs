@@ -67,18 +67,9 @@ async fn the_leader_creates_its_logical_slots_and_publishes_where_consumers_conf
     assert!(!has(&d, |a| matches!(a, Action::CreateLogicalSlot { .. })));
 }
 
-/// n1 follows leader n2, whose status says its slot `cdc` is confirmed at `at`.
+/// n1 follows leader n2, whose status publishes its slot `cdc` at `at`.
 fn follower_view(at: u64) -> ClusterView {
-    let mut v = view(Some(("n2", 7)));
-    v.status = Some(LeaderStatus {
-        leader: "n2".into(),
-        lsn: Lsn(1000),
-        timeline: 1,
-        updated_ms: 1,
-        slots: BTreeMap::from([("cdc".to_string(), Lsn(at))]),
-        failsafe: None,
-    });
-    v
+    slot_status_view("cdc", at)
 }
 
 /// `follower_view(at)` as the leader's `n`th status.

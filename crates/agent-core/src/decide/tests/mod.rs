@@ -126,6 +126,20 @@ fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
 }
 
 /// A view where `leader` holds the key on `lease`, everybody published.
+/// n1 follows leader n2, whose status publishes its permanent slot `slot` at `at`.
+fn slot_status_view(slot: &str, at: u64) -> ClusterView {
+    let mut v = view(Some(("n2", 7)));
+    v.status = Some(LeaderStatus {
+        leader: "n2".into(),
+        lsn: Lsn(1000),
+        timeline: 1,
+        updated_ms: 1,
+        slots: std::collections::BTreeMap::from([(slot.to_string(), Lsn(at))]),
+        failsafe: None,
+    });
+    v
+}
+
 fn view(leader: Option<(&str, i64)>) -> ClusterView {
     let mut v = ClusterView::default();
     for n in ["n1", "n2", "n3"] {

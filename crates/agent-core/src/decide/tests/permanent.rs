@@ -5,18 +5,9 @@ use super::*;
 
 const SITE: &str = "permanent_slots = [\"site_b\"]";
 
-/// n1 follows leader n2, whose status says its slot `site_b` holds WAL from `at`.
+/// n1 follows leader n2, whose status publishes its slot `site_b` at `at`.
 fn follower_view(at: u64) -> ClusterView {
-    let mut v = view(Some(("n2", 7)));
-    v.status = Some(LeaderStatus {
-        leader: "n2".into(),
-        lsn: Lsn(1000),
-        timeline: 1,
-        updated_ms: 1,
-        slots: BTreeMap::from([("site_b".to_string(), Lsn(at))]),
-        failsafe: None,
-    });
-    v
+    slot_status_view("site_b", at)
 }
 
 fn creates(d: &Decision) -> bool {
