@@ -51,7 +51,8 @@ async fn churn(h: &HaCluster, primary: &str, nodes: &[&str]) -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_slot_is_held_on_replicas_and_keeps_its_place_across_a_failover(
 ) -> anyhow::Result<()> {
-    let b = TestCluster::builder().replicas(2);
+    // No WAL kept beyond what slots and checkpoints need: only the slot keeps it.
+    let b = TestCluster::builder().replicas(2).wal_keep_size_mb(0);
     let mut h = HaCluster::start(bin(), b, TEST_FAILOVER_TOML).await?;
     assert_eq!(h.wait_single_primary(T, None).await?, "node1");
     // Patroni's body, sent to a replica's agent: it reaches the leader through the DCS.

@@ -321,7 +321,7 @@ impl Executor {
             }
             Action::DropSlot { name } => {
                 fx.pg.drop_slot(name).await?;
-                tracing::info!(node = %self.ctx.name(), slot = %name, "dropped an unused replication slot (its node streams from elsewhere)");
+                tracing::info!(node = %self.ctx.name(), slot = %name, "dropped a replication slot not needed here (its node streams from elsewhere, or a permanent slot's copy this node may not hold or PostgreSQL invalidated)");
             }
             Action::CreateLogicalSlot {
                 name,

@@ -158,8 +158,10 @@ pub struct Memory {
 }
 
 /// A copy of a logical slot seen ahead of the leader's published position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ahead {
+    /// The leader whose statuses these are (another one's clock counts anew).
+    pub leader: String,
     pub since: Instant,
     /// `updated_ms` of the last leader status we compared with.
     pub status_ms: u64,

@@ -35,10 +35,11 @@ impl LocalNode {
         Ok(p.connect().await?)
     }
 
-    /// How long creating or advancing a slot may hold up the agent's loop (they run in it,
-    /// on the leader before its next renewal): creating one waits for the open write
-    /// transactions to end, advancing one decodes the WAL in between. Past it the statement
-    /// is cancelled and retried next loop; the lease is never at stake.
+    /// How long creating or advancing a slot may hold up the agent's loop (they run in it):
+    /// creating one waits for the open write transactions to end, advancing one decodes the
+    /// WAL in between. Past it the statement is cancelled and retried next loop. The leader
+    /// creates one slot a loop (`decide::logical::on_primary`) and advances none, so its
+    /// renewals stay within `loop_wait + ttl / 4` of each other.
     fn slot_budget(&self) -> Duration {
         let f = &self.cfg().failover;
         f.loop_wait.max(Duration::from_secs(1)).min(f.ttl / 4)

@@ -162,14 +162,21 @@ pub fn install_slot_state(data_dir: &Path, slot: &SlotState, owner: Option<&OsUs
 /// `ReplicationSlotOnDisk`'s magic number (PostgreSQL's slot.c).
 const SLOT_MAGIC: u32 = 0x1051CA1;
 /// Where `slotdata.database` starts: magic, checksum, version, length (4 bytes each), then
-/// the slot's name (NameData, 64 bytes).
+/// the slot's name (NameData: NAMEDATALEN, 64 unless PostgreSQL was built otherwise).
 const DATABASE_AT: usize = 16 + 64;
 
 /// The logical slots in a data dir, from their state files (a server need not run): those
 /// bound to a database. A file that is not a slot's state is skipped.
 pub fn logical_slots_on_disk(data_dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("pg_replslot")) else {
-        return Vec::new();
+    let dir = data_dir.join("pg_replslot");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %dir.display(), "cannot read the slots on disk ({e}): wal_level follows replication.logical_slots alone");
+            }
+            return Vec::new();
+        }
     };
     let mut out: Vec<String> = entries
         .filter_map(|e| e.ok())
@@ -180,7 +187,8 @@ pub fn logical_slots_on_disk(data_dir: &Path) -> Vec<String> {
             }
             let state = std::fs::read(e.path().join("state")).ok()?;
             let word = |at: usize| -> Option<u32> {
-                Some(u32::from_le_bytes(state.get(at..at + 4)?.try_into().ok()?))
+                // Written by this host's PostgreSQL: its own byte order.
+                Some(u32::from_ne_bytes(state.get(at..at + 4)?.try_into().ok()?))
             };
             (word(0)? == SLOT_MAGIC && word(DATABASE_AT)? != 0).then_some(name)
         })
@@ -195,8 +203,8 @@ mod tests {
 
     fn state_file(database: u32) -> Vec<u8> {
         let mut b = vec![0u8; 200];
-        b[..4].copy_from_slice(&SLOT_MAGIC.to_le_bytes());
-        b[DATABASE_AT..DATABASE_AT + 4].copy_from_slice(&database.to_le_bytes());
+        b[..4].copy_from_slice(&SLOT_MAGIC.to_ne_bytes());
+        b[DATABASE_AT..DATABASE_AT + 4].copy_from_slice(&database.to_ne_bytes());
         b
     }
 

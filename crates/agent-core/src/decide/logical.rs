@@ -37,14 +37,20 @@ pub(super) fn on_primary(ctx: &Ctx, d: &mut Decision, inp: &Inputs) {
     if !ctx.cfg.replication.slots || inp.local.in_recovery() || inp.local.slots.is_none() {
         return;
     }
-    for spec in &ctx.cfg.replication.logical_slots {
-        if !inp.local.logical_slots.iter().any(|s| s.name == spec.name) {
-            d.act(Action::CreateLogicalSlot {
-                name: spec.name.clone(),
-                database: spec.database.clone(),
-                plugin: spec.plugin.clone(),
-            });
-        }
+    // One a tick: each may wait out its statement budget (open write transactions), and
+    // the budgets of several would add up past the lease.
+    if let Some(spec) = ctx
+        .cfg
+        .replication
+        .logical_slots
+        .iter()
+        .find(|spec| !inp.local.logical_slots.iter().any(|s| s.name == spec.name))
+    {
+        d.act(Action::CreateLogicalSlot {
+            name: spec.name.clone(),
+            database: spec.database.clone(),
+            plugin: spec.plugin.clone(),
+        });
     }
 }
 
@@ -107,15 +113,20 @@ pub(super) fn on_replica(
                 let conf = s.confirmed_flush.unwrap_or_default();
                 if conf > at {
                     ahead.insert(spec.name.clone());
+                    let fresh = Ahead {
+                        leader: st.leader.clone(),
+                        since: now,
+                        status_ms: st.updated_ms,
+                        statuses: 0,
+                    };
                     let a = d
                         .next
                         .logical_ahead
                         .entry(spec.name.clone())
-                        .or_insert(Ahead {
-                            since: now,
-                            status_ms: st.updated_ms,
-                            statuses: 0,
-                        });
+                        .or_insert_with(|| fresh.clone());
+                    if a.leader != st.leader {
+                        *a = fresh;
+                    }
                     if st.updated_ms > a.status_ms {
                         a.status_ms = st.updated_ms;
                         a.statuses += 1;
@@ -128,7 +139,10 @@ pub(super) fn on_replica(
                     }
                     continue;
                 }
-                let to = inp.local.replay_lsn.map_or(at, |r| r.min(at));
+                let Some(replayed) = inp.local.replay_lsn else {
+                    continue; // nothing says how far an advance may go
+                };
+                let to = replayed.min(at);
                 if to > conf {
                     d.act(Action::AdvanceSlot {
                         name: spec.name.clone(),

@@ -25,9 +25,11 @@ pub(super) fn positions(ctx: &Ctx, inp: &Inputs) -> BTreeMap<String, Lsn> {
         .collect()
 }
 
-/// On a streaming replica that may lead: creates the permanent slots the leader has and we
-/// lack, and advances ours to the leader's position. A slot someone streams through from us
-/// (active) is theirs to move; one ahead of the leader's stays (a slot cannot move back).
+/// On a streaming replica: one that may lead creates the permanent slots the leader has and
+/// it lacks, and advances its own to the leader's position. A slot someone streams through
+/// from us (active) is theirs to move; one ahead of the leader's stays (a slot cannot move
+/// back); one PostgreSQL invalidated (no `restart_lsn`: `max_slot_wal_keep_size`) is dropped
+/// and made again. A node that never leads drops its idle copies (they would hold WAL).
 pub(super) fn on_replica(
     ctx: &Ctx,
     d: &mut Decision,
@@ -36,8 +38,8 @@ pub(super) fn on_replica(
     leader: &LeaderInfo,
 ) {
     let r = &ctx.cfg.replication;
-    if r.permanent_slots.is_empty() || !r.slots || ctx.me.failover_rank() == 0 {
-        return;
+    if r.permanent_slots.is_empty() || !r.slots || d.next.job.is_some() {
+        return; // (a job may be stopping PostgreSQL: nothing to do there this tick)
     }
     if ctx.standby_source(view).is_some() {
         return; // a standby cluster's leader holds no permanent slot either
@@ -45,8 +47,18 @@ pub(super) fn on_replica(
     let Some(slots) = &inp.local.slots else {
         return; // not read this tick
     };
+    let idle = |name: &String| slots.iter().any(|(n, active)| n == name && !*active);
+    if ctx.me.failover_rank() == 0 {
+        for name in r.permanent_slots.iter().filter(|n| idle(n)) {
+            d.act(Action::DropSlot { name: name.clone() });
+        }
+        return;
+    }
     let Some(st) = view.status.as_ref().filter(|s| s.leader == leader.name) else {
         return;
+    };
+    let Some(replayed) = inp.local.replay_lsn else {
+        return; // nothing says how far an advance may go
     };
     for name in &r.permanent_slots {
         let Some(&at) = st.slots.get(name) else {
@@ -57,9 +69,10 @@ pub(super) fn on_replica(
             Some((_, true)) => {}
             Some((_, false)) => {
                 let Some(&cur) = inp.local.slot_restart.get(name) else {
+                    d.act(Action::DropSlot { name: name.clone() });
                     continue;
                 };
-                let to = inp.local.replay_lsn.map_or(at, |p| p.min(at));
+                let to = replayed.min(at);
                 if to > cur {
                     d.act(Action::AdvanceSlot {
                         name: name.clone(),

@@ -228,3 +228,61 @@ async fn a_copy_ahead_of_the_leaders_slot_for_a_few_loops_is_copied_anew() {
     }
     assert!(m.logical_ahead.is_empty());
 }
+
+/// Creating a slot waits for open write transactions (up to its statement budget): the
+/// leader makes one a tick, so budgets never add up past its lease.
+#[tokio::test(start_paused = true)]
+async fn the_leader_creates_one_slot_a_tick() {
+    let c = ctx_with(
+        "logical_slots = [{ name = \"a\", database = \"app\", plugin = \"pgoutput\" }, { name = \"b\", database = \"app\", plugin = \"pgoutput\" }]",
+    );
+    let now = Instant::now();
+    let m = mem(now, Role::Leader, 42);
+    let creates = |d: &Decision| {
+        d.actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreateLogicalSlot { .. }))
+            .count()
+    };
+    let d = decide(&c, &m, &healthy(now, primary(), view(Some(("n1", 42)))));
+    assert_eq!(creates(&d), 1, "{:?}", d.actions);
+    let mut local = primary();
+    local.logical_slots = vec![slot("a", "pgoutput", 900)];
+    let d = decide(&c, &m, &healthy(now, local, view(Some(("n1", 42)))));
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::CreateLogicalSlot { name, .. } if name == "b")
+    ));
+}
+
+/// The statuses counted against a copy are one leader's: a new leader (whose clock may be
+/// behind) starts the count again. With no replay position known, nothing is advanced.
+#[tokio::test(start_paused = true)]
+async fn the_ahead_count_is_per_leader_and_no_replay_means_no_advance() {
+    let c = ctx_with(CDC);
+    let start = Instant::now();
+    let mut m = mem(start, follower_of("n2"), 42);
+    let mut local = replica();
+    local.replay_lsn = Some(Lsn(5000));
+    local.logical_slots = vec![slot("cdc", "pgoutput", 2000)];
+    for i in 0..3u32 {
+        let now = start + c.t.loop_wait * i;
+        renew(&mut m, now);
+        let d = decide(&c, &m, &healthy(now, local.clone(), written(1500, i)));
+        m = d.next;
+    }
+    // A status by another leader at the fourth loop: counted from zero, no copy yet.
+    m.logical_ahead.get_mut("cdc").unwrap().leader = "n3".into();
+    let now = start + c.t.loop_wait * 3;
+    renew(&mut m, now);
+    let d = decide(&c, &m, &healthy(now, local.clone(), written(1500, 3)));
+    assert!(!copies(&d), "{:?}", d.actions);
+    assert_eq!(d.next.logical_ahead["cdc"].statuses, 0);
+
+    let m = mem(start, follower_of("n2"), 42);
+    let mut behind = replica();
+    behind.replay_lsn = None;
+    behind.logical_slots = vec![slot("cdc", "pgoutput", 800)];
+    let d = decide(&c, &m, &healthy(start, behind, follower_view(900)));
+    assert_eq!(advanced_to(&d), None, "{:?}", d.actions);
+}

@@ -109,6 +109,39 @@ async fn a_replica_holds_the_leaders_permanent_slots_advanced_never_past_its_rep
         &healthy(now, holding(Some(500), true), follower_view(700)),
     );
     assert_eq!(advanced_to(&d), None);
+    // Invalidated by PostgreSQL (no restart_lsn): dropped, to be made again.
+    let d = tick(&c, &m, holding(None, false));
+    assert!(drops(&d), "{:?}", d.actions);
+    assert!(!drops(&tick(&c, &m, holding(None, true))));
+    // Our replay unknown: no bound for the advance.
+    let mut l = holding(Some(500), false);
+    l.replay_lsn = None;
+    assert_eq!(advanced_to(&tick(&c, &m, l)), None);
+    // A job runs (it may be stopping PostgreSQL): nothing this tick.
+    let mut busy = m.clone();
+    busy.job = Some(RunningJob {
+        id: 1,
+        job: Job::CopyLogicalSlots {
+            from: "n2".into(),
+            names: vec![],
+        },
+        started: now,
+    });
+    let d = tick(&c, &busy, holding(Some(500), false));
+    assert_eq!(advanced_to(&d), None, "{:?}", d.actions);
+}
+
+/// One tick of n1 at the start, `local` as its PostgreSQL, the leader's slot at 700.
+fn tick(c: &Ctx, m: &Memory, local: Local) -> Decision {
+    let now = Instant::now();
+    decide(c, m, &healthy(now, local, follower_view(700)))
+}
+
+fn drops(d: &Decision) -> bool {
+    has(
+        d,
+        |a| matches!(a, Action::DropSlot { name } if name == "site_b"),
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -127,6 +160,9 @@ async fn a_node_that_never_leads_holds_no_permanent_slot() {
         &healthy(now, holding(Some(500), false), follower_view(700)),
     );
     assert_eq!(advanced_to(&d), None);
+    // A copy it holds from before (tagged since) is dropped while idle: it would hold WAL.
+    assert!(drops(&d), "{:?}", d.actions);
+    assert!(!drops(&tick(&c, &m, holding(Some(500), true))));
     // Nor without slots at all.
     let c = ctx_changed(&ctx_with(SITE), |cfg| cfg.replication.slots = false);
     assert!(!creates(&decide(
