@@ -55,8 +55,6 @@ const FIELD_OF: &[(&str, &str)] = &[
     ("synchronous_node_count", "replication.sync_standbys"),
     ("member_slots_ttl", "replication.member_slots_ttl"),
     ("ignore_slots", "replication.ignore_slots"),
-    ("slots", "replication.permanent_slots"),
-    ("slots", "replication.logical_slots"),
 ];
 
 /// PostgreSQL settings pgha writes itself (pgha.conf, pgha-node.conf): a value in

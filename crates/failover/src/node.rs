@@ -269,7 +269,7 @@ impl LocalNode {
     }
 
     /// Runs `f` on the kept connection; a failure drops it (it may be broken).
-    async fn with_conn<T>(
+    pub(crate) async fn with_conn<T>(
         &self,
         what: &'static str,
         f: impl for<'c> FnOnce(

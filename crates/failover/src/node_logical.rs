@@ -7,7 +7,7 @@ use pgha_agent_core::ports::PgNode;
 use pgha_agent_core::{CoreError, Result};
 use pgha_postgres::{connect_params, Lsn, StopMode};
 use pgha_replication::logical::{
-    advance_slot, create_logical_slot, install_slot_state, read_slot_states, replay_lsn,
+    advance_slot, create_logical_slot, install_slot_state, read_slot_states,
 };
 
 use crate::node::LocalNode;
@@ -79,9 +79,17 @@ impl LocalNode {
         drop(c);
         // Read after the states: what we replayed only grows, so a state at or behind it
         // now stays so.
-        let mut c = self.connect_db(&me, &cfg.postgres.database, None).await?;
-        let replayed = replay_lsn(&mut c, &me).await?;
-        drop(c);
+        let replayed = self
+            .with_conn("pg_last_wal_replay_lsn", |c| {
+                Box::pin(async move {
+                    sqlx::query_scalar::<_, Option<Lsn>>(
+                        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() END",
+                    )
+                    .fetch_one(c)
+                    .await
+                })
+            })
+            .await?;
         let wanted: Vec<_> = states
             .into_iter()
             .filter(|s| {

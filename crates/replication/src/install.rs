@@ -37,12 +37,9 @@ pub fn install_settings(
     instance: &LocalInstance,
 ) -> Result<()> {
     let rendered = RenderedNode::render_role(config, node, role);
+    // pgha.conf as for this data dir: wal_level stays logical while it holds a logical slot.
     let on_disk = crate::logical::logical_slots_on_disk(instance.data_dir());
-    let cluster_conf = if on_disk.is_empty() {
-        rendered.cluster_conf
-    } else {
-        crate::settings::render_cluster_conf_keeping(config, &on_disk)
-    };
+    let cluster_conf = crate::settings::render_cluster_conf_keeping(config, &on_disk);
     instance.write_data_file(CLUSTER_CONF, &cluster_conf)?;
     instance.write_data_file(NODE_CONF, &rendered.node_conf)?;
     instance.write_data_file("pg_hba.conf", &rendered.hba)?;

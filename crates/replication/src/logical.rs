@@ -52,25 +52,6 @@ pub async fn advance_slot(conn: &mut PgConnection, node: &str, name: &str, to: L
     })
 }
 
-/// What a standby replayed (`pg_last_wal_replay_lsn()`); None on a primary, or a standby
-/// that replayed nothing yet.
-pub async fn replay_lsn(conn: &mut PgConnection, node: &str) -> Result<Option<Lsn>> {
-    let lsn: Option<String> = sqlx::query_scalar(
-        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END",
-    )
-    .fetch_one(conn)
-    .await
-    .map_err(ReplicationError::query(node, "read the replay position"))?;
-    match lsn {
-        None => Ok(None),
-        Some(l) => l.parse().map(Some).map_err(|_| ReplicationError::Query {
-            node: node.into(),
-            what: "read the replay position",
-            source: sqlx::Error::Protocol(format!("`{l}` is not an LSN")),
-        }),
-    }
-}
-
 /// A logical slot as the primary keeps it on disk.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SlotState {

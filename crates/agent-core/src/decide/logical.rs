@@ -102,18 +102,21 @@ pub(super) fn on_replica(
         let Some(&at) = st.slots.get(&spec.name) else {
             continue; // the leader has not made it yet
         };
-        match inp.local.logical_slots.iter().find(|s| s.name == spec.name) {
-            // Only once we replayed up to the leader's position: a copy ahead of our replay
-            // would, promoted, skip what the new timeline writes between the two.
-            None if replayed(inp, at) => copy.push(spec.name.clone()),
-            Some(s) if !is_spec(s, spec) && replayed(inp, at) => copy.push(spec.name.clone()),
-            None => {}
-            Some(s) if !is_spec(s, spec) => {}
+        let ours = inp.local.logical_slots.iter().find(|s| s.name == spec.name);
+        match ours.filter(|s| is_spec(s, spec)) {
+            // Missing, or another slot of that name: copied, but only once we replayed up to
+            // the leader's position (a copy ahead of our replay would, promoted, skip what
+            // the new timeline writes between the two).
+            None => {
+                if replayed(inp, at) {
+                    copy.push(spec.name.clone());
+                }
+            }
             Some(s) => {
                 let conf = s.confirmed_flush.unwrap_or_default();
                 if conf > at {
                     ahead.insert(spec.name.clone());
-                    let fresh = Ahead {
+                    let fresh = || Ahead {
                         leader: st.leader.clone(),
                         since: now,
                         status_ms: st.updated_ms,
@@ -123,9 +126,9 @@ pub(super) fn on_replica(
                         .next
                         .logical_ahead
                         .entry(spec.name.clone())
-                        .or_insert_with(|| fresh.clone());
+                        .or_insert_with(fresh);
                     if a.leader != st.leader {
-                        *a = fresh;
+                        *a = fresh();
                     }
                     if st.updated_ms > a.status_ms {
                         a.status_ms = st.updated_ms;

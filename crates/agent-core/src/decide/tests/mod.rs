@@ -125,7 +125,6 @@ fn member(name: &str, role: MemberRole, lsn: u64) -> MemberState {
     }
 }
 
-/// A view where `leader` holds the key on `lease`, everybody published.
 /// n1 follows leader n2, whose status publishes its permanent slot `slot` at `at`.
 fn slot_status_view(slot: &str, at: u64) -> ClusterView {
     let mut v = view(Some(("n2", 7)));
@@ -140,6 +139,7 @@ fn slot_status_view(slot: &str, at: u64) -> ClusterView {
     v
 }
 
+/// A view where `leader` holds the key on `lease`, everybody published.
 fn view(leader: Option<(&str, i64)>) -> ClusterView {
     let mut v = ClusterView::default();
     for n in ["n1", "n2", "n3"] {
