@@ -175,6 +175,20 @@ pg_custom:
     - skipped:
         usage: \"DISCARD\"
         description: \"not exported\"
+pg_old_only:
+  query: \"SELECT 1 AS n\"
+  runonserver: \"<10.0.0\"
+  metrics:
+    - n:
+        usage: \"GAUGE\"
+        description: \"only before 10\"
+pg_new_only:
+  query: \"SELECT 1 AS n\"
+  runonserver: \">=10.0.0 <15.0.0 || 15.x\"
+  metrics:
+    - n:
+        usage: \"GAUGE\"
+        description: \"10 and later\"
 ";
 
 /// The cluster's pgha.toml plus a `[monitoring]` section and a hanging fake node `node9`.
@@ -228,6 +242,9 @@ async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
     assert_eq!(one(&m, "pg_stat_replication_count", &[]), 1.0);
     assert_eq!(one(&m, "pg_custom_answer", &[("kind", "x")]), 42.0);
     assert!(!sig.contains_key("pg_custom_skipped"));
+    // runonserver is a version range over the server (PostgreSQL 15 here).
+    assert_eq!(one(&m, "pg_new_only_n", &[]), 1.0);
+    assert!(!sig.contains_key("pg_old_only_n"));
     assert!(
         one(
             &m,
@@ -290,6 +307,15 @@ async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
     sqlx::query("CREATE TABLE lag_probe (v int)")
         .execute(&mut p)
         .await?;
+    // `master: true` is postgres_exporter's "DSN's database only", not "primary only": the
+    // query runs on the replica too.
+    let probe2 = scrape(&exp.addr, "/probe?target=node2");
+    assert_eq!(one(&probe2, "pg_replication_is_replica", &[]), 1.0);
+    assert_eq!(one(&probe2, "pg_custom_answer", &[("kind", "x")]), 42.0);
+    // A checkpoint after the last commit node2 will receive: its shutdown restartpoint then
+    // leaves no commit record to replay at its next start (pg_last_xact_replay_timestamp()
+    // stays NULL there, the case below).
+    sqlx::query("CHECKPOINT").execute(&mut p).await?;
     let mut r = c.conn("node2").await?;
     TestCluster::eventually(Duration::from_secs(10), "node2 replays", || async {
         let m = scrape(&exp.addr, "/probe?target=node2");
@@ -337,6 +363,49 @@ async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
     let m = scrape(&exp.addr, "/metrics");
     assert_eq!(one(&m, "pg_up", &[]), 1.0);
     assert_eq!(one(&m, "pgha_node_up", &[("node", "node2")]), 0.0);
+
+    // Restarted without a reachable upstream, node2 has replayed nothing since it started:
+    // the lag is still a number that grows (the replay age was NULL: last_replay read 0 and a
+    // freshly started exporter's lag was NaN, so an alert on it never fired).
+    sqlx::query("INSERT INTO lag_probe SELECT generate_series(1, 10)")
+        .execute(&mut p)
+        .await?;
+    c.instance("node2")?.start().await?;
+    let first = TestCluster::eventually(Duration::from_secs(10), "node2 scraped", || async {
+        let m = scrape(&exp.addr, "/probe?target=node2");
+        Ok((one(&m, "pg_up", &[]) == 1.0).then_some(m))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = scrape(&exp.addr, "/probe?target=node2");
+    assert_eq!(one(&second, "pg_replication_is_replica", &[]), 1.0);
+    let mut r = c.conn("node2").await?;
+    let replayed: Option<String> =
+        sqlx::query_scalar("SELECT pg_last_xact_replay_timestamp()::text")
+            .fetch_one(&mut r)
+            .await?;
+    assert_eq!(
+        replayed, None,
+        "the case under test: nothing replayed since the start"
+    );
+    let (l1, l2) = (
+        one(&first, "pg_replication_lag_seconds", &[]),
+        one(&second, "pg_replication_lag_seconds", &[]),
+    );
+    assert!(
+        l1 >= 0.0 && l2 >= l1 + 1.0,
+        "lag after a restart without upstream must be a growing number: {l1} -> {l2}"
+    );
+    // The replica's own answer, not the exporter's memory of when node2 was caught up (a
+    // restarted exporter has none): the age of the last replay counts from the start.
+    let (a1, a2) = (
+        one(&first, "pg_replication_last_replay_seconds", &[]),
+        one(&second, "pg_replication_last_replay_seconds", &[]),
+    );
+    assert!(
+        a1 > 0.0 && a2 >= a1 + 1.0,
+        "last replay age after a restart must grow from the start: {a1} -> {a2}"
+    );
     drop(blackhole);
     Ok(())
 }

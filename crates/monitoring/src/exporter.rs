@@ -367,14 +367,11 @@ impl Target {
             let mut m = MetricSet::new();
             let mut timed: Timed = Vec::new();
             if !full {
-                return Ok((status, m, timed, false));
+                return Ok((status, m, timed, 0));
             }
             let t = Instant::now();
             let basics = collect::basics(conn, s, &mut m).await;
-            let (in_recovery, version_num) = basics
-                .as_ref()
-                .map(|b| (b.in_recovery, b.version_num))
-                .unwrap_or((false, 0));
+            let version_num = basics.as_ref().map(|b| b.version_num).unwrap_or(0);
             timed.push(("static", t.elapsed(), basics.map(|_| ())));
             let t = Instant::now();
             let r = collect::activity(conn, s, &mut m).await;
@@ -382,7 +379,7 @@ impl Target {
             let t = Instant::now();
             let r = collect::stat_database(conn, s, version_num, &mut m).await;
             timed.push(("stat_database", t.elapsed(), r));
-            Ok::<_, String>((status, m, timed, in_recovery))
+            Ok::<_, String>((status, m, timed, version_num))
         };
         let [side_db, side_settings] = sides;
         let (has_db, has_settings) = (side_db.is_some(), side_settings.is_some());
@@ -404,7 +401,7 @@ impl Target {
         };
         let (main, (db_m, db_timed), (set_m, set_timed)) =
             tokio::join!(main, db_work, settings_work);
-        let (status, mut m, mut timed, in_recovery) = match main {
+        let (status, mut m, mut timed, version_num) = match main {
             Ok(v) => v,
             Err(e) => return (self.down(e), false, [true, true]),
         };
@@ -448,7 +445,7 @@ impl Target {
         }
         if full {
             for q in queries {
-                if q.master && in_recovery {
+                if !q.runs_on(version_num) {
                     continue;
                 }
                 let cached = q.cache.and_then(|ttl| {

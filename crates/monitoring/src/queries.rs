@@ -13,6 +13,12 @@
 //!
 //! Each non-LABEL column becomes `<query name>_<column>` labelled with the LABEL columns.
 //! Errors name the file, the query and its line.
+//!
+//! As in postgres_exporter, `master: true` means "only on the DSN's database" when it
+//! auto-discovers databases; pgha-exporter scrapes one database per target, so such a query
+//! runs on every target, replicas included (a replication-lag query must run there).
+//! `runonserver` is a semver range over the server's version (`">=10.0.0"`,
+//! `">=9.6.0 <11.0.0 || >=13.0.0"`); the query is skipped on servers outside it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,7 @@ use sqlx::PgConnection;
 
 use crate::collect::{num, text};
 use crate::metrics::{sanitize_name, Kind, MetricSet};
+use crate::version_range::VersionRange;
 use crate::{MonitoringError, Result};
 
 /// How a column is used (postgres_exporter's `usage`).
@@ -51,8 +58,11 @@ pub struct Column {
 pub struct CustomQuery {
     pub name: String,
     pub sql: String,
-    /// Only run on a primary (postgres_exporter: only on the DSN's database; ours has one).
+    /// postgres_exporter: only on the DSN's database, not on auto-discovered ones. Every
+    /// target here is one database, so this changes nothing (kept for round-trips and docs).
     pub master: bool,
+    /// Run only on servers whose version is in this range.
+    pub runonserver: Option<VersionRange>,
     pub cache: Option<Duration>,
     pub columns: Vec<Column>,
 }
@@ -128,7 +138,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CustomQuery>> {
         line,
         message,
     };
-    let doc: BTreeMap<String, serde_yaml::Value> = match serde_yaml::from_str(text) {
+    let doc: BTreeMap<String, yaml_serde::Value> = match yaml_serde::from_str(text) {
         Ok(d) => d,
         Err(e) => {
             let line = e.location().map(|l| l.line()).unwrap_or(1);
@@ -149,7 +159,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CustomQuery>> {
             .map(|(_, l)| *l)
             .unwrap_or(1);
         let raw: RawQuery =
-            serde_yaml::from_value(value).map_err(|e| err(&name, line, e.to_string()))?;
+            yaml_serde::from_value(value).map_err(|e| err(&name, line, e.to_string()))?;
         if raw.query.trim().is_empty() {
             return Err(err(&name, line, "`query` is empty".into()));
         }
@@ -160,7 +170,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CustomQuery>> {
                 "the query name is not a valid metric name prefix ([a-zA-Z0-9_])".into(),
             ));
         }
-        let _ = raw.runonserver;
+        let runonserver = raw
+            .runonserver
+            .as_deref()
+            .map(VersionRange::parse)
+            .transpose()
+            .map_err(|e| {
+                err(
+                    &name,
+                    column_line(text, line, "runonserver"),
+                    format!("`runonserver` {e}"),
+                )
+            })?;
         let mut columns = Vec::new();
         for map in raw.metrics {
             for (col, c) in map {
@@ -201,6 +222,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CustomQuery>> {
             name,
             sql: raw.query,
             master: raw.master,
+            runonserver,
             cache: (raw.cache_seconds > 0).then(|| Duration::from_secs(raw.cache_seconds)),
             columns,
         });
@@ -209,6 +231,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<CustomQuery>> {
 }
 
 impl CustomQuery {
+    /// Whether the query runs on a server with this `server_version_num`.
+    pub fn runs_on(&self, version_num: i32) -> bool {
+        self.runonserver
+            .as_ref()
+            .is_none_or(|r| r.matches_version_num(version_num))
+    }
+
     /// Runs the query and adds its metrics.
     pub async fn run(&self, conn: &mut PgConnection, server: &str) -> Result<MetricSet> {
         use sqlx::{Column as _, Row};
@@ -277,6 +306,25 @@ pg_things:
         assert!(q[0].master);
         assert_eq!(q[1].columns[0].usage, Usage::Label);
         assert_eq!(q[1].columns[1].usage, Usage::Counter);
+        assert!(
+            q[0].runs_on(90624) && q[1].runs_on(150004),
+            "no range: everywhere"
+        );
+    }
+
+    #[test]
+    fn runonserver_is_a_version_range() {
+        let text = GOOD.replace("  master: true\n", "  runonserver: \">=10.0.0 <16.0.0\"\n");
+        let q = parse(Path::new("q.yml"), &text).unwrap();
+        assert!(q[0].runs_on(150004));
+        assert!(!q[0].runs_on(90624) && !q[0].runs_on(160001));
+        let bad = GOOD.replace("  master: true\n", "  runonserver: \">=10.0.0 <1x\"\n");
+        let e = parse(Path::new("q.yml"), &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("q.yml:3: query `pg_replication`: `runonserver`"),
+            "{e}"
+        );
+        assert!(e.contains("`<1x`"), "{e}");
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub struct ReceiverStat {
     pub slot_name: Option<String>,
     pub receive_lsn: Option<Lsn>,
     pub replay_lsn: Option<Lsn>,
-    /// now() - pg_last_xact_replay_timestamp(): grows while nothing is replayed.
+    /// now() - pg_last_xact_replay_timestamp(), or - pg_postmaster_start_time() when nothing
+    /// was replayed since the replica started: grows while nothing is replayed, never NULL on
+    /// a replica (an alert on the lag must be able to fire after a restart without upstream).
     pub last_replay_age_seconds: Option<f64>,
     pub replay_paused: bool,
     pub timeline: Option<i64>,
@@ -192,7 +194,7 @@ pub async fn receiver_stat(conn: &mut PgConnection, node: &str) -> Result<Receiv
         "SELECT w.status AS receiver_status, w.sender_host AS upstream_host, \
            w.sender_port AS upstream_port, w.slot_name::text AS slot_name, \
            pg_last_wal_receive_lsn() AS receive_lsn, pg_last_wal_replay_lsn() AS replay_lsn, \
-           extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS last_replay_age_seconds, \
+           extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(), pg_postmaster_start_time()))::float8 AS last_replay_age_seconds, \
            pg_is_wal_replay_paused() AS replay_paused, \
            coalesce(w.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))::bigint AS timeline \
          FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver w ON true",
