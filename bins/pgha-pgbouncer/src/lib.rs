@@ -56,6 +56,10 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Print the SQL that lets `pooling.auth_user` look up SCRAM secrets through a SECURITY
+    /// DEFINER function (run it with psql as a superuser on the primary), and the matching
+    /// `auth_query`.
+    AuthSql,
     /// RESUME after `pause`.
     Resume {
         /// Only this database entry.
@@ -78,8 +82,16 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn run_inner(cli: &Cli) -> anyhow::Result<()> {
     let loaded = pgha_startup::load_config(cli.config.as_deref())?;
     let config = loaded.config;
-    pgha_pooling_config::section(&config).with_context(|| format!("config {}", loaded.source))?;
+    let pool = pgha_pooling_config::section(&config)
+        .with_context(|| format!("config {}", loaded.source))?;
+    pgha_pooling_config::check(pool).with_context(|| format!("config {}", loaded.source))?;
     match &cli.command {
+        Command::AuthSql => {
+            let sql = pgha_pooling_config::auth_setup_sql(pool)
+                .context("pooling.auth_user is not set: set it (e.g. \"pgbouncer_auth\") first")?;
+            print!("{sql}");
+            Ok(())
+        }
         Command::Render { out, reload } => render(&config, out.as_ref(), *reload).await,
         Command::Follow { interval } => {
             let pool = pgha_pooling_config::section(&config)?;

@@ -101,7 +101,9 @@ async fn routes_writes_to_primary_reads_to_replica_and_checks_passwords() -> any
     let o = bin(&cfg, &["render"]);
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("role `app` (pooling.users/admin_users/stats_users) does not exist"),
+        text(&o).contains(
+            "role `app` (pooling.users/admin_users/stats_users/auth_user) does not exist"
+        ),
         "{}",
         text(&o)
     );

@@ -611,6 +611,49 @@ pub struct PoolingSection {
     /// userlist.txt within this time); topology changes re-read them at once.
     #[serde(with = "humantime_serde")]
     pub userlist_refresh: Duration,
+    /// Named prepared statements PgBouncer tracks per server connection, so that clients using
+    /// them (sqlx, JDBC, asyncpg) work in transaction pooling (max_prepared_statements; 0 = off).
+    /// Needs PgBouncer 1.21 or later (1.18, Debian 12's, refuses to start with it): rendered only
+    /// when set; 200 is a good value.
+    pub max_prepared_statements: Option<u32>,
+    /// Role PgBouncer logs in as to look up a client's SCRAM secret with `auth_query` (auth_user),
+    /// for roles not in `users`. Needs `auth_password`. Off when absent.
+    pub auth_user: Option<String>,
+    /// `auth_user`'s password, `{ env = "..." }` or `{ file = "..." }`; required with it.
+    /// PgBouncer logs in to PostgreSQL as auth_user with no client's SCRAM proof to pass on, so
+    /// this one role's password goes into userlist.txt (mode 0600) as it is; every other role
+    /// keeps only its SCRAM secret there.
+    pub auth_password: Option<SecretSource>,
+    /// Query run as `auth_user` returning (name, SCRAM secret) for `$1` (auth_query), e.g.
+    /// `SELECT uname, phash FROM pgbouncer.user_lookup($1)` with the SECURITY DEFINER function
+    /// `pgha-pgbouncer auth-sql` prints; needs `auth_user`. PgBouncer's default when absent.
+    pub auth_query: Option<String>,
+    /// Database `auth_query` runs in (auth_dbname; PgBouncer 1.20 or later); the client's
+    /// database when absent. Needs `auth_user`.
+    pub auth_dbname: Option<String>,
+    /// Other `[pgbouncer]` settings written as they are (`[pooling.extra]`, e.g.
+    /// `query_wait_timeout = 60`): strings, integers or booleans (as 1/0). Keys pgha renders
+    /// itself are refused: set their `[pooling]` field instead.
+    pub extra: BTreeMap<String, PgBouncerValue>,
+}
+
+/// One value of `[pooling.extra]`, written after `key = ` as it is (a boolean as 1/0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PgBouncerValue {
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for PgBouncerValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgBouncerValue::Bool(b) => f.write_str(if *b { "1" } else { "0" }),
+            PgBouncerValue::Int(i) => write!(f, "{i}"),
+            PgBouncerValue::Text(t) => f.write_str(t),
+        }
+    }
 }
 
 impl PoolingSection {
@@ -652,6 +695,12 @@ impl Default for PoolingSection {
             os_user: "postgres".into(),
             poll_interval: Duration::from_millis(500),
             userlist_refresh: Duration::from_secs(60),
+            max_prepared_statements: None,
+            auth_user: None,
+            auth_password: None,
+            auth_query: None,
+            auth_dbname: None,
+            extra: BTreeMap::new(),
         }
     }
 }

@@ -12,6 +12,10 @@ pub type Result<T, E = PoolingError> = std::result::Result<T, E>;
 pub enum PoolingError {
     #[error("pgha.toml has no [pooling] section: add one (at least `databases = [\"app\"]` and `users = [\"app\"]`)")]
     NoPoolingSection,
+    #[error("[pooling] cannot be rendered ({} problem(s)):\n{errors}", errors.0.len())]
+    Invalid {
+        errors: pgha_config::ValidationErrors,
+    },
     #[error("no single primary answered (writable: {writable:?}; unreachable: {unreachable:?}); cannot point the read-write entries anywhere")]
     NoPrimary {
         writable: Vec<String>,
@@ -19,7 +23,7 @@ pub enum PoolingError {
     },
     #[error("no node answered to read the users' SCRAM secrets from pg_authid (tried: {tried})")]
     NoNodeForSecrets { tried: String },
-    #[error("role `{user}` (pooling.users/admin_users/stats_users) does not exist on node {node}; create it first")]
+    #[error("role `{user}` (pooling.users/admin_users/stats_users/auth_user) does not exist on node {node}; create it first")]
     UnknownRole { user: String, node: String },
     #[error("role `{user}` has no password on node {node}: set one (stored as SCRAM-SHA-256) so it can log in through PgBouncer")]
     NoPassword { user: String, node: String },

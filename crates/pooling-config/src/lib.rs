@@ -6,6 +6,7 @@
 //! read-only entry (`app_ro`, to the replicas). Rendering is a pure function of the config, the
 //! [`Topology`] and the users' SCRAM secrets, so `pgha-pgbouncer render` shows exactly what runs.
 
+mod checks;
 mod console;
 mod error;
 mod follow;
@@ -15,6 +16,7 @@ mod render;
 mod secrets;
 mod topology;
 
+pub use checks::{auth_setup_sql, check, problems, AUTH_QUERY, RENDERED_KEYS};
 pub use console::{paused, AdminConsole, ConsoleTarget};
 pub use error::{PoolingError, Result};
 pub use follow::{apply, follow, FollowEvent, Follower, LeaderSource, PollingLeaderSource};

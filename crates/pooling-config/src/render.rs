@@ -123,6 +123,7 @@ fn read_only_target(pool: &PoolingSection, t: &Topology) -> (Option<String>, Str
 /// pgbouncer.ini for `topology`.
 pub fn render_ini(config: &PghaConfig, topology: &Topology) -> Result<String> {
     let pool = crate::section(config)?;
+    crate::check(pool)?;
     check_host(&topology.primary)?;
     for r in &topology.replicas {
         check_host(r)?;
@@ -190,6 +191,20 @@ pub fn render_ini(config: &PghaConfig, topology: &Topology) -> Result<String> {
     kv(w, "server_fast_close", &1);
     kv(w, "server_connect_timeout", &5);
     kv(w, "server_login_retry", &seconds(pool.server_login_retry));
+    if let Some(n) = pool.max_prepared_statements {
+        // PgBouncer >= 1.21: named prepared statements survive transaction pooling.
+        kv(w, "max_prepared_statements", &n);
+    }
+    // Roles not in userlist.txt: PgBouncer looks their secret up as auth_user.
+    for (k, v) in [
+        ("auth_user", &pool.auth_user),
+        ("auth_query", &pool.auth_query),
+        ("auth_dbname", &pool.auth_dbname),
+    ] {
+        if let Some(v) = v {
+            kv(w, k, v);
+        }
+    }
     if let Some(tls) = &config.tls {
         // Clients: TLS (required when [tls].required); servers: verify-full against the CA.
         let dir = tls_dir(pool);
@@ -207,6 +222,12 @@ pub fn render_ini(config: &PghaConfig, topology: &Topology) -> Result<String> {
     if let Some(p) = &pool.log_file {
         kv(w, "logfile", &p.display());
     }
+    if !pool.extra.is_empty() {
+        let _ = writeln!(w, ";; [pooling.extra]");
+        for (k, v) in &pool.extra {
+            kv(w, k, v);
+        }
+    }
     Ok(s)
 }
 
@@ -219,10 +240,12 @@ fn seconds(d: std::time::Duration) -> String {
     }
 }
 
-/// userlist.txt: `"user" "SCRAM-SHA-256$..."`, one line per role.
+/// userlist.txt: `"user" "SCRAM-SHA-256$..."`, one line per role (auth_user's line holds its
+/// password: see [`crate::fetch_scram_secrets`]).
 pub fn render_userlist(users: &[UserSecret]) -> String {
     let mut s = String::from(
-        ";; userlist.txt rendered by pgha-pgbouncer: SCRAM secrets copied from pg_authid.\n",
+        ";; userlist.txt rendered by pgha-pgbouncer: SCRAM secrets copied from pg_authid \
+         (pooling.auth_user: its password).\n",
     );
     for u in users {
         let _ = writeln!(
@@ -339,6 +362,82 @@ data_dir = "/d3"
             .read_only_fallback_to_primary = false;
         let ini = render_ini(&strict, &alone).unwrap();
         assert!(!ini.contains("app_ro ="), "{ini}");
+    }
+
+    #[test]
+    fn prepared_statements_auth_query_and_extra_keys() {
+        let t = Topology {
+            primary: b("db2", "10.0.0.12", 5432),
+            replicas: vec![],
+        };
+        // Nothing new by default: PgBouncer 1.18 refuses max_prepared_statements and auth_dbname.
+        let plain = render_ini(&load_from_str(CONF, "t").unwrap(), &t).unwrap();
+        for key in [
+            "max_prepared_statements",
+            "auth_user",
+            "auth_query",
+            "auth_dbname",
+            ";; [pooling.extra]",
+        ] {
+            assert!(!plain.contains(key), "{key} in\n{plain}");
+        }
+        let conf = CONF.replace(
+            "reserve_pool_timeout = \"1500ms\"\n",
+            "reserve_pool_timeout = \"1500ms\"\nmax_prepared_statements = 200\n\
+             auth_user = \"pgbouncer_auth\"\nauth_password = { env = \"X\" }\n\
+             auth_query = \"SELECT uname, phash FROM pgbouncer.user_lookup($1)\"\n\
+             auth_dbname = \"postgres\"\n\
+             [pooling.extra]\nquery_wait_timeout = 60\ntcp_keepalive = false\n\
+             server_reset_query = \"DISCARD ALL\"\n",
+        );
+        let c = load_from_str(&conf, "t").unwrap();
+        let ini = render_ini(&c, &t).unwrap();
+        for line in [
+            "max_prepared_statements = 200",
+            "auth_user = pgbouncer_auth",
+            "auth_query = SELECT uname, phash FROM pgbouncer.user_lookup($1)",
+            "auth_dbname = postgres",
+            "query_wait_timeout = 60",
+            "tcp_keepalive = 0",
+            "server_reset_query = DISCARD ALL",
+        ] {
+            assert!(
+                ini.contains(&format!("\n{line}\n")),
+                "no `{line}` in\n{ini}"
+            );
+        }
+        assert!(
+            crate::userlist_roles(c.pooling.as_ref().unwrap()).contains(&"pgbouncer_auth".into())
+        );
+        // Every key pgha writes is one [pooling.extra] may not set.
+        let mut tls = c.clone();
+        tls.pooling.as_mut().unwrap().pid_file = Some("/run/p.pid".into());
+        tls.pooling.as_mut().unwrap().log_file = Some("/var/log/p.log".into());
+        tls.tls = Some(toml_tls());
+        let ini = render_ini(&tls, &t).unwrap();
+        let section = ini.split("[pgbouncer]").nth(1).unwrap();
+        let section = section.split(";; [pooling.extra]").next().unwrap();
+        for line in section.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(
+                crate::RENDERED_KEYS.contains(&key),
+                "`{key}` missing from RENDERED_KEYS"
+            );
+        }
+        // A refused key never renders.
+        let bad = conf.replace("query_wait_timeout = 60", "pool_mode = \"session\"");
+        let e = render_ini(&load_from_str(&bad, "t").unwrap(), &t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pooling.extra.pool_mode: pgha renders `pool_mode` itself"),
+            "{e}"
+        );
+    }
+
+    fn toml_tls() -> pgha_config::TlsSection {
+        let text = format!("{CONF}\n[tls]\ndir = \"/etc/pgha/tls\"\n");
+        load_from_str(&text, "t").unwrap().tls.unwrap()
     }
 
     #[test]

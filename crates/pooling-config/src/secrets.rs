@@ -13,7 +13,9 @@ use crate::{PoolingError, Result, Topology};
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserSecret {
     pub user: String,
-    /// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` as pg_authid holds it.
+    /// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` as pg_authid holds it; for
+    /// `pooling.auth_user`, its password (PgBouncer logs in as it on its own, with no client's
+    /// SCRAM proof to pass on: a SCRAM secret alone cannot do that).
     pub scram: Secret,
 }
 
@@ -23,7 +25,8 @@ impl std::fmt::Debug for UserSecret {
     }
 }
 
-/// Every role userlist.txt must hold: `users`, then `admin_users`, then `stats_users`, each once.
+/// Every role userlist.txt must hold: `users`, then `admin_users`, then `stats_users`, then
+/// `auth_user` (PgBouncer logs in as it to run `auth_query`), each once.
 pub fn userlist_roles(pool: &PoolingSection) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for u in pool
@@ -31,6 +34,7 @@ pub fn userlist_roles(pool: &PoolingSection) -> Vec<String> {
         .iter()
         .chain(&pool.admin_users)
         .chain(&pool.stats_users)
+        .chain(&pool.auth_user)
     {
         if !out.contains(u) {
             out.push(u.clone());
@@ -52,6 +56,9 @@ pub async fn fetch_scram_secrets(
     topology: &Topology,
     roles: &[String],
 ) -> Result<Vec<UserSecret>> {
+    let pool = config.pooling.as_ref();
+    let pool_auth_user = pool.and_then(|p| p.auth_user.clone());
+    let pool_auth_password = pool.and_then(|p| p.auth_password.clone());
     let mut tried = Vec::new();
     for b in std::iter::once(&topology.primary).chain(&topology.replicas) {
         let Some(node) = config.node(&b.node) else {
@@ -98,9 +105,13 @@ pub async fn fetch_scram_secrets(
                         node: b.node.clone(),
                     });
                 }
+                let scram = match (&pool_auth_user, &pool_auth_password) {
+                    (Some(a), Some(p)) if a == user => p.read()?,
+                    _ => Secret::new(secret),
+                };
                 Ok(UserSecret {
                     user: user.clone(),
-                    scram: Secret::new(secret),
+                    scram,
                 })
             })
             .collect();
