@@ -38,9 +38,9 @@ pub struct RouterSection {
     pub database: Option<String>,
     /// round-robin | least-lag | random among replicas within the lag bound.
     pub reader_policy: RouterReaderPolicy,
-    /// A replica further behind than this serves no reads (absent: no byte bound).
+    /// A replica further behind than this serves no reads (default 16MB).
     pub max_lag_bytes: Option<ByteSize>,
-    /// A replica further behind in time serves no reads (absent: no time bound).
+    /// A replica further behind in time serves no reads (default 10s).
     #[serde(with = "humantime_serde")]
     pub max_lag: Option<Duration>,
     /// primary | error: when no replica qualifies.

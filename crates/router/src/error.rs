@@ -67,11 +67,33 @@ impl RouterError {
         }
     }
 
-    /// Wraps the error for the sqlx [`sqlx::Executor`] API: an `Io` error of kind `NotConnected`
-    /// whose inner error is this one (`e.into_inner()` / downcast gets it back).
+    /// The error as sqlx reports it, see the `From<RouterError> for sqlx::Error` impl.
     pub(crate) fn into_sqlx(self) -> sqlx::Error {
-        match self {
+        self.into()
+    }
+}
+
+/// So that `?` works in functions returning `sqlx::Result` and the handles can be sqlx
+/// [`sqlx::Executor`]s and [`sqlx::Acquire`]s:
+///
+/// - [`RouterError::Query`]: the database's own error, unchanged.
+/// - No usable node ([`RouterError::NoPrimary`], [`RouterError::NoReplica`],
+///   [`RouterError::NotReplayed`], [`RouterError::NoNodes`], [`RouterError::Discovery`]): an
+///   `Io` error of kind `NotConnected` (no connection could be had, as when a pool cannot reach
+///   its host), so [`is_failover_error`] and [`crate::Router::idempotent`] treat it as
+///   worth retrying.
+/// - Bad URLs, options, environment or secrets: [`sqlx::Error::Configuration`].
+///
+/// In every case but `Query` the `RouterError` is inside: `io.into_inner()` or
+/// `source.downcast::<RouterError>()` gets it back.
+impl From<RouterError> for sqlx::Error {
+    fn from(e: RouterError) -> sqlx::Error {
+        match e {
             RouterError::Query { source, .. } => source,
+            e @ (RouterError::InvalidUrl { .. }
+            | RouterError::MissingEnv { .. }
+            | RouterError::InvalidOption { .. }
+            | RouterError::Secret(_)) => sqlx::Error::Configuration(Box::new(e)),
             other => sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::NotConnected, other)),
         }
     }
@@ -121,5 +143,23 @@ mod tests {
         };
         let inner = io.into_inner().unwrap().downcast::<RouterError>().unwrap();
         assert!(matches!(*inner, RouterError::NoPrimary { .. }));
+    }
+
+    #[test]
+    fn configuration_errors_become_sqlx_configuration_errors_and_are_not_retried() {
+        fn f() -> sqlx::Result<()> {
+            Err(RouterError::InvalidOption {
+                option: "max_connections",
+                problem: "must be at least 1".into(),
+            })?;
+            Ok(())
+        }
+        let e = f().unwrap_err();
+        assert!(!is_failover_error(&e));
+        let sqlx::Error::Configuration(inner) = e else {
+            panic!("not configuration: {e:?}")
+        };
+        assert!(inner.to_string().contains("max_connections"));
+        assert!(inner.downcast::<RouterError>().is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! The handles queries run through: [`Writer`], [`Reader`] and [`ReplayedReader`], each an sqlx
-//! [`Executor`] (`sqlx::query(..).execute(router.writer())`) that picks its node per call.
+//! [`Executor`] (`sqlx::query(..).execute(router.writer())`) that picks its node per call, and
+//! an sqlx [`Acquire`] (a connection or transaction on the node it picks now), like `&PgPool`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgQueryResult, PgRow, PgStatement, PgTypeInfo};
-use sqlx::{Describe, Either, Execute, Executor, Postgres, Transaction};
+use sqlx::{Acquire, Describe, Either, Execute, Executor, Postgres, Transaction};
 
 use pgha_postgres::Lsn;
 
@@ -114,14 +115,38 @@ macro_rules! handle_common {
             pub async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
                 #[allow(clippy::redundant_closure_call)]
                 let target = ($target)(self);
-                let (node, conn) = target.acquire(&self.shared).await?;
-                Transaction::begin(conn, None)
-                    .await
-                    .map_err(|e| on_error(&self.shared, target, &node, e))
-                    .map_err(|source| RouterError::Query {
-                        node: node.name.clone(),
-                        source,
-                    })
+                begin_on(&self.shared, target).await
+            }
+        }
+
+        /// As `&PgPool` is: generic code taking `impl Acquire<'c, Database = Postgres>` takes
+        /// the handle too. Errors as [`sqlx::Error`] (see `From<RouterError>`).
+        impl<'c> Acquire<'c> for &'_ $t {
+            type Database = Postgres;
+            type Connection = PoolConnection<Postgres>;
+
+            fn acquire(self) -> BoxFuture<'c, Result<PoolConnection<Postgres>, sqlx::Error>> {
+                #[allow(clippy::redundant_closure_call)]
+                let target = ($target)(self);
+                let shared = self.shared.clone();
+                Box::pin(async move {
+                    target
+                        .acquire(&shared)
+                        .await
+                        .map(|(_, c)| c)
+                        .map_err(RouterError::into_sqlx)
+                })
+            }
+
+            fn begin(self) -> BoxFuture<'c, Result<Transaction<'c, Postgres>, sqlx::Error>> {
+                #[allow(clippy::redundant_closure_call)]
+                let target = ($target)(self);
+                let shared = self.shared.clone();
+                Box::pin(async move {
+                    begin_on(&shared, target)
+                        .await
+                        .map_err(RouterError::into_sqlx)
+                })
             }
         }
 
@@ -232,6 +257,18 @@ handle_common!(Reader, "Reader", |_: &Reader| Target::Replica);
 handle_common!(ReplayedReader, "ReplayedReader", |r: &ReplayedReader| {
     Target::Replayed(r.lsn)
 });
+
+/// A transaction on a connection from `target`; a failed `BEGIN` is noted like a failed query.
+async fn begin_on(shared: &Shared, target: Target) -> Result<Transaction<'static, Postgres>> {
+    let (node, conn) = target.acquire(shared).await?;
+    Transaction::begin(conn, None)
+        .await
+        .map_err(|e| on_error(shared, target, &node, e))
+        .map_err(|source| RouterError::Query {
+            node: node.name.clone(),
+            source,
+        })
+}
 
 /// Notes a failure that says the node moved or went away; returns the error unchanged.
 /// On a read, 25006 is the caller writing through a reader, not a node problem.

@@ -48,6 +48,10 @@
 //!     .fetch_one(&router.reader_after(token))
 //!     .await?;
 //! # let _ = balance;
+//! // Code written for `&PgPool` (any `sqlx::Acquire`) takes a handle too.
+//! use sqlx::Acquire;
+//! let mut conn = router.reader().acquire().await?;
+//! sqlx::query("SELECT 1").execute(&mut *conn).await?;
 //! # Ok(()) }
 //! ```
 

@@ -276,6 +276,20 @@ impl Router {
             .collect()
     }
 
+    /// The sqlx pool of the node that is primary now, for tools that take a `&PgPool` (or any
+    /// [`sqlx::Acquire`]) and run once, such as migrations:
+    /// `migrator.run(&router.primary_pool()?)`. The pool stays bound to that node: after a
+    /// failover its connections fail (25006 or refused) instead of following the primary, so
+    /// ask again for each task, and prefer [`Router::writer`] (also an `Acquire`) for
+    /// anything long-lived. Fails with [`RouterError::NoPrimary`] when no node is primary at
+    /// the moment (it does not wait: see [`Router::writer`] for calls that do).
+    pub fn primary_pool(&self) -> Result<sqlx::PgPool> {
+        match self.shared.primary() {
+            Some(node) => Ok(node.pool.clone()),
+            None => Err(self.shared.no_primary_now()),
+        }
+    }
+
     /// Name of the node writes go to now.
     pub fn primary_name(&self) -> Option<String> {
         self.shared.primary().map(|p| p.name.clone())

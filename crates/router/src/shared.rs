@@ -192,6 +192,15 @@ impl Shared {
     }
 
     fn no_primary(&self) -> RouterError {
+        self.no_primary_after(self.opts.failover_wait)
+    }
+
+    /// The error of a caller that does not wait for a primary.
+    pub(crate) fn no_primary_now(&self) -> RouterError {
+        self.no_primary_after(Duration::ZERO)
+    }
+
+    fn no_primary_after(&self, waited: Duration) -> RouterError {
         let nodes = self
             .view()
             .nodes
@@ -199,10 +208,7 @@ impl Shared {
             .map(|n| format!("{} {:?}", n.name, n.state()))
             .collect::<Vec<_>>()
             .join(", ");
-        RouterError::NoPrimary {
-            nodes,
-            waited: self.opts.failover_wait,
-        }
+        RouterError::NoPrimary { nodes, waited }
     }
 
     /// Picks a replica that serves reads and has replayed `min_lsn`, per the reader policy.

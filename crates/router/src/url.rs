@@ -91,6 +91,19 @@ impl MultiHostUrl {
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))
             .ok_or_else(|| bad("the scheme must be postgres:// or postgresql://".into()))?;
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let cut_password = rest[authority_end..]
+            .rfind('@')
+            .is_some_and(|at| !rest[authority_end..authority_end + at].contains('='));
+        if !rest[..authority_end].contains('@') && cut_password {
+            // `u:p/w@h`: parsed on, the rest of the password would show up as a host in the
+            // error (an `@` in a parameter value, `?application_name=a@b`, is fine).
+            return Err(bad(
+                "an `@` after the first `/` or `?`: a password with `/`, `?` or `@` must be \
+                 percent-encoded (%2F, %3F, %40)"
+                    .into(),
+            ));
+        }
         let (before_query, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
             None => (rest, None),
@@ -215,30 +228,51 @@ pub(crate) fn parse_host(item: &str) -> Result<HostPort, String> {
     })
 }
 
-/// `url` with the password (between `user:` and the last `@` of the authority) replaced by `***`.
+/// `url` with the password replaced by `***`: the one between `user:` and the `@` before the
+/// hosts (also when an unencoded `/` or `?` in it would end the authority for a parser), and
+/// the value of every `password=` parameter. When in doubt it hides more, never less.
 pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         // Not a URL we understand: show only that much, a password may be anywhere in it.
-        return if url.contains('@') {
-            "(not shown: not a postgres:// URL and it contains `@`)".into()
+        return if url.contains('@') || url.contains("password") {
+            "(not shown: not a postgres:// URL and it may hold a password)".into()
         } else {
             url.to_owned()
         };
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!(
-                "{}{user}:***{}",
-                &url[..scheme_end],
-                &rest[userinfo.len()..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    // The `@` that ends the user info: the last one of the authority, else (a `/` or `?` in an
+    // unencoded password cut the authority short) the last one anywhere.
+    let at = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@'));
+    let mut out = url[..scheme_end].to_owned();
+    let after_userinfo = match at {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str(userinfo),
+            }
+            &rest[at..]
+        }
+        None => rest,
+    };
+    match after_userinfo.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            out.push_str(path);
+            out.push('?');
+            out.push_str(&query.join("&"));
+        }
+        None => out.push_str(after_userinfo),
     }
+    out
 }
 
 #[cfg(test)]
@@ -309,6 +343,23 @@ mod tests {
         assert_eq!(redact("postgres://u:p@w@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://h/db?x=@"), "postgres://h/db?x=@");
+        assert_eq!(
+            redact("postgres://u@h1,h2/db?password=pw&sslmode=disable"),
+            "postgres://u@h1,h2/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact("postgres://u:p/w@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact("postgres://u:p?w@h/db?a=1"),
+            "postgres://u:***@h/db?a=1"
+        );
+        let e = MultiHostUrl::parse("postgres://u:p/w@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be percent-encoded") && !e.contains("p/w"),
+            "{e}"
+        );
+        assert!(MultiHostUrl::parse("postgres://h:5432/db?application_name=a@b").is_ok());
         assert!(!redact("u:pw@h").contains("pw"));
     }
 }
