@@ -191,6 +191,44 @@ pg_new_only:
         description: \"10 and later\"
 ";
 
+/// Expressions of awesome-prometheus-alerts' postgres_exporter rules (the ones on series a
+/// postgres_exporter exports by default).
+const POPULAR_ALERTS: &[&str] = &[
+    "pg_up == 0",
+    "time() - pg_postmaster_start_time_seconds < 60",
+    "pg_exporter_last_scrape_error > 0",
+    "(pg_stat_user_tables_last_autovacuum > 0) and (time() - pg_stat_user_tables_last_autovacuum) > 60 * 60 * 24 * 10",
+    "(pg_stat_user_tables_last_autoanalyze > 0) and (time() - pg_stat_user_tables_last_autoanalyze) > 24 * 60 * 60 * 10",
+    "sum by (datname) (pg_stat_activity_count{datname!~\"template.*|postgres\"}) > pg_settings_max_connections * 0.8",
+    "increase(pg_stat_database_deadlocks{datname!~\"template.*|postgres\"}[1m]) > 5",
+    "rate(pg_stat_database_xact_rollback{datname!~\"template.*\"}[3m]) / rate(pg_stat_database_xact_commit{datname!~\"template.*\"}[3m]) > 0.02",
+    "rate(pg_txid_current[1m]) < 5",
+    "pg_replication_slots_active == 0",
+    "((pg_stat_user_tables_n_dead_tup > 10000) / (pg_stat_user_tables_n_live_tup + pg_stat_user_tables_n_dead_tup)) >= 0.1",
+    "pg_database_wraparound_age_datfrozenxid_seconds > 1500000000",
+    "pg_long_running_transactions_oldest_timestamp_seconds > 300",
+    "pg_replication_lag_seconds > 30",
+    "(pg_stat_database_blks_hit / (pg_stat_database_blks_read + pg_stat_database_blks_hit)) < 0.98",
+];
+
+/// The `pg_*` series names an expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("pg_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let before = rest[..i].chars().last();
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"') {
+            out.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
 /// The cluster's pgha.toml plus a `[monitoring]` section and a hanging fake node `node9`.
 fn exporter_config(c: &TestCluster, dir: &Path, blackhole: u16) -> std::path::PathBuf {
     let mut text = std::fs::read_to_string(c.config_path()).unwrap();
@@ -291,6 +329,85 @@ async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
 
     // Same names and label names as postgres_exporter for every family it exports.
     postgres_exporter_diff(&c, &sig).await?;
+
+    // The collectors postgres_exporter added after 0.11: values that move with the database.
+    let mut p = c.conn("node1").await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bloat (v int); INSERT INTO bloat SELECT generate_series(1, 100); \
+         DELETE FROM bloat WHERE v <= 40; SELECT pg_stat_force_next_flush()",
+    )
+    .execute(&mut p)
+    .await?;
+    let mut long = c.conn("node1").await?;
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM bloat")
+        .execute(&mut long)
+        .await?;
+    let bloat = [("relname", "bloat"), ("schemaname", "public")];
+    let m2 = TestCluster::eventually(Duration::from_secs(10), "bloat stats", || async {
+        let m = scrape(&exp.addr, "/metrics");
+        let dead = m.samples.iter().any(|s| {
+            s.metric == "pg_stat_user_tables_n_dead_tup"
+                && s.labels.get("relname") == Some("bloat")
+                && value(s) == 40.0
+        });
+        let oldest = m
+            .samples
+            .iter()
+            .find(|s| s.metric == "pg_long_running_transactions_oldest_timestamp_seconds")
+            .map(value);
+        Ok((dead && oldest.is_some_and(|v| v >= 1.0)).then_some(m))
+    })
+    .await?;
+    assert_eq!(one(&m2, "pg_stat_user_tables_n_live_tup", &bloat), 60.0);
+    assert_eq!(one(&m2, "pg_stat_user_tables_n_tup_del", &bloat), 40.0);
+    assert!(one(&m2, "pg_stat_user_tables_table_size_bytes", &bloat) > 0.0);
+    assert_eq!(one(&m2, "pg_stat_user_tables_last_autovacuum", &bloat), 0.0);
+    assert!(one(&m2, "pg_statio_user_tables_heap_blocks_hit", &bloat) > 0.0);
+    assert_eq!(
+        signature(&m2)["pg_stat_user_tables_seq_scan"],
+        ["datname", "relname", "schemaname"]
+            .map(String::from)
+            .into()
+    );
+    assert!(
+        one(
+            &m2,
+            "pg_database_wraparound_age_datfrozenxid_seconds",
+            &[("datname", "postgres")]
+        ) > 0.0
+    );
+    assert_eq!(
+        one(
+            &m2,
+            "pg_long_running_transactions_count",
+            &[("threshold", "60")]
+        ),
+        0.0
+    );
+    assert!(one(&m2, "pg_wal_segments", &[]) >= 1.0);
+    assert!(one(&m2, "pg_wal_lsn_location_bytes", &[]) > 0.0);
+    // pg_txid_current moves with write transactions and scraping does not spend one.
+    let x1 = one(&m2, "pg_txid_current", &[]);
+    let x2 = one(&scrape(&exp.addr, "/metrics"), "pg_txid_current", &[]);
+    assert_eq!(x1, x2, "a scrape spent a transaction id");
+    sqlx::query("INSERT INTO bloat VALUES (0)")
+        .execute(&mut p)
+        .await?;
+    let x3 = one(&scrape(&exp.addr, "/metrics"), "pg_txid_current", &[]);
+    assert!(x3 > x2, "{x2} -> {x3}");
+    drop(long);
+    // The popular PostgreSQL alert rules (awesome-prometheus-alerts) find every series.
+    let sig2 = signature(&m2);
+    let used: usize = POPULAR_ALERTS.iter().map(|e| metric_names(e).len()).sum();
+    assert!(used >= 20, "the expressions name {used} series");
+    for expr in POPULAR_ALERTS {
+        for name in metric_names(expr) {
+            assert!(
+                sig2.contains_key(&name),
+                "`{name}` of `{expr}` is not exported"
+            );
+        }
+    }
 
     // The hanging node: pg_up 0 within the timeout.
     let t = Instant::now();

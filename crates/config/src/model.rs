@@ -756,6 +756,16 @@ pub struct AlertThresholds {
     /// No WAL segment archived for this long while archiving is on.
     #[serde(with = "humantime_serde")]
     pub archive_age: Duration,
+    /// A table with more than 10000 dead rows and more than this fraction of its rows dead
+    /// (0..1): autovacuum is not keeping up.
+    pub dead_tuples_ratio: f64,
+    /// A database whose oldest unfrozen transaction id is more than this many transactions
+    /// old (wraparound stops writes at about 2.1 billion; autovacuum freezes from
+    /// autovacuum_freeze_max_age, 200 million by default).
+    pub xid_age: u64,
+    /// A transaction open for longer than this (it holds back vacuum and replication slots).
+    #[serde(with = "humantime_serde")]
+    pub long_transaction: Duration,
 }
 
 impl Default for AlertThresholds {
@@ -769,6 +779,9 @@ impl Default for AlertThresholds {
             rollback_ratio: 0.1,
             deadlocks: 0,
             archive_age: Duration::from_secs(3600),
+            dead_tuples_ratio: 0.1,
+            xid_age: 1_000_000_000,
+            long_transaction: Duration::from_secs(300),
         }
     }
 }

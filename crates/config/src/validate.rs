@@ -450,6 +450,7 @@ impl PghaConfig {
         for (path, v) in [
             ("monitoring.alerts.connections_ratio", a.connections_ratio),
             ("monitoring.alerts.rollback_ratio", a.rollback_ratio),
+            ("monitoring.alerts.dead_tuples_ratio", a.dead_tuples_ratio),
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 errs.push(

@@ -148,6 +148,49 @@ pub fn rules(t: &AlertThresholds) -> Vec<Rule> {
             ),
         },
         Rule {
+            alert: "PostgresqlTooManyDeadTuples",
+            expr: format!(
+                "pg_stat_user_tables_n_dead_tup > 10000 and pg_stat_user_tables_n_dead_tup / \
+                 (pg_stat_user_tables_n_live_tup + pg_stat_user_tables_n_dead_tup) > {}",
+                t.dead_tuples_ratio
+            ),
+            hold: true,
+            severity: "warning",
+            summary: "Autovacuum is not keeping up with a table",
+            description: format!(
+                "{{{{ $labels.schemaname }}}}.{{{{ $labels.relname }}}} in {{{{ $labels.datname }}}} has more than {:.0}% dead rows.",
+                t.dead_tuples_ratio * 100.0
+            ),
+        },
+        Rule {
+            alert: "PostgresqlTransactionIdWraparound",
+            expr: format!(
+                "pg_database_wraparound_age_datfrozenxid_seconds > {}",
+                t.xid_age
+            ),
+            hold: true,
+            severity: "critical",
+            summary: "Transaction id wraparound is approaching",
+            description: format!(
+                "Database {{{{ $labels.datname }}}} has transaction ids {{{{ $value }}}} old (threshold {}; writes stop near 2.1 billion): vacuum it.",
+                t.xid_age
+            ),
+        },
+        Rule {
+            alert: "PostgresqlLongRunningTransaction",
+            expr: format!(
+                "pg_long_running_transactions_oldest_timestamp_seconds > {}",
+                t.long_transaction.as_secs()
+            ),
+            hold: false,
+            severity: "warning",
+            summary: "A transaction has been open for long",
+            description: format!(
+                "The oldest transaction on {{{{ $labels.instance }}}} is {{{{ $value | humanizeDuration }}}} old (threshold {}s); it holds back vacuum.",
+                t.long_transaction.as_secs()
+            ),
+        },
+        Rule {
             alert: "PostgresqlExporterErrors",
             expr: "pg_exporter_last_scrape_error == 1".into(),
             hold: true,

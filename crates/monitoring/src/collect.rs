@@ -42,7 +42,12 @@ pub(crate) fn text(row: &PgRow, i: usize) -> String {
     }
 }
 
-async fn rows(conn: &mut PgConnection, target: &str, what: &str, sql: &str) -> Result<Vec<PgRow>> {
+pub(crate) async fn rows(
+    conn: &mut PgConnection,
+    target: &str,
+    what: &str,
+    sql: &str,
+) -> Result<Vec<PgRow>> {
     sqlx::query(sql)
         .fetch_all(conn)
         .await

@@ -17,7 +17,7 @@ use sqlx::PgConnection;
 
 use crate::metrics::MetricSet;
 use crate::queries::CustomQuery;
-use crate::{collect, ha, process, MonitoringError, Result};
+use crate::{collect, ha, process, tables, MonitoringError, Result};
 
 /// What one scrape asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,11 +361,12 @@ impl Target {
     ) -> (Outcome, bool, [bool; 2]) {
         let s = self.server.as_str();
         let main = async {
+            let t = Instant::now();
             let status = NodeStatus::query(conn, &self.name, self.server.clone())
                 .await
                 .map_err(|e| e.to_string())?;
             let mut m = MetricSet::new();
-            let mut timed: Timed = Vec::new();
+            let mut timed: Timed = vec![("pgha_status", t.elapsed(), Ok(()))];
             if !full {
                 return Ok((status, m, timed, 0));
             }
@@ -485,7 +486,7 @@ impl Target {
 /// Collector name, duration and result.
 type Timed = Vec<(&'static str, Duration, Result<()>)>;
 
-/// pg_database_size walks every database's files: the slowest collector.
+/// pg_database_size walks every database's files: the slowest collector, alone on its lane.
 async fn database_collector(
     conn: &mut PgConnection,
     s: &str,
@@ -556,4 +557,10 @@ async fn collect_small(conn: &mut PgConnection, s: &str, m: &mut MetricSet, time
     let t = Instant::now();
     let r = collect::stat_replication(conn, s, m).await;
     timed.push(("stat_replication", t.elapsed(), r));
+    let t = Instant::now();
+    let r = tables::server_ages(conn, s, m).await;
+    timed.push((tables::SERVER_AGES, t.elapsed(), r));
+    let t = Instant::now();
+    let r = tables::user_tables(conn, s, m).await;
+    timed.push(("stat_user_tables", t.elapsed(), r));
 }

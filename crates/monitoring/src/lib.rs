@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod process;
 pub mod queries;
 pub mod settings;
+pub mod tables;
 pub mod version_range;
 
 pub use error::{MonitoringError, Result};

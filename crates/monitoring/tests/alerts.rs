@@ -81,7 +81,45 @@ tests:
         values: '2x20'
       - series: 'pgha_cluster_writable_nodes{cluster="d"}'
         values: '1x20'
+      - series: 'pg_stat_user_tables_n_dead_tup{instance="a",datname="app",schemaname="public",relname="bloated"}'
+        values: '50000x20'
+      - series: 'pg_stat_user_tables_n_live_tup{instance="a",datname="app",schemaname="public",relname="bloated"}'
+        values: '100000x20'
+      - series: 'pg_stat_user_tables_n_dead_tup{instance="a",datname="app",schemaname="public",relname="big"}'
+        values: '50000x20'
+      - series: 'pg_stat_user_tables_n_live_tup{instance="a",datname="app",schemaname="public",relname="big"}'
+        values: '10000000x20'
+      - series: 'pg_stat_user_tables_n_dead_tup{instance="a",datname="app",schemaname="public",relname="tiny"}'
+        values: '900x20'
+      - series: 'pg_stat_user_tables_n_live_tup{instance="a",datname="app",schemaname="public",relname="tiny"}'
+        values: '100x20'
+      - series: 'pg_database_wraparound_age_datfrozenxid_seconds{instance="a",datname="app"}'
+        values: '1500000000x20'
+      - series: 'pg_database_wraparound_age_datfrozenxid_seconds{instance="a",datname="good"}'
+        values: '200000000x20'
+      - series: 'pg_long_running_transactions_oldest_timestamp_seconds{instance="a"}'
+        values: '0 60 120 180 240 300 360 420 480 540 600 0 0 0 0 0 0 0 0 0'
+      - series: 'pg_long_running_transactions_oldest_timestamp_seconds{instance="b"}'
+        values: '1x20'
     alert_rule_test:
+      - eval_time: 10m
+        alertname: PostgresqlTooManyDeadTuples
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: a, datname: app, schemaname: public, relname: bloated}
+      - eval_time: 10m
+        alertname: PostgresqlTransactionIdWraparound
+        exp_alerts:
+          - exp_labels: {severity: critical, instance: a, datname: app}
+      - eval_time: 4m
+        alertname: PostgresqlLongRunningTransaction
+        exp_alerts: []
+      - eval_time: 7m
+        alertname: PostgresqlLongRunningTransaction
+        exp_alerts:
+          - exp_labels: {severity: warning, instance: a}
+      - eval_time: 12m
+        alertname: PostgresqlLongRunningTransaction
+        exp_alerts: []
       - eval_time: 0m
         alertname: PostgresqlDown
         exp_alerts: []

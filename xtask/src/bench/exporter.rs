@@ -72,6 +72,16 @@ pub async fn run(Args { scrapes }: Args) -> anyhow::Result<ExitCode> {
     row("CPU time per scrape", ours.cpu_ms, theirs.cpu_ms, "ms", 2);
     row("series", ours.series as f64, theirs.series as f64, "", 0);
     println!("  goal: latency <= 0.5x and RSS <= 0.5x postgres_exporter's");
+    let top: Vec<String> = ours
+        .collectors
+        .iter()
+        .take(6)
+        .map(|(name, ms)| format!("{name} {ms:.2}"))
+        .collect();
+    println!(
+        "  pgha-exporter's slowest collectors (median ms): {}",
+        top.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -82,6 +92,8 @@ struct Figures {
     rss_mb: f64,
     cpu_ms: f64,
     series: usize,
+    /// (collector, median ms), slowest first; ours only.
+    collectors: Vec<(String, f64)>,
 }
 
 fn build_release() -> anyhow::Result<PathBuf> {
@@ -205,20 +217,38 @@ fn run_scrapes(
     let (cpu_a0, _) = proc_usage(ours.0.id())?;
     let (cpu_b0, _) = proc_usage(theirs.0.id())?;
     let (mut lat_a, mut lat_b) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut collectors: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for _ in 0..n {
         let t = Instant::now();
         body_a = scrape(ours_addr)?;
         lat_a.push(t.elapsed().as_secs_f64() * 1000.0);
+        for (name, ms) in collector_durations(&body_a) {
+            collectors.entry(name).or_default().push(ms);
+        }
         let t = Instant::now();
         body_b = scrape(theirs_addr)?;
         lat_b.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (cpu_a1, rss_a) = proc_usage(ours.0.id())?;
     let (cpu_b1, rss_b) = proc_usage(theirs.0.id())?;
-    Ok((
-        figures(lat_a, &body_a, cpu_a1 - cpu_a0, rss_a, n),
-        figures(lat_b, &body_b, cpu_b1 - cpu_b0, rss_b, n),
-    ))
+    let mut ours = figures(lat_a, &body_a, cpu_a1 - cpu_a0, rss_a, n);
+    ours.collectors = collectors
+        .into_iter()
+        .map(|(name, mut v)| (name, super::median(&mut v)))
+        .collect();
+    ours.collectors.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok((ours, figures(lat_b, &body_b, cpu_b1 - cpu_b0, rss_b, n)))
+}
+
+/// `pg_scrape_collector_duration_seconds{collector}` of a scrape, in ms.
+fn collector_durations(body: &str) -> Vec<(String, f64)> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("pg_scrape_collector_duration_seconds{collector=\""))
+        .filter_map(|rest| {
+            let (name, value) = rest.split_once("\"} ")?;
+            Some((name.to_owned(), value.trim().parse::<f64>().ok()? * 1000.0))
+        })
+        .collect()
 }
 
 fn figures(mut lat: Vec<f64>, body: &str, cpu: f64, rss: f64, n: usize) -> Figures {
@@ -236,5 +266,6 @@ fn figures(mut lat: Vec<f64>, body: &str, cpu: f64, rss: f64, n: usize) -> Figur
         rss_mb: rss / 1_048_576.0,
         cpu_ms: cpu * 1000.0 / n as f64,
         series,
+        collectors: Vec::new(),
     }
 }
