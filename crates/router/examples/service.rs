@@ -126,8 +126,15 @@ async fn nodes(State(db): State<Db>) -> Json<Vec<NodeRow>> {
     )
 }
 
-async fn metrics(State(db): State<Db>) -> String {
-    format!("{:#?}\n", db.metrics().snapshot())
+/// Prometheus text: `pgha_router_*` counters and per-node state.
+async fn metrics(State(db): State<Db>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            pgha_router::prometheus::CONTENT_TYPE,
+        )],
+        db.prometheus(),
+    )
 }
 
 async fn build_router(shutdown: CancellationToken) -> anyhow::Result<DbRouter> {

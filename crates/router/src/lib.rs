@@ -62,6 +62,7 @@ mod handles;
 mod metrics;
 mod node;
 mod options;
+pub mod prometheus;
 mod router;
 mod shared;
 mod stream;

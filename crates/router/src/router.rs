@@ -290,6 +290,13 @@ impl Router {
         }
     }
 
+    /// The counters of [`Router::metrics`] and the per-node state of [`Router::nodes`] in the
+    /// Prometheus text format (`pgha_router_*`), for the service's own `/metrics` route; serve
+    /// it with [`crate::prometheus::CONTENT_TYPE`].
+    pub fn prometheus(&self) -> String {
+        crate::prometheus::render(&self.metrics().snapshot(), &self.nodes())
+    }
+
     /// Name of the node writes go to now.
     pub fn primary_name(&self) -> Option<String> {
         self.shared.primary().map(|p| p.name.clone())

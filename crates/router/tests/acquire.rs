@@ -2,7 +2,8 @@
 //! for `&PgPool` (`impl Acquire<'_, Database = Postgres>`, as sqlx's migrator takes) runs on
 //! the writer on the primary and on a reader on a replica; `primary_pool()` is the primary's
 //! pool; a transaction begun through `Acquire` commits on the primary; router errors go through
-//! `?` into `sqlx::Error` with the router's error inside.
+//! `?` into `sqlx::Error` with the router's error inside; `prometheus()` is valid Prometheus
+//! text (promtool) with the counters and node state.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -82,6 +83,43 @@ async fn handles_are_sqlx_acquire_and_errors_are_sqlx_errors() -> anyhow::Result
         "{e:?}"
     );
 
+    // The counters and node state as Prometheus text: promtool accepts it, values are right.
+    let text = router.prometheus();
+    promtool_check_metrics(&text);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
+    let get = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect();
+        assert_eq!(s.len(), 1, "{name}{labels:?} in\n{text}");
+        match s[0].value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => f64::NAN,
+        }
+    };
+    // writer: in_recovery, CREATE TABLE, insert_in_tx (primary_pool() is not the router).
+    assert_eq!(get("pgha_router_writes_total", &[]), 3.0);
+    assert!(get("pgha_router_reads_total", &[("served_by", "replica")]) >= 2.0);
+    assert_eq!(get("pgha_router_node_is_writer", &[("node", "node1")]), 1.0);
+    assert_eq!(get("pgha_router_node_is_writer", &[("node", "node2")]), 0.0);
+    assert_eq!(get("pgha_router_node_up", &[("node", "node2")]), 1.0);
+    assert_eq!(
+        get(
+            "pgha_router_node_state",
+            &[("node", "node2"), ("state", "up")]
+        ),
+        1.0
+    );
+    assert!(
+        get(
+            "pgha_router_pool_connections",
+            &[("node", "node1"), ("state", "idle")]
+        ) >= 1.0
+    );
+    assert!(get("pgha_router_node_lag_bytes", &[("node", "node2")]) >= 0.0);
+
     // No primary (it is stopped): `?` turns the router's error into a retryable sqlx error.
     c.instance("node1")?.stop(StopMode::Immediate).await?;
     let short = Router::builder()
@@ -104,7 +142,40 @@ async fn handles_are_sqlx_acquire_and_errors_are_sqlx_errors() -> anyhow::Result
         short.primary_pool(),
         Err(RouterError::NoPrimary { .. })
     ));
+    // node1 shows as down.
+    let text = short.prometheus();
+    promtool_check_metrics(&text);
+    assert!(
+        text.contains("pgha_router_node_up{node=\"node1\"} 0"),
+        "{text}"
+    );
     short.close().await;
     router.close().await;
     Ok(())
+}
+
+/// `promtool check metrics` (Debian's prometheus package, installed by `cargo xtask
+/// install-deps`) on the text: format and naming lint.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool missing: run `cargo xtask install-deps`");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
