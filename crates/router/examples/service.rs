@@ -15,11 +15,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
-use pgha_router::{CancellationToken, Router as DbRouter, WriteToken};
+use axum::{Extension, Json};
+use pgha_router::layer::{Carrier, ReadYourWritesLayer, Session};
+use pgha_router::{CancellationToken, Router as DbRouter};
 use serde::{Deserialize, Serialize};
 
 const TOKEN_HEADER: &str = "x-write-token";
@@ -64,41 +65,29 @@ impl<E: Into<anyhow::Error>> From<E> for AppError {
 
 type Db = Arc<DbRouter>;
 
+/// The write token travels in the `x-write-token` header (ReadYourWritesLayer): a 2xx answer
+/// to this POST carries it, and a request that sends it back reads the note even on a replica.
 async fn create(
-    State(db): State<Db>,
+    Extension(s): Extension<Session>,
     Query(n): Query<NewNote>,
 ) -> Result<impl IntoResponse, AppError> {
     let id: i64 = sqlx::query_scalar("INSERT INTO notes (text) VALUES ($1) RETURNING id")
         .bind(&n.text)
-        .fetch_one(db.writer())
+        .fetch_one(s.router().writer())
         .await?;
-    // The client sends this back so its next read sees the note even on a replica.
-    let token = db.write_token().await?;
-    Ok((
-        StatusCode::CREATED,
-        [(TOKEN_HEADER, token.to_string())],
-        Json(serde_json_id(id)),
-    ))
+    Ok((StatusCode::CREATED, Json(serde_json_id(id))))
 }
 
 fn serde_json_id(id: i64) -> std::collections::BTreeMap<&'static str, i64> {
     [("id", id)].into()
 }
 
-async fn read(
-    State(db): State<Db>,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-) -> Result<Response, AppError> {
-    let token: Option<WriteToken> = headers
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+async fn read(Extension(s): Extension<Session>, Path(id): Path<i64>) -> Result<Response, AppError> {
     let note: Option<Note> = sqlx::query_as(
         "SELECT id, text, pg_is_in_recovery() AS served_by_replica FROM notes WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(&db.reader_for(token))
+    .fetch_optional(&s.reader())
     .await?;
     Ok(match note {
         Some(n) => Json(n).into_response(),
@@ -175,7 +164,11 @@ async fn main() -> anyhow::Result<()> {
         .route("/notes/{id}", get(read))
         .route("/nodes", get(nodes))
         .route("/metrics", get(metrics))
-        .with_state(db.clone());
+        .with_state(db.clone())
+        .layer(
+            ReadYourWritesLayer::new(db.clone())
+                .carrier(Carrier::Header(HeaderName::from_static(TOKEN_HEADER))),
+        );
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(%listen, primary = ?db.primary_name(), "serving");
     let stop = shutdown.clone();

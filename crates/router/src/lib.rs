@@ -59,6 +59,8 @@ mod agent_members;
 mod discovery;
 mod error;
 mod handles;
+#[cfg(feature = "tower")]
+pub mod layer;
 mod metrics;
 mod node;
 mod options;
