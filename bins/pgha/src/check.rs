@@ -10,53 +10,6 @@ use crate::cli::{ArchivingCheckArgs, ConnectionsCheckArgs, ReplicationCheckArgs}
 use pgha_monitoring::health::{self, Health, Level};
 use pgha_replication::table::human_bytes;
 
-/// Nagios states, ordered by severity except Unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CheckState {
-    Ok = 0,
-    Warning = 1,
-    Critical = 2,
-    Unknown = 3,
-}
-
-impl CheckState {
-    pub fn label(self) -> &'static str {
-        match self {
-            CheckState::Ok => "OK",
-            CheckState::Warning => "WARNING",
-            CheckState::Critical => "CRITICAL",
-            CheckState::Unknown => "UNKNOWN",
-        }
-    }
-
-    fn worst(self, other: CheckState) -> CheckState {
-        self.max(other)
-    }
-}
-
-/// Outcome of one check.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckResult {
-    pub state: CheckState,
-    pub summary: String,
-    pub perfdata: String,
-}
-
-impl CheckResult {
-    pub fn line(&self, name: &str) -> String {
-        if self.perfdata.is_empty() {
-            format!("{name} {} - {}", self.state.label(), self.summary)
-        } else {
-            format!(
-                "{name} {} - {} | {}",
-                self.state.label(),
-                self.summary,
-                self.perfdata
-            )
-        }
-    }
-}
-
 /// Thresholds of the replication check.
 #[derive(Debug, Clone, Copy)]
 pub struct LagThresholds {
@@ -85,27 +38,25 @@ pub fn evaluate_replication(
     st: &ClusterStatus,
     expected_replicas: usize,
     t: LagThresholds,
-) -> CheckResult {
-    let mut state = CheckState::Ok;
+) -> Health {
+    let mut state = Level::Ok;
     let mut problems: Vec<String> = Vec::new();
     let mut perf = String::new();
     if st.writable.len() > 1 {
-        return CheckResult {
-            state: CheckState::Critical,
-            summary: format!("split brain: {} are all writable", st.writable.join(", ")),
-            perfdata: String::new(),
-        };
+        return Health::new(
+            Level::Critical,
+            format!("split brain: {} are all writable", st.writable.join(", ")),
+        );
     }
     let Some(primary) = st.primary.clone() else {
         let reachable = st.nodes.iter().filter(|n| n.reachable).count();
-        return CheckResult {
-            state: CheckState::Critical,
-            summary: format!(
+        return Health::new(
+            Level::Critical,
+            format!(
                 "no writable primary ({reachable}/{} nodes reachable)",
                 st.nodes.len()
             ),
-            perfdata: String::new(),
-        };
+        );
     };
     let others: Vec<_> = st.nodes.iter().filter(|n| n.name != primary).collect();
     let streaming = others.iter().filter(|n| n.streaming == Some(true)).count();
@@ -119,12 +70,12 @@ pub fn evaluate_replication(
     for n in &others {
         if !n.reachable {
             problems.push(format!("{} unreachable", n.name));
-            state = state.worst(CheckState::Warning);
+            state = state.max(Level::Warning);
             continue;
         }
         if n.streaming != Some(true) && !n.archive_only {
             problems.push(format!("{} not streaming", n.name));
-            state = state.worst(CheckState::Warning);
+            state = state.max(Level::Warning);
         }
         if let Some(b) = n.lag_bytes {
             max_bytes = max_bytes.max(b);
@@ -140,7 +91,7 @@ pub fn evaluate_replication(
                     human_bytes(b),
                     human_bytes(t.crit_bytes)
                 ));
-                state = state.worst(CheckState::Critical);
+                state = state.max(Level::Critical);
             } else if b > t.warn_bytes {
                 problems.push(format!(
                     "{} lag {} > {}",
@@ -148,7 +99,7 @@ pub fn evaluate_replication(
                     human_bytes(b),
                     human_bytes(t.warn_bytes)
                 ));
-                state = state.worst(CheckState::Warning);
+                state = state.max(Level::Warning);
             }
         }
         if let Some(s) = n.lag_seconds {
@@ -160,15 +111,15 @@ pub fn evaluate_replication(
             );
             if s > t.crit_seconds {
                 problems.push(format!("{} lag {s:.1}s > {}s", n.name, t.crit_seconds));
-                state = state.worst(CheckState::Critical);
+                state = state.max(Level::Critical);
             } else if s > t.warn_seconds {
                 problems.push(format!("{} lag {s:.1}s > {}s", n.name, t.warn_seconds));
-                state = state.worst(CheckState::Warning);
+                state = state.max(Level::Warning);
             }
         }
     }
     if expected_replicas > 0 && streaming + archive_only == 0 {
-        state = CheckState::Critical;
+        state = Level::Critical;
     }
     let _ = write!(perf, "streaming={streaming};;;0;{expected_replicas}");
     let mut summary = format!(
@@ -178,8 +129,8 @@ pub fn evaluate_replication(
     if !problems.is_empty() {
         summary = format!("{}; {summary}", problems.join(", "));
     }
-    CheckResult {
-        state,
+    Health {
+        level: state,
         summary,
         perfdata: perf.trim_end().to_owned(),
     }
@@ -191,17 +142,9 @@ pub async fn replication_main(
     args: &ReplicationCheckArgs,
 ) -> ExitCode {
     let result = match crate::load_config(config) {
-        Err(e) => CheckResult {
-            state: CheckState::Unknown,
-            summary: crate::error_chain(&e).replace('\n', " "),
-            perfdata: String::new(),
-        },
+        Err(e) => Health::new(Level::Unknown, crate::error_chain(&e).replace('\n', " ")),
         Ok(loaded) => match ClusterStatus::collect(&loaded.config).await {
-            Err(e) => CheckResult {
-                state: CheckState::Unknown,
-                summary: format!("cannot collect status: {e}"),
-                perfdata: String::new(),
-            },
+            Err(e) => Health::new(Level::Unknown, format!("cannot collect status: {e}")),
             Ok(st) => evaluate_replication(
                 &st,
                 loaded.config.nodes.len().saturating_sub(1),
@@ -210,35 +153,16 @@ pub async fn replication_main(
         },
     };
     println!("{}", result.line("REPLICATION"));
-    ExitCode::from(result.state as u8)
+    ExitCode::from(result.level.exit_code())
 }
 
-impl From<Health> for CheckResult {
-    fn from(h: Health) -> Self {
-        CheckResult {
-            state: match h.level {
-                Level::Ok => CheckState::Ok,
-                Level::Warning => CheckState::Warning,
-                Level::Critical => CheckState::Critical,
-                Level::Unknown => CheckState::Unknown,
-            },
-            summary: h.summary,
-            perfdata: h.perfdata,
-        }
-    }
+fn unknown(summary: String) -> Health {
+    Health::new(Level::Unknown, summary)
 }
 
-fn unknown(summary: String) -> CheckResult {
-    CheckResult {
-        state: CheckState::Unknown,
-        summary,
-        perfdata: String::new(),
-    }
-}
-
-fn print_result(name: &str, result: CheckResult) -> ExitCode {
+fn print_result(name: &str, result: Health) -> ExitCode {
     println!("{}", result.line(name));
-    ExitCode::from(result.state as u8)
+    ExitCode::from(result.level.exit_code())
 }
 
 /// `pgha check connections`: client connections on every node against max_connections.
@@ -253,7 +177,7 @@ pub async fn connections_main(
                 .warn_ratio
                 .unwrap_or(loaded.config.monitoring.alerts.connections_ratio);
             let nodes = health::connections(&loaded.config).await;
-            health::judge_connections(&nodes, warn, args.crit_ratio).into()
+            health::judge_connections(&nodes, warn, args.crit_ratio)
         }
     };
     print_result("CONNECTIONS", result)
@@ -271,12 +195,8 @@ pub async fn archiving_main(
                 .max_age_seconds
                 .unwrap_or(loaded.config.monitoring.alerts.archive_age.as_secs_f64());
             match health::archiver(&loaded.config).await {
-                Ok((primary, st)) => health::judge_archiving(&primary, &st, max_age).into(),
-                Err(e) => CheckResult {
-                    state: CheckState::Critical,
-                    summary: e,
-                    perfdata: String::new(),
-                },
+                Ok((primary, st)) => health::judge_archiving(&primary, &st, max_age),
+                Err(e) => Health::new(Level::Critical, e),
             }
         }
     };

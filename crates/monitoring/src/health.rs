@@ -15,12 +15,54 @@ pub enum Level {
     Unknown = 3,
 }
 
-/// A check's verdict.
+impl Level {
+    /// `OK`, `WARNING`, `CRITICAL`, `UNKNOWN`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Ok => "OK",
+            Level::Warning => "WARNING",
+            Level::Critical => "CRITICAL",
+            Level::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The Nagios exit code.
+    pub fn exit_code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A check's verdict: what `pgha check` prints and exits with, and what `pgha verify` sums up
+/// to (its rows' verdicts convert into a level).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     pub level: Level,
     pub summary: String,
     pub perfdata: String,
+}
+
+impl Health {
+    pub fn new(level: Level, summary: impl Into<String>) -> Self {
+        Health {
+            level,
+            summary: summary.into(),
+            perfdata: String::new(),
+        }
+    }
+
+    /// The Nagios line: `NAME STATE - summary | perfdata`.
+    pub fn line(&self, name: &str) -> String {
+        if self.perfdata.is_empty() {
+            format!("{name} {} - {}", self.level.label(), self.summary)
+        } else {
+            format!(
+                "{name} {} - {} | {}",
+                self.level.label(),
+                self.summary,
+                self.perfdata
+            )
+        }
+    }
 }
 
 /// Connection use of one node.
@@ -56,19 +98,24 @@ pub async fn connections(config: &PghaConfig) -> Vec<(String, Result<ConnectionU
                 .connect()
                 .await
                 .map_err(|e| e.to_string())?;
-            sqlx::query_as::<_, ConnectionUse>(
-                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS used, \
-                 current_setting('max_connections')::int AS max_connections, \
-                 current_setting('superuser_reserved_connections')::int AS reserved",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
+            connection_use(&mut conn).await.map_err(|e| e.to_string())
         }
         .await;
         out.push((node.name.clone(), r));
     }
     out
+}
+
+/// Client backends, max_connections and superuser_reserved_connections of the server `conn`
+/// is on (the one connection-use query of `pgha check` and `pgha verify`).
+pub async fn connection_use(conn: &mut sqlx::PgConnection) -> Result<ConnectionUse, sqlx::Error> {
+    sqlx::query_as::<_, ConnectionUse>(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS used, \
+         current_setting('max_connections')::int AS max_connections, \
+         current_setting('superuser_reserved_connections')::int AS reserved",
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// Judges connection use: WARNING above `warn` and CRITICAL above `crit` (fractions of the
