@@ -423,6 +423,15 @@ async fn member_slots_ttl_drops_a_departed_nodes_slot_and_it_comes_back_and_unkn
         )),
         "{metrics}"
     );
+    // Every series the Grafana dashboards (docs/grafana) take from the agents is served.
+    let theirs = pgha_test_support::dashboards::series_of("agent");
+    assert!(theirs.len() >= 8, "{theirs:?}");
+    for (file, name) in &theirs {
+        assert!(
+            metrics.contains(&format!("\n{name}{{")),
+            "{file} queries {name}, which the agent does not serve:\n{metrics}"
+        );
+    }
     // Ignored at runtime (Patroni's dynamic `ignore_slots`): no longer reported.
     let code = pgha(
         &h,

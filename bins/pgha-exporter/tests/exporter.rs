@@ -400,6 +400,15 @@ async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
     let sig2 = signature(&m2);
     let used: usize = POPULAR_ALERTS.iter().map(|e| metric_names(e).len()).sum();
     assert!(used >= 20, "the expressions name {used} series");
+    // Every series the Grafana dashboards (docs/grafana) take from the exporter is exported.
+    let ours = pgha_test_support::dashboards::series_of("exporter");
+    assert!(ours.len() >= 20, "{ours:?}");
+    for (file, name) in &ours {
+        assert!(
+            sig2.contains_key(name),
+            "{file} queries {name}, which is not exported"
+        );
+    }
     for expr in POPULAR_ALERTS {
         for name in metric_names(expr) {
             assert!(

@@ -253,3 +253,54 @@ fn thresholds_come_from_config() {
     assert!(text.contains("pg_replication_lag_seconds > 7.5"), "{text}");
     assert!(text.contains("for: 1m"), "{text}");
 }
+
+/// Every panel query of the Grafana dashboards in docs/grafana is valid PromQL: each becomes a
+/// recording rule and `promtool check rules` parses them all.
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let Some(promtool) = promtool() else {
+        panic!("promtool missing: run `cargo xtask install-deps` (Debian package prometheus)");
+    };
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let grafana = std::path::Path::new(&dir).join("../../docs/grafana");
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut n = 0;
+    for e in std::fs::read_dir(&grafana).unwrap().flatten() {
+        if e.path().extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                // Grafana's variables become a value promtool can parse.
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$cluster", "c")
+                    .replace("$node", "n")
+                    .replace("$instance", "i");
+                n += 1;
+                rules.push_str(&format!(
+                    "      - record: dashboard:query{n}\n        expr: '{}'\n",
+                    expr.replace('\'', "''")
+                ));
+            }
+        }
+    }
+    assert!(n >= 40, "only {n} dashboard queries found");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("dashboards.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules on the dashboard queries:\n{}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

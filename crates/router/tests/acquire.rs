@@ -119,6 +119,15 @@ async fn handles_are_sqlx_acquire_and_errors_are_sqlx_errors() -> anyhow::Result
         ) >= 1.0
     );
     assert!(get("pgha_router_node_lag_bytes", &[("node", "node2")]) >= 0.0);
+    // Every series the Grafana dashboards (docs/grafana) take from the router is rendered.
+    let ours = pgha_test_support::dashboards::series_of("router");
+    assert!(ours.len() >= 10, "{ours:?}");
+    for (file, name) in &ours {
+        assert!(
+            scrape.samples.iter().any(|s| &s.metric == name),
+            "{file} queries {name}, which the router does not render"
+        );
+    }
 
     // No primary (it is stopped): `?` turns the router's error into a retryable sqlx error.
     c.instance("node1")?.stop(StopMode::Immediate).await?;

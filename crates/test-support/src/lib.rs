@@ -12,6 +12,7 @@ use pgha_config::ReplicationMode;
 use pgha_local_cluster::{ClusterSpec, LocalCluster};
 use sqlx::PgConnection;
 
+pub mod dashboards;
 pub mod haproxy;
 pub mod moto;
 pub mod netns;
