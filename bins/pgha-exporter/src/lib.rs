@@ -1,16 +1,24 @@
 //! `pgha-exporter`: serves `/metrics` (the local node, the cluster's `pgha_*`, the process)
-//! and `/probe?target=NODE` (any configured node), postgres_exporter-style, over a minimal
-//! HTTP/1.1 server (GET only, one response per connection).
+//! and `/probe?target=NODE` (any configured node), postgres_exporter-style, with axum (GET
+//! and HEAD, keep-alive), over TLS and behind basic authentication when `--web.config.file`
+//! asks for them (the exporter-toolkit format postgres_exporter reads).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use anyhow::Context;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 use clap::Parser;
+use pgha_monitoring::web_config::WebConfig;
 use pgha_monitoring::{Exporter, MonitoringError, ScrapeKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Prometheus exporter for a pgha cluster (postgres_exporter-compatible metric names).
 #[derive(Debug, Parser)]
@@ -28,6 +36,11 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// TLS and basic-auth settings in the Prometheus exporter-toolkit format
+    /// (`tls_server_config.cert_file/key_file`, `basic_auth_users` with bcrypt hashes), as
+    /// postgres_exporter's flag of the same name.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
     /// Milliseconds between OTLP metric pushes (when monitoring.otlp_endpoint is set).
     #[arg(long, default_value_t = 15_000, hide = true)]
     pub otlp_interval_ms: u64,
@@ -48,15 +61,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => pgha_monitoring::queries::load(path)?,
         None => Vec::new(),
     };
+    let web = match &cli.web_config_file {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::none(),
+    };
+    let web = Arc::new(web);
     let exporter = Arc::new(Exporter::new(config, cli.node.as_deref(), queries)?);
     let addr = cli.listen.unwrap_or(config.monitoring.listen);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen on {addr}"))?;
     eprintln!(
-        "pgha-exporter: serving http://{}/metrics and /probe?target=({})",
+        "pgha-exporter: serving {}://{}/metrics and /probe?target=({}){}",
+        if web.tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
-        exporter.target_names().join("|")
+        exporter.target_names().join("|"),
+        if web.requires_auth() {
+            ", basic auth"
+        } else {
+            ""
+        }
     );
     if let Some(ep) = &config.monitoring.otlp_endpoint {
         match pgha_telemetry::Endpoint::parse(ep) {
@@ -70,7 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "OTLP metrics export off"),
         }
     }
-    serve(listener, exporter).await
+    serve(listener, exporter, web).await
 }
 
 /// Pushes a scrape of the local node to the OTLP endpoint every `every`, forever.
@@ -110,128 +134,109 @@ pub async fn push_metrics(
     }
 }
 
-/// Accepts connections until ctrl-c.
-pub async fn serve(listener: TcpListener, exporter: Arc<Exporter>) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let exporter = exporter.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &exporter).await {
-                        tracing::debug!(error = %e, "request failed");
-                    }
-                });
-            }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-    }
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    exporter: Arc<Exporter>,
+    web: Arc<WebConfig>,
 }
 
-async fn handle(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    // Read the request head (bounded: 16 KiB, 10 s).
-    let read = async {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
+/// The HTTP routes (`/metrics`, `/probe?target=NODE`, `/`; GET and HEAD, keep-alive), behind
+/// basic authentication when the web config has users.
+pub fn router(exporter: Arc<Exporter>, web: Arc<WebConfig>) -> axum::Router {
+    let app = App { exporter, web };
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/probe", get(probe))
+        .route("/", get(index))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth))
+        .with_state(app)
+}
+
+/// Serves until ctrl-c: HTTPS when the web config names a certificate, else HTTP.
+pub async fn serve(
+    listener: TcpListener,
+    exporter: Arc<Exporter>,
+    web: Arc<WebConfig>,
+) -> anyhow::Result<()> {
+    let tls = match &web.tls {
+        Some((cert, key)) => Some(pgha_tls::server_config(cert, key)?),
+        None => None,
+    };
+    let app = router(exporter, web);
+    let stop = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot wait for ctrl-c");
+            std::future::pending::<()>().await;
         }
-        Ok::<_, std::io::Error>(())
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
+    match tls {
+        Some(cfg) => {
+            axum::serve(pgha_tls::TlsListener::new(listener, cfg), app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, uri) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-    let (status, ctype, body) = if method != "GET" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        )
+    Ok(())
+}
+
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    if !app.web.requires_auth() {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // bcrypt is slow on purpose: off the async threads.
+    let web = app.web.clone();
+    let ok = tokio::task::spawn_blocking(move || web.authorized(header.as_deref()))
+        .await
+        .unwrap_or(false);
+    if ok {
+        next.run(req).await
     } else {
-        route(exporter, path, query).await
-    };
-    let mut resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    resp.push_str(&body);
-    // One write, no Nagle: a separate small head would wait for the client's delayed ACK.
-    stream.set_nodelay(true)?;
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"pgha-exporter\"")],
+            "Unauthorized\n",
+        )
+            .into_response()
+    }
 }
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn route(
-    exporter: &Exporter,
-    path: &str,
-    query: &str,
-) -> (&'static str, &'static str, String) {
-    match path {
-        "/metrics" => match exporter.scrape(ScrapeKind::Local, None).await {
-            Ok(m) => ("200 OK", TEXT_FORMAT, m.encode()),
-            Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
-        },
-        "/probe" => {
-            let target = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("target="))
-                .map(percent_decode);
-            let Some(target) = target else {
-                return (
-                    "400 Bad Request",
-                    "text/plain",
-                    "missing ?target=NODE\n".into(),
-                );
-            };
-            match exporter.scrape(ScrapeKind::Probe, Some(&target)).await {
-                Ok(m) => ("200 OK", TEXT_FORMAT, m.encode()),
-                Err(e @ MonitoringError::UnknownTarget(_)) => {
-                    ("400 Bad Request", "text/plain", format!("{e}\n"))
-                }
-                Err(e) => ("500 Internal Server Error", "text/plain", format!("{e}\n")),
-            }
-        }
-        "/" => (
-            "200 OK",
-            "text/html",
-            "<html><body><h1>pgha-exporter</h1><a href=\"/metrics\">/metrics</a></body></html>\n"
-                .into(),
-        ),
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    match app.exporter.scrape(ScrapeKind::Local, None).await {
+        Ok(m) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], m.encode()).into_response(),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+async fn probe(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(target) = q.get("target") else {
+        return text(StatusCode::BAD_REQUEST, "missing ?target=NODE\n".into());
+    };
+    match app.exporter.scrape(ScrapeKind::Probe, Some(target)).await {
+        Ok(m) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], m.encode()).into_response(),
+        Err(e @ MonitoringError::UnknownTarget(_)) => {
+            text(StatusCode::BAD_REQUEST, format!("{e}\n"))
         }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn index() -> Html<&'static str> {
+    Html("<html><body><h1>pgha-exporter</h1><a href=\"/metrics\">/metrics</a></body></html>\n")
 }

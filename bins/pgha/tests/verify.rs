@@ -82,7 +82,11 @@ async fn verify_passes_a_healthy_cluster_and_fails_the_right_check_for_each_faul
     )?);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", exporter_port.port)).await?;
     drop(exporter_port);
-    let served = tokio::spawn(pgha_exporter::serve(listener, exporter));
+    let served = tokio::spawn(pgha_exporter::serve(
+        listener,
+        exporter,
+        Arc::new(pgha_monitoring::web_config::WebConfig::none()),
+    ));
     let section = c.config().backup.clone().unwrap();
     let storage = pgha_backup_core::storage::open(&section)?;
     let m = pgha_backup_core::take_backup(

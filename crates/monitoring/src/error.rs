@@ -34,6 +34,8 @@ pub enum MonitoringError {
         target: String,
         timeout: std::time::Duration,
     },
+    #[error("{path}: {message}")]
+    WebConfig { path: PathBuf, message: String },
     #[error("unknown target `{0}`: not a node in the config")]
     UnknownTarget(String),
     #[error("cannot write {path}: {source}")]

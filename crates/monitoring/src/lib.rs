@@ -14,6 +14,7 @@ pub mod queries;
 pub mod settings;
 pub mod tables;
 pub mod version_range;
+pub mod web_config;
 
 pub use error::{MonitoringError, Result};
 pub use exporter::{Exporter, ScrapeKind};
