@@ -236,15 +236,23 @@ async fn etcd_down_means_no_promotion_and_failsafe_keeps_the_primary_only_while_
         .map(|n| (n.to_string(), format!("http://{}/patroni", api(n)).into()))
         .collect::<serde_json::Map<_, _>>()
         .into();
-    TestCluster::eventually(
-        Duration::from_secs(10),
-        "GET /failsafe on node3",
-        || async {
-            let r = reqwest::get(format!("http://{}/failsafe", api("node3"))).await?;
-            Ok((r.status() == 200 && r.json::<serde_json::Value>().await? == want).then_some(()))
-        },
-    )
-    .await?;
+    // On every node, node1 included: failsafe holds only once node1 itself read its topology
+    // back from the DCS (`failsafe_published`); killing etcd between node1's write and its
+    // next read of the view fences it, rightly (seen when only node3 was waited for).
+    for n in ["node1", "node2", "node3"] {
+        TestCluster::eventually(
+            Duration::from_secs(10),
+            &format!("GET /failsafe on {n}"),
+            || async {
+                let r = reqwest::get(format!("http://{}/failsafe", api(n))).await?;
+                Ok(
+                    (r.status() == 200 && r.json::<serde_json::Value>().await? == want)
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+    }
     h.etcd.kill();
     // Longer than the TTL: without failsafe the primary would have fenced itself by now.
     tokio::time::sleep(Duration::from_secs(6)).await;
