@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{create_app, pool_config};
+use common::{bin, create_app, pool_config, text};
 
-use std::process::Command;
 use std::time::Duration;
 
 use pgha_config::{ConfigSource, Secret};
@@ -19,23 +18,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Row};
 
 const T: Duration = Duration::from_secs(30);
-
-fn bin(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pgha-pgbouncer"))
-        .args(args)
-        .env("PGHA_CONFIG", config)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 async fn login(port: u16, user: &str, password: &str) -> Result<PgConnection, sqlx::Error> {
     let o = PgConnectOptions::new()

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{create_app, pool_config};
+use common::{bin, create_app, pool_config, text};
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgha_config::{ConfigSource, Secret};
@@ -21,23 +21,6 @@ use sqlx::{ConnectOptions, Row};
 
 const T: Duration = Duration::from_secs(30);
 const APP_PASSWORD: &str = "app-Secret-42";
-
-fn bin(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgha-pgbouncer"))
-        .args(args)
-        .env("PGHA_CONFIG", config)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn pooling(path: &Path) -> pgha_config::PoolingSection {
     pgha_config::load(ConfigSource::Flag(path.to_owned()))

@@ -1,7 +1,8 @@
 //! Helpers shared by the PgBouncer test files.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use pgha_config::Secret;
 use pgha_test_support::TestCluster;
@@ -31,4 +32,23 @@ pub async fn create_app(c: &TestCluster, primary: &str, password: &str) -> anyho
         .execute(&mut p)
         .await?;
     Ok(())
+}
+
+/// `pgha-pgbouncer ARGS` with `PGHA_CONFIG=config`.
+pub fn bin(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgha-pgbouncer"))
+        .args(args)
+        .env("PGHA_CONFIG", config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// stdout then stderr.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
