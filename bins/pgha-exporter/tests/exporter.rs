@@ -175,6 +175,15 @@ pg_custom:
     - skipped:
         usage: \"DISCARD\"
         description: \"not exported\"
+pg_stat_user_tables:
+  query: \"SELECT 'x'::text AS relname, 1 AS n_dead_tup\"
+  metrics:
+    - relname:
+        usage: \"LABEL\"
+        description: \"table\"
+    - n_dead_tup:
+        usage: \"GAUGE\"
+        description: \"the old example queries.yaml's copy of a built-in family\"
 pg_old_only:
   query: \"SELECT 1 AS n\"
   runonserver: \"<10.0.0\"
@@ -359,6 +368,15 @@ async fn exporter_metrics_lag_and_down_targets() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(one(&m2, "pg_stat_user_tables_n_live_tup", &bloat), 60.0);
+    // The queries.yml copy of pg_stat_user_tables does not double the built-in family.
+    assert!(
+        !m2.samples
+            .iter()
+            .any(|s| s.metric == "pg_stat_user_tables_n_dead_tup"
+                && s.labels.get("relname") == Some("x")),
+        "a queries.yml duplicate of a built-in family was exported"
+    );
+    assert_eq!(one(&m2, "pg_exporter_last_scrape_error", &[]), 1.0);
     assert_eq!(one(&m2, "pg_stat_user_tables_n_tup_del", &bloat), 40.0);
     assert!(one(&m2, "pg_stat_user_tables_table_size_bytes", &bloat) > 0.0);
     assert_eq!(one(&m2, "pg_stat_user_tables_last_autovacuum", &bloat), 0.0);

@@ -465,7 +465,17 @@ impl Target {
                     }),
                 };
                 match set {
-                    Ok(set) => m.merge(set),
+                    Ok(set) => {
+                        // A queries.yml from postgres_exporter's days (its example defines
+                        // pg_stat_user_tables, now a built-in collector) must not double
+                        // the series: the built-in one stays, the query says why it is left out.
+                        for name in m.merge_absent(set) {
+                            errors.push(format!(
+                                "queries.yml `{}`: {name} is already exported by a built-in collector; its samples are left out (remove the query)",
+                                q.name
+                            ));
+                        }
+                    }
                     Err(e) => errors.push(e.to_string()),
                 }
             }

@@ -81,6 +81,22 @@ impl MetricSet {
         }
     }
 
+    /// Moves the families of `other` that `self` does not have; returns the names of those
+    /// it already had (left out: the same series twice would make Prometheus refuse the
+    /// whole scrape).
+    pub fn merge_absent(&mut self, other: MetricSet) -> Vec<String> {
+        let mut skipped = Vec::new();
+        for (name, fam) in other.families {
+            match self.families.entry(name) {
+                std::collections::btree_map::Entry::Occupied(e) => skipped.push(e.key().clone()),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(fam);
+                }
+            }
+        }
+        skipped
+    }
+
     pub fn family(&self, name: &str) -> Option<&Family> {
         self.families.get(name)
     }
