@@ -8,10 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pgha_config::PghaConfig;
 use pgha_local_cluster::{free_port, LocalCluster, CONFIG_FILE};
-use pgha_pooling_config::{
-    fetch_scram_secrets, install, userlist_roles, AdminConsole, ConsoleTarget, RenderedConfig,
-    Topology,
-};
+use pgha_pooling_config::{install, AdminConsole, ConsoleTarget, Topology};
 
 /// Directory of PgBouncer's files inside a state dir.
 pub fn dir(state: &Path) -> PathBuf {
@@ -50,8 +47,10 @@ pub async fn render(config: &PghaConfig) -> anyhow::Result<Topology> {
         pgha_tls::init(config, &pgha_tls::InitOptions::default())?;
     }
     let topology = Topology::collect(config).await?;
-    let users = fetch_scram_secrets(config, &topology, &userlist_roles(pool)).await?;
-    install(pool, &RenderedConfig::new(config, &topology, &users)?)?;
+    install(
+        pool,
+        &pgha_pooling_config::render_live(config, &topology).await?,
+    )?;
     Ok(topology)
 }
 

@@ -9,8 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pgha_config::PghaConfig;
 use pgha_pooling_config::{
-    fetch_scram_secrets, follow, install, userlist_roles, AdminConsole, ConsoleTarget, Follower,
-    PollingLeaderSource, RenderedConfig, Topology,
+    follow, install, AdminConsole, ConsoleTarget, Follower, PollingLeaderSource, Topology,
 };
 
 /// PgBouncer in front of a pgha cluster.
@@ -142,8 +141,7 @@ async fn render(config: &PghaConfig, out: Option<&PathBuf>, reload: bool) -> any
     let topology = Topology::collect(config)
         .await
         .context("find the primary and replicas")?;
-    let users = fetch_scram_secrets(config, &topology, &userlist_roles(pool)).await?;
-    let rendered = RenderedConfig::new(config, &topology, &users)?;
+    let rendered = pgha_pooling_config::render_live(config, &topology).await?;
     let mut target = pool.clone();
     if let Some(dir) = out {
         target.ini_path = dir.join("pgbouncer.ini");

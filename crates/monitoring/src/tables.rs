@@ -10,120 +10,106 @@ use crate::collect::{num, rows, text};
 use crate::metrics::MetricSet;
 use crate::Result;
 
-/// (column, metric suffix, help, counter?) of pg_stat_user_tables, in query order.
-const USER_TABLES: &[(&str, &str, &str, bool)] = &[
+/// (metric suffix, help, counter?) of pg_stat_user_tables, in query order; the column is
+/// [`user_table_column`]'s.
+const USER_TABLES: &[(&str, &str, bool)] = &[
     (
-        "seq_scan",
         "seq_scan",
         "Number of sequential scans initiated on this table",
         true,
     ),
     (
         "seq_tup_read",
-        "seq_tup_read",
         "Number of live rows fetched by sequential scans",
         true,
     ),
     (
-        "idx_scan",
         "idx_scan",
         "Number of index scans initiated on this table",
         true,
     ),
     (
         "idx_tup_fetch",
-        "idx_tup_fetch",
         "Number of live rows fetched by index scans",
         true,
     ),
-    ("n_tup_ins", "n_tup_ins", "Number of rows inserted", true),
-    ("n_tup_upd", "n_tup_upd", "Number of rows updated", true),
-    ("n_tup_del", "n_tup_del", "Number of rows deleted", true),
+    ("n_tup_ins", "Number of rows inserted", true),
+    ("n_tup_upd", "Number of rows updated", true),
+    ("n_tup_del", "Number of rows deleted", true),
     (
-        "n_tup_hot_upd",
         "n_tup_hot_upd",
         "Number of rows HOT updated (i.e., with no separate index update required)",
         true,
     ),
+    ("n_live_tup", "Estimated number of live rows", false),
+    ("n_dead_tup", "Estimated number of dead rows", false),
     (
-        "n_live_tup",
-        "n_live_tup",
-        "Estimated number of live rows",
-        false,
-    ),
-    (
-        "n_dead_tup",
-        "n_dead_tup",
-        "Estimated number of dead rows",
-        false,
-    ),
-    (
-        "n_mod_since_analyze",
         "n_mod_since_analyze",
         "Estimated number of rows changed since last analyze",
         false,
     ),
     (
-        "extract(epoch FROM last_vacuum)",
         "last_vacuum",
         "Last time at which this table was manually vacuumed (not counting VACUUM FULL)",
         false,
     ),
     (
-        "extract(epoch FROM last_autovacuum)",
         "last_autovacuum",
         "Last time at which this table was vacuumed by the autovacuum daemon",
         false,
     ),
     (
-        "extract(epoch FROM last_analyze)",
         "last_analyze",
         "Last time at which this table was manually analyzed",
         false,
     ),
     (
-        "extract(epoch FROM last_autoanalyze)",
         "last_autoanalyze",
         "Last time at which this table was analyzed by the autovacuum daemon",
         false,
     ),
     (
         "vacuum_count",
-        "vacuum_count",
         "Number of times this table has been manually vacuumed (not counting VACUUM FULL)",
         true,
     ),
     (
-        "autovacuum_count",
         "autovacuum_count",
         "Number of times this table has been vacuumed by the autovacuum daemon",
         true,
     ),
     (
         "analyze_count",
-        "analyze_count",
         "Number of times this table has been manually analyzed",
         true,
     ),
     (
         "autoanalyze_count",
-        "autoanalyze_count",
         "Number of times this table has been analyzed by the autovacuum daemon",
         true,
     ),
     (
-        "pg_indexes_size(t.relid)",
         "index_size_bytes",
         "Total disk space used by this index, in bytes",
         false,
     ),
     (
-        "pg_table_size(t.relid)",
         "table_size_bytes",
         "Total disk space used by this table, in bytes",
         false,
     ),
 ];
+
+/// The SQL of a pg_stat_user_tables metric: the column of the same name, times as epoch
+/// seconds (0 for never, as upstream), sizes from the size functions.
+fn user_table_column(name: &str) -> String {
+    match name {
+        "index_size_bytes" => "pg_indexes_size(t.relid)::float8".into(),
+        "table_size_bytes" => "pg_table_size(t.relid)::float8".into(),
+        n if n.starts_with("last_") => format!("coalesce(extract(epoch FROM t.{n}), 0)::float8"),
+        n => format!("t.{n}::float8"),
+    }
+}
 
 /// (column of pg_statio_user_tables, metric suffix, help), all counters.
 const STATIO: &[(&str, &str, &str)] = &[
@@ -174,13 +160,7 @@ const STATIO: &[(&str, &str, &str)] = &[
 pub async fn user_tables(conn: &mut PgConnection, server: &str, m: &mut MetricSet) -> Result<()> {
     let mut cols: Vec<String> = USER_TABLES
         .iter()
-        .map(|(c, ..)| {
-            if c.contains('(') {
-                format!("coalesce({c}, 0)::float8")
-            } else {
-                format!("t.{c}::float8")
-            }
-        })
+        .map(|(name, ..)| user_table_column(name))
         .collect();
     cols.extend(STATIO.iter().map(|(c, ..)| format!("io.{c}::float8")));
     let sql = format!(
@@ -195,7 +175,7 @@ pub async fn user_tables(conn: &mut PgConnection, server: &str, m: &mut MetricSe
             ("relname", rel.as_str()),
             ("schemaname", schema.as_str()),
         ];
-        for (i, (_, name, help, counter)) in USER_TABLES.iter().enumerate() {
+        for (i, (name, help, counter)) in USER_TABLES.iter().enumerate() {
             let v = num(&r, 3 + i).unwrap_or(0.0);
             let name = format!("pg_stat_user_tables_{name}");
             if *counter {

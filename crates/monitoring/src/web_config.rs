@@ -125,7 +125,8 @@ impl WebConfig {
     }
 
     /// Checks an `Authorization` header value (`Basic base64(user:password)`); true when no
-    /// users are configured.
+    /// users are configured. Runs bcrypt for a pair not seen before: call it off the async
+    /// threads unless [`WebConfig::known`] already said yes.
     pub fn authorized(&self, header: Option<&str>) -> bool {
         if self.users.is_empty() {
             return true;
@@ -136,32 +137,44 @@ impl WebConfig {
         let Some(hash) = self.users.get(&user) else {
             return false;
         };
-        let key: [u8; 32] = Sha256::digest(format!("{user}:{password}").as_bytes()).into();
-        if self.verified.lock().is_ok_and(|v| v.contains(&key)) {
+        if self.known(header) {
             return true;
         }
         let ok = bcrypt::verify(&password, hash).unwrap_or(false);
         if ok {
             if let Ok(mut v) = self.verified.lock() {
-                v.insert(key);
+                v.insert(pair_key(&user, &password));
             }
         }
         ok
     }
+
+    /// True when no users are configured or these credentials passed bcrypt before (cheap: a
+    /// SHA-256 and a set lookup, the path of every scrape after the first).
+    pub fn known(&self, header: Option<&str>) -> bool {
+        if self.users.is_empty() {
+            return true;
+        }
+        let Some((user, password)) = header.and_then(decode_basic) else {
+            return false;
+        };
+        let key = pair_key(&user, &password);
+        self.verified.lock().is_ok_and(|v| v.contains(&key))
+    }
+}
+
+fn pair_key(user: &str, password: &str) -> [u8; 32] {
+    Sha256::digest(format!("{user}:{password}").as_bytes()).into()
 }
 
 /// `Basic dXNlcjpwdw==` -> (user, password).
 fn decode_basic(header: &str) -> Option<(String, String)> {
     let b64 = header.strip_prefix("Basic ")?.trim();
-    let raw = base64_decode(b64)?;
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 #[cfg(test)]
@@ -189,7 +202,9 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(s)
             )
         };
+        assert!(!c.known(Some(&b("prom:s3cret"))), "not verified yet");
         assert!(c.authorized(Some(&b("prom:s3cret"))));
+        assert!(c.known(Some(&b("prom:s3cret"))), "cached");
         assert!(c.authorized(Some(&b("prom:s3cret"))), "cached");
         assert!(!c.authorized(Some(&b("prom:wrong"))));
         assert!(!c.authorized(Some(&b("other:s3cret"))));

@@ -122,7 +122,7 @@ impl Follower {
         {
             return Ok(FollowEvent::Unchanged);
         }
-        let rendered = match render(&self.config, &topology).await {
+        let rendered = match render_live(&self.config, &topology).await {
             Ok(r) => r,
             Err(e) if e.is_transient() || e.is_fixable_at_runtime() => {
                 return Ok(FollowEvent::NoTopology {
@@ -155,13 +155,17 @@ impl Follower {
 /// calls right after the promote, instead of waiting for the next poll.
 pub async fn apply(config: &PghaConfig, console: &ConsoleTarget) -> Result<Topology> {
     let topology = Topology::collect(config).await?;
-    install(crate::section(config)?, &render(config, &topology).await?)?;
+    install(
+        crate::section(config)?,
+        &render_live(config, &topology).await?,
+    )?;
     run_once(console, "RELOAD").await?;
     Ok(topology)
 }
 
-/// Secrets from pg_authid, then both files rendered.
-async fn render(config: &PghaConfig, topology: &Topology) -> Result<RenderedConfig> {
+/// Both files for `topology`, with the secrets read from pg_authid on its nodes (and
+/// `pooling.auth_password` for auth_user): what `render`, `follow` and the local cluster write.
+pub async fn render_live(config: &PghaConfig, topology: &Topology) -> Result<RenderedConfig> {
     let pool = crate::section(config)?;
     let users = fetch_scram_secrets(config, topology, &userlist_roles(pool)).await?;
     RenderedConfig::new(config, topology, &users)

@@ -19,7 +19,9 @@ mod topology;
 pub use checks::{auth_setup_sql, check, problems, AUTH_QUERY, RENDERED_KEYS};
 pub use console::{paused, AdminConsole, ConsoleTarget};
 pub use error::{PoolingError, Result};
-pub use follow::{apply, follow, FollowEvent, Follower, LeaderSource, PollingLeaderSource};
+pub use follow::{
+    apply, follow, render_live, FollowEvent, Follower, LeaderSource, PollingLeaderSource,
+};
 pub use install::{install, InstalledFiles};
 pub use process::{program as pgbouncer_program, start_detached, terminate, PgBouncerProcess};
 pub use render::{render_ini, render_userlist, tls_dir, RenderedConfig, TlsFiles};

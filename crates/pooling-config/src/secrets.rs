@@ -92,6 +92,15 @@ pub async fn fetch_scram_secrets(
                         node: b.node.clone(),
                     }
                 })?;
+                // auth_user: PgBouncer logs in with its password, whatever pg_authid keeps.
+                if let (Some(a), Some(p)) = (&pool_auth_user, &pool_auth_password) {
+                    if a == user {
+                        return Ok(UserSecret {
+                            user: user.clone(),
+                            scram: p.read()?,
+                        });
+                    }
+                }
                 let secret =
                     row.rolpassword
                         .as_deref()
@@ -105,13 +114,9 @@ pub async fn fetch_scram_secrets(
                         node: b.node.clone(),
                     });
                 }
-                let scram = match (&pool_auth_user, &pool_auth_password) {
-                    (Some(a), Some(p)) if a == user => p.read()?,
-                    _ => Secret::new(secret),
-                };
                 Ok(UserSecret {
                     user: user.clone(),
-                    scram,
+                    scram: Secret::new(secret),
                 })
             })
             .collect();

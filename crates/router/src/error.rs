@@ -66,11 +66,6 @@ impl RouterError {
             _ => false,
         }
     }
-
-    /// The error as sqlx reports it, see the `From<RouterError> for sqlx::Error` impl.
-    pub(crate) fn into_sqlx(self) -> sqlx::Error {
-        self.into()
-    }
 }
 
 /// So that `?` works in functions returning `sqlx::Result` and the handles can be sqlx
@@ -132,11 +127,10 @@ mod tests {
 
     #[test]
     fn router_errors_round_trip_through_sqlx_io() {
-        let e = RouterError::NoPrimary {
+        let e = sqlx::Error::from(RouterError::NoPrimary {
             nodes: "a:1".into(),
             waited: Duration::from_secs(1),
-        }
-        .into_sqlx();
+        });
         assert!(is_failover_error(&e));
         let sqlx::Error::Io(io) = e else {
             panic!("not io")

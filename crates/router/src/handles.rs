@@ -134,7 +134,7 @@ macro_rules! handle_common {
                         .acquire(&shared)
                         .await
                         .map(|(_, c)| c)
-                        .map_err(RouterError::into_sqlx)
+                        .map_err(sqlx::Error::from)
                 })
             }
 
@@ -142,11 +142,7 @@ macro_rules! handle_common {
                 #[allow(clippy::redundant_closure_call)]
                 let target = ($target)(self);
                 let shared = self.shared.clone();
-                Box::pin(async move {
-                    begin_on(&shared, target)
-                        .await
-                        .map_err(RouterError::into_sqlx)
-                })
+                Box::pin(async move { begin_on(&shared, target).await.map_err(sqlx::Error::from) })
             }
         }
 
@@ -165,10 +161,8 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(OwnedStream::new(move |y| async move {
-                    let (node, mut conn) = target
-                        .acquire(shared)
-                        .await
-                        .map_err(RouterError::into_sqlx)?;
+                    let (node, mut conn) =
+                        target.acquire(shared).await.map_err(sqlx::Error::from)?;
                     let mut s = (&mut *conn).fetch_many(query);
                     while let Some(v) = s
                         .try_next()
@@ -193,10 +187,8 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(async move {
-                    let (node, mut conn) = target
-                        .acquire(shared)
-                        .await
-                        .map_err(RouterError::into_sqlx)?;
+                    let (node, mut conn) =
+                        target.acquire(shared).await.map_err(sqlx::Error::from)?;
                     (&mut *conn)
                         .fetch_optional(query)
                         .await
@@ -216,10 +208,8 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(async move {
-                    let (node, mut conn) = target
-                        .acquire(shared)
-                        .await
-                        .map_err(RouterError::into_sqlx)?;
+                    let (node, mut conn) =
+                        target.acquire(shared).await.map_err(sqlx::Error::from)?;
                     (&mut *conn)
                         .prepare_with(sql, parameters)
                         .await
@@ -238,10 +228,8 @@ macro_rules! handle_common {
                 let target = ($target)(self);
                 let shared = &*self.shared;
                 Box::pin(async move {
-                    let (node, mut conn) = target
-                        .acquire(shared)
-                        .await
-                        .map_err(RouterError::into_sqlx)?;
+                    let (node, mut conn) =
+                        target.acquire(shared).await.map_err(sqlx::Error::from)?;
                     (&mut *conn)
                         .describe(sql)
                         .await

@@ -4,13 +4,10 @@
 use std::fmt::Write;
 
 use crate::metrics::MetricsSnapshot;
-use crate::node::{NodeState, NodeStatus, Role};
+use crate::node::{NodeState, NodeStatus};
 
 /// `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// (name, help or "" for another sample of the family above, labels, value).
-type Counter<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u64);
 
 struct Out(String);
 
@@ -45,110 +42,109 @@ fn escape(v: &str) -> String {
 /// The text for `m` and `nodes`.
 pub fn render(m: &MetricsSnapshot, nodes: &[NodeStatus]) -> String {
     let mut o = Out(String::new());
-    let c: [(&str, &str); 0] = [];
-    let counters: [Counter; 10] = [
+    // (family, help, its samples: label and value); one HELP/TYPE per family.
+    let served =
+        |pairs: &[(&'static str, u64)]| -> Vec<(Option<(&'static str, &'static str)>, u64)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (Some(("served_by", *k)), *v))
+                .collect()
+        };
+    let counters = [
         (
-            "pgha_router_writes_total",
+            "writes",
             "Connections handed out for writes",
-            &[],
-            m.writes,
+            vec![(None, m.writes)],
         ),
         (
-            "pgha_router_reads_total",
+            "reads",
             "Reads by where they went",
-            &[("served_by", "replica")],
-            m.reads_replica,
+            served(&[
+                ("replica", m.reads_replica),
+                ("primary_fallback", m.reads_primary_fallback),
+                ("refused", m.reads_refused),
+            ]),
         ),
         (
-            "pgha_router_reads_total",
-            "",
-            &[("served_by", "primary_fallback")],
-            m.reads_primary_fallback,
-        ),
-        (
-            "pgha_router_reads_total",
-            "",
-            &[("served_by", "refused")],
-            m.reads_refused,
-        ),
-        (
-            "pgha_router_token_reads_total",
+            "token_reads",
             "Read-your-writes reads by how they were served",
-            &[("served_by", "replica")],
-            m.token_reads_replica,
+            served(&[
+                ("replica", m.token_reads_replica),
+                ("replica_after_wait", m.token_reads_waited),
+                ("primary", m.token_reads_primary),
+            ]),
         ),
         (
-            "pgha_router_token_reads_total",
-            "",
-            &[("served_by", "replica_after_wait")],
-            m.token_reads_waited,
-        ),
-        (
-            "pgha_router_token_reads_total",
-            "",
-            &[("served_by", "primary")],
-            m.token_reads_primary,
-        ),
-        (
-            "pgha_router_failover_errors_total",
+            "failover_errors",
             "Errors that mean the primary moved (25006, connection errors)",
-            &[],
-            m.failover_errors,
+            vec![(None, m.failover_errors)],
         ),
         (
-            "pgha_router_primary_changes_total",
+            "primary_changes",
             "Times the writer seat went to a node",
-            &[],
-            m.primary_changes,
+            vec![(None, m.primary_changes)],
         ),
         (
-            "pgha_router_retries_total",
+            "retries",
             "Idempotent calls retried after a failover error",
-            &[],
-            m.retries,
+            vec![(None, m.retries)],
+        ),
+        (
+            "rediscoveries",
+            "Health rounds started at once because of an error or a slow acquire",
+            vec![(None, m.rediscoveries)],
+        ),
+        (
+            "health_rounds",
+            "Health rounds run",
+            vec![(None, m.health_rounds)],
+        ),
+        (
+            "probe_failures",
+            "Node probes that failed",
+            vec![(None, m.probe_failures)],
         ),
     ];
-    for (name, help, labels, v) in counters {
-        if !help.is_empty() {
-            o.family(name, "counter", help);
+    for (family, help, samples) in counters {
+        let name = format!("pgha_router_{family}_total");
+        o.family(&name, "counter", help);
+        for (label, v) in samples {
+            o.sample(&name, label.as_slice(), v as f64);
         }
-        let mut l = c.to_vec();
-        l.extend_from_slice(labels);
-        o.sample(name, &l, v as f64);
-    }
-    for (name, help, v) in [
-        (
-            "pgha_router_rediscoveries_total",
-            "Health rounds started at once because of an error or a slow acquire",
-            m.rediscoveries,
-        ),
-        (
-            "pgha_router_health_rounds_total",
-            "Health rounds run",
-            m.health_rounds,
-        ),
-        (
-            "pgha_router_probe_failures_total",
-            "Node probes that failed",
-            m.probe_failures,
-        ),
-    ] {
-        o.family(name, "counter", help);
-        o.sample(name, &c, v as f64);
     }
 
-    o.family(
-        "pgha_router_node_up",
-        "gauge",
-        "1 when the node's last probe succeeded",
-    );
-    for n in nodes {
-        let up = matches!(n.state, NodeState::Up | NodeState::Lagging);
-        o.sample(
-            "pgha_router_node_up",
-            &node_labels(n),
-            f64::from(u8::from(up)),
-        );
+    let state = |n: &NodeStatus| match n.state {
+        NodeState::Unknown => "unknown",
+        NodeState::Up => "up",
+        NodeState::Lagging => "lagging",
+        NodeState::Down => "down",
+    };
+    type PerNode = fn(&NodeStatus) -> Option<f64>;
+    let gauges: [(&str, &str, PerNode); 4] = [
+        ("up", "1 when the node's last probe succeeded", |n| {
+            Some(f64::from(u8::from(matches!(
+                n.state,
+                NodeState::Up | NodeState::Lagging
+            ))))
+        }),
+        ("is_writer", "1 for the node writes go to", |n| {
+            Some(f64::from(u8::from(n.is_writer)))
+        }),
+        ("lag_bytes", "Replica: bytes behind the primary", |n| {
+            n.lag_bytes.map(|b| b as f64)
+        }),
+        ("lag_seconds", "Replica: time behind the primary", |n| {
+            n.lag.map(|d| d.as_secs_f64())
+        }),
+    ];
+    for (family, help, value) in gauges {
+        let name = format!("pgha_router_node_{family}");
+        o.family(&name, "gauge", help);
+        for n in nodes {
+            if let Some(v) = value(n) {
+                o.sample(&name, &[("node", &n.name)], v);
+            }
+        }
     }
     o.family(
         "pgha_router_node_state",
@@ -156,46 +152,11 @@ pub fn render(m: &MetricsSnapshot, nodes: &[NodeStatus]) -> String {
         "The router's view of the node: 1 for its state",
     );
     for n in nodes {
-        let state = match n.state {
-            NodeState::Unknown => "unknown",
-            NodeState::Up => "up",
-            NodeState::Lagging => "lagging",
-            NodeState::Down => "down",
-        };
-        let mut l = node_labels(n);
-        l.push(("state", state));
-        o.sample("pgha_router_node_state", &l, 1.0);
-    }
-    o.family(
-        "pgha_router_node_is_writer",
-        "gauge",
-        "1 for the node writes go to",
-    );
-    for n in nodes {
-        let w = n.is_writer && n.role == Some(Role::Primary);
         o.sample(
-            "pgha_router_node_is_writer",
-            &node_labels(n),
-            f64::from(u8::from(w)),
+            "pgha_router_node_state",
+            &[("node", &n.name), ("state", state(n))],
+            1.0,
         );
-    }
-    o.family(
-        "pgha_router_node_lag_bytes",
-        "gauge",
-        "Replica: bytes behind the primary",
-    );
-    for n in nodes.iter().filter(|n| n.lag_bytes.is_some()) {
-        let v = n.lag_bytes.unwrap_or(0) as f64;
-        o.sample("pgha_router_node_lag_bytes", &node_labels(n), v);
-    }
-    o.family(
-        "pgha_router_node_lag_seconds",
-        "gauge",
-        "Replica: time behind the primary",
-    );
-    for n in nodes.iter().filter(|n| n.lag.is_some()) {
-        let v = n.lag.map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        o.sample("pgha_router_node_lag_seconds", &node_labels(n), v);
     }
     o.family(
         "pgha_router_pool_connections",
@@ -204,15 +165,13 @@ pub fn render(m: &MetricsSnapshot, nodes: &[NodeStatus]) -> String {
     );
     for n in nodes {
         let busy = (n.pool_size as usize).saturating_sub(n.pool_idle);
-        for (state, v) in [("idle", n.pool_idle), ("busy", busy)] {
-            let mut l = node_labels(n);
-            l.push(("state", state));
-            o.sample("pgha_router_pool_connections", &l, v as f64);
+        for (st, v) in [("idle", n.pool_idle), ("busy", busy)] {
+            o.sample(
+                "pgha_router_pool_connections",
+                &[("node", &n.name), ("state", st)],
+                v as f64,
+            );
         }
     }
     o.0
-}
-
-fn node_labels(n: &NodeStatus) -> Vec<(&str, &str)> {
-    vec![("node", n.name.as_str())]
 }
